@@ -1,0 +1,35 @@
+//! # weightnorm
+//!
+//! Weight normalization (Salimans & Kingma, 2016) for the [Burn](https://burn.dev) deep-learning
+//! framework: `w = g * v / ||v||`, with PyTorch's exact semantics and a fused CPU forward with an
+//! analytic backward.
+//!
+//! - [`axis`]: [`NormAxis`] and PyTorch's `dim` rule ([`NormAxis::from_torch`]), and the one
+//!   table of layer layouts ([`LayerKind::unit_axes`]).
+//! - [`ops`]: [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm) and
+//!   their checked and reference variants, built on the [`WeightNormBackend`](ops::WeightNormBackend)
+//!   backend extension.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use weightnorm::{NormAxis, ops};
+//!
+//! let device = Device::default();
+//! // A PyTorch Linear(3, 2) weight, [out, in], normalized per output row (dim = 0).
+//! let v = Tensor::<2>::from_data([[1.0, 2.0, 2.0], [0.0, 3.0, 4.0]], &device);
+//! let axis = NormAxis::from_torch(Some(0), 2).unwrap();
+//! let g = ops::norm_except_dim(v.clone(), 2.0, axis).unwrap(); // [[3.0], [5.0]]
+//! let w = ops::weight_norm(v.clone(), g, axis).unwrap();
+//! // With g = ||v||, w is v itself: the function-preserving initialisation.
+//! let err = (w - v).abs().max().into_scalar::<f32>();
+//! assert!(err <= 1e-6);
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod axis;
+pub mod error;
+pub mod ops;
+
+pub use axis::{LayerKind, NormAxis, UnitAxes};
+pub use error::{Error, Result};

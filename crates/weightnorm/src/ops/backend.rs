@@ -1,0 +1,173 @@
+//! The weight-norm backend extension and its composed default.
+//!
+//! [`WeightNormBackend`] has two operations, the forward `w = g * v / max(||v||, eps)` and its
+//! analytic backward. Their default bodies compose Burn's primitive operations, so every backend
+//! can run them; `Flex` (CPU) overrides both with fused kernels (see `flex.rs`), and
+//! `Autodiff<B, C>` wraps them in one graph node whose backward is the analytic formula
+//! (see `autodiff.rs`).
+//!
+//! `keep` is the kept axis (`None` = the whole tensor) and `eps` the opt-in epsilon (0 for
+//! PyTorch parity). The operations trust their arguments: the checked entry points in
+//! [`crate::ops`] validate shapes and dtypes first.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Backend, TensorMetadata, backend_extension, get_or_init_device_settings,
+};
+use burn::tensor::{DType, FloatDType, Shape};
+
+/// Weight normalization as a Burn backend extension.
+///
+/// The default bodies compose primitive operations and work on every backend; a backend may
+/// override them with fused kernels. Half-precision inputs (f16, bf16) are computed in f32 and
+/// rounded once at the end.
+///
+/// # Panics
+///
+/// The operations assume validated input: `v` of rank 1 to 5, `g` of the keep-dims shape for
+/// `keep`, one float dtype, `eps >= 0`. Use the functions of [`crate::ops`], which check all of
+/// this and return errors, rather than calling the extension directly.
+#[backend_extension(Flex, Cube: cfg(any(feature = "cuda", feature = "wgpu")), Autodiff)]
+pub trait WeightNormBackend: Backend {
+    /// `w = g * v / max(||v||, eps)`, the norm taken per slice along `keep` (or over the whole
+    /// tensor for `None`).
+    ///
+    /// # Shapes
+    ///
+    /// - `v`: any shape of rank 1 to 5
+    /// - `g`: `v`'s size on axis `keep`, 1 on every other axis (all ones for `None`)
+    /// - output: `v`'s shape
+    fn weight_norm_forward(
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        keep: Option<usize>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        composed_forward::<Self>(v, g, keep, eps)
+    }
+
+    /// The gradients `(dv, dg)` of the forward for an upstream gradient `dw`:
+    /// with `s = sum(dw * v)` over each slice and `n = ||v||`,
+    /// `dg = s / n` and `dv = (g / n) dw - (g s / n^3) v`.
+    /// Where `n < eps` the denominator is the constant `eps`, so `dv = (g / eps) dw`.
+    ///
+    /// # Shapes
+    ///
+    /// - `v`, `dw`, `dv`: the shape of `v`
+    /// - `g`, `dg`: the shape of `g`
+    fn weight_norm_backward(
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dw: FloatTensor<Self>,
+        keep: Option<usize>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_backward::<Self>(v, g, dw, keep, eps)
+    }
+}
+
+/// The dtype arithmetic runs in: f32 for the half types, the tensor's own type otherwise.
+pub(crate) fn compute_dtype(dtype: DType) -> Option<FloatDType> {
+    match dtype {
+        DType::F16 | DType::BF16 => Some(FloatDType::F32),
+        _ => None,
+    }
+}
+
+fn float_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F64 => FloatDType::F64,
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        _ => FloatDType::F32,
+    }
+}
+
+fn upcast<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    match compute_dtype(x.dtype()) {
+        Some(acc) => B::float_cast(x, acc),
+        None => x,
+    }
+}
+
+fn downcast<B: Backend>(x: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        B::float_cast(x, float_dtype(dtype))
+    }
+}
+
+/// Sums `x` over every axis but `keep`, keeping dims: the result has the shape of `g`.
+fn sum_except<B: Backend>(x: FloatTensor<B>, keep: Option<usize>) -> FloatTensor<B> {
+    let dims = x.shape().to_vec();
+    let (outer, n, inner) = match keep {
+        None => (1, 1, dims.iter().product()),
+        Some(k) => (
+            dims[..k].iter().product(),
+            dims[k],
+            dims[k + 1..].iter().product(),
+        ),
+    };
+    let x = B::float_reshape(x, Shape::from(vec![outer, n, inner]));
+    let x = B::float_sum_dim(B::float_sum_dim(x, 2), 0);
+    let mut g_shape = vec![1; dims.len()];
+    if let Some(k) = keep {
+        g_shape[k] = dims[k];
+    }
+    B::float_reshape(x, Shape::from(g_shape))
+}
+
+/// The forward of [`WeightNormBackend`] from primitive operations, in PyTorch's order:
+/// `v * (g / norm)`.
+pub fn composed_forward<B: Backend>(
+    v: FloatTensor<B>,
+    g: FloatTensor<B>,
+    keep: Option<usize>,
+    eps: f64,
+) -> FloatTensor<B> {
+    let dtype = v.dtype();
+    let v = upcast::<B>(v);
+    let g = upcast::<B>(g);
+    let norm = B::float_sqrt(sum_except::<B>(B::float_mul(v.clone(), v.clone()), keep));
+    let norm = if eps > 0.0 {
+        B::float_clamp_min(norm, eps.into())
+    } else {
+        norm
+    };
+    let w = B::float_mul(v, B::float_div(g, norm));
+    downcast::<B>(w, dtype)
+}
+
+/// The analytic backward of [`WeightNormBackend`] from primitive operations.
+pub fn composed_backward<B: Backend>(
+    v: FloatTensor<B>,
+    g: FloatTensor<B>,
+    dw: FloatTensor<B>,
+    keep: Option<usize>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dtype = v.dtype();
+    let v = upcast::<B>(v);
+    let g = upcast::<B>(g);
+    let dw = upcast::<B>(dw);
+    let raw = B::float_sqrt(sum_except::<B>(B::float_mul(v.clone(), v.clone()), keep));
+    let s = sum_except::<B>(B::float_mul(dw.clone(), v.clone()), keep);
+    let norm = if eps > 0.0 {
+        B::float_clamp_min(raw.clone(), eps.into())
+    } else {
+        raw.clone()
+    };
+    let dg = B::float_div(s.clone(), norm.clone());
+    let a = B::float_div(g.clone(), norm.clone());
+    // b = g s / n^3, the coefficient of v; zero where the norm is clamped to eps.
+    let n3 = B::float_mul(B::float_mul(norm.clone(), norm.clone()), norm);
+    let mut b = B::float_div(B::float_mul(g, s), n3);
+    if eps > 0.0 {
+        let bool_dtype = get_or_init_device_settings::<B>(&raw.device()).bool_dtype;
+        let clamped = B::float_lower_elem(raw, eps.into(), bool_dtype);
+        b = B::float_mask_fill(b, clamped, 0.0.into());
+    }
+    let dv = B::float_sub(B::float_mul(dw, a), B::float_mul(v, b));
+    (downcast::<B>(dv, dtype), downcast::<B>(dg, dtype))
+}

@@ -1,0 +1,414 @@
+//! Fused CPU kernels for the `Flex` backend.
+//!
+//! The tensor is viewed as `[outer, n, inner]` around the kept axis (see
+//! [`NormAxis::split_shape`](crate::NormAxis::split_shape)): slice `j` is made of `outer`
+//! contiguous runs of `inner` elements.
+//!
+//! - When `outer == 1` every slice is one contiguous block. Many slices: one rayon task per group
+//!   of slices, each slice's norm and output computed while the slice is in cache, so the input
+//!   is read from memory once. Few large slices (the whole tensor): a chunked parallel reduction,
+//!   then a parallel write.
+//! - Otherwise, rows of `n * inner` elements are split into fixed chunks; each chunk accumulates
+//!   its own per-slice sums, combined in chunk order, then a parallel pass writes the output.
+//!
+//! Chunk boundaries never depend on the thread count, so results are bit-identical whatever the
+//! size of the thread pool. Sums use eight independent accumulators (vectorizable and more
+//! accurate than one running sum) in the accumulation type: f32 for f16/bf16 and f32, f64 for f64.
+
+use std::mem::MaybeUninit;
+
+use burn::backend::Bytes;
+use burn::tensor::{DType, bf16, f16};
+use burn_flex::{Flex, FlexTensor, Layout};
+use rayon::prelude::*;
+
+use super::backend::{WeightNormBackend, composed_backward, composed_forward};
+
+/// Elements per task in reductions and writes: big enough to amortize scheduling, small enough
+/// to stay in L2 and to spread 4096x4096 over many threads.
+const CHUNK: usize = 1 << 14;
+
+impl WeightNormBackend for Flex {
+    fn weight_norm_forward(
+        v: FlexTensor,
+        g: FlexTensor,
+        keep: Option<usize>,
+        eps: f64,
+    ) -> FlexTensor {
+        match v.dtype() {
+            DType::F32 => forward::<f32>(&v, &g, keep, eps),
+            DType::F64 => forward::<f64>(&v, &g, keep, eps),
+            DType::F16 => forward::<f16>(&v, &g, keep, eps),
+            DType::BF16 => forward::<bf16>(&v, &g, keep, eps),
+            _ => composed_forward::<Flex>(v, g, keep, eps),
+        }
+    }
+
+    fn weight_norm_backward(
+        v: FlexTensor,
+        g: FlexTensor,
+        dw: FlexTensor,
+        keep: Option<usize>,
+        eps: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        match v.dtype() {
+            DType::F32 => backward::<f32>(&v, &g, &dw, keep, eps),
+            DType::F64 => backward::<f64>(&v, &g, &dw, keep, eps),
+            DType::F16 => backward::<f16>(&v, &g, &dw, keep, eps),
+            DType::BF16 => backward::<bf16>(&v, &g, &dw, keep, eps),
+            _ => composed_backward::<Flex>(v, g, dw, keep, eps),
+        }
+    }
+}
+
+/// The accumulation type: f32 or f64.
+trait Acc:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + core::ops::Add<Output = Self>
+    + core::ops::Sub<Output = Self>
+    + core::ops::Mul<Output = Self>
+    + core::ops::Div<Output = Self>
+{
+    const ZERO: Self;
+    fn sqrt(self) -> Self;
+    fn from_f64(x: f64) -> Self;
+}
+
+impl Acc for f32 {
+    const ZERO: Self = 0.0;
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+}
+
+impl Acc for f64 {
+    const ZERO: Self = 0.0;
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+}
+
+/// A storage element and the type it is computed in.
+trait Real: Copy + Send + Sync + bytemuck::Pod + burn::tensor::Element {
+    type A: Acc;
+    fn up(self) -> Self::A;
+    fn down(a: Self::A) -> Self;
+}
+
+impl Real for f32 {
+    type A = f32;
+    #[inline(always)]
+    fn up(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn down(a: f32) -> Self {
+        a
+    }
+}
+
+impl Real for f64 {
+    type A = f64;
+    #[inline(always)]
+    fn up(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn down(a: f64) -> Self {
+        a
+    }
+}
+
+impl Real for f16 {
+    type A = f32;
+    #[inline(always)]
+    fn up(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn down(a: f32) -> Self {
+        f16::from_f32(a)
+    }
+}
+
+impl Real for bf16 {
+    type A = f32;
+    #[inline(always)]
+    fn up(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn down(a: f32) -> Self {
+        bf16::from_f32(a)
+    }
+}
+
+/// `sum(a[i] * b[i])` with eight accumulators.
+#[inline]
+fn dot<T: Real>(a: &[T], b: &[T]) -> T::A {
+    let mut lanes = [T::A::ZERO; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + x[l].up() * y[l].up();
+        }
+    }
+    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s = s + x.up() * y.up();
+    }
+    s
+}
+
+/// Contiguous typed data of a Flex tensor (copied only when the tensor is a strided view).
+fn contiguous<T: Real>(t: &FlexTensor) -> std::borrow::Cow<'_, [T]> {
+    match t.as_slice::<T>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<T>().unwrap().to_vec()),
+    }
+}
+
+fn tensor_from<T: Real>(data: Vec<T>, shape: burn::tensor::Shape) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape),
+        T::dtype(),
+    )
+}
+
+/// Fills a vector of `len` elements through `fill`, which must write every element.
+fn filled<T: Send>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` writes all `len` elements (each kernel below covers its output exactly).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Per-slice sums over the `[outer, n, inner]` view: for each `j`, `f` accumulated over the
+/// slice's runs. `f(a_run, b_run)` is `dot`: pass `a == b` for sums of squares.
+fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T::A> {
+    if n == 0 || inner == 0 || outer == 0 {
+        return vec![T::A::ZERO; n];
+    }
+    if outer == 1 {
+        if inner >= CHUNK * 4 && n < 8 {
+            // Few large slices: reduce each in fixed chunks, in parallel.
+            return (0..n)
+                .map(|j| {
+                    let sa = &a[j * inner..(j + 1) * inner];
+                    let sb = &b[j * inner..(j + 1) * inner];
+                    let parts: Vec<T::A> = sa
+                        .par_chunks(CHUNK)
+                        .zip(sb.par_chunks(CHUNK))
+                        .map(|(x, y)| dot(x, y))
+                        .collect();
+                    parts.into_iter().fold(T::A::ZERO, |s, p| s + p)
+                })
+                .collect();
+        }
+        let min_len = (CHUNK / inner).max(1);
+        return a
+            .par_chunks(inner)
+            .zip(b.par_chunks(inner))
+            .with_min_len(min_len)
+            .map(|(x, y)| dot(x, y))
+            .collect();
+    }
+    // Rows of n * inner elements; fixed groups of rows accumulate per-slice partial sums.
+    let row = n * inner;
+    let rows_per_task = (CHUNK / row).max(1);
+    let partials: Vec<Vec<T::A>> = a
+        .par_chunks(row * rows_per_task)
+        .zip(b.par_chunks(row * rows_per_task))
+        .map(|(xa, xb)| {
+            let mut acc = vec![T::A::ZERO; n];
+            for (ra, rb) in xa.chunks_exact(row).zip(xb.chunks_exact(row)) {
+                if inner == 1 {
+                    for j in 0..n {
+                        acc[j] = acc[j] + ra[j].up() * rb[j].up();
+                    }
+                } else {
+                    for j in 0..n {
+                        let r = j * inner..(j + 1) * inner;
+                        acc[j] = acc[j] + dot(&ra[r.clone()], &rb[r]);
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut sums = vec![T::A::ZERO; n];
+    for p in partials {
+        for (s, x) in sums.iter_mut().zip(p) {
+            *s = *s + x;
+        }
+    }
+    sums
+}
+
+/// `max(sqrt(sumsq), eps)`.
+#[inline]
+fn norm_of<A: Acc>(sumsq: A, eps: A) -> A {
+    let n = sumsq.sqrt();
+    if n < eps { eps } else { n }
+}
+
+/// Writes `out[o, j, i] = f(j, x[o, j, i], y[o, j, i])` over the `[outer, n, inner]` view, in
+/// fixed chunks of the flat arrays.
+fn map_slices<T: Real>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    y: &[T],
+    [_, n, inner]: [usize; 3],
+    f: impl Fn(usize, T, T) -> T + Sync,
+) {
+    if out.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .zip(y.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, ((o, xs), ys))| {
+            let start = c * CHUNK;
+            if inner == 1 {
+                let mut j = start % n;
+                for ((o, &xv), &yv) in o.iter_mut().zip(xs).zip(ys) {
+                    o.write(f(j, xv, yv));
+                    j += 1;
+                    if j == n {
+                        j = 0;
+                    }
+                }
+                return;
+            }
+            let mut p = 0;
+            while p < o.len() {
+                let run = (start + p) / inner;
+                let j = run % n;
+                let end = ((run + 1) * inner - start).min(o.len());
+                for ((o, &xv), &yv) in o[p..end].iter_mut().zip(&xs[p..end]).zip(&ys[p..end]) {
+                    o.write(f(j, xv, yv));
+                }
+                p = end;
+            }
+        });
+}
+
+fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f64) -> FlexTensor {
+    let shape = v.layout().shape().clone();
+    let split = crate::NormAxis::from(keep).split_shape(&shape);
+    let vs = contiguous::<T>(v);
+    let gs = contiguous::<T>(g);
+    let eps = T::A::from_f64(eps);
+    let [outer, n, inner] = split;
+
+    // One contiguous block per slice, many slices: norm and output in one visit of each slice.
+    if outer == 1 && !(inner >= CHUNK * 4 && n < 8) && inner > 0 {
+        let min_len = (CHUNK / inner).max(1);
+        let out = filled::<T>(vs.len(), |out| {
+            out.par_chunks_mut(inner)
+                .zip(vs.par_chunks(inner))
+                .zip(gs.par_iter())
+                .with_min_len(min_len)
+                .for_each(|((o, x), &gj)| {
+                    let factor = gj.up() / norm_of(dot(x, x), eps);
+                    for (o, &xv) in o.iter_mut().zip(x) {
+                        o.write(T::down(xv.up() * factor));
+                    }
+                });
+        });
+        return tensor_from(out, shape);
+    }
+
+    let sumsq = slice_sums::<T>(&vs, &vs, split);
+    let factors: Vec<T::A> = sumsq
+        .iter()
+        .zip(gs.iter())
+        .map(|(&s, &gj)| gj.up() / norm_of(s, eps))
+        .collect();
+    let out = filled::<T>(vs.len(), |out| {
+        map_slices::<T>(out, &vs, &vs, split, |j, x, _| T::down(x.up() * factors[j]));
+    });
+    tensor_from(out, shape)
+}
+
+fn backward<T: Real>(
+    v: &FlexTensor,
+    g: &FlexTensor,
+    dw: &FlexTensor,
+    keep: Option<usize>,
+    eps: f64,
+) -> (FlexTensor, FlexTensor) {
+    let shape = v.layout().shape().clone();
+    let g_shape = g.layout().shape().clone();
+    let split = crate::NormAxis::from(keep).split_shape(&shape);
+    let [outer, n, inner] = split;
+    let vs = contiguous::<T>(v);
+    let gs = contiguous::<T>(g);
+    let ds = contiguous::<T>(dw);
+    let eps = T::A::from_f64(eps);
+    let empty_slices = outer == 0 || inner == 0;
+
+    // Per slice: (dg, a = g / n, b = g s / n^3) with b = 0 where the norm is clamped to eps.
+    let coefficients = |sumsq: T::A, s: T::A, gj: T::A| -> (T::A, T::A, T::A) {
+        if empty_slices {
+            return (T::A::ZERO, T::A::ZERO, T::A::ZERO);
+        }
+        let raw = sumsq.sqrt();
+        let norm = if raw < eps { eps } else { raw };
+        let b = if raw < eps {
+            T::A::ZERO
+        } else {
+            gj * s / (norm * norm * norm)
+        };
+        (s / norm, gj / norm, b)
+    };
+
+    if outer == 1 && !(inner >= CHUNK * 4 && n < 8) && inner > 0 {
+        let min_len = (CHUNK / inner).max(1);
+        let mut dg = vec![T::down(T::A::ZERO); n];
+        let dv = filled::<T>(vs.len(), |out| {
+            out.par_chunks_mut(inner)
+                .zip(vs.par_chunks(inner))
+                .zip(ds.par_chunks(inner))
+                .zip(gs.par_iter())
+                .zip(dg.par_iter_mut())
+                .with_min_len(min_len)
+                .for_each(|((((o, x), d), &gj), dgj)| {
+                    let (dgv, a, b) = coefficients(dot(x, x), dot(d, x), gj.up());
+                    *dgj = T::down(dgv);
+                    for ((o, &xv), &dv) in o.iter_mut().zip(x).zip(d) {
+                        o.write(T::down(a * dv.up() - b * xv.up()));
+                    }
+                });
+        });
+        return (tensor_from(dv, shape), tensor_from(dg, g_shape));
+    }
+
+    let sumsq = slice_sums::<T>(&vs, &vs, split);
+    let s = slice_sums::<T>(&ds, &vs, split);
+    let coef: Vec<(T::A, T::A, T::A)> = (0..n)
+        .map(|j| coefficients(sumsq[j], s[j], gs[j].up()))
+        .collect();
+    let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
+    let dv = filled::<T>(vs.len(), |out| {
+        map_slices::<T>(out, &vs, &ds, split, |j, x, d| {
+            let (_, a, b) = coef[j];
+            T::down(a * d.up() - b * x.up())
+        });
+    });
+    (tensor_from(dv, shape), tensor_from(dg, g_shape))
+}

@@ -1,0 +1,282 @@
+//! The weight-norm operation: `w = g * v / ||v||`, exactly as PyTorch computes it.
+//!
+//! - [`norm_except_dim`]: PyTorch's `torch.norm_except_dim`, for any order `p >= 1`.
+//! - [`weight_norm`]: PyTorch's `torch._weight_norm`, through the [`WeightNormBackend`]
+//!   extension: fused kernels on the CPU (`Flex`) backend, a composition of primitive operations
+//!   on every other backend, and one autodiff node with the analytic backward.
+//! - [`weight_norm_eps`]: the same with an opt-in epsilon, `w = g * v / max(||v||, eps)`.
+//! - [`weight_norm_checked`]: the entry point for module code, which also refuses a zero-norm
+//!   slice (where PyTorch would silently produce NaN).
+//! - [`weight_norm_composed`]: the reference composition of Burn tensor operations,
+//!   differentiated by Burn's own autodiff; the fused path is tested against it.
+//!
+//! All of them validate their input: the axis against the rank (1 to 5), `g`'s shape against
+//! `v`'s (PyTorch does not check it), the dtypes and the epsilon.
+//!
+//! # Numerics
+//!
+//! f32 and f64 are computed in their own type, f16 and bf16 in f32 and rounded once. With the
+//! default epsilon of zero the result is PyTorch's to the last bits on normal input; a zero-norm
+//! slice gives NaN there, as in PyTorch, unless the checked entry point or an epsilon is used.
+
+mod autodiff;
+mod backend;
+mod flex;
+
+pub use backend::{WeightNormBackend, composed_backward, composed_forward};
+
+use burn::backend::Dispatch;
+use burn::tensor::{DType, FloatDType, Tensor};
+
+use crate::axis::NormAxis;
+use crate::error::{Error, Result};
+
+/// Checks everything the operations assume about their input.
+fn validate<const D: usize>(v: &Tensor<D>, g: &Tensor<D>, axis: NormAxis, eps: f64) -> Result<()> {
+    axis.validate(D)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::InvalidEpsilon { eps });
+    }
+    let (vt, gt) = (v.dtype(), g.dtype());
+    if vt != gt || !vt.is_float() {
+        return Err(Error::DTypeMismatch { v: vt, g: gt });
+    }
+    let v_shape = v.dims().to_vec();
+    let expected = axis.g_shape(&v_shape);
+    let got = g.dims().to_vec();
+    if got != expected {
+        return Err(Error::GShapeMismatch {
+            got,
+            expected,
+            v_shape,
+            axis: axis.describe(),
+        });
+    }
+    Ok(())
+}
+
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
+
+fn float_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F64 => FloatDType::F64,
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        _ => FloatDType::F32,
+    }
+}
+
+/// Sums over every axis but the kept one, keeping dims (the result has `g`'s shape).
+fn sum_except<const D: usize>(x: Tensor<D>, axis: NormAxis) -> Tensor<D> {
+    let dims = x.dims();
+    let [outer, n, inner] = axis.split_shape(&dims);
+    let g_shape: [usize; D] = axis.g_shape(&dims).try_into().expect("rank D");
+    x.reshape([outer, n, inner])
+        .sum_dim(2)
+        .sum_dim(0)
+        .reshape(g_shape)
+}
+
+/// Takes the max over every axis but the kept one, keeping dims.
+fn max_except<const D: usize>(x: Tensor<D>, axis: NormAxis) -> Tensor<D> {
+    let dims = x.dims();
+    let [outer, n, inner] = axis.split_shape(&dims);
+    let g_shape: [usize; D] = axis.g_shape(&dims).try_into().expect("rank D");
+    x.reshape([outer, n, inner])
+        .max_dim(2)
+        .max_dim(0)
+        .reshape(g_shape)
+}
+
+/// The `p`-norm of `v` over every axis but `axis`: PyTorch's `torch.norm_except_dim(v, p, dim)`.
+///
+/// # Shapes
+///
+/// - `v`: any shape of rank 1 to 5
+/// - output: `v`'s size on the kept axis and 1 elsewhere; `[1, 1, ..]` (one element) for
+///   [`NormAxis::Whole`], where PyTorch returns a 0-dim tensor
+///
+/// `p` is any order `>= 1`, `f64::INFINITY` for the max norm. Half types are accumulated in f32;
+/// the result has `v`'s dtype.
+///
+/// # Errors
+///
+/// [`Error::InvalidNormOrder`] for `p < 1` or NaN; [`Error::UnsupportedRank`] or
+/// [`Error::AxisOutOfRange`] for a bad axis.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use weightnorm::{NormAxis, ops::norm_except_dim};
+///
+/// let device = Device::default();
+/// let v = Tensor::<2>::from_data([[3.0, 4.0], [6.0, 8.0]], &device);
+/// let rows = norm_except_dim(v.clone(), 2.0, NormAxis::Keep(0)).unwrap();
+/// assert_eq!(rows.dims(), [2, 1]);
+/// assert_eq!(rows.into_data().try_to_vec::<f32>().unwrap(), vec![5.0, 10.0]);
+/// let l1 = norm_except_dim(v, 1.0, NormAxis::Whole).unwrap();
+/// assert_eq!(l1.into_data().try_to_vec::<f32>().unwrap(), vec![21.0]);
+/// ```
+pub fn norm_except_dim<const D: usize>(v: Tensor<D>, p: f64, axis: NormAxis) -> Result<Tensor<D>> {
+    axis.validate(D)?;
+    if p.is_nan() || p < 1.0 {
+        return Err(Error::InvalidNormOrder { p });
+    }
+    let dtype = v.dtype();
+    let x = if is_half(dtype) {
+        v.cast(FloatDType::F32)
+    } else {
+        v
+    };
+    let norm = if p == 2.0 {
+        sum_except(x.clone() * x, axis).sqrt()
+    } else if p == 1.0 {
+        sum_except(x.abs(), axis)
+    } else if p.is_infinite() {
+        if x.dims().contains(&0) {
+            // The max over nothing: zero, as the sum-based norms give.
+            let g_shape: [usize; D] = axis.g_shape(&x.dims()).try_into().expect("rank D");
+            Tensor::zeros(g_shape, (&x.device(), x.dtype()))
+        } else {
+            max_except(x.abs(), axis)
+        }
+    } else {
+        sum_except(x.abs().powf_scalar(p), axis).powf_scalar(1.0 / p)
+    };
+    Ok(if is_half(dtype) {
+        norm.cast(float_dtype(dtype))
+    } else {
+        norm
+    })
+}
+
+/// `w = g * v / ||v||` with the norm taken over every axis but `axis`: PyTorch's
+/// `torch._weight_norm(v, g, dim)`, fused on the CPU and differentiated by the analytic formula.
+///
+/// # Shapes
+///
+/// - `v`: any shape of rank 1 to 5
+/// - `g`: `v`'s size on the kept axis and 1 elsewhere (all ones for [`NormAxis::Whole`])
+/// - output: `v`'s shape
+///
+/// # Errors
+///
+/// A bad axis or rank, `g` of the wrong shape, or `v` and `g` of different dtypes. A zero-norm
+/// slice is not detected here: it gives NaN, as in PyTorch (see [`weight_norm_checked`]).
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use weightnorm::{NormAxis, ops::weight_norm};
+///
+/// let device = Device::default();
+/// let v = Tensor::<2>::from_data([[3.0, 4.0], [0.0, 2.0]], &device);
+/// let g = Tensor::<2>::from_data([[10.0], [3.0]], &device);
+/// let w = weight_norm(v, g, NormAxis::Keep(0)).unwrap();
+/// assert_eq!(w.into_data().try_to_vec::<f32>().unwrap(), vec![6.0, 8.0, 0.0, 3.0]);
+/// ```
+pub fn weight_norm<const D: usize>(v: Tensor<D>, g: Tensor<D>, axis: NormAxis) -> Result<Tensor<D>> {
+    weight_norm_eps(v, g, axis, 0.0)
+}
+
+/// [`weight_norm`] with an epsilon: `w = g * v / max(||v||, eps)`, the convention of
+/// `torch.nn.functional.normalize`. Where a slice's norm is below `eps` its gradient with
+/// respect to `v` is `(g / eps) dw`, so a zero slice trains instead of producing NaN.
+///
+/// # Errors
+///
+/// As [`weight_norm`], and [`Error::InvalidEpsilon`] for a negative or non-finite `eps`.
+pub fn weight_norm_eps<const D: usize>(
+    v: Tensor<D>,
+    g: Tensor<D>,
+    axis: NormAxis,
+    eps: f64,
+) -> Result<Tensor<D>> {
+    validate(&v, &g, axis, eps)?;
+    let w = Dispatch::weight_norm_forward(v.into_dispatch(), g.into_dispatch(), axis.kept(), eps);
+    Ok(Tensor::from_dispatch(w))
+}
+
+/// Checks that every slice of `v` has a finite norm, and (without an epsilon) a non-zero one.
+///
+/// This reads the norms back from the device, so it belongs where weights come from outside
+/// (applying weight norm, loading a checkpoint), not in every forward pass.
+///
+/// # Errors
+///
+/// [`Error::ZeroNorm`] naming the first zero-norm slice when `eps == 0`,
+/// [`Error::NonFiniteNorm`] for a NaN or infinite norm, and the axis errors of
+/// [`norm_except_dim`].
+pub fn check_norms<const D: usize>(v: &Tensor<D>, axis: NormAxis, eps: f64) -> Result<()> {
+    let dims = v.dims();
+    let [outer, _, inner] = axis.split_shape(&dims);
+    let norms = norm_except_dim(v.clone(), 2.0, axis)?;
+    if outer * inner == 0 {
+        return Ok(()); // empty slices: nothing is divided
+    }
+    let norms = norms
+        .into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .expect("converted to f64");
+    let name = |j: usize| match axis {
+        NormAxis::Keep(k) => format!("index {j} of axis {k}"),
+        NormAxis::Whole => "the whole tensor".to_string(),
+    };
+    for (j, &n) in norms.iter().enumerate() {
+        if !n.is_finite() {
+            return Err(Error::NonFiniteNorm { slice: name(j) });
+        }
+        if n == 0.0 && eps == 0.0 {
+            return Err(Error::ZeroNorm { slice: name(j) });
+        }
+    }
+    Ok(())
+}
+
+/// [`weight_norm_eps`] that also refuses a slice of `v` with a zero (or non-finite) norm instead
+/// of producing NaN: the entry point for module code at apply and load time.
+///
+/// # Errors
+///
+/// As [`weight_norm_eps`] and [`check_norms`].
+pub fn weight_norm_checked<const D: usize>(
+    v: Tensor<D>,
+    g: Tensor<D>,
+    axis: NormAxis,
+    eps: f64,
+) -> Result<Tensor<D>> {
+    validate(&v, &g, axis, eps)?;
+    check_norms(&v, axis, eps)?;
+    weight_norm_eps(v, g, axis, eps)
+}
+
+/// The reference path: `v * (g / max(||v||, eps))` composed of Burn tensor operations and
+/// differentiated by Burn's autodiff, not by this crate's backward. Slower than [`weight_norm`];
+/// useful to cross-check it and on backends without the extension.
+///
+/// # Errors
+///
+/// As [`weight_norm_eps`].
+pub fn weight_norm_composed<const D: usize>(
+    v: Tensor<D>,
+    g: Tensor<D>,
+    axis: NormAxis,
+    eps: f64,
+) -> Result<Tensor<D>> {
+    validate(&v, &g, axis, eps)?;
+    let dtype = v.dtype();
+    let (v, g) = if is_half(dtype) {
+        (v.cast(FloatDType::F32), g.cast(FloatDType::F32))
+    } else {
+        (v, g)
+    };
+    let norm = sum_except(v.clone() * v.clone(), axis).sqrt();
+    let norm = if eps > 0.0 { norm.clamp_min(eps) } else { norm };
+    let w = v * (g / norm);
+    Ok(if is_half(dtype) {
+        w.cast(float_dtype(dtype))
+    } else {
+        w
+    })
+}

@@ -1,0 +1,195 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+pub fn device() -> Device {
+    Device::default()
+}
+
+pub fn ad_device() -> Device {
+    Device::default().autodiff()
+}
+
+pub fn fixtures_dir(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(sub)
+}
+
+/// One fixture file: its tensors (dtype kept) and metadata.
+pub struct Fixture {
+    pub name: String,
+    pub tensors: BTreeMap<String, TensorData>,
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Fixture {
+    pub fn get(&self, key: &str) -> &TensorData {
+        self.tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
+    }
+    pub fn meta(&self, key: &str) -> &str {
+        self.meta
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no metadata {key}", self.name))
+    }
+}
+
+fn dtype_of(d: Dtype) -> DType {
+    match d {
+        Dtype::F64 => DType::F64,
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        other => panic!("unexpected dtype {other:?} in a fixture"),
+    }
+}
+
+pub fn load_fixtures(sub: &str) -> Vec<Fixture> {
+    let dir = fixtures_dir(sub);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+            let meta = header
+                .metadata()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let tensors = st
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| {
+                    let data = TensorData::from_bytes_vec(
+                        view.data().to_vec(),
+                        view.shape().to_vec(),
+                        dtype_of(view.dtype()),
+                    );
+                    (name, data)
+                })
+                .collect();
+            Fixture {
+                name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+                tensors,
+                meta,
+            }
+        })
+        .collect()
+}
+
+/// A tensor of rank D with the data's own dtype, reshaped to `shape` (for PyTorch's 0-dim g).
+pub fn tensor<const D: usize>(data: &TensorData, shape: &[usize], device: &Device) -> Tensor<D> {
+    let dims: [usize; D] = shape.try_into().expect("rank");
+    let data = TensorData::from_bytes_vec(data.as_bytes().to_vec(), dims.to_vec(), data.dtype);
+    Tensor::from_data(data.clone(), (device, data.dtype))
+}
+
+pub fn f64s(data: &TensorData) -> Vec<f64> {
+    data.clone().convert::<f64>().try_to_vec::<f64>().unwrap()
+}
+
+pub fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+    f64s(&t.to_data())
+}
+
+/// The largest error of `actual` against `expected`, each element judged relative to
+/// `max(|expected_i|, 1e-3 * max|expected|)`: a relative error that does not blow up on the
+/// few elements that cancel to nearly zero.
+pub fn rel_error(actual: &[f64], expected: &[f64]) -> f64 {
+    assert_eq!(actual.len(), expected.len(), "lengths differ");
+    let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| {
+            let denom = e.abs().max(1e-3 * scale).max(f64::MIN_POSITIVE);
+            if a == e { 0.0 } else { (a - e).abs() / denom }
+        })
+        .fold(0.0, f64::max)
+}
+
+pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], tol: f64) {
+    let err = rel_error(actual, expected);
+    assert!(
+        err <= tol,
+        "{what}: relative error {err:e} exceeds {tol:e}"
+    );
+}
+
+/// One unit in the last place of `x` in a format with `mantissa` stored bits and the given
+/// smallest subnormal exponent.
+pub fn ulp(x: f64, mantissa: i32, min_exp: i32) -> f64 {
+    let x = x.abs();
+    if x == 0.0 {
+        return 2f64.powi(min_exp);
+    }
+    let e = x.log2().floor() as i32;
+    2f64.powi((e - mantissa).max(min_exp))
+}
+
+/// How many units in the last place of the exact value `exact` the value `actual` is off, in the
+/// half format `dtype`.
+pub fn ulps_off(actual: &[f64], exact: &[f64], dtype: DType) -> f64 {
+    let (mantissa, min_exp) = match dtype {
+        DType::F16 => (10, -24),
+        DType::BF16 => (7, -133),
+        other => panic!("not a half type: {other:?}"),
+    };
+    actual
+        .iter()
+        .zip(exact)
+        .map(|(a, e)| (a - e).abs() / ulp(*e, mantissa, min_exp))
+        .fold(0.0, f64::max)
+}
+
+/// A deterministic pseudo-random stream (SplitMix64), so tests need no RNG crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+}
+
+/// A tensor of `shape` from f64 values, stored as `dtype`.
+pub fn from_f64<const D: usize>(
+    values: Vec<f64>,
+    shape: [usize; D],
+    dtype: DType,
+    device: &Device,
+) -> Tensor<D> {
+    Tensor::from_data(
+        TensorData::new(values, shape).convert_dtype(dtype),
+        (device, dtype),
+    )
+}
