@@ -42,6 +42,36 @@ fn inputs(fx: &Fixture, shape: &[usize]) -> (burn::tensor::TensorData, burn::ten
     )
 }
 
+/// The exact (f64) results for a fixture: stored by the script, or, for the formula cases,
+/// computed here in f64 by the reference path (itself checked against PyTorch's f64 fixtures to
+/// 1e-12 by this file).
+fn exact(fx: &Fixture) -> [Vec<f64>; 3] {
+    if fx.tensors.contains_key("w64") {
+        return ["w64", "dv64", "dg64"].map(|k| f64s(fx.get(k)));
+    }
+    assert_eq!(fx.meta("inputs"), "formula", "{}: no exact values", fx.name);
+    let shape = shape_of(fx);
+    let (v, dw) = inputs(fx, &shape);
+    let to64 = |d: &burn::tensor::TensorData| d.clone().convert::<f64>();
+    let exact_fx = Fixture {
+        name: fx.name.clone(),
+        tensors: [
+            ("v".to_string(), to64(&v)),
+            ("dw".to_string(), to64(&dw)),
+            ("g".to_string(), to64(fx.get("g"))),
+        ]
+        .into_iter()
+        .collect(),
+        meta: {
+            let mut m = fx.meta.clone();
+            m.insert("inputs".into(), "stored".into());
+            m
+        },
+    };
+    let out = run_any(&exact_fx, true);
+    [out.w, out.dv, out.dg]
+}
+
 struct Outcome {
     w: Vec<f64>,
     dv: Vec<f64>,
@@ -86,11 +116,53 @@ fn run_any(fx: &Fixture, composed: bool) -> Outcome {
 fn check(fx: &Fixture, out: &Outcome, path: &str) {
     let name = format!("{} ({path})", fx.name);
     match out.dtype {
-        DType::F32 | DType::F64 => {
-            let tol = if out.dtype == DType::F32 { 1e-6 } else { 1e-12 };
-            assert_close(&format!("{name} w"), &out.w, &f64s(fx.get("w")), tol);
-            assert_close(&format!("{name} dv"), &out.dv, &f64s(fx.get("dv")), tol);
-            assert_close(&format!("{name} dg"), &out.dg, &f64s(fx.get("dg")), tol);
+        DType::F64 => {
+            let torch = ["w", "dv", "dg"].map(|k| f64s(fx.get(k)));
+            let (v, dw) = inputs(fx, &shape_of(fx));
+            let scale_dv = dv_term_scale(&f64s(&v), &torch[0], &f64s(&dw)).max(max_abs(&torch[1]));
+            let errs = [
+                elementwise_rel_error(&out.w, &torch[0]),
+                error_at_scale(&out.dv, &torch[1], scale_dv),
+                rel_error(&out.dg, &torch[2]),
+            ];
+            for (key, err) in ["w", "dv", "dg"].into_iter().zip(errs) {
+                assert!(err <= 1e-12, "{name} {key}: {err:e} from PyTorch");
+            }
+        }
+        DType::F32 => {
+            // Within 1e-6 of PyTorch, except where PyTorch's own f32 result is further than
+            // that from the exact value: there, at least as close to the exact value as PyTorch.
+            // The composed path's reductions are Burn's (plain sums), so it gets `composed_tol`
+            // against the exact value.
+            let composed_tol = if path == "composed" { 5e-6 } else { 1e-6 };
+            let exact = exact(fx);
+            let (v, dw) = inputs(fx, &shape_of(fx));
+            let scale_dv = dv_term_scale(&f64s(&v), &exact[0], &f64s(&dw));
+            let ours = [&out.w, &out.dv, &out.dg];
+            for (i, key) in ["w", "dv", "dg"].into_iter().enumerate() {
+                let torch = f64s(fx.get(key));
+                let measure = |a: &[f64], e: &[f64]| match i {
+                    // w has no cancellation: judged element by element.
+                    0 => elementwise_rel_error(a, e),
+                    1 => error_at_scale(a, e, scale_dv.max(max_abs(e))),
+                    _ => rel_error(a, e),
+                };
+                let diff = measure(ours[i], &torch);
+                let err = measure(ours[i], &exact[i]);
+                let torch_err = measure(&torch, &exact[i]);
+                println!(
+                    "{name} {key}: vs PyTorch {diff:.2e}; vs exact: ours {err:.2e}, PyTorch {torch_err:.2e}"
+                );
+                assert!(
+                    err <= composed_tol,
+                    "{name} {key}: {err:e} from the exact value"
+                );
+                assert!(
+                    diff <= 1e-6 || err <= torch_err || path == "composed",
+                    "{name} {key}: {diff:e} from PyTorch, and not more accurate than it \
+                     ({err:e} vs {torch_err:e} from exact)"
+                );
+            }
         }
         half => {
             for (key, ours) in [("w", &out.w), ("dv", &out.dv), ("dg", &out.dg)] {
@@ -124,7 +196,7 @@ fn composed_path_matches_every_pytorch_fixture() {
 fn half_fixtures_hold_exact_values_and_pytorch_results() {
     let mut seen = 0;
     for fx in load_fixtures("ops") {
-        let dtype = fx.get("v").dtype;
+        let dtype = fx.get("g").dtype();
         if !matches!(dtype, DType::F16 | DType::BF16) {
             continue;
         }

@@ -11,9 +11,7 @@
 //! [`crate::ops`] validate shapes and dtypes first.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{
-    Backend, TensorMetadata, backend_extension, get_or_init_device_settings,
-};
+use burn::backend::{Backend, TensorMetadata, backend_extension, get_or_init_device_settings};
 use burn::tensor::{DType, FloatDType, Shape};
 
 /// Weight normalization as a Burn backend extension.

@@ -152,9 +152,17 @@ impl Real for bf16 {
     }
 }
 
-/// `sum(a[i] * b[i])` with eight accumulators.
+/// Leaves of the pairwise summation: eight lanes of 32 elements.
+const LEAF: usize = 256;
+
+/// `sum(a[i] * b[i])` by pairwise summation over leaves of eight independent lanes: vectorizable,
+/// and its rounding error grows with the logarithm of the length, not the length.
 #[inline]
 fn dot<T: Real>(a: &[T], b: &[T]) -> T::A {
+    if a.len() > LEAF {
+        let mid = (a.len() / 2).div_ceil(8) * 8;
+        return dot(&a[..mid], &b[..mid]) + dot(&a[mid..], &b[mid..]);
+    }
     let mut lanes = [T::A::ZERO; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
@@ -169,6 +177,32 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T::A {
         s = s + x.up() * y.up();
     }
     s
+}
+
+/// Pairwise sum of partial results.
+fn pairwise<A: Acc>(xs: &[A]) -> A {
+    match xs.len() {
+        0 => A::ZERO,
+        1 => xs[0],
+        len => pairwise(&xs[..len / 2]) + pairwise(&xs[len / 2..]),
+    }
+}
+
+/// Pairwise elementwise sum of partial vectors (all of one length).
+fn pairwise_vecs<A: Acc>(parts: &mut [Vec<A>]) -> Vec<A> {
+    match parts.len() {
+        0 => Vec::new(),
+        1 => std::mem::take(&mut parts[0]),
+        len => {
+            let (lo, hi) = parts.split_at_mut(len / 2);
+            let mut a = pairwise_vecs(lo);
+            let b = pairwise_vecs(hi);
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = *x + y;
+            }
+            a
+        }
+    }
 }
 
 /// Contiguous typed data of a Flex tensor (copied only when the tensor is a strided view).
@@ -196,14 +230,14 @@ fn filled<T: Send>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<
     out
 }
 
-/// Per-slice sums over the `[outer, n, inner]` view: for each `j`, `f` accumulated over the
-/// slice's runs. `f(a_run, b_run)` is `dot`: pass `a == b` for sums of squares.
+/// Per-slice sums over the `[outer, n, inner]` view: for each `j`, the sum over the slice of
+/// `a * b` (pass `a == b` for sums of squares).
 fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T::A> {
     if n == 0 || inner == 0 || outer == 0 {
         return vec![T::A::ZERO; n];
     }
     if outer == 1 {
-        if inner >= CHUNK * 4 && n < 8 {
+        if large_slices(n, inner) {
             // Few large slices: reduce each in fixed chunks, in parallel.
             return (0..n)
                 .map(|j| {
@@ -214,7 +248,7 @@ fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T
                         .zip(sb.par_chunks(CHUNK))
                         .map(|(x, y)| dot(x, y))
                         .collect();
-                    parts.into_iter().fold(T::A::ZERO, |s, p| s + p)
+                    pairwise(&parts)
                 })
                 .collect();
         }
@@ -226,36 +260,45 @@ fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T
             .map(|(x, y)| dot(x, y))
             .collect();
     }
-    // Rows of n * inner elements; fixed groups of rows accumulate per-slice partial sums.
+    // Rows of n * inner elements. Each task takes a fixed group of rows and accumulates blocks
+    // of 32 rows, adding each block to its total; the tasks' totals are combined pairwise.
+    const BLOCK_ROWS: usize = 32;
     let row = n * inner;
-    let rows_per_task = (CHUNK / row).max(1);
-    let partials: Vec<Vec<T::A>> = a
+    let rows_per_task = (CHUNK / row).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
+    let mut partials: Vec<Vec<T::A>> = a
         .par_chunks(row * rows_per_task)
         .zip(b.par_chunks(row * rows_per_task))
         .map(|(xa, xb)| {
-            let mut acc = vec![T::A::ZERO; n];
-            for (ra, rb) in xa.chunks_exact(row).zip(xb.chunks_exact(row)) {
-                if inner == 1 {
-                    for j in 0..n {
-                        acc[j] = acc[j] + ra[j].up() * rb[j].up();
-                    }
-                } else {
-                    for j in 0..n {
-                        let r = j * inner..(j + 1) * inner;
-                        acc[j] = acc[j] + dot(&ra[r.clone()], &rb[r]);
+            let mut total = vec![T::A::ZERO; n];
+            let mut block = vec![T::A::ZERO; n];
+            for (ba, bb) in xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS)) {
+                block.fill(T::A::ZERO);
+                for (ra, rb) in ba.chunks_exact(row).zip(bb.chunks_exact(row)) {
+                    if inner == 1 {
+                        for ((s, x), y) in block.iter_mut().zip(ra).zip(rb) {
+                            *s = *s + x.up() * y.up();
+                        }
+                    } else {
+                        for (j, s) in block.iter_mut().enumerate() {
+                            let r = j * inner..(j + 1) * inner;
+                            *s = *s + dot(&ra[r.clone()], &rb[r]);
+                        }
                     }
                 }
+                for (t, s) in total.iter_mut().zip(&block) {
+                    *t = *t + *s;
+                }
             }
-            acc
+            total
         })
         .collect();
-    let mut sums = vec![T::A::ZERO; n];
-    for p in partials {
-        for (s, x) in sums.iter_mut().zip(p) {
-            *s = *s + x;
-        }
-    }
-    sums
+    pairwise_vecs(&mut partials)
+}
+
+/// Whether the slices are few and large enough to be reduced in parallel chunks each, rather
+/// than one task per slice.
+fn large_slices(n: usize, inner: usize) -> bool {
+    inner >= CHUNK * 4 && n < 8
 }
 
 /// `max(sqrt(sumsq), eps)`.
@@ -316,7 +359,7 @@ fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f6
     let [outer, n, inner] = split;
 
     // One contiguous block per slice, many slices: norm and output in one visit of each slice.
-    if outer == 1 && !(inner >= CHUNK * 4 && n < 8) && inner > 0 {
+    if outer == 1 && !large_slices(n, inner) && inner > 0 {
         let min_len = (CHUNK / inner).max(1);
         let out = filled::<T>(vs.len(), |out| {
             out.par_chunks_mut(inner)
@@ -377,7 +420,7 @@ fn backward<T: Real>(
         (s / norm, gj / norm, b)
     };
 
-    if outer == 1 && !(inner >= CHUNK * 4 && n < 8) && inner > 0 {
+    if outer == 1 && !large_slices(n, inner) && inner > 0 {
         let min_len = (CHUNK / inner).max(1);
         let mut dg = vec![T::down(T::A::ZERO); n];
         let dv = filled::<T>(vs.len(), |out| {

@@ -73,6 +73,10 @@ fn sum_except<const D: usize>(x: Tensor<D>, axis: NormAxis) -> Tensor<D> {
     let dims = x.dims();
     let [outer, n, inner] = axis.split_shape(&dims);
     let g_shape: [usize; D] = axis.g_shape(&dims).try_into().expect("rank D");
+    if outer * n * inner == 0 {
+        // A sum over nothing. (Burn's reshape reads a 0 in the target as "keep this axis".)
+        return Tensor::zeros(g_shape, (&x.device(), x.dtype()));
+    }
     x.reshape([outer, n, inner])
         .sum_dim(2)
         .sum_dim(0)
@@ -129,18 +133,16 @@ pub fn norm_except_dim<const D: usize>(v: Tensor<D>, p: f64, axis: NormAxis) -> 
     } else {
         v
     };
-    let norm = if p == 2.0 {
+    let norm = if x.dims().contains(&0) {
+        // The norm of nothing is zero, whatever the order.
+        let g_shape: [usize; D] = axis.g_shape(&x.dims()).try_into().expect("rank D");
+        Tensor::zeros(g_shape, (&x.device(), x.dtype()))
+    } else if p == 2.0 {
         sum_except(x.clone() * x, axis).sqrt()
     } else if p == 1.0 {
         sum_except(x.abs(), axis)
     } else if p.is_infinite() {
-        if x.dims().contains(&0) {
-            // The max over nothing: zero, as the sum-based norms give.
-            let g_shape: [usize; D] = axis.g_shape(&x.dims()).try_into().expect("rank D");
-            Tensor::zeros(g_shape, (&x.device(), x.dtype()))
-        } else {
-            max_except(x.abs(), axis)
-        }
+        max_except(x.abs(), axis)
     } else {
         sum_except(x.abs().powf_scalar(p), axis).powf_scalar(1.0 / p)
     };
@@ -175,7 +177,11 @@ pub fn norm_except_dim<const D: usize>(v: Tensor<D>, p: f64, axis: NormAxis) -> 
 /// let w = weight_norm(v, g, NormAxis::Keep(0)).unwrap();
 /// assert_eq!(w.into_data().try_to_vec::<f32>().unwrap(), vec![6.0, 8.0, 0.0, 3.0]);
 /// ```
-pub fn weight_norm<const D: usize>(v: Tensor<D>, g: Tensor<D>, axis: NormAxis) -> Result<Tensor<D>> {
+pub fn weight_norm<const D: usize>(
+    v: Tensor<D>,
+    g: Tensor<D>,
+    axis: NormAxis,
+) -> Result<Tensor<D>> {
     weight_norm_eps(v, g, axis, 0.0)
 }
 
