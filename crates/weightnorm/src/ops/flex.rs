@@ -24,6 +24,31 @@ use rayon::prelude::*;
 
 use super::backend::{WeightNormBackend, composed_backward, composed_forward};
 
+/// Runs `f` compiled for AVX2 when the CPU has it (detected once, at run time), else as built.
+/// The kernels' summation order is fixed by their code, not by the vector width, and no fused
+/// multiply-add is enabled, so both versions give bit-identical results.
+macro_rules! simd {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                unsafe { avx2(|| $body) }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+
 /// Elements per task in reductions and writes: big enough to amortize scheduling, small enough
 /// to stay in L2 and to spread 4096x4096 over many threads.
 const CHUNK: usize = 1 << 14;
@@ -156,13 +181,37 @@ impl Real for bf16 {
 const LEAF: usize = 256;
 
 /// `sum(a[i] * b[i])` by pairwise summation over leaves of eight independent lanes: vectorizable,
-/// and its rounding error grows with the logarithm of the length, not the length.
-#[inline]
+/// and its rounding error grows with the logarithm of the length, not the length. Leaves are
+/// combined with a binary counter (no recursion), so the whole function inlines into the SIMD
+/// clones below.
+#[inline(always)]
 fn dot<T: Real>(a: &[T], b: &[T]) -> T::A {
-    if a.len() > LEAF {
-        let mid = (a.len() / 2).div_ceil(8) * 8;
-        return dot(&a[..mid], &b[..mid]) + dot(&a[mid..], &b[mid..]);
+    if a.len() <= LEAF {
+        return dot_leaf(a, b);
     }
+    // stack[k] holds the sum of 2^level[k] leaves; equal levels merge, as in binary addition.
+    let mut stack = [(T::A::ZERO, 0u32); 48];
+    let mut top = 0;
+    for (ca, cb) in a.chunks(LEAF).zip(b.chunks(LEAF)) {
+        let mut s = dot_leaf(ca, cb);
+        let mut level = 0;
+        while top > 0 && stack[top - 1].1 == level {
+            s = stack[top - 1].0 + s;
+            top -= 1;
+            level += 1;
+        }
+        stack[top] = (s, level);
+        top += 1;
+    }
+    let mut s = stack[top - 1].0;
+    for k in (0..top - 1).rev() {
+        s = stack[k].0 + s;
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_leaf<T: Real>(a: &[T], b: &[T]) -> T::A {
     let mut lanes = [T::A::ZERO; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
@@ -246,7 +295,7 @@ fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T
                     let parts: Vec<T::A> = sa
                         .par_chunks(CHUNK)
                         .zip(sb.par_chunks(CHUNK))
-                        .map(|(x, y)| dot(x, y))
+                        .map(|(x, y)| simd!(dot(x, y)))
                         .collect();
                     pairwise(&parts)
                 })
@@ -257,7 +306,7 @@ fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T
             .par_chunks(inner)
             .zip(b.par_chunks(inner))
             .with_min_len(min_len)
-            .map(|(x, y)| dot(x, y))
+            .map(|(x, y)| simd!(dot(x, y)))
             .collect();
     }
     // Rows of n * inner elements. Each task takes a fixed group of rows and accumulates blocks
@@ -308,14 +357,15 @@ fn norm_of<A: Acc>(sumsq: A, eps: A) -> A {
     if n < eps { eps } else { n }
 }
 
-/// Writes `out[o, j, i] = f(j, x[o, j, i], y[o, j, i])` over the `[outer, n, inner]` view, in
-/// fixed chunks of the flat arrays.
-fn map_slices<T: Real>(
+/// Calls `f(j, out_run, x_run, y_run)` for every contiguous run of the `[outer, n, inner]` view
+/// (a run lies in one slice `j`), over fixed chunks of the flat arrays, in parallel. `f` must
+/// write all of `out_run`.
+fn for_each_run<T: Real>(
     out: &mut [MaybeUninit<T>],
     x: &[T],
     y: &[T],
     [_, n, inner]: [usize; 3],
-    f: impl Fn(usize, T, T) -> T + Sync,
+    f: impl Fn(usize, &mut [MaybeUninit<T>], &[T], &[T]) + Sync,
 ) {
     if out.is_empty() {
         return;
@@ -327,27 +377,54 @@ fn map_slices<T: Real>(
         .for_each(|(c, ((o, xs), ys))| {
             let start = c * CHUNK;
             if inner == 1 {
+                // Every element is its own run: walk the slices row by row.
+                let mut p = 0;
                 let mut j = start % n;
-                for ((o, &xv), &yv) in o.iter_mut().zip(xs).zip(ys) {
-                    o.write(f(j, xv, yv));
-                    j += 1;
-                    if j == n {
-                        j = 0;
+                while p < o.len() {
+                    let len = (n - j).min(o.len() - p);
+                    for k in 0..len {
+                        f(
+                            j + k,
+                            &mut o[p + k..p + k + 1],
+                            &xs[p + k..p + k + 1],
+                            &ys[p + k..p + k + 1],
+                        );
                     }
+                    p += len;
+                    j = 0;
                 }
                 return;
             }
             let mut p = 0;
             while p < o.len() {
                 let run = (start + p) / inner;
-                let j = run % n;
                 let end = ((run + 1) * inner - start).min(o.len());
-                for ((o, &xv), &yv) in o[p..end].iter_mut().zip(&xs[p..end]).zip(&ys[p..end]) {
-                    o.write(f(j, xv, yv));
-                }
+                f(run % n, &mut o[p..end], &xs[p..end], &ys[p..end]);
                 p = end;
             }
         });
+}
+
+/// `out[i] = x[i] * factor`.
+#[inline(always)]
+fn scale_into<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], factor: T::A) {
+    for (o, &xv) in out.iter_mut().zip(x) {
+        o.write(T::down(xv.up() * factor));
+    }
+}
+
+/// `out[i] = a * d[i] - b * x[i]`.
+#[inline(always)]
+fn axpby_into<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: T::A, b: T::A) {
+    for ((o, &dv), &xv) in out.iter_mut().zip(d).zip(x) {
+        o.write(T::down(a * dv.up() - b * xv.up()));
+    }
+}
+
+/// One slice of the single-pass forward: its norm, then its output.
+#[inline(always)]
+fn forward_slice<T: Real>(o: &mut [MaybeUninit<T>], x: &[T], gj: T, eps: T::A) {
+    scale_into(o, x, gj.up() / norm_of(dot(x, x), eps));
 }
 
 fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f64) -> FlexTensor {
@@ -366,12 +443,7 @@ fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f6
                 .zip(vs.par_chunks(inner))
                 .zip(gs.par_iter())
                 .with_min_len(min_len)
-                .for_each(|((o, x), &gj)| {
-                    let factor = gj.up() / norm_of(dot(x, x), eps);
-                    for (o, &xv) in o.iter_mut().zip(x) {
-                        o.write(T::down(xv.up() * factor));
-                    }
-                });
+                .for_each(|((o, x), &gj)| simd!(forward_slice(o, x, gj, eps)));
         });
         return tensor_from(out, shape);
     }
@@ -383,7 +455,9 @@ fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f6
         .map(|(&s, &gj)| gj.up() / norm_of(s, eps))
         .collect();
     let out = filled::<T>(vs.len(), |out| {
-        map_slices::<T>(out, &vs, &vs, split, |j, x, _| T::down(x.up() * factors[j]));
+        for_each_run::<T>(out, &vs, &vs, split, |j, o, x, _| {
+            simd!(scale_into(o, x, factors[j]))
+        });
     });
     tensor_from(out, shape)
 }
@@ -431,11 +505,11 @@ fn backward<T: Real>(
                 .zip(dg.par_iter_mut())
                 .with_min_len(min_len)
                 .for_each(|((((o, x), d), &gj), dgj)| {
-                    let (dgv, a, b) = coefficients(dot(x, x), dot(d, x), gj.up());
-                    *dgj = T::down(dgv);
-                    for ((o, &xv), &dv) in o.iter_mut().zip(x).zip(d) {
-                        o.write(T::down(a * dv.up() - b * xv.up()));
-                    }
+                    simd!({
+                        let (dgv, a, b) = coefficients(dot(x, x), dot(d, x), gj.up());
+                        *dgj = T::down(dgv);
+                        axpby_into(o, d, x, a, b);
+                    })
                 });
         });
         return (tensor_from(dv, shape), tensor_from(dg, g_shape));
@@ -448,9 +522,9 @@ fn backward<T: Real>(
         .collect();
     let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
     let dv = filled::<T>(vs.len(), |out| {
-        map_slices::<T>(out, &vs, &ds, split, |j, x, d| {
+        for_each_run::<T>(out, &vs, &ds, split, |j, o, x, d| {
             let (_, a, b) = coef[j];
-            T::down(a * d.up() - b * x.up())
+            simd!(axpby_into(o, d, x, a, b))
         });
     });
     (tensor_from(dv, shape), tensor_from(dg, g_shape))
