@@ -33,3 +33,8 @@ pub mod ops;
 
 pub use axis::{LayerKind, NormAxis, UnitAxes};
 pub use error::{Error, Result};
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
