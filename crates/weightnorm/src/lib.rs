@@ -9,6 +9,8 @@
 //! - [`ops`]: [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm) and
 //!   their checked and reference variants, built on the [`WeightNormBackend`](ops::WeightNormBackend)
 //!   backend extension.
+//! - [`reparam`]: weight norm on any Burn module in one call ([`apply_weight_norm`]), removable
+//!   ([`remove_weight_norm`]), as a Burn `Reparameterization`.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -30,9 +32,14 @@
 pub mod axis;
 pub mod error;
 pub mod ops;
+pub mod reparam;
 
 pub use axis::{LayerKind, NormAxis, UnitAxes};
 pub use error::{Error, Result};
+pub use reparam::{
+    AxisChoice, Init, ReparamError, WeightNorm, WeightNormConfig, apply_weight_norm,
+    remove_weight_norm,
+};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../../../README.md")]
