@@ -11,6 +11,9 @@
 //!   backend extension.
 //! - [`reparam`]: weight norm on any Burn module in one call ([`apply_weight_norm`]), removable
 //!   ([`remove_weight_norm`]), as a Burn `Reparameterization`.
+//! - [`init`]: the paper's data-dependent initialisation.
+//! - [`nn`]: mean-only batch normalization, a WaveNet-style residual block and a
+//!   weight-normalized CNN classifier.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -31,6 +34,8 @@
 
 pub mod axis;
 pub mod error;
+pub mod init;
+pub mod nn;
 pub mod ops;
 pub mod reparam;
 

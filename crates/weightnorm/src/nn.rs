@@ -1,0 +1,318 @@
+//! Building blocks: mean-only batch normalization and the classic weight-normalized blocks.
+
+use burn::config::Config;
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d, Relu};
+use burn::tensor::activation::{sigmoid, tanh};
+use burn::tensor::{Device, Tensor};
+
+use crate::init::{InitError, data_dependent_conv2d, data_dependent_linear};
+use crate::reparam::{ReparamError, WeightNormConfig, apply_weight_norm};
+
+/// Configuration of [`MeanOnlyBatchNorm`].
+#[derive(Config, Debug)]
+pub struct MeanOnlyBatchNormConfig {
+    /// The number of features (channels), axis 1 of the input.
+    pub num_features: usize,
+    /// The weight of the newest batch in the running mean.
+    #[config(default = 0.1)]
+    pub momentum: f64,
+}
+
+/// Mean-only batch normalization (Salimans & Kingma 2016, section 2.2): subtracts the mean of
+/// each feature and adds a learnable shift, without dividing by a standard deviation; the
+/// companion of weight normalization.
+///
+/// In training (an autodiff device and the training flag on) it subtracts the batch mean per
+/// feature and updates `running_mean <- (1 - momentum) running_mean + momentum batch_mean`; in
+/// evaluation it subtracts the running mean. The running mean is saved and loaded with the
+/// module.
+#[derive(Module, Debug)]
+pub struct MeanOnlyBatchNorm {
+    /// The learnable shift, one per feature.
+    pub beta: Param<Tensor<1>>,
+    /// Whether training behavior is enabled.
+    pub training: Param<Flag>,
+    /// The running mean, one per feature.
+    pub running_mean: RunningState<Tensor<1>>,
+    /// The weight of the newest batch in the running mean.
+    pub momentum: f64,
+}
+
+impl MeanOnlyBatchNormConfig {
+    /// Creates the layer: `beta = 0`, `running_mean = 0`.
+    ///
+    /// # Panics
+    ///
+    /// If `num_features` is zero or `momentum` is not within `[0, 1]`.
+    pub fn init(&self, device: &Device) -> MeanOnlyBatchNorm {
+        assert!(
+            self.num_features > 0,
+            "num_features must be greater than zero"
+        );
+        assert!(
+            self.momentum.is_finite() && (0.0..=1.0).contains(&self.momentum),
+            "momentum must be within [0, 1]"
+        );
+        MeanOnlyBatchNorm {
+            beta: Initializer::Zeros.init([self.num_features], device),
+            training: Param::from_bool(true),
+            running_mean: RunningState::new(Tensor::zeros([self.num_features], device)),
+            momentum: self.momentum,
+        }
+    }
+}
+
+impl MeanOnlyBatchNorm {
+    /// Centers each feature and adds the shift.
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[batch, num_features, ...]`
+    /// - output: the same
+    ///
+    /// # Panics
+    ///
+    /// If the input's axis 1 is not `num_features`.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let [features] = self.beta.dims();
+        let dims = input.dims();
+        assert!(
+            D >= 2 && dims[1] == features,
+            "mean-only batch norm: input {dims:?} must have {features} features on axis 1"
+        );
+        let mut bshape = [1usize; D];
+        bshape[1] = features;
+        let beta = self.beta.val().reshape(bshape);
+        if input.device().is_autodiff() && self.training.is_enabled() {
+            let flat: Tensor<2> = input
+                .clone()
+                .swap_dims(1, D - 1)
+                .reshape([-1, features as i64]);
+            let mean = flat.mean_dim(0).reshape([features]);
+            let running = self.running_mean.value_sync().to_device(&input.device());
+            self.running_mean.update(
+                running
+                    .mul_scalar(1.0 - self.momentum)
+                    .add(mean.clone().detach().mul_scalar(self.momentum))
+                    .detach(),
+            );
+            input - mean.reshape(bshape) + beta
+        } else {
+            let mean = self.running_mean.value_sync().to_device(&input.device());
+            input - mean.reshape(bshape) + beta
+        }
+    }
+}
+
+/// Configuration of [`WaveNetBlock`].
+#[derive(Config, Debug)]
+pub struct WaveNetBlockConfig {
+    /// Channels in and out.
+    pub channels: usize,
+    /// Kernel size of the dilated convolution (odd keeps the length).
+    #[config(default = 3)]
+    pub kernel_size: usize,
+    /// Dilation of the dilated convolution.
+    #[config(default = 1)]
+    pub dilation: usize,
+}
+
+/// A WaveNet-style residual block (van den Oord et al., 2016) with weight normalization on every
+/// convolution: a dilated convolution to `2 * channels`, the gate `tanh(a) * sigmoid(b)`, and
+/// 1x1 convolutions to the residual (added to the input) and skip outputs.
+#[derive(Module, Debug)]
+pub struct WaveNetBlock {
+    /// Dilated convolution, `channels -> 2 * channels`.
+    pub dilated: Conv1d,
+    /// 1x1 residual convolution.
+    pub residual: Conv1d,
+    /// 1x1 skip convolution.
+    pub skip: Conv1d,
+}
+
+impl WaveNetBlockConfig {
+    /// Creates the block with Burn's default initialisation, then weight norm on every
+    /// convolution (per output channel, function-preserving).
+    ///
+    /// # Errors
+    ///
+    /// A [`ReparamError`] if weight norm cannot be applied (a zero-norm kernel).
+    ///
+    /// # Panics
+    ///
+    /// If `channels`, `kernel_size` or `dilation` is zero.
+    pub fn init(&self, device: &Device) -> Result<WaveNetBlock, ReparamError> {
+        assert!(
+            self.channels > 0 && self.kernel_size > 0 && self.dilation > 0,
+            "channels, kernel_size and dilation must be positive"
+        );
+        let pad = (self.kernel_size - 1) * self.dilation;
+        let block = WaveNetBlock {
+            dilated: Conv1dConfig::new(self.channels, 2 * self.channels, self.kernel_size)
+                .with_dilation(self.dilation)
+                .with_padding(PaddingConfig1d::Explicit(pad / 2, pad - pad / 2))
+                .init(device),
+            residual: Conv1dConfig::new(self.channels, self.channels, 1).init(device),
+            skip: Conv1dConfig::new(self.channels, self.channels, 1).init(device),
+        };
+        apply_weight_norm(block, &WeightNormConfig::new())
+    }
+}
+
+impl WaveNetBlock {
+    /// Returns `(residual, skip)`.
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[batch, channels, length]`
+    /// - residual, skip: `[batch, channels, length]`
+    pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let h = self.dilated.forward(x.clone());
+        let [a, b] = h
+            .chunk(2, 1)
+            .try_into()
+            .expect("2 * channels splits in two");
+        let gated = tanh(a) * sigmoid(b);
+        (
+            self.residual.forward(gated.clone()) + x,
+            self.skip.forward(gated),
+        )
+    }
+}
+
+/// Configuration of [`WnCnnClassifier`].
+#[derive(Config, Debug)]
+pub struct WnCnnClassifierConfig {
+    /// Input channels (1 for grey images, 3 for colour).
+    #[config(default = 1)]
+    pub channels_in: usize,
+    /// Number of classes.
+    #[config(default = 10)]
+    pub num_classes: usize,
+    /// Output channels of the three convolution stages.
+    #[config(default = "[64, 128, 256]")]
+    pub widths: [usize; 3],
+    /// Width of the hidden linear layer.
+    #[config(default = 128)]
+    pub hidden: usize,
+    /// Whether to apply weight norm (off gives the same network, plain).
+    #[config(default = true)]
+    pub weight_norm: bool,
+}
+
+/// A weight-normalized CNN classifier: three stages of 3x3 convolution (padding 1) and ReLU,
+/// max pooling after the first two and global average pooling after the third, then
+/// `Linear -> ReLU -> Linear` to the class logits. Every convolution and linear layer is
+/// weight-normalized per output unit.
+#[derive(Module, Debug)]
+pub struct WnCnnClassifier {
+    /// The three convolutions.
+    pub convs: Vec<Conv2d>,
+    /// 2x2 max pooling.
+    pub pool: MaxPool2d,
+    /// Global average pooling.
+    pub gap: AdaptiveAvgPool2d,
+    /// Hidden linear layer.
+    pub fc1: Linear,
+    /// Output linear layer.
+    pub fc2: Linear,
+    /// The activation.
+    pub relu: Relu,
+}
+
+impl WnCnnClassifierConfig {
+    /// Creates the classifier.
+    ///
+    /// # Errors
+    ///
+    /// A [`ReparamError`] if weight norm cannot be applied.
+    ///
+    /// # Panics
+    ///
+    /// If a width, `hidden`, `channels_in` or `num_classes` is zero.
+    pub fn init(&self, device: &Device) -> Result<WnCnnClassifier, ReparamError> {
+        assert!(
+            self.widths.iter().all(|&w| w > 0)
+                && self.hidden > 0
+                && self.channels_in > 0
+                && self.num_classes > 0,
+            "every width must be positive"
+        );
+        let ins = [self.channels_in, self.widths[0], self.widths[1]];
+        let convs = ins
+            .iter()
+            .zip(self.widths)
+            .map(|(&i, o)| {
+                Conv2dConfig::new([i, o], [3, 3])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init(device)
+            })
+            .collect();
+        let model = WnCnnClassifier {
+            convs,
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            fc1: LinearConfig::new(self.widths[2], self.hidden).init(device),
+            fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
+            relu: Relu::new(),
+        };
+        if self.weight_norm {
+            apply_weight_norm(model, &WeightNormConfig::new())
+        } else {
+            Ok(model)
+        }
+    }
+}
+
+impl WnCnnClassifier {
+    /// The features before the classifier head: `[batch, widths[2]]`.
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut h = x;
+        for (i, conv) in self.convs.iter().enumerate() {
+            h = self.relu.forward(conv.forward(h));
+            if i < 2 {
+                h = self.pool.forward(h);
+            }
+        }
+        self.gap.forward(h).flatten(1, 3)
+    }
+
+    /// Class logits.
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[batch, channels_in, height, width]` (height and width at least 4)
+    /// - output: `[batch, num_classes]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let h = self.features(x);
+        self.fc2.forward(self.relu.forward(self.fc1.forward(h)))
+    }
+
+    /// The paper's data-dependent initialisation on one batch, layer after layer, each layer
+    /// seeing the outputs of the already-initialized ones.
+    ///
+    /// # Errors
+    ///
+    /// An [`InitError`]: the model is not weight-normalized, or a unit is constant on the batch.
+    pub fn data_dependent_init(mut self, x: Tensor<4>, init_scale: f64) -> Result<Self, InitError> {
+        let mut h = x;
+        let convs = std::mem::take(&mut self.convs);
+        for (i, conv) in convs.into_iter().enumerate() {
+            let (conv, out) = data_dependent_conv2d(conv, h, init_scale)?;
+            self.convs.push(conv);
+            h = self.relu.forward(out);
+            if i < 2 {
+                h = self.pool.forward(h);
+            }
+        }
+        let h = self.gap.forward(h).flatten(1, 3);
+        let (fc1, out) = data_dependent_linear(self.fc1, h, init_scale)?;
+        self.fc1 = fc1;
+        let (fc2, _) = data_dependent_linear(self.fc2, self.relu.forward(out), init_scale)?;
+        self.fc2 = fc2;
+        Ok(self)
+    }
+}
