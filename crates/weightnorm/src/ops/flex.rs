@@ -359,7 +359,7 @@ fn norm_of<A: Acc>(sumsq: A, eps: A) -> A {
 
 /// Calls `f(j, out_run, x_run, y_run)` for every contiguous run of the `[outer, n, inner]` view
 /// (a run lies in one slice `j`), over fixed chunks of the flat arrays, in parallel. `f` must
-/// write all of `out_run`.
+/// write all of `out_run`. For `inner == 1` use [`rows_last_axis`].
 fn for_each_run<T: Real>(
     out: &mut [MaybeUninit<T>],
     x: &[T],
@@ -376,25 +376,6 @@ fn for_each_run<T: Real>(
         .enumerate()
         .for_each(|(c, ((o, xs), ys))| {
             let start = c * CHUNK;
-            if inner == 1 {
-                // Every element is its own run: walk the slices row by row.
-                let mut p = 0;
-                let mut j = start % n;
-                while p < o.len() {
-                    let len = (n - j).min(o.len() - p);
-                    for k in 0..len {
-                        f(
-                            j + k,
-                            &mut o[p + k..p + k + 1],
-                            &xs[p + k..p + k + 1],
-                            &ys[p + k..p + k + 1],
-                        );
-                    }
-                    p += len;
-                    j = 0;
-                }
-                return;
-            }
             let mut p = 0;
             while p < o.len() {
                 let run = (start + p) / inner;
@@ -403,6 +384,49 @@ fn for_each_run<T: Real>(
                 p = end;
             }
         });
+}
+
+/// The kept axis is the last one (`inner == 1`, e.g. Burn's `[d_in, d_out]` Linear weight per
+/// output unit): every row holds one element of each slice. Writes
+/// `out[o, j] = x[o, j] * c0[j]` or, with `c1`, `c0[j] * y[o, j] - c1[j] * x[o, j]`, row by row
+/// (vectorized over `j`).
+fn rows_last_axis<T: Real>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    y: &[T],
+    n: usize,
+    c0: &[T::A],
+    c1: Option<&[T::A]>,
+) {
+    if out.is_empty() {
+        return;
+    }
+    let rows_per_task = (CHUNK / n).max(1);
+    out.par_chunks_mut(n * rows_per_task)
+        .zip(x.par_chunks(n * rows_per_task))
+        .zip(y.par_chunks(n * rows_per_task))
+        .for_each(|((o, xs), ys)| {
+            for ((o, xs), ys) in o.chunks_mut(n).zip(xs.chunks(n)).zip(ys.chunks(n)) {
+                match c1 {
+                    None => simd!(scale_cols(o, xs, c0)),
+                    Some(c1) => simd!(axpby_cols(o, ys, xs, c0, c1)),
+                }
+            }
+        });
+}
+
+#[inline(always)]
+fn scale_cols<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], c: &[T::A]) {
+    for ((o, &xv), &cv) in out.iter_mut().zip(x).zip(c) {
+        o.write(T::down(xv.up() * cv));
+    }
+}
+
+#[inline(always)]
+fn axpby_cols<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: &[T::A], b: &[T::A]) {
+    for ((o, (&dv, &xv)), (&av, &bv)) in out.iter_mut().zip(d.iter().zip(x)).zip(a.iter().zip(b)) {
+        o.write(T::down(av * dv.up() - bv * xv.up()));
+    }
 }
 
 /// `out[i] = x[i] * factor`.
@@ -455,9 +479,13 @@ fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f6
         .map(|(&s, &gj)| gj.up() / norm_of(s, eps))
         .collect();
     let out = filled::<T>(vs.len(), |out| {
-        for_each_run::<T>(out, &vs, &vs, split, |j, o, x, _| {
-            simd!(scale_into(o, x, factors[j]))
-        });
+        if inner == 1 {
+            rows_last_axis::<T>(out, &vs, &vs, n, &factors, None);
+        } else {
+            for_each_run::<T>(out, &vs, &vs, split, |j, o, x, _| {
+                simd!(scale_into(o, x, factors[j]))
+            });
+        }
     });
     tensor_from(out, shape)
 }
@@ -522,10 +550,16 @@ fn backward<T: Real>(
         .collect();
     let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
     let dv = filled::<T>(vs.len(), |out| {
-        for_each_run::<T>(out, &vs, &ds, split, |j, o, x, d| {
-            let (_, a, b) = coef[j];
-            simd!(axpby_into(o, d, x, a, b))
-        });
+        if inner == 1 {
+            let a: Vec<T::A> = coef.iter().map(|c| c.1).collect();
+            let b: Vec<T::A> = coef.iter().map(|c| c.2).collect();
+            rows_last_axis::<T>(out, &vs, &ds, n, &a, Some(&b));
+        } else {
+            for_each_run::<T>(out, &vs, &ds, split, |j, o, x, d| {
+                let (_, a, b) = coef[j];
+                simd!(axpby_into(o, d, x, a, b))
+            });
+        }
     });
     (tensor_from(dv, shape), tensor_from(dg, g_shape))
 }
