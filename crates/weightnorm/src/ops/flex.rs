@@ -228,26 +228,79 @@ fn dot_leaf<T: Real>(a: &[T], b: &[T]) -> T::A {
     s
 }
 
+/// What a reduction accumulates per slice: one sum (`sum(a * b)`), or the pair
+/// `(sum(a * a), sum(b * a))` that the backward needs, gathered in one pass over memory.
+trait Sums<T: Real>: Copy + Send + Sync {
+    const ZERO: Self;
+    fn add(self, other: Self) -> Self;
+    /// The sums over two contiguous runs.
+    fn run(a: &[T], b: &[T]) -> Self;
+    /// The sums' terms for one element of each.
+    fn elem(a: T, b: T) -> Self;
+}
+
+/// `sum(a * b)`.
+#[derive(Clone, Copy)]
+struct Dot<A>(A);
+
+/// `(sum(a * a), sum(b * a))`.
+#[derive(Clone, Copy)]
+struct SqDot<A>(A, A);
+
+impl<T: Real> Sums<T> for Dot<T::A> {
+    const ZERO: Self = Dot(T::A::ZERO);
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Dot(self.0 + o.0)
+    }
+    #[inline(always)]
+    fn run(a: &[T], b: &[T]) -> Self {
+        Dot(dot(a, b))
+    }
+    #[inline(always)]
+    fn elem(a: T, b: T) -> Self {
+        Dot(a.up() * b.up())
+    }
+}
+
+impl<T: Real> Sums<T> for SqDot<T::A> {
+    const ZERO: Self = SqDot(T::A::ZERO, T::A::ZERO);
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        SqDot(self.0 + o.0, self.1 + o.1)
+    }
+    #[inline(always)]
+    fn run(a: &[T], b: &[T]) -> Self {
+        // The run is in cache after the first pass.
+        SqDot(dot(a, a), dot(b, a))
+    }
+    #[inline(always)]
+    fn elem(a: T, b: T) -> Self {
+        let x = a.up();
+        SqDot(x * x, b.up() * x)
+    }
+}
+
 /// Pairwise sum of partial results.
-fn pairwise<A: Acc>(xs: &[A]) -> A {
+fn pairwise<T: Real, S: Sums<T>>(xs: &[S]) -> S {
     match xs.len() {
-        0 => A::ZERO,
+        0 => S::ZERO,
         1 => xs[0],
-        len => pairwise(&xs[..len / 2]) + pairwise(&xs[len / 2..]),
+        len => pairwise::<T, S>(&xs[..len / 2]).add(pairwise::<T, S>(&xs[len / 2..])),
     }
 }
 
 /// Pairwise elementwise sum of partial vectors (all of one length).
-fn pairwise_vecs<A: Acc>(parts: &mut [Vec<A>]) -> Vec<A> {
+fn pairwise_vecs<T: Real, S: Sums<T>>(parts: &mut [Vec<S>]) -> Vec<S> {
     match parts.len() {
         0 => Vec::new(),
         1 => std::mem::take(&mut parts[0]),
         len => {
             let (lo, hi) = parts.split_at_mut(len / 2);
-            let mut a = pairwise_vecs(lo);
-            let b = pairwise_vecs(hi);
+            let mut a = pairwise_vecs::<T, S>(lo);
+            let b = pairwise_vecs::<T, S>(hi);
             for (x, y) in a.iter_mut().zip(b) {
-                *x = *x + y;
+                *x = x.add(y);
             }
             a
         }
@@ -279,11 +332,11 @@ fn filled<T: Send>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<
     out
 }
 
-/// Per-slice sums over the `[outer, n, inner]` view: for each `j`, the sum over the slice of
-/// `a * b` (pass `a == b` for sums of squares).
-fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T::A> {
+/// Per-slice sums over the `[outer, n, inner]` view: for each slice `j`, the [`Sums`] of `a`
+/// and `b` over the slice.
+fn slice_sums<T: Real, S: Sums<T>>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<S> {
     if n == 0 || inner == 0 || outer == 0 {
-        return vec![T::A::ZERO; n];
+        return vec![S::ZERO; n];
     }
     if outer == 1 {
         if large_slices(n, inner) {
@@ -292,12 +345,12 @@ fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T
                 .map(|j| {
                     let sa = &a[j * inner..(j + 1) * inner];
                     let sb = &b[j * inner..(j + 1) * inner];
-                    let parts: Vec<T::A> = sa
+                    let parts: Vec<S> = sa
                         .par_chunks(CHUNK)
                         .zip(sb.par_chunks(CHUNK))
-                        .map(|(x, y)| simd!(dot(x, y)))
+                        .map(|(x, y)| simd!(S::run(x, y)))
                         .collect();
-                    pairwise(&parts)
+                    pairwise::<T, S>(&parts)
                 })
                 .collect();
         }
@@ -306,7 +359,7 @@ fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T
             .par_chunks(inner)
             .zip(b.par_chunks(inner))
             .with_min_len(min_len)
-            .map(|(x, y)| simd!(dot(x, y)))
+            .map(|(x, y)| simd!(S::run(x, y)))
             .collect();
     }
     // Rows of n * inner elements. Each task takes a fixed group of rows and accumulates blocks
@@ -314,34 +367,40 @@ fn slice_sums<T: Real>(a: &[T], b: &[T], [outer, n, inner]: [usize; 3]) -> Vec<T
     const BLOCK_ROWS: usize = 32;
     let row = n * inner;
     let rows_per_task = (CHUNK / row).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
-    let mut partials: Vec<Vec<T::A>> = a
+    let mut partials: Vec<Vec<S>> = a
         .par_chunks(row * rows_per_task)
         .zip(b.par_chunks(row * rows_per_task))
         .map(|(xa, xb)| {
-            let mut total = vec![T::A::ZERO; n];
-            let mut block = vec![T::A::ZERO; n];
+            let mut total = vec![S::ZERO; n];
+            let mut block = vec![S::ZERO; n];
             for (ba, bb) in xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS)) {
-                block.fill(T::A::ZERO);
+                block.fill(S::ZERO);
                 for (ra, rb) in ba.chunks_exact(row).zip(bb.chunks_exact(row)) {
-                    if inner == 1 {
-                        for ((s, x), y) in block.iter_mut().zip(ra).zip(rb) {
-                            *s = *s + x.up() * y.up();
-                        }
-                    } else {
-                        for (j, s) in block.iter_mut().enumerate() {
-                            let r = j * inner..(j + 1) * inner;
-                            *s = *s + dot(&ra[r.clone()], &rb[r]);
-                        }
-                    }
+                    simd!(accumulate_row::<T, S>(&mut block, ra, rb, inner));
                 }
                 for (t, s) in total.iter_mut().zip(&block) {
-                    *t = *t + *s;
+                    *t = t.add(*s);
                 }
             }
             total
         })
         .collect();
-    pairwise_vecs(&mut partials)
+    pairwise_vecs::<T, S>(&mut partials)
+}
+
+/// Adds one row's terms to the per-slice sums.
+#[inline(always)]
+fn accumulate_row<T: Real, S: Sums<T>>(acc: &mut [S], ra: &[T], rb: &[T], inner: usize) {
+    if inner == 1 {
+        for ((s, &x), &y) in acc.iter_mut().zip(ra).zip(rb) {
+            *s = s.add(S::elem(x, y));
+        }
+    } else {
+        for (j, s) in acc.iter_mut().enumerate() {
+            let r = j * inner..(j + 1) * inner;
+            *s = s.add(S::run(&ra[r.clone()], &rb[r]));
+        }
+    }
 }
 
 /// Whether the slices are few and large enough to be reduced in parallel chunks each, rather
@@ -472,11 +531,11 @@ fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f6
         return tensor_from(out, shape);
     }
 
-    let sumsq = slice_sums::<T>(&vs, &vs, split);
+    let sumsq = slice_sums::<T, Dot<T::A>>(&vs, &vs, split);
     let factors: Vec<T::A> = sumsq
         .iter()
         .zip(gs.iter())
-        .map(|(&s, &gj)| gj.up() / norm_of(s, eps))
+        .map(|(s, &gj)| gj.up() / norm_of(s.0, eps))
         .collect();
     let out = filled::<T>(vs.len(), |out| {
         if inner == 1 {
@@ -543,10 +602,11 @@ fn backward<T: Real>(
         return (tensor_from(dv, shape), tensor_from(dg, g_shape));
     }
 
-    let sumsq = slice_sums::<T>(&vs, &vs, split);
-    let s = slice_sums::<T>(&ds, &vs, split);
-    let coef: Vec<(T::A, T::A, T::A)> = (0..n)
-        .map(|j| coefficients(sumsq[j], s[j], gs[j].up()))
+    let sums = slice_sums::<T, SqDot<T::A>>(&vs, &ds, split);
+    let coef: Vec<(T::A, T::A, T::A)> = sums
+        .iter()
+        .zip(gs.iter())
+        .map(|(s, gj)| coefficients(s.0, s.1, gj.up()))
         .collect();
     let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
     let dv = filled::<T>(vs.len(), |out| {
