@@ -1,5 +1,7 @@
 //! The `weightnorm` command line.
 
+mod ckpt;
+
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -24,7 +26,34 @@ enum Command {
     ///
     /// Example: weightnorm op --shape 4096,4096 --dim 0
     Op(OpArgs),
+    /// List a checkpoint's tensors and its weight-norm pairs (scheme, dim, statistics).
+    Inspect(ckpt::InspectArgs),
+    /// Replace every weight-norm pair of a checkpoint by the plain weight, for inference.
+    Fuse(ckpt::FuseArgs),
+    /// Split plain weights into weight-norm pairs (g = ||w||, v = w).
+    Split(ckpt::SplitArgs),
+    /// Rename weight-norm pairs between the legacy and the parametrizations key schemes.
+    Convert(ckpt::ConvertArgs),
 }
+
+/// An error caused by the user's input (arguments, files): exit code 2. Anything else (a
+/// failed write) exits with 1.
+#[derive(Debug)]
+pub struct Failure(anyhow::Error);
+
+impl Failure {
+    pub fn input(e: impl Into<anyhow::Error>) -> Self {
+        Self(e.into())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 #[derive(clap::Args)]
 struct OpArgs {
@@ -57,29 +86,47 @@ fn parse_dim(s: &str) -> Result<Option<i64>> {
 }
 
 fn main() -> ExitCode {
+    // Die quietly when stdout is closed early (`weightnorm inspect f | head`), as Unix tools do,
+    // rather than panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Op(args) => op(args),
+        Command::Inspect(args) => ckpt::inspect(args),
+        Command::Fuse(args) => ckpt::fuse_cmd(args),
+        Command::Split(args) => ckpt::split_cmd(args),
+        Command::Convert(args) => ckpt::convert_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            if e.downcast_ref::<Failure>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
 
 fn op(args: OpArgs) -> Result<()> {
     let rank = args.shape.len();
-    let axis = NormAxis::from_torch(parse_dim(&args.dim)?, rank)?;
+    let axis = NormAxis::from_torch(parse_dim(&args.dim).map_err(Failure::input)?, rank)
+        .map_err(Failure::input)?;
     match rank {
         1 => op_rank::<1>(&args, axis),
         2 => op_rank::<2>(&args, axis),
         3 => op_rank::<3>(&args, axis),
         4 => op_rank::<4>(&args, axis),
         5 => op_rank::<5>(&args, axis),
-        r => bail!("rank {r} is not supported: give a shape of 1 to 5 sizes"),
+        r => bail!(Failure::input(anyhow::anyhow!(
+            "rank {r} is not supported: give a shape of 1 to 5 sizes"
+        ))),
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`reparam`]: weight norm on any Burn module in one call ([`apply_weight_norm`]), removable
 //!   ([`remove_weight_norm`]), as a Burn `Reparameterization`.
 //! - [`init`]: the paper's data-dependent initialisation.
+//! - [`torch`]: PyTorch checkpoints: both weight-norm key schemes, fuse, split, convert.
 //! - [`nn`]: mean-only batch normalization, a WaveNet-style residual block and a
 //!   weight-normalized CNN classifier.
 //!
@@ -38,6 +39,7 @@ pub mod init;
 pub mod nn;
 pub mod ops;
 pub mod reparam;
+pub mod torch;
 
 pub use axis::{LayerKind, NormAxis, UnitAxes};
 pub use error::{Error, Result};

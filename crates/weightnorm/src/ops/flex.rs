@@ -87,7 +87,7 @@ impl WeightNormBackend for Flex {
 }
 
 /// The accumulation type: f32 or f64.
-trait Acc:
+pub(crate) trait Acc:
     Copy
     + Send
     + Sync
@@ -123,7 +123,7 @@ impl Acc for f64 {
 }
 
 /// A storage element and the type it is computed in.
-trait Real: Copy + Send + Sync + bytemuck::Pod + burn::tensor::Element {
+pub(crate) trait Real: Copy + Send + Sync + bytemuck::Pod + burn::tensor::Element {
     type A: Acc;
     fn up(self) -> Self::A;
     fn down(a: Self::A) -> Self;
@@ -513,8 +513,12 @@ fn forward_slice<T: Real>(o: &mut [MaybeUninit<T>], x: &[T], gj: T, eps: T::A) {
 fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f64) -> FlexTensor {
     let shape = v.layout().shape().clone();
     let split = crate::NormAxis::from(keep).split_shape(&shape);
-    let vs = contiguous::<T>(v);
-    let gs = contiguous::<T>(g);
+    let out = forward_slices::<T>(&contiguous::<T>(v), &contiguous::<T>(g), split, eps);
+    tensor_from(out, shape)
+}
+
+/// The fused forward on contiguous data viewed as `[outer, n, inner]`.
+fn forward_slices<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) -> Vec<T> {
     let eps = T::A::from_f64(eps);
     let [outer, n, inner] = split;
 
@@ -528,10 +532,10 @@ fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f6
                 .with_min_len(min_len)
                 .for_each(|((o, x), &gj)| simd!(forward_slice(o, x, gj, eps)));
         });
-        return tensor_from(out, shape);
+        return out;
     }
 
-    let sumsq = slice_sums::<T, Dot<T::A>>(&vs, &vs, split);
+    let sumsq = slice_sums::<T, Dot<T::A>>(vs, vs, split);
     let factors: Vec<T::A> = sumsq
         .iter()
         .zip(gs.iter())
@@ -539,14 +543,14 @@ fn forward<T: Real>(v: &FlexTensor, g: &FlexTensor, keep: Option<usize>, eps: f6
         .collect();
     let out = filled::<T>(vs.len(), |out| {
         if inner == 1 {
-            rows_last_axis::<T>(out, &vs, &vs, n, &factors, None);
+            rows_last_axis::<T>(out, vs, vs, n, &factors, None);
         } else {
-            for_each_run::<T>(out, &vs, &vs, split, |j, o, x, _| {
+            for_each_run::<T>(out, vs, vs, split, |j, o, x, _| {
                 simd!(scale_into(o, x, factors[j]))
             });
         }
     });
-    tensor_from(out, shape)
+    out
 }
 
 fn backward<T: Real>(
@@ -622,4 +626,39 @@ fn backward<T: Real>(
         }
     });
     (tensor_from(dv, shape), tensor_from(dg, g_shape))
+}
+
+/// Weight norm on plain CPU data, for code that holds bytes rather than Burn tensors (the
+/// checkpoint tools of [`crate::torch`]): the same kernels, so the results are bit-identical to
+/// [`crate::ops::weight_norm`] on the CPU backend.
+pub(crate) mod slices {
+    use super::*;
+
+    /// An element type the kernels handle.
+    pub(crate) trait Element: Real {}
+    impl Element for f32 {}
+    impl Element for f64 {}
+    impl Element for f16 {}
+    impl Element for bf16 {}
+
+    /// `w = g * v / max(||v||, eps)` on contiguous `v` of `shape`, `g` holding one value per
+    /// slice along `axis`.
+    pub(crate) fn weight_norm<T: Element>(
+        v: &[T],
+        g: &[T],
+        shape: &[usize],
+        axis: crate::NormAxis,
+        eps: f64,
+    ) -> Vec<T> {
+        forward_slices::<T>(v, g, axis.split_shape(shape), eps)
+    }
+
+    /// The L2 norm of every slice of `v` along `axis`, in `v`'s type (accumulated in f32 for
+    /// the half types).
+    pub(crate) fn norms<T: Element>(v: &[T], shape: &[usize], axis: crate::NormAxis) -> Vec<T> {
+        slice_sums::<T, Dot<T::A>>(v, v, axis.split_shape(shape))
+            .into_iter()
+            .map(|s| T::down(s.0.sqrt()))
+            .collect()
+    }
 }

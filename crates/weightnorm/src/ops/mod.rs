@@ -23,6 +23,8 @@ mod autodiff;
 mod backend;
 mod flex;
 
+pub(crate) use flex::slices;
+
 pub use backend::{WeightNormBackend, composed_backward, composed_forward};
 
 use burn::backend::Dispatch;

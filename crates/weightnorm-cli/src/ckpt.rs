@@ -1,0 +1,303 @@
+//! `inspect`, `fuse`, `split`, `convert`: PyTorch weight-norm checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use weightnorm::torch::{
+    Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError, convert,
+    detect_pairs, fuse, pair_stats, split, write_safetensors,
+};
+
+use crate::Failure;
+
+/// Arguments shared by the commands that read a checkpoint.
+#[derive(clap::Args)]
+pub struct Input {
+    /// The checkpoint: `.safetensors`, or a PyTorch `.pt` / `.pth` / `.bin` (zip) file.
+    pub input: PathBuf,
+    /// For a PyTorch checkpoint: the key of the state dict inside it (e.g. `model`,
+    /// `state_dict`, or a dotted path). Without it, a file whose top level is a single dict
+    /// under one key is opened at that key.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// Arguments shared by the commands that write a checkpoint.
+#[derive(clap::Args)]
+pub struct Output {
+    /// Where to write the `.safetensors` result (written atomically; the input is never
+    /// modified).
+    #[arg(short, long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    /// Overwrite OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  weightnorm inspect hifigan.pt --key generator\n  weightnorm inspect model.safetensors --json"
+)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// Print JSON instead of text: `tensors` (name, dtype, shape) and `pairs` (name, scheme,
+    /// g_key, v_key, dim in PyTorch's numbering or null for the whole tensor, and statistics
+    /// of g and of v's slice norms).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Every `X_g`/`X_v` or `parametrizations.X.original0/1` pair becomes the tensor `X`,\n\
+w = g * v / ||v||, in the dtype of v (f16/bf16 computed in f32); every other tensor and the\n\
+safetensors metadata are copied as they are.\n\n\
+Example:\n  weightnorm fuse generator.pt -o generator.safetensors --key generator"
+)]
+pub struct FuseArgs {
+    #[command(flatten)]
+    pub input: Input,
+    #[command(flatten)]
+    pub output: Output,
+    /// PyTorch's `dim` for every pair (`none` for the whole tensor) instead of inferring it
+    /// from g's shape.
+    #[arg(long, allow_hyphen_values = true)]
+    pub dim: Option<String>,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "The inverse of fuse: each selected weight w becomes g = ||w|| (over every axis but\n\
+--dim) and v = w, bit for bit.\n\n\
+Example:\n  weightnorm split model.safetensors -o model_wn.safetensors --include 'conv.*weight$' --scheme parametrizations"
+)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    pub input: Input,
+    #[command(flatten)]
+    pub output: Output,
+    /// PyTorch's `dim`: the axis that keeps one norm per index (`none` for the whole tensor).
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    pub dim: String,
+    /// The key scheme of the output: `legacy` (`X_g`, `X_v`) or `parametrizations`.
+    #[arg(long, default_value = "legacy")]
+    pub scheme: String,
+    /// Split the float tensors whose name matches this regular expression (default: every
+    /// tensor named `*.weight` of rank 2 or more).
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  weightnorm convert old.safetensors -o new.safetensors --scheme parametrizations"
+)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub input: Input,
+    #[command(flatten)]
+    pub output: Output,
+    /// The key scheme to write: `legacy` or `parametrizations`.
+    #[arg(long)]
+    pub scheme: String,
+}
+
+fn open(input: &Input) -> Result<Checkpoint> {
+    Checkpoint::open(&input.input, input.key.as_deref()).map_err(|e| Failure::input(e).into())
+}
+
+fn parse_dim(s: &str) -> Result<Option<i64>> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    s.parse::<i64>().map(Some).map_err(|_| {
+        Failure::input(anyhow::anyhow!(
+            "`{s}` is not a dim: give an integer or `none`"
+        ))
+        .into()
+    })
+}
+
+fn parse_scheme(s: &str) -> Result<Scheme> {
+    s.parse::<Scheme>()
+        .map_err(|e| Failure::input(anyhow::anyhow!(e)).into())
+}
+
+/// Refuses to overwrite the input, or an existing output without `--force`.
+fn check_output(input: &Path, out: &Output) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), out.output.canonicalize())
+        && a == b
+    {
+        bail!(Failure::input(anyhow::anyhow!(
+            "the output {} is the input: write to another file",
+            out.output.display()
+        )));
+    }
+    if out.output.exists() && !out.force {
+        bail!(Failure::input(anyhow::anyhow!(
+            "{} exists: pass --force to overwrite it",
+            out.output.display()
+        )));
+    }
+    Ok(())
+}
+
+fn write(out: &Output, tensors: &[TensorEntry], ckpt: &Checkpoint) -> Result<()> {
+    write_safetensors(&out.output, tensors, ckpt.metadata.as_ref()).map_err(|e| match e {
+        TorchError::Write { .. } => anyhow::Error::new(e),
+        other => Failure::input(other).into(),
+    })
+}
+
+fn json_stats(s: Option<Stats>) -> serde_json::Value {
+    match s {
+        Some(s) => serde_json::json!({"min": s.min, "max": s.max, "mean": s.mean}),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn fmt_stats(s: Option<Stats>) -> String {
+    match s {
+        Some(s) => format!("min {:.4e} max {:.4e} mean {:.4e}", s.min, s.max, s.mean),
+        None => "empty".into(),
+    }
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let ckpt = open(&args.input)?;
+    let pairs = detect_pairs(&ckpt.shapes(), None).map_err(Failure::input)?;
+    let mut pair_rows = Vec::new();
+    for p in &pairs {
+        let (g, v) = (ckpt.get(&p.g_key).unwrap(), ckpt.get(&p.v_key).unwrap());
+        let (gs, ns) = pair_stats(v, g, p.axis).map_err(Failure::input)?;
+        pair_rows.push((p, gs, ns));
+    }
+    let format = match ckpt.format {
+        weightnorm::torch::Format::SafeTensors => "safetensors",
+        weightnorm::torch::Format::PyTorch => "pytorch",
+    };
+    if args.json {
+        let doc = serde_json::json!({
+            "file": ckpt.path.display().to_string(),
+            "format": format,
+            "key": ckpt.key,
+            "metadata": ckpt.metadata,
+            "tensors": ckpt.tensors.iter().map(|t| serde_json::json!({
+                "name": t.name, "dtype": format!("{:?}", t.dtype), "shape": t.shape,
+            })).collect::<Vec<_>>(),
+            "pairs": pair_rows.iter().map(|(p, gs, ns)| serde_json::json!({
+                "name": p.name,
+                "scheme": p.scheme.as_str(),
+                "g_key": p.g_key,
+                "v_key": p.v_key,
+                "dim": p.axis.to_torch(),
+                "g": json_stats(*gs),
+                "v_norms": json_stats(*ns),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({format}{}, {} tensors, {} weight-norm pairs)",
+        ckpt.path.display(),
+        ckpt.key
+            .as_deref()
+            .map(|k| format!(", key `{k}`"))
+            .unwrap_or_default(),
+        ckpt.tensors.len(),
+        pairs.len()
+    );
+    let width = ckpt.tensors.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    for t in &ckpt.tensors {
+        println!(
+            "  {:width$}  {:>5}  {:?}",
+            t.name,
+            format!("{:?}", t.dtype),
+            t.shape
+        );
+    }
+    if !pair_rows.is_empty() {
+        println!("weight-norm pairs:");
+        for (p, gs, ns) in pair_rows {
+            let dim = p
+                .axis
+                .to_torch()
+                .map_or("None".to_string(), |d| d.to_string());
+            println!("  {} ({}, dim={dim})", p.name, p.scheme.as_str());
+            println!("    g:             {}", fmt_stats(gs));
+            println!("    ||v|| slices:  {}", fmt_stats(ns));
+        }
+    }
+    Ok(())
+}
+
+pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
+    let dim = args.dim.as_deref().map(parse_dim).transpose()?;
+    check_output(&args.input.input, &args.output)?;
+    let ckpt = open(&args.input)?;
+    let (tensors, pairs) = fuse(&ckpt.tensors, &FuseOptions { dim }).map_err(Failure::input)?;
+    write(&args.output, &tensors, &ckpt)?;
+    eprintln!(
+        "fused {} pairs into {} ({} tensors)",
+        pairs.len(),
+        args.output.output.display(),
+        tensors.len()
+    );
+    Ok(())
+}
+
+pub fn split_cmd(args: SplitArgs) -> Result<()> {
+    let dim = parse_dim(&args.dim)?;
+    let scheme = parse_scheme(&args.scheme)?;
+    let include = args
+        .include
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| {
+            Failure::input(anyhow::anyhow!(
+                "--include is not a valid regular expression: {e}"
+            ))
+        })?;
+    check_output(&args.input.input, &args.output)?;
+    let ckpt = open(&args.input)?;
+    let mut options = SplitOptions {
+        dim,
+        scheme,
+        ..Default::default()
+    };
+    if let Some(re) = include {
+        options.select = Box::new(move |name, _| re.is_match(name));
+    }
+    let (tensors, pairs) = split(&ckpt.tensors, &options).map_err(Failure::input)?;
+    write(&args.output, &tensors, &ckpt)?;
+    eprintln!(
+        "split {} weights into {} ({} scheme)",
+        pairs.len(),
+        args.output.output.display(),
+        scheme.as_str()
+    );
+    Ok(())
+}
+
+pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
+    let scheme = parse_scheme(&args.scheme)?;
+    check_output(&args.input.input, &args.output)?;
+    let ckpt = open(&args.input)?;
+    let (tensors, pairs) = convert(&ckpt.tensors, scheme).map_err(Failure::input)?;
+    write(&args.output, &tensors, &ckpt)?;
+    eprintln!(
+        "renamed {} pairs into the {} scheme in {}",
+        pairs.len(),
+        scheme.as_str(),
+        args.output.output.display()
+    );
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn context<T>(r: Result<T>, what: &str) -> Result<T> {
+    r.with_context(|| what.to_string())
+}

@@ -1,0 +1,121 @@
+//! Everything that knows PyTorch: checkpoint formats, the two weight-norm key schemes, pair
+//! detection, `dim` inference, and fuse / split / convert on whole checkpoints.
+//!
+//! Weight-normalized PyTorch models store each normalized parameter as two tensors:
+//!
+//! | scheme | `g` | `v` |
+//! |---|---|---|
+//! | [`Scheme::Legacy`] (`torch.nn.utils.weight_norm`) | `<prefix>.<name>_g` | `<prefix>.<name>_v` |
+//! | [`Scheme::Parametrizations`] (`torch.nn.utils.parametrizations.weight_norm`) | `<prefix>.parametrizations.<name>.original0` | `<prefix>.parametrizations.<name>.original1` |
+//!
+//! `g` has `v`'s size on the kept axis and 1 elsewhere, or is 0-dim for `dim=None`; the axis is
+//! inferred from that shape ([`infer_axis`]). Tensors are in PyTorch's layout here (Linear
+//! `[out, in]`).
+//!
+//! Readers never execute code: `.safetensors` is parsed and validated by the `safetensors`
+//! crate (memory-mapped), and PyTorch's zip checkpoints (`.pt`, `.pth`, `.bin`) by
+//! `pytorch-reader`, which interprets only the pickle opcodes that describe tensors.
+
+mod checkpoint;
+mod pairs;
+mod transform;
+
+pub use checkpoint::{Checkpoint, Format, TensorEntry, write_safetensors};
+pub use pairs::{Pair, Scheme, detect_pairs, infer_axis, pair_keys};
+pub use transform::{
+    FuseOptions, SplitOptions, Stats, convert, fuse, fuse_tensor, pair_stats, split, split_tensor,
+};
+
+use thiserror::Error;
+
+/// What can go wrong with a checkpoint. Every message names the file's tensor where it applies.
+#[derive(Debug, Error)]
+pub enum TorchError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The output could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid safetensors or PyTorch checkpoint.
+    #[error("{path} is not a valid {format} file: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The format it was read as.
+        format: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--key` names nothing in a `.pt` file.
+    #[error("{path} has no key `{key}`: {reason}")]
+    Key {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+        /// The reader's message.
+        reason: String,
+    },
+    /// A weight-norm tensor has no partner.
+    #[error("`{present}` has no partner: `{missing}` is missing")]
+    MissingPartner {
+        /// The tensor found.
+        present: String,
+        /// The tensor expected beside it.
+        missing: String,
+    },
+    /// `g` and `v` disagree in shape.
+    #[error(
+        "`{name}`: g has shape {g:?}, which fits no axis of v {v:?} (g must have v's size on one axis and 1 elsewhere, or be 0-dim)"
+    )]
+    ShapeMismatch {
+        /// The parameter.
+        name: String,
+        /// The shape of g.
+        g: Vec<usize>,
+        /// The shape of v.
+        v: Vec<usize>,
+    },
+    /// A tensor that must be floating point is not, or `g` and `v` differ in dtype.
+    #[error("`{name}`: {reason}")]
+    DType {
+        /// The tensor.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// NaN or infinity in a tensor the operation reads.
+    #[error("`{name}` holds NaN or infinite values")]
+    NonFinite {
+        /// The tensor.
+        name: String,
+    },
+    /// The operation refused the tensor (zero-norm slice, bad dim, ...).
+    #[error("`{name}`: {source}")]
+    Op {
+        /// The tensor.
+        name: String,
+        /// What the operation said.
+        source: crate::Error,
+    },
+    /// Nothing to do: no pair to fuse or convert, no tensor selected for split.
+    #[error("{0}")]
+    Nothing(String),
+    /// A checkpoint that does not match the module being loaded.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// The result type of this module.
+pub type Result<T, E = TorchError> = core::result::Result<T, E>;
