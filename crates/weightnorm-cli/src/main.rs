@@ -23,8 +23,6 @@ struct Cli {
 enum Command {
     /// Run the weight-norm operation on a random weight and report norms, agreement of the
     /// fused and composed paths, and timings.
-    ///
-    /// Example: weightnorm op --shape 4096,4096 --dim 0
     Op(OpArgs),
     /// List a checkpoint's tensors and its weight-norm pairs (scheme, dim, statistics).
     Inspect(ckpt::InspectArgs),
@@ -49,13 +47,16 @@ impl Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
+        write!(f, "{}", self.0)
     }
 }
 
 impl std::error::Error for Failure {}
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  weightnorm op --shape 4096,4096 --dim 0\n  weightnorm op --shape 64,3,3,3 --dim none"
+)]
 struct OpArgs {
     /// The weight's shape, comma-separated, in PyTorch's layout (rank 1 to 5).
     #[arg(
@@ -104,7 +105,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The library's messages already say what their causes said: print one line.
+            eprintln!("error: {e}");
             if e.downcast_ref::<Failure>().is_some() {
                 ExitCode::from(2)
             } else {

@@ -541,7 +541,7 @@ fn forward_slices<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) -> V
         .zip(gs.iter())
         .map(|(s, &gj)| gj.up() / norm_of(s.0, eps))
         .collect();
-    let out = filled::<T>(vs.len(), |out| {
+    filled::<T>(vs.len(), |out| {
         if inner == 1 {
             rows_last_axis::<T>(out, vs, vs, n, &factors, None);
         } else {
@@ -549,8 +549,7 @@ fn forward_slices<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) -> V
                 simd!(scale_into(o, x, factors[j]))
             });
         }
-    });
-    out
+    })
 }
 
 fn backward<T: Real>(

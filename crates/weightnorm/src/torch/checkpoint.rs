@@ -455,7 +455,7 @@ fn write_to(
     let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
         .expect("JSON of strings and numbers");
     // Pad with spaces so that the data starts 8-byte aligned.
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let file = File::create(tmp).map_err(werr)?;

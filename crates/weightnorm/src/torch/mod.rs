@@ -23,7 +23,8 @@ mod transform;
 pub use checkpoint::{Checkpoint, Format, TensorEntry, write_safetensors};
 pub use pairs::{Pair, Scheme, detect_pairs, infer_axis, pair_keys};
 pub use transform::{
-    FuseOptions, SplitOptions, Stats, convert, fuse, fuse_tensor, pair_stats, split, split_tensor,
+    FuseOptions, Selector, SplitOptions, Stats, convert, fuse, fuse_tensor, pair_stats, split,
+    split_tensor,
 };
 
 use thiserror::Error;

@@ -18,6 +18,9 @@ pub struct FuseOptions {
     pub dim: Option<Option<i64>>,
 }
 
+/// Which tensors [`split`] takes, given name and shape.
+pub type Selector<'a> = Box<dyn Fn(&str, &[usize]) -> bool + 'a>;
+
 /// Options of [`split`].
 pub struct SplitOptions<'a> {
     /// PyTorch's `dim` (`None` for the whole tensor); PyTorch's default is 0.
@@ -25,7 +28,7 @@ pub struct SplitOptions<'a> {
     /// The scheme of the output keys.
     pub scheme: Scheme,
     /// Which tensors to split, given name and shape; by default every `*.weight` of rank >= 2.
-    pub select: Box<dyn Fn(&str, &[usize]) -> bool + 'a>,
+    pub select: Selector<'a>,
 }
 
 impl Default for SplitOptions<'_> {
@@ -59,6 +62,31 @@ fn finite<T: slices::Element>(name: &str, xs: &[T]) -> Result<()> {
         Err(TorchError::NonFinite {
             name: name.to_string(),
         })
+    }
+}
+
+/// Refuses a zero-norm slice among non-empty slices: its direction is undefined.
+fn check_zero_norms<T: slices::Element>(
+    name: &str,
+    norms: &[T],
+    shape: &[usize],
+    axis: NormAxis,
+) -> Result<()> {
+    let [outer, _, inner] = axis.split_shape(shape);
+    if outer * inner == 0 {
+        return Ok(());
+    }
+    match norms.iter().position(|n| n.to_f64() == 0.0) {
+        None => Ok(()),
+        Some(j) => Err(TorchError::Op {
+            name: name.to_string(),
+            source: crate::Error::ZeroNorm {
+                slice: match axis {
+                    NormAxis::Keep(k) => format!("index {j} of axis {k}"),
+                    NormAxis::Whole => "the whole tensor".into(),
+                },
+            },
+        }),
     }
 }
 
@@ -119,21 +147,7 @@ fn fuse_bytes(name: &str, v: &TensorEntry, g: &TensorEntry, axis: NormAxis) -> R
         let (v, g) = (decode::<T>(v), decode::<T>(g));
         finite(&format!("{name} (v)"), &v)?;
         finite(&format!("{name} (g)"), &g)?;
-        let norms = slices::norms(&v, shape, axis);
-        let [outer, _, inner] = axis.split_shape(shape);
-        if outer * inner > 0 {
-            if let Some(j) = norms.iter().position(|n| n.to_f64() == 0.0) {
-                return Err(TorchError::Op {
-                    name: name.to_string(),
-                    source: crate::Error::ZeroNorm {
-                        slice: match axis {
-                            NormAxis::Keep(k) => format!("index {j} of axis {k}"),
-                            NormAxis::Whole => "the whole tensor".into(),
-                        },
-                    },
-                });
-            }
-        }
+        check_zero_norms(name, &slices::norms(&v, shape, axis), shape, axis)?;
         let w = slices::weight_norm(&v, &g, shape, axis, 0.0);
         Ok(bytemuck::cast_slice(&w).to_vec())
     }
@@ -195,20 +209,7 @@ fn split_g(name: &str, w: &TensorEntry, axis: NormAxis) -> Result<TensorEntry> {
             let w = decode::<T>(w);
             finite(name, &w)?;
             let norms = slices::norms(&w, shape, axis);
-            let [outer, _, inner] = axis.split_shape(shape);
-            if outer * inner > 0
-                && let Some(j) = norms.iter().position(|n| n.to_f64() == 0.0)
-            {
-                return Err(TorchError::Op {
-                    name: name.to_string(),
-                    source: crate::Error::ZeroNorm {
-                        slice: match axis {
-                            NormAxis::Keep(k) => format!("index {j} of axis {k}"),
-                            NormAxis::Whole => "the whole tensor".into(),
-                        },
-                    },
-                });
-            }
+            check_zero_norms(name, &norms, shape, axis)?;
             Ok(bytemuck::cast_slice(&norms).to_vec())
         }
         let bytes = w2.bytes()?;
