@@ -91,9 +91,9 @@ impl TensorEntry {
         })
     }
 
-    /// A tensor computed on demand by `produce`, which must return exactly
-    /// `dtype.size() * numel(shape)` bytes.
-    pub(crate) fn lazy(
+    /// A tensor computed on demand by `produce`, which must return exactly the byte size of
+    /// `dtype` and `shape` (checked when the bytes are read).
+    pub fn lazy(
         name: impl Into<String>,
         dtype: Dtype,
         shape: Vec<usize>,
@@ -158,7 +158,8 @@ impl TensorEntry {
 
     /// Lets the operating system drop the pages of a memory-mapped tensor from this process's
     /// resident memory once it has been used (they are read again from the file if needed).
-    pub(crate) fn release(&self) {
+    /// Does nothing for other sources.
+    pub fn release(&self) {
         if let Source::Mapped(map, start, end) = &self.source {
             let page = 4096;
             let from = start.div_ceil(page) * page;
@@ -382,7 +383,8 @@ fn dtype_name(d: Dtype) -> String {
 }
 
 /// Writes tensors as a `.safetensors` file, atomically: into a temporary file beside `path`,
-/// renamed over `path` only when every tensor has been written. Tensors are produced (read or
+/// flushed to disk (`fsync`, unless the environment variable `WEIGHTNORM_NO_FSYNC` is set, for
+/// scratch outputs) and renamed over `path` only when every tensor has been written. Tensors are produced (read or
 /// computed) and written one at a time, and a memory-mapped source is released after use, so
 /// memory holds one tensor at a time. On any error the temporary file is removed and `path` is
 /// untouched.
@@ -470,6 +472,8 @@ fn write_to(
         t.release();
     }
     let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
-    file.sync_all().map_err(werr)?;
+    if std::env::var_os("WEIGHTNORM_NO_FSYNC").is_none() {
+        file.sync_all().map_err(werr)?;
+    }
     Ok(())
 }

@@ -21,6 +21,16 @@ mod pairs;
 mod transform;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, write_safetensors};
+
+/// A tensor produced on demand: see [`TensorEntry::lazy`].
+pub fn lazy_entry(
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    produce: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+) -> TensorEntry {
+    TensorEntry::lazy(name, dtype, shape, move || Ok(produce()))
+}
 pub use pairs::{Pair, Scheme, detect_pairs, infer_axis, pair_keys};
 pub use transform::{
     FuseOptions, Selector, SplitOptions, Stats, convert, fuse, fuse_tensor, pair_stats, split,

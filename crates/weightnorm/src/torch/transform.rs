@@ -213,12 +213,15 @@ fn split_g(name: &str, w: &TensorEntry, axis: NormAxis) -> Result<TensorEntry> {
             Ok(bytemuck::cast_slice(&norms).to_vec())
         }
         let bytes = w2.bytes()?;
-        match w2.dtype {
+        let g = match w2.dtype {
             Dtype::F32 => run::<f32>(&label, &bytes, &w2.shape, axis),
             Dtype::F64 => run::<f64>(&label, &bytes, &w2.shape, axis),
             Dtype::F16 => run::<f16>(&label, &bytes, &w2.shape, axis),
             _ => run::<bf16>(&label, &bytes, &w2.shape, axis),
-        }
+        };
+        drop(bytes);
+        w2.release();
+        g
     }))
 }
 
@@ -264,7 +267,13 @@ pub fn fuse(
             &p.name,
             v.dtype,
             v.shape.clone(),
-            move || fuse_bytes(&name, &v, &g, axis),
+            move || {
+                let w = fuse_bytes(&name, &v, &g, axis);
+                // The inputs are not needed again: let a memory-mapped file's pages go.
+                v.release();
+                g.release();
+                w
+            },
         ));
     }
     out.extend(
