@@ -227,6 +227,8 @@ pub struct ParamInfo {
     pub shape: Vec<usize>,
     /// The name of its attached reparameterization, if any (`"weight_norm"` for ours).
     pub reparameterization: Option<String>,
+    /// The reparameterization's own parameters: path below it (e.g. `"g"`) and shape.
+    pub reparameterization_params: Vec<(String, Vec<usize>)>,
 }
 
 impl ParamInfo {
@@ -282,6 +284,20 @@ impl ModuleVisitor for Survey {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if self.in_reparam > 0 {
+            if self.in_reparam == 1
+                && let Some(last) = self.params.last_mut()
+            {
+                let below = self
+                    .stack
+                    .iter()
+                    .rev()
+                    .take_while(|(_, c)| c != "Reparameterization")
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>();
+                let rel = below.into_iter().rev().collect::<Vec<_>>().join(".");
+                last.reparameterization_params
+                    .push((rel, param.shape().to_vec()));
+            }
             return;
         }
         self.params.push(ParamInfo {
@@ -298,6 +314,7 @@ impl ModuleVisitor for Survey {
                 .unwrap_or_default(),
             shape: param.shape().to_vec(),
             reparameterization: None,
+            reparameterization_params: Vec::new(),
         });
     }
 }

@@ -10,13 +10,14 @@
 //!
 //! `g` has `v`'s size on the kept axis and 1 elsewhere, or is 0-dim for `dim=None`; the axis is
 //! inferred from that shape ([`infer_axis`]). Tensors are in PyTorch's layout here (Linear
-//! `[out, in]`).
+//! `[out, in]`); [`load_into_module`] and [`save_module`] translate to and from Burn's.
 //!
 //! Readers never execute code: `.safetensors` is parsed and validated by the `safetensors`
 //! crate (memory-mapped), and PyTorch's zip checkpoints (`.pt`, `.pth`, `.bin`) by
 //! `pytorch-reader`, which interprets only the pickle opcodes that describe tensors.
 
 mod checkpoint;
+mod module_io;
 mod pairs;
 mod transform;
 
@@ -31,6 +32,7 @@ pub fn lazy_entry(
 ) -> TensorEntry {
     TensorEntry::lazy(name, dtype, shape, move || Ok(produce()))
 }
+pub use module_io::{load_into_module, save_module};
 pub use pairs::{Pair, Scheme, detect_pairs, infer_axis, pair_keys};
 pub use transform::{
     FuseOptions, Selector, SplitOptions, Stats, convert, fuse, fuse_tensor, pair_stats, split,

@@ -1,0 +1,336 @@
+//! PyTorch checkpoints into Burn modules and back.
+//!
+//! Parameter paths are the same on both sides (`fc1.weight` is `fc1.weight`); the layouts differ
+//! only for Linear weights, which Burn stores `[in, out]` and PyTorch `[out, in]`. A
+//! weight-normalized parameter takes `v` and `g` from the checkpoint's pair (either scheme):
+//! `v` in Burn's layout, `g` flattened to one value per slice, after checking that PyTorch's
+//! `dim` is the axis the module normalizes. A pair in the checkpoint for a parameter without
+//! weight norm is fused on load.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, Parameter};
+use burn::tensor::{DType, Tensor, TensorData};
+use safetensors::Dtype;
+
+use super::checkpoint::TensorEntry;
+use super::pairs::{Scheme, detect_pairs, pair_keys};
+use super::transform::fuse_tensor;
+use super::{Result, TorchError};
+use crate::axis::{LayerKind, NormAxis};
+use crate::reparam::{ParamInfo, WeightNorm, survey};
+use burn::module::Reparameterization;
+
+fn burn_dtype(d: Dtype, name: &str) -> Result<DType> {
+    Ok(match d {
+        Dtype::F64 => DType::F64,
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        other => {
+            return Err(TorchError::DType {
+                name: name.to_string(),
+                reason: format!("{other:?} is not a floating-point type"),
+            });
+        }
+    })
+}
+
+fn st_dtype(d: DType) -> Dtype {
+    match d {
+        DType::F64 => Dtype::F64,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        _ => Dtype::F32,
+    }
+}
+
+fn is_linear_weight(info: &ParamInfo) -> bool {
+    info.layer_kind() == Some(LayerKind::Linear) && info.path.rsplit('.').next() == Some("weight")
+}
+
+/// PyTorch's axis of a Linear weight in Burn's layout, and back (a transpose swaps them).
+fn swap_axis(axis: NormAxis) -> NormAxis {
+    match axis {
+        NormAxis::Keep(k) => NormAxis::Keep(1 - k),
+        NormAxis::Whole => NormAxis::Whole,
+    }
+}
+
+/// Data of a checkpoint tensor, transposed when `transpose` (a 2-D Linear weight).
+fn data_of(t: &TensorEntry, transpose: bool) -> Result<TensorData> {
+    let data = TensorData::from_bytes_vec(
+        t.bytes()?.into_owned(),
+        t.shape.clone(),
+        burn_dtype(t.dtype, &t.name)?,
+    );
+    if !transpose {
+        return Ok(data);
+    }
+    if t.shape.len() != 2 {
+        return Err(TorchError::Mismatch(format!(
+            "`{}` should be a 2-D Linear weight, but has shape {:?}",
+            t.name, t.shape
+        )));
+    }
+    Ok(transpose_2d(data))
+}
+
+/// The transpose of a 2-D tensor's data, in its dtype (exact: values are only moved).
+fn transpose_2d(data: TensorData) -> TensorData {
+    let [r, c]: [usize; 2] = data.shape().to_vec().try_into().expect("2-D");
+    let dtype = data.dtype();
+    let vals = data
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("converted to f64");
+    let mut out = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = vals[i * c + j];
+        }
+    }
+    TensorData::new(out, vec![c, r]).convert_dtype(dtype)
+}
+
+/// Assigns values to float parameters by path.
+struct Assign {
+    values: BTreeMap<String, TensorData>,
+    stack: Vec<String>,
+    errors: Vec<TorchError>,
+}
+
+impl ModuleMapper for Assign {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.stack.join(".");
+        let Some(data) = self.values.remove(&path) else {
+            return param;
+        };
+        let shape = param.shape().to_vec();
+        if data.shape().as_slice() != shape.as_slice() {
+            self.errors.push(TorchError::Mismatch(format!(
+                "`{path}`: the checkpoint gives shape {:?} (in Burn's layout), the module has {shape:?}",
+                data.shape()
+            )));
+            return param;
+        }
+        param.map(|old| {
+            let dtype = old.dtype();
+            let new = Tensor::<D>::from_data(data.convert_dtype(dtype), (&old.device(), dtype));
+            Parameter::set_require_grad(new, old.is_require_grad())
+        })
+    }
+}
+
+/// Loads a PyTorch state dict into `module`, which must already have weight norm (through
+/// [`apply_weight_norm`](crate::apply_weight_norm)) exactly where the checkpoint has pairs it
+/// should keep as pairs. Linear weights are transposed; each pair's `g` is checked to
+/// normalize the axis the module's weight norm uses.
+///
+/// # Errors
+///
+/// A module parameter the checkpoint lacks, a checkpoint tensor the module has no place for
+/// (as PyTorch's strict loading), shapes that disagree, a weight-norm parameter whose pair is
+/// missing or normalizes another axis, and the errors of fusing pairs.
+pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result<M> {
+    let by_name: BTreeMap<&str, &TensorEntry> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let shapes: Vec<_> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    let pairs: BTreeMap<String, _> = detect_pairs(&shapes, None)?
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    let mut values = BTreeMap::new();
+    for info in survey(&module) {
+        let transpose = is_linear_weight(&info);
+        let wn = info.reparameterization.as_deref() == Some(WeightNorm::NAME);
+        if let Some(pair) = pairs.get(&info.path) {
+            let (g, v) = (by_name[pair.g_key.as_str()], by_name[pair.v_key.as_str()]);
+            used.insert(pair.g_key.clone());
+            used.insert(pair.v_key.clone());
+            if wn {
+                let axis = if transpose {
+                    swap_axis(pair.axis)
+                } else {
+                    pair.axis
+                };
+                let g_len = info
+                    .reparameterization_params
+                    .iter()
+                    .find(|(n, _)| n == "g")
+                    .map(|(_, s)| s.iter().product::<usize>())
+                    .unwrap_or(0);
+                let expected = match axis {
+                    NormAxis::Keep(k) => info.shape.get(k).copied().unwrap_or(0),
+                    NormAxis::Whole => 1,
+                };
+                if g_len != expected {
+                    return Err(TorchError::Mismatch(format!(
+                        "`{}`: the checkpoint normalizes dim {:?} ({} norms), the module's weight norm keeps {g_len}; apply weight norm with that dim (AxisChoice::Torch)",
+                        info.path,
+                        pair.axis.to_torch(),
+                        expected
+                    )));
+                }
+                values.insert(info.path.clone(), data_of(v, transpose)?);
+                let g_data = data_of(g, false)?;
+                let n = g_data.num_elements();
+                values.insert(
+                    format!("{}.{}.g", info.path, WeightNorm::NAME),
+                    TensorData::from_bytes_vec(
+                        g_data.into_bytes().to_vec(),
+                        vec![n],
+                        burn_dtype(g.dtype, &g.name)?,
+                    ),
+                );
+            } else {
+                let w = fuse_tensor(&info.path, v, g, pair.axis)?;
+                values.insert(info.path.clone(), data_of(&w, transpose)?);
+            }
+            continue;
+        }
+        if wn {
+            let (g_key, v_key) = pair_keys(&info.path, Scheme::Legacy);
+            return Err(TorchError::Mismatch(format!(
+                "`{}` has weight norm in the module, but the checkpoint has no pair for it (`{g_key}`/`{v_key}` or its parametrizations keys)",
+                info.path
+            )));
+        }
+        let Some(t) = by_name.get(info.path.as_str()) else {
+            return Err(TorchError::Mismatch(format!(
+                "the checkpoint has no tensor `{}`",
+                info.path
+            )));
+        };
+        used.insert(info.path.clone());
+        values.insert(info.path.clone(), data_of(t, transpose)?);
+    }
+    let unused: Vec<&str> = tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !used.contains(*n))
+        .collect();
+    if !unused.is_empty() {
+        return Err(TorchError::Mismatch(format!(
+            "the module has no place for these checkpoint tensors: {}",
+            unused.join(", ")
+        )));
+    }
+    let mut assign = Assign {
+        values,
+        stack: Vec::new(),
+        errors: Vec::new(),
+    };
+    let module = module.map(&mut assign);
+    match assign.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(module),
+    }
+}
+
+/// Collects every float parameter's value by path (reparameterization parameters too).
+#[derive(Default)]
+struct Collect {
+    stack: Vec<String>,
+    values: BTreeMap<String, TensorData>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.values
+            .insert(self.stack.join("."), param.val().to_data());
+    }
+}
+
+fn entry(name: String, data: TensorData, shape: Vec<usize>) -> Result<TensorEntry> {
+    let data = match data.dtype() {
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 => data,
+        _ => data.convert::<f32>(),
+    };
+    let dtype = st_dtype(data.dtype());
+    TensorEntry::from_bytes(name, dtype, shape, data.into_bytes().to_vec())
+}
+
+/// The module's parameters as a PyTorch state dict: PyTorch's names and layouts (Linear weights
+/// transposed), each weight-normalized parameter as a pair in `scheme` with `g` shaped as
+/// PyTorch shapes it (0-dim for the whole tensor).
+///
+/// The kept axis of a pair is read from `g`'s length: the layer's output axis when it matches,
+/// else the one axis of that size.
+///
+/// # Errors
+///
+/// [`TorchError::Mismatch`] when the axis of a weight norm cannot be told from `g`'s length
+/// (several axes of that size, none the output axis).
+pub fn save_module<M: Module>(module: &M, scheme: Scheme) -> Result<Vec<TensorEntry>> {
+    let mut collect = Collect::default();
+    module.visit(&mut collect);
+    let mut out = Vec::new();
+    for info in survey(module) {
+        let transpose = is_linear_weight(&info);
+        let data = collect.values.remove(&info.path).expect("visited");
+        let v = if transpose { transpose_2d(data) } else { data };
+        let v_shape = v.shape().to_vec();
+        if info.reparameterization.as_deref() != Some(WeightNorm::NAME) {
+            out.push(entry(info.path.clone(), v, v_shape)?);
+            continue;
+        }
+        let g = collect
+            .values
+            .remove(&format!("{}.{}.g", info.path, WeightNorm::NAME))
+            .expect("weight norm has g");
+        let n = g.num_elements();
+        let burn_axis = if n == 1 && info.shape.iter().all(|&s| s != 1) {
+            NormAxis::Whole
+        } else {
+            let output = info.layer_kind().map(|k| k.unit_axes().output);
+            match output {
+                Some(k) if info.shape.get(k) == Some(&n) => NormAxis::Keep(k),
+                _ => {
+                    let fits: Vec<usize> = (0..info.shape.len())
+                        .filter(|&k| info.shape[k] == n)
+                        .collect();
+                    match fits.as_slice() {
+                        [k] => NormAxis::Keep(*k),
+                        _ => {
+                            return Err(TorchError::Mismatch(format!(
+                                "`{}`: cannot tell which axis its weight norm keeps from g's {n} values",
+                                info.path
+                            )));
+                        }
+                    }
+                }
+            }
+        };
+        let axis = if transpose {
+            swap_axis(burn_axis)
+        } else {
+            burn_axis
+        };
+        let g_shape = match axis {
+            NormAxis::Whole => Vec::new(),
+            k => k.g_shape(&v_shape),
+        };
+        let (g_key, v_key) = pair_keys(&info.path, scheme);
+        out.push(entry(g_key, g, g_shape)?);
+        out.push(entry(v_key, v, v_shape)?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
