@@ -1,6 +1,10 @@
 //! The `weightnorm` command line.
 
 mod ckpt;
+mod data;
+mod model;
+mod plot;
+mod train;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -32,6 +36,10 @@ enum Command {
     Split(ckpt::SplitArgs),
     /// Rename weight-norm pairs between the legacy and the parametrizations key schemes.
     Convert(ckpt::ConvertArgs),
+    /// Train a model on Fashion-MNIST or the UCI digits, with metrics, plots and a checkpoint.
+    Train(train::TrainArgs),
+    /// Train every parameterization with the same seed and data, and write a report: the main job.
+    Compare(train::CompareArgs),
 }
 
 /// An error caused by the user's input (arguments, files): exit code 2. Anything else (a
@@ -101,6 +109,8 @@ fn main() -> ExitCode {
         Command::Fuse(args) => ckpt::fuse_cmd(args),
         Command::Split(args) => ckpt::split_cmd(args),
         Command::Convert(args) => ckpt::convert_cmd(args),
+        Command::Train(args) => train::train(args),
+        Command::Compare(args) => train::compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,266 @@
+//! Data sets: Fashion-MNIST from gzipped IDX files, and the UCI digits compiled in.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use crate::Failure;
+
+/// Where the Debian package `dataset-fashion-mnist` installs Fashion-MNIST.
+pub const FASHION_DEFAULT: &str = "/usr/share/datasets/fashion-mnist";
+
+/// An image classification data set in memory, pixels scaled to [0, 1].
+pub struct Dataset {
+    /// `fashion-mnist` or `digits`.
+    pub name: &'static str,
+    /// Image shape `[channels, height, width]`.
+    pub shape: [usize; 3],
+    /// Number of classes.
+    pub classes: usize,
+    /// Training images, row-major, `n * features`.
+    pub train_x: Vec<f32>,
+    /// Training labels.
+    pub train_y: Vec<u8>,
+    /// Test images.
+    pub test_x: Vec<f32>,
+    /// Test labels.
+    pub test_y: Vec<u8>,
+    /// The training pixels' mean and standard deviation, subtracted and divided out of
+    /// every image by [`Dataset::standardize`] (0 and 1 before).
+    pub norm: (f32, f32),
+}
+
+impl Dataset {
+    /// Standardizes the pixels with the training set's mean and standard deviation.
+    pub fn standardize(mut self) -> Self {
+        let n = self.train_x.len() as f64;
+        let mean = self.train_x.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = self
+            .train_x
+            .iter()
+            .map(|&x| (x as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let (m, s) = (mean as f32, var.sqrt() as f32);
+        for x in self.train_x.iter_mut().chain(self.test_x.iter_mut()) {
+            *x = (*x - m) / s;
+        }
+        self.norm = (m, s);
+        self
+    }
+
+    /// Pixels per image.
+    pub fn features(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    Failure::input(e).into()
+}
+
+/// Reads one gzipped IDX file: unsigned bytes with `dims` dimensions, as the MNIST files are.
+pub fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| bad(anyhow::anyhow!("cannot open {}: {e}", path.display())))?;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut raw)
+        .map_err(|e| {
+            bad(anyhow::anyhow!(
+                "{} is not a readable gzip file: {e}",
+                path.display()
+            ))
+        })?;
+    let header = 4 + 4 * dims;
+    if raw.len() < header {
+        bail!(bad(anyhow::anyhow!(
+            "{} is truncated: {} bytes, shorter than its {header}-byte IDX header",
+            path.display(),
+            raw.len()
+        )));
+    }
+    if raw[0] != 0 || raw[1] != 0 || raw[2] != 0x08 || raw[3] as usize != dims {
+        bail!(bad(anyhow::anyhow!(
+            "{} is not an IDX file of unsigned bytes with {dims} dimensions (magic {:02x}{:02x}{:02x}{:02x})",
+            path.display(),
+            raw[0],
+            raw[1],
+            raw[2],
+            raw[3]
+        )));
+    }
+    let sizes: Vec<usize> = (0..dims)
+        .map(|i| u32::from_be_bytes(raw[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    let n = sizes
+        .iter()
+        .try_fold(1usize, |a, &s| a.checked_mul(s))
+        .filter(|&n| n <= 1 << 32)
+        .ok_or_else(|| {
+            bad(anyhow::anyhow!(
+                "{}: absurd sizes {sizes:?}",
+                path.display()
+            ))
+        })?;
+    if raw.len() != header + n {
+        bail!(bad(anyhow::anyhow!(
+            "{} is truncated or padded: its header says {sizes:?} ({n} bytes of data), it holds {}",
+            path.display(),
+            raw.len() - header
+        )));
+    }
+    raw.drain(..header);
+    Ok((sizes, raw))
+}
+
+/// Loads Fashion-MNIST (or any MNIST-layout data) from `dir`.
+pub fn fashion_mnist(dir: &Path) -> Result<Dataset> {
+    let file = |name: &str| -> PathBuf { dir.join(name) };
+    if !dir.is_dir() {
+        bail!(bad(anyhow::anyhow!(
+            "{} is not a directory with Fashion-MNIST (install the Debian package dataset-fashion-mnist, or pass --data DIR)",
+            dir.display()
+        )));
+    }
+    let images = |name: &str| -> Result<(usize, Vec<f32>, [usize; 2])> {
+        let (sizes, data) = read_idx(&file(name), 3)?;
+        Ok((
+            sizes[0],
+            data.iter().map(|&p| p as f32 / 255.0).collect(),
+            [sizes[1], sizes[2]],
+        ))
+    };
+    let labels = |name: &str| -> Result<Vec<u8>> {
+        let (_, data) = read_idx(&file(name), 1)?;
+        if let Some(l) = data.iter().find(|&&l| l > 9) {
+            bail!(bad(anyhow::anyhow!(
+                "{name}: label {l} is not a class 0..9"
+            )));
+        }
+        Ok(data)
+    };
+    let (n_train, train_x, hw) = images("train-images-idx3-ubyte.gz")?;
+    let train_y = labels("train-labels-idx1-ubyte.gz")?;
+    let (n_test, test_x, hw_test) = images("t10k-images-idx3-ubyte.gz")?;
+    let test_y = labels("t10k-labels-idx1-ubyte.gz")?;
+    if n_train != train_y.len() || n_test != test_y.len() || hw != hw_test {
+        bail!(bad(anyhow::anyhow!(
+            "{}: images and labels disagree ({n_train} train images, {} labels; {n_test} test images, {} labels)",
+            dir.display(),
+            train_y.len(),
+            test_y.len()
+        )));
+    }
+    Ok(Dataset {
+        name: "fashion-mnist",
+        shape: [1, hw[0], hw[1]],
+        classes: 10,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        norm: (0.0, 1.0),
+    })
+}
+
+/// The UCI digits compiled into the binary: 8x8 images, 1437 for training and 360 for
+/// testing (a fixed shuffle of the 1797).
+pub fn digits() -> Dataset {
+    static GZ: &[u8] = include_bytes!("../data/uci-digits.csv.gz");
+    let mut csv = String::new();
+    flate2::read::GzDecoder::new(GZ)
+        .read_to_string(&mut csv)
+        .expect("the vendored digits are valid gzip");
+    let rows: Vec<Vec<u8>> = csv
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .map(|x| x.trim().parse().expect("an integer"))
+                .collect()
+        })
+        .collect();
+    // A fixed permutation (SplitMix64), so the split is the same everywhere.
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let mut state = 0x5EED_u64;
+    for i in (1..order.len()).rev() {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        order.swap(i, (z % (i as u64 + 1)) as usize);
+    }
+    let n_test = 360;
+    let mut ds = Dataset {
+        name: "digits",
+        shape: [1, 8, 8],
+        classes: 10,
+        train_x: Vec::new(),
+        train_y: Vec::new(),
+        test_x: Vec::new(),
+        test_y: Vec::new(),
+        norm: (0.0, 1.0),
+    };
+    for (k, &i) in order.iter().enumerate() {
+        let row = &rows[i];
+        let (x, y) = if k < n_test {
+            (&mut ds.test_x, &mut ds.test_y)
+        } else {
+            (&mut ds.train_x, &mut ds.train_y)
+        };
+        x.extend(row[..64].iter().map(|&p| p as f32 / 16.0));
+        y.push(row[64]);
+    }
+    ds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn digits_are_complete_and_balanced() {
+        let d = digits();
+        assert_eq!(d.train_y.len(), 1437);
+        assert_eq!(d.test_y.len(), 360);
+        assert_eq!(d.train_x.len(), 1437 * 64);
+        assert!(d.train_x.iter().all(|&p| (0.0..=1.0).contains(&p)));
+        for c in 0..10u8 {
+            assert!(d.test_y.iter().filter(|&&y| y == c).count() > 20);
+        }
+    }
+
+    #[test]
+    fn idx_headers_and_sizes_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x.gz");
+        let mut good = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        good.extend([1, 2, 3, 4, 5, 6, 7, 8]);
+        std::fs::write(&p, gz(&good)).unwrap();
+        let (sizes, data) = read_idx(&p, 3).unwrap();
+        assert_eq!((sizes, data.len()), (vec![2, 2, 2], 8));
+        std::fs::write(&p, gz(&good[..20])).unwrap();
+        let e = read_idx(&p, 3).unwrap_err().to_string();
+        assert!(e.contains("truncated or padded"), "{e}");
+        let mut bad_magic = good.clone();
+        bad_magic[2] = 0x0d;
+        std::fs::write(&p, gz(&bad_magic)).unwrap();
+        let e = read_idx(&p, 3).unwrap_err().to_string();
+        assert!(e.contains("not an IDX file"), "{e}");
+        std::fs::write(&p, b"not gzip").unwrap();
+        let e = read_idx(&p, 3).unwrap_err().to_string();
+        assert!(e.contains("not a readable gzip file"), "{e}");
+        std::fs::write(&p, gz(&good[..6])).unwrap();
+        let e = read_idx(&p, 3).unwrap_err().to_string();
+        assert!(e.contains("shorter than its 16-byte IDX header"), "{e}");
+    }
+}

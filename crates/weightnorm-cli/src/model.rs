@@ -1,0 +1,335 @@
+//! The models `train` and `compare` build, and their export in PyTorch's `nn.Sequential` layout.
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
+use burn::tensor::{Device, Tensor};
+use serde_json::json;
+use weightnorm::nn::{
+    MeanOnlyBatchNorm, MeanOnlyBatchNormConfig, WnCnnClassifier, WnCnnClassifierConfig,
+};
+use weightnorm::torch::{Scheme, TensorEntry, save_module};
+use weightnorm::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
+
+use crate::Failure;
+
+/// A parameterization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// Plain weights.
+    Plain,
+    /// Weight normalization.
+    Wn,
+    /// Weight normalization and mean-only batch normalization (the paper's best).
+    WnMobn,
+    /// Batch normalization.
+    Bn,
+}
+
+impl Param {
+    pub const ALL: [Param; 4] = [Param::Plain, Param::Wn, Param::WnMobn, Param::Bn];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Wn => "wn",
+            Self::WnMobn => "wn-mobn",
+            Self::Bn => "bn",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                Failure::input(anyhow::anyhow!(
+                    "unknown parameterization `{s}`: use plain, wn, wn-mobn or bn"
+                ))
+                .into()
+            })
+    }
+
+    fn weight_norm(self) -> bool {
+        matches!(self, Self::Wn | Self::WnMobn)
+    }
+}
+
+/// An MLP: `Linear -> [norm] -> ReLU` per hidden layer, then a Linear to the classes.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub linears: Vec<Linear>,
+    pub bns: Vec<BatchNorm>,
+    pub mobns: Vec<MeanOnlyBatchNorm>,
+    pub relu: Relu,
+}
+
+impl Mlp {
+    pub fn new(sizes: &[usize], param: Param, device: &Device) -> Result<Self> {
+        let hidden = sizes.len() - 2;
+        let linears = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                // Before a batch norm the bias is redundant: the norm's shift replaces it.
+                let bias = i == hidden || matches!(param, Param::Plain | Param::Wn);
+                LinearConfig::new(w[0], w[1]).with_bias(bias).init(device)
+            })
+            .collect();
+        let mlp = Self {
+            linears,
+            bns: match param {
+                Param::Bn => (0..hidden)
+                    .map(|i| BatchNormConfig::new(sizes[i + 1]).init(device))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            mobns: match param {
+                Param::WnMobn => (0..hidden)
+                    .map(|i| MeanOnlyBatchNormConfig::new(sizes[i + 1]).init(device))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            relu: Relu::new(),
+        };
+        Ok(if param.weight_norm() {
+            apply_weight_norm(mlp, &WeightNormConfig::new())?
+        } else {
+            mlp
+        })
+    }
+
+    fn hidden(&self, i: usize, h: Tensor<2>) -> Tensor<2> {
+        let mut h = self.linears[i].forward(h);
+        if let Some(bn) = self.bns.get(i) {
+            h = bn.forward(h);
+        }
+        if let Some(bn) = self.mobns.get(i) {
+            h = bn.forward(h);
+        }
+        self.relu.forward(h)
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let last = self.linears.len() - 1;
+        let mut h = x;
+        for i in 0..last {
+            h = self.hidden(i, h);
+        }
+        self.linears[last].forward(h)
+    }
+
+    /// The paper's data-dependent initialisation on one batch, layer after layer.
+    pub fn data_dependent_init(mut self, x: Tensor<2>) -> Result<Self> {
+        let last = self.linears.len() - 1;
+        let mut h = x;
+        let linears = std::mem::take(&mut self.linears);
+        for (i, l) in linears.into_iter().enumerate() {
+            let (l, out) = weightnorm::init::data_dependent_linear(l, h, 1.0)?;
+            self.linears.push(l);
+            h = out;
+            if i < last {
+                if let Some(bn) = self.mobns.get(i) {
+                    h = bn.forward(h);
+                }
+                h = self.relu.forward(h);
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// The models.
+#[derive(Module, Debug)]
+pub enum Model {
+    Mlp(Mlp),
+    Cnn(WnCnnClassifier),
+}
+
+/// What a model is, for building and exporting it.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub kind: String,
+    pub param: Param,
+    pub input: [usize; 3],
+    pub hidden: Vec<usize>,
+    pub cnn_widths: [usize; 3],
+    pub classes: usize,
+}
+
+impl Spec {
+    pub fn build(&self, device: &Device) -> Result<Model> {
+        let features: usize = self.input.iter().product();
+        match self.kind.as_str() {
+            "mlp" => {
+                let mut sizes = vec![features];
+                sizes.extend(&self.hidden);
+                sizes.push(self.classes);
+                Ok(Model::Mlp(Mlp::new(&sizes, self.param, device)?))
+            }
+            "cnn" => {
+                if !matches!(self.param, Param::Plain | Param::Wn) {
+                    bail!(Failure::input(anyhow::anyhow!(
+                        "--param {} is available for --model mlp; the CNN takes plain or wn",
+                        self.param.name()
+                    )));
+                }
+                Ok(Model::Cnn(
+                    WnCnnClassifierConfig::new()
+                        .with_channels_in(self.input[0])
+                        .with_num_classes(self.classes)
+                        .with_widths(self.cnn_widths)
+                        .with_hidden(self.hidden.first().copied().unwrap_or(128))
+                        .with_weight_norm(self.param.weight_norm())
+                        .init(device)?,
+                ))
+            }
+            other => bail!(Failure::input(anyhow::anyhow!(
+                "unknown model `{other}`: use mlp or cnn"
+            ))),
+        }
+    }
+
+    /// The module names of the `nn.Sequential` the model exports to, and the architecture file
+    /// (the canonical form's format): `(burn prefix, sequential index)` pairs and the JSON.
+    fn layout(&self) -> (Vec<(String, String)>, serde_json::Value) {
+        let mut names = Vec::new();
+        let mut layers = Vec::new();
+        let mut idx = 0usize;
+        let mut push = |layer: serde_json::Value,
+                        burn: Option<String>,
+                        layers: &mut Vec<serde_json::Value>,
+                        names: &mut Vec<(String, String)>| {
+            let mut layer = layer;
+            if let Some(b) = burn {
+                names.push((b, idx.to_string()));
+                layer["param"] = json!(idx.to_string());
+            }
+            layers.push(layer);
+            idx += 1;
+        };
+        match self.kind.as_str() {
+            "mlp" => {
+                let n = self.hidden.len();
+                for i in 0..=n {
+                    push(
+                        json!({"op": "linear"}),
+                        Some(format!("linears.{i}")),
+                        &mut layers,
+                        &mut names,
+                    );
+                    if i < n {
+                        match self.param {
+                            Param::Bn => push(
+                                json!({"op": "batch_norm", "eps": 1e-5}),
+                                Some(format!("bns.{i}")),
+                                &mut layers,
+                                &mut names,
+                            ),
+                            Param::WnMobn => push(
+                                json!({"op": "mean_only_batch_norm"}),
+                                Some(format!("mobns.{i}")),
+                                &mut layers,
+                                &mut names,
+                            ),
+                            _ => {}
+                        }
+                        push(json!({"op": "relu"}), None, &mut layers, &mut names);
+                    }
+                }
+                (
+                    names,
+                    json!({"input": [self.input.iter().product::<usize>()], "layers": layers}),
+                )
+            }
+            _ => {
+                let mut side = self.input[1];
+                for i in 0..3 {
+                    push(
+                        json!({"op": "conv2d", "stride": 1, "padding": 1, "dilation": 1, "groups": 1}),
+                        Some(format!("convs.{i}")),
+                        &mut layers,
+                        &mut names,
+                    );
+                    push(json!({"op": "relu"}), None, &mut layers, &mut names);
+                    if i < 2 {
+                        push(
+                            json!({"op": "max_pool2d", "kernel": 2, "stride": 2, "padding": 0}),
+                            None,
+                            &mut layers,
+                            &mut names,
+                        );
+                        side /= 2;
+                    }
+                }
+                push(
+                    json!({"op": "avg_pool2d", "kernel": side, "stride": side, "padding": 0}),
+                    None,
+                    &mut layers,
+                    &mut names,
+                );
+                push(json!({"op": "flatten"}), None, &mut layers, &mut names);
+                push(
+                    json!({"op": "linear"}),
+                    Some("fc1".into()),
+                    &mut layers,
+                    &mut names,
+                );
+                push(json!({"op": "relu"}), None, &mut layers, &mut names);
+                push(
+                    json!({"op": "linear"}),
+                    Some("fc2".into()),
+                    &mut layers,
+                    &mut names,
+                );
+                (names, json!({"input": self.input, "layers": layers}))
+            }
+        }
+    }
+
+    /// The architecture file.
+    pub fn arch(&self) -> serde_json::Value {
+        self.layout().1
+    }
+
+    /// The trained model as a PyTorch `nn.Sequential` state dict: weight norm folded into plain
+    /// weights, Linear weights in PyTorch's layout, batch-norm statistics under PyTorch's names.
+    pub fn export(&self, model: &Model) -> Result<Vec<TensorEntry>> {
+        let model = if weightnorm::reparam::weight_normed_params(model).is_empty() {
+            model.clone()
+        } else {
+            remove_weight_norm(model.clone())?
+        };
+        let tensors = save_module(&model, Scheme::Legacy)?;
+        let (names, _) = self.layout();
+        let mut out = Vec::new();
+        for t in tensors {
+            // Burn paths look like `Mlp.linears.0.weight` or `Cnn.convs.1.bias`.
+            let path = t.name.split_once('.').map(|(_, p)| p).unwrap_or(&t.name);
+            let (module, field) = path.rsplit_once('.').expect("module.field");
+            let Some((_, seq)) = names.iter().find(|(b, _)| b == module) else {
+                continue;
+            };
+            let field = match field {
+                "gamma" => "weight",
+                "beta" => "bias",
+                f => f,
+            };
+            out.push(t.renamed(format!("{seq}.{field}")));
+        }
+        // PyTorch's BatchNorm1d has a batch counter; strict loading wants it.
+        if self.param == Param::Bn {
+            for (b, seq) in names.iter().filter(|(b, _)| b.starts_with("bns.")) {
+                let _ = b;
+                out.push(TensorEntry::from_bytes(
+                    format!("{seq}.num_batches_tracked"),
+                    safetensors::Dtype::I64,
+                    vec![],
+                    0i64.to_le_bytes().to_vec(),
+                )?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

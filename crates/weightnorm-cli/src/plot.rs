@@ -1,0 +1,197 @@
+//! Plots (PNG, with an embedded font: no system fonts needed) and the comparison report.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::train::{DataModelArgs, RunMetrics};
+
+const COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+fn font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
+}
+
+/// Moving average over `w` steps, for readable loss curves.
+fn smooth(xs: &[f64], w: usize) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    let mut sum = 0.0;
+    for (i, x) in xs.iter().enumerate() {
+        sum += x;
+        if i >= w {
+            sum -= xs[i - w];
+        }
+        out.push((i as f64 + 1.0, sum / (i + 1).min(w) as f64));
+    }
+    out
+}
+
+type Series<'a> = (&'a str, Vec<(f64, f64)>);
+
+fn chart(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    title: &str,
+    x: &str,
+    y: &str,
+    series: &[Series],
+) -> Result<()> {
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    let (x0, x1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (y0, y1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let mut c = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .map_err(|e| anyhow!("{e}"))?;
+    c.configure_mesh()
+        .x_desc(x)
+        .y_desc(y)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+        if pts.len() < 40 {
+            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn epochs_series(
+    m: &RunMetrics,
+    f: impl Fn(&crate::train::EpochMetrics) -> f64,
+) -> Vec<(f64, f64)> {
+    m.epochs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as f64 + 1.0, f(e)))
+        .collect()
+}
+
+/// One run's `curves.png`: training loss per step and test accuracy per epoch.
+pub fn curves(path: &Path, m: &RunMetrics) -> Result<()> {
+    font();
+    let root = BitMapBackend::new(path, (1200, 450)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let (left, right) = root.split_horizontally(700);
+    let w = (m.step_losses.len() / 50).max(1);
+    chart(
+        &left,
+        "training loss",
+        "step",
+        "cross-entropy (moving average)",
+        &[(m.param.as_str(), smooth(&m.step_losses, w))],
+    )?;
+    chart(
+        &right,
+        "test accuracy",
+        "epoch",
+        "accuracy",
+        &[(m.param.as_str(), epochs_series(m, |e| e.test_accuracy))],
+    )?;
+    root.present()
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// `loss.png` and `accuracy.png` of a comparison: every parameterization on one chart.
+pub fn comparison(out: &Path, runs: &[RunMetrics]) -> Result<()> {
+    font();
+    let w = (runs.first().map_or(0, |r| r.step_losses.len()) / 50).max(1);
+    let loss: Vec<Series> = runs
+        .iter()
+        .map(|r| (r.param.as_str(), smooth(&r.step_losses, w)))
+        .collect();
+    let acc: Vec<Series> = runs
+        .iter()
+        .map(|r| (r.param.as_str(), epochs_series(r, |e| e.test_accuracy)))
+        .collect();
+    for (file, title, x, y, series) in [
+        (
+            "loss.png",
+            "training loss",
+            "step",
+            "cross-entropy (moving average)",
+            &loss,
+        ),
+        ("accuracy.png", "test accuracy", "epoch", "accuracy", &acc),
+    ] {
+        let path = out.join(file);
+        let root = BitMapBackend::new(&path, (900, 550)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        chart(&root, title, x, y, series)?;
+        root.present()
+            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The comparison's `report.md`.
+pub fn report(args: &DataModelArgs, ds: &crate::data::Dataset, runs: &[RunMetrics]) -> String {
+    let dataset = ds.name;
+    let plain = runs
+        .iter()
+        .find(|r| r.param == "plain")
+        .map(|r| r.mean_step_ms);
+    let mut s = format!(
+        "# weightnorm compare\n\n{dataset}, {} model, {} epochs, batch {}, Adam lr {}, seed {}, init {}.\n\n\
+         | parameterization | test accuracy | test loss | ECE | step time (ms) | overhead vs plain |\n\
+         |---|---|---|---|---|---|\n",
+        args.model,
+        args.epochs(ds),
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.init
+    );
+    for r in runs {
+        let e = r.epochs.last().expect("an epoch");
+        let overhead = match plain {
+            Some(p) if r.param != "plain" => format!("{:+.1}%", (r.mean_step_ms / p - 1.0) * 100.0),
+            _ => "".into(),
+        };
+        s += &format!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {overhead} |\n",
+            r.param, e.test_accuracy, e.test_loss, e.ece, r.mean_step_ms
+        );
+    }
+    s += "\nTraining loss against steps: ![loss](loss.png)\n\nTest accuracy against epochs: ![accuracy](accuracy.png)\n\n\
+          Each run's metrics, model (`model.safetensors`, PyTorch `nn.Sequential` keys) and \
+          architecture (`arch.json`) are in the directory named after it.\n";
+    s
+}

@@ -1,0 +1,233 @@
+//! `train` and `compare` on the UCI digits (compiled in, so always available): outputs,
+//! determinism, and bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weightnorm"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn training_on_digits_writes_everything_and_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for dir in [&a, &b] {
+        let o = run(&[
+            "train",
+            "--dataset",
+            "digits",
+            "--param",
+            "wn-mobn",
+            "--epochs",
+            "3",
+            "--quiet",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for f in [
+            "metrics.json",
+            "curves.png",
+            "model.safetensors",
+            "arch.json",
+        ] {
+            assert!(dir.join(f).is_file(), "{f} missing");
+        }
+    }
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    // Same seed, same result.
+    assert_eq!(ma["step_loss"], mb["step_loss"]);
+    assert_eq!(ma["test_accuracy"], mb["test_accuracy"]);
+    assert_eq!(
+        ma["per_epoch"]["test_accuracy"].as_array().unwrap().len(),
+        3
+    );
+    assert!(ma["mean_step_ms"].as_f64().unwrap() > 0.0);
+    let acc = ma["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.5, "3 epochs on digits reach {acc}");
+    // The architecture names the mean-only batch norms the checkpoint holds.
+    let arch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("arch.json")).unwrap()).unwrap();
+    let ops: Vec<&str> = arch["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "linear",
+            "mean_only_batch_norm",
+            "relu",
+            "linear",
+            "mean_only_batch_norm",
+            "relu",
+            "linear"
+        ]
+    );
+    let o = run(&[
+        "inspect",
+        a.join("model.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = doc["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "0.weight",
+            "1.bias",
+            "1.running_mean",
+            "3.weight",
+            "4.bias",
+            "4.running_mean",
+            "6.bias",
+            "6.weight"
+        ]
+    );
+}
+
+#[test]
+fn a_different_seed_gives_a_different_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut losses = Vec::new();
+    for seed in ["1", "2"] {
+        let dir = tmp.path().join(seed);
+        let o = run(&[
+            "train",
+            "--dataset",
+            "digits",
+            "--param",
+            "plain",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--seed",
+            seed,
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0));
+        losses.push(metrics(&dir)["step_loss"].clone());
+    }
+    assert_ne!(losses[0], losses[1]);
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let missing = tmp.path().join("nowhere");
+    // A directory with a truncated IDX file.
+    let trunc = tmp.path().join("trunc");
+    std::fs::create_dir(&trunc).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(
+        &mut enc,
+        &[0, 0, 8, 3, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2],
+    )
+    .unwrap();
+    std::fs::write(
+        trunc.join("train-images-idx3-ubyte.gz"),
+        enc.finish().unwrap(),
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--dataset",
+                "fashion-mnist",
+                "--data",
+                missing.to_str().unwrap(),
+            ],
+            "is not a directory with Fashion-MNIST",
+        ),
+        (
+            vec![
+                "--dataset",
+                "fashion-mnist",
+                "--data",
+                trunc.to_str().unwrap(),
+            ],
+            "is truncated or padded",
+        ),
+        (
+            vec!["--dataset", "digits", "--param", "batchnorm"],
+            "unknown parameterization `batchnorm`",
+        ),
+        (vec!["--dataset", "mnist"], "unknown data set `mnist`"),
+        (
+            vec!["--dataset", "digits", "--model", "cnn", "--param", "bn"],
+            "--param bn is available for --model mlp",
+        ),
+        (
+            vec!["--dataset", "digits", "--epochs", "0"],
+            "--epochs and --batch-size must be positive",
+        ),
+    ];
+    for (args, fragment) in cases {
+        let mut all = vec!["train", "--quiet", "--out", out.to_str().unwrap()];
+        all.extend(&args);
+        let o = run(&all);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(fragment), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn compare_writes_a_report_and_plots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    let o = run(&[
+        "compare",
+        "--dataset",
+        "digits",
+        "--params",
+        "plain,wn",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("| plain |") && report.contains("| wn |"),
+        "{report}"
+    );
+    for f in [
+        "loss.png",
+        "accuracy.png",
+        "plain/metrics.json",
+        "wn/model.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+}
