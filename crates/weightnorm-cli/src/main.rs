@@ -2,6 +2,7 @@
 
 mod ckpt;
 mod data;
+mod demo;
 mod model;
 mod plot;
 mod train;
@@ -40,6 +41,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Train every parameterization with the same seed and data, and write a report: the main job.
     Compare(train::CompareArgs),
+    /// Demonstrations: decoupling, batch-independence, wn-vs-bn.
+    Demo(demo::DemoArgs),
 }
 
 /// An error caused by the user's input (arguments, files): exit code 2. Anything else (a
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => ckpt::convert_cmd(args),
         Command::Train(args) => train::train(args),
         Command::Compare(args) => train::compare(args),
+        Command::Demo(args) => demo::demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
