@@ -181,6 +181,7 @@ impl Spec {
                         .with_widths(self.cnn_widths)
                         .with_hidden(self.hidden.first().copied().unwrap_or(128))
                         .with_weight_norm(self.param.weight_norm())
+                        .with_flatten_input(Some([self.input[1], self.input[2]]))
                         .init(device)?,
                 ))
             }
@@ -243,7 +244,6 @@ impl Spec {
                 )
             }
             _ => {
-                let mut side = self.input[1];
                 for i in 0..3 {
                     push(
                         json!({"op": "conv2d", "stride": 1, "padding": 1, "dilation": 1, "groups": 1}),
@@ -259,15 +259,8 @@ impl Spec {
                             &mut layers,
                             &mut names,
                         );
-                        side /= 2;
                     }
                 }
-                push(
-                    json!({"op": "avg_pool2d", "kernel": side, "stride": side, "padding": 0}),
-                    None,
-                    &mut layers,
-                    &mut names,
-                );
                 push(json!({"op": "flatten"}), None, &mut layers, &mut names);
                 push(
                     json!({"op": "linear"}),

@@ -201,10 +201,16 @@ pub struct WnCnnClassifierConfig {
     /// Whether to apply weight norm (off gives the same network, plain).
     #[config(default = true)]
     pub weight_norm: bool,
+    /// The head's input: `None` for global average pooling of the last stage (the classic
+    /// block), or `Some([height, width])` of the input images to flatten every position of the
+    /// last stage instead (more capacity; `height` and `width` divisible by 4).
+    #[config(default = "None")]
+    pub flatten_input: Option<[usize; 2]>,
 }
 
 /// A weight-normalized CNN classifier: three stages of 3x3 convolution (padding 1) and ReLU,
-/// max pooling after the first two and global average pooling after the third, then
+/// max pooling after the first two and global average pooling after the third (or, with
+/// [`WnCnnClassifierConfig::flatten_input`], every position of the third flattened), then
 /// `Linear -> ReLU -> Linear` to the class logits. Every convolution and linear layer is
 /// weight-normalized per output unit.
 #[derive(Module, Debug)]
@@ -221,6 +227,8 @@ pub struct WnCnnClassifier {
     pub fc2: Linear,
     /// The activation.
     pub relu: Relu,
+    /// Whether the head flattens every position (else global average pooling).
+    pub flatten: bool,
 }
 
 impl WnCnnClassifierConfig {
@@ -241,6 +249,16 @@ impl WnCnnClassifierConfig {
                 && self.num_classes > 0,
             "every width must be positive"
         );
+        let head_in = match self.flatten_input {
+            None => self.widths[2],
+            Some([h, w]) => {
+                assert!(
+                    h % 4 == 0 && w % 4 == 0 && h > 0 && w > 0,
+                    "flatten_input must be divisible by 4"
+                );
+                self.widths[2] * (h / 4) * (w / 4)
+            }
+        };
         let ins = [self.channels_in, self.widths[0], self.widths[1]];
         let convs = ins
             .iter()
@@ -255,9 +273,10 @@ impl WnCnnClassifierConfig {
             convs,
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
-            fc1: LinearConfig::new(self.widths[2], self.hidden).init(device),
+            fc1: LinearConfig::new(head_in, self.hidden).init(device),
             fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
             relu: Relu::new(),
+            flatten: self.flatten_input.is_some(),
         };
         if self.weight_norm {
             apply_weight_norm(model, &WeightNormConfig::new())
@@ -268,7 +287,16 @@ impl WnCnnClassifierConfig {
 }
 
 impl WnCnnClassifier {
-    /// The features before the classifier head: `[batch, widths[2]]`.
+    /// The head's input from the last stage's output.
+    fn head_input(&self, h: Tensor<4>) -> Tensor<2> {
+        if self.flatten {
+            h.flatten(1, 3)
+        } else {
+            self.gap.forward(h).flatten(1, 3)
+        }
+    }
+
+    /// The features before the classifier head.
     fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut h = x;
         for (i, conv) in self.convs.iter().enumerate() {
@@ -277,7 +305,7 @@ impl WnCnnClassifier {
                 h = self.pool.forward(h);
             }
         }
-        self.gap.forward(h).flatten(1, 3)
+        self.head_input(h)
     }
 
     /// Class logits.
@@ -308,7 +336,7 @@ impl WnCnnClassifier {
                 h = self.pool.forward(h);
             }
         }
-        let h = self.gap.forward(h).flatten(1, 3);
+        let h = self.head_input(h);
         let (fc1, out) = data_dependent_linear(self.fc1, h, init_scale)?;
         self.fc1 = fc1;
         let (fc2, _) = data_dependent_linear(self.fc2, self.relu.forward(out), init_scale)?;

@@ -169,3 +169,8 @@ pub fn composed_backward<B: Backend>(
     let dv = B::float_sub(B::float_mul(dw, a), B::float_mul(v, b));
     (downcast::<B>(dv, dtype), downcast::<B>(dg, dtype))
 }
+
+/// GPU backends (CUDA, wgpu) run the composed default bodies: one kernel per primitive
+/// operation, differentiated by the same analytic autodiff node.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+impl WeightNormBackend for burn::backend::Cube {}
