@@ -139,7 +139,8 @@ impl Mlp {
     }
 }
 
-/// The models.
+/// The models. (Built once per run, so the size difference of the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     Mlp(Mlp),

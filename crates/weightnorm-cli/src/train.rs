@@ -308,13 +308,8 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
 pub fn run(args: &DataModelArgs, ds: &Dataset, param: Param) -> Result<(Spec, Model, RunMetrics)> {
     let device = Device::default().autodiff();
     device.seed(args.seed);
+    // The options were validated by `check`.
     let epochs = args.epochs(ds);
-    if epochs == 0 || args.batch_size == 0 || !(args.lr > 0.0) {
-        return Err(Failure::input(anyhow::anyhow!(
-            "--epochs and --batch-size must be positive, and --lr a positive number"
-        ))
-        .into());
-    }
     let spec = spec_for(args, ds, param);
     let image = spec.kind == "cnn";
     let mut model = spec.build(&device)?;
