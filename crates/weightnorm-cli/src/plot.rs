@@ -48,6 +48,12 @@ fn chart(
     y: &str,
     series: &[Series],
 ) -> Result<()> {
+    // Losses fall and accuracies rise: keep the legend away from where the curves end.
+    let legend = if y == "accuracy" {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    };
     let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
     let (x0, x1) = all
         .iter()
@@ -86,7 +92,7 @@ fn chart(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     Ok(())
