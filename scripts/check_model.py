@@ -53,7 +53,11 @@ def build(arch, state):
         elif op == "flatten":
             layers.append(nn.Flatten())
         elif op == "batch_norm":
-            layers.append(nn.BatchNorm1d(state[key + ".weight"].shape[0], eps=layer.get("eps", 1e-5)))
+            n = state[key + ".weight"].shape[0]
+            spatial = any(l["op"] == "conv2d" for l in arch["layers"][:i]) and not any(
+                l["op"] == "flatten" for l in arch["layers"][:i])
+            bn = nn.BatchNorm2d if spatial else nn.BatchNorm1d
+            layers.append(bn(n, eps=layer.get("eps", 1e-5)))
         elif op == "mean_only_batch_norm":
             layers.append(MeanOnlyBatchNorm(state[key + ".bias"].shape[0]))
         else:

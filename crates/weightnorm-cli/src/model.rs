@@ -6,7 +6,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
 use weightnorm::nn::{
-    MeanOnlyBatchNorm, MeanOnlyBatchNormConfig, WnCnnClassifier, WnCnnClassifierConfig,
+    CnnNorm, MeanOnlyBatchNorm, MeanOnlyBatchNormConfig, WnCnnClassifier, WnCnnClassifierConfig,
 };
 use weightnorm::torch::{Scheme, TensorEntry, save_module};
 use weightnorm::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
@@ -169,12 +169,11 @@ impl Spec {
                 Ok(Model::Mlp(Mlp::new(&sizes, self.param, device)?))
             }
             "cnn" => {
-                if !matches!(self.param, Param::Plain | Param::Wn) {
-                    bail!(Failure::input(anyhow::anyhow!(
-                        "--param {} is available for --model mlp; the CNN takes plain or wn",
-                        self.param.name()
-                    )));
-                }
+                let norm = match self.param {
+                    Param::Plain | Param::Wn => CnnNorm::None,
+                    Param::WnMobn => CnnNorm::MeanOnly,
+                    Param::Bn => CnnNorm::Batch,
+                };
                 Ok(Model::Cnn(
                     WnCnnClassifierConfig::new()
                         .with_channels_in(self.input[0])
@@ -183,6 +182,7 @@ impl Spec {
                         .with_hidden(self.hidden.first().copied().unwrap_or(128))
                         .with_weight_norm(self.param.weight_norm())
                         .with_flatten_input(Some([self.input[1], self.input[2]]))
+                        .with_norm(norm)
                         .init(device)?,
                 ))
             }
@@ -210,6 +210,12 @@ impl Spec {
             layers.push(layer);
             idx += 1;
         };
+        // The normalization after hidden layer `i`, if the parameterization has one.
+        let norm_layer = |i: usize| match self.param {
+            Param::Bn => Some((json!({"op": "batch_norm", "eps": 1e-5}), format!("bns.{i}"))),
+            Param::WnMobn => Some((json!({"op": "mean_only_batch_norm"}), format!("mobns.{i}"))),
+            _ => None,
+        };
         match self.kind.as_str() {
             "mlp" => {
                 let n = self.hidden.len();
@@ -221,20 +227,8 @@ impl Spec {
                         &mut names,
                     );
                     if i < n {
-                        match self.param {
-                            Param::Bn => push(
-                                json!({"op": "batch_norm", "eps": 1e-5}),
-                                Some(format!("bns.{i}")),
-                                &mut layers,
-                                &mut names,
-                            ),
-                            Param::WnMobn => push(
-                                json!({"op": "mean_only_batch_norm"}),
-                                Some(format!("mobns.{i}")),
-                                &mut layers,
-                                &mut names,
-                            ),
-                            _ => {}
+                        if let Some((layer, burn)) = norm_layer(i) {
+                            push(layer, Some(burn), &mut layers, &mut names);
                         }
                         push(json!({"op": "relu"}), None, &mut layers, &mut names);
                     }
@@ -252,6 +246,9 @@ impl Spec {
                         &mut layers,
                         &mut names,
                     );
+                    if let Some((layer, burn)) = norm_layer(i) {
+                        push(layer, Some(burn), &mut layers, &mut names);
+                    }
                     push(json!({"op": "relu"}), None, &mut layers, &mut names);
                     if i < 2 {
                         push(
@@ -269,6 +266,9 @@ impl Spec {
                     &mut layers,
                     &mut names,
                 );
+                if let Some((layer, burn)) = norm_layer(3) {
+                    push(layer, Some(burn), &mut layers, &mut names);
+                }
                 push(json!({"op": "relu"}), None, &mut layers, &mut names);
                 push(
                     json!({"op": "linear"}),

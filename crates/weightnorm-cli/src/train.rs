@@ -93,19 +93,10 @@ impl DataModelArgs {
 }
 
 /// Checks the options before anything is loaded or printed.
-fn check(args: &DataModelArgs, params: &[Param]) -> Result<()> {
+fn check(args: &DataModelArgs) -> Result<()> {
     let bad = |m: String| -> Result<()> { Err(Failure::input(anyhow::anyhow!(m)).into()) };
     if !matches!(args.model.as_str(), "mlp" | "cnn") {
         return bad(format!("unknown model `{}`: use mlp or cnn", args.model));
-    }
-    if let Some(p) = params
-        .iter()
-        .find(|p| args.model == "cnn" && !matches!(p, Param::Plain | Param::Wn))
-    {
-        return bad(format!(
-            "--param {} is available for --model mlp; the CNN takes plain or wn",
-            p.name()
-        ));
     }
     if args.epochs == Some(0) || args.batch_size == 0 || !(args.lr > 0.0 && args.lr.is_finite()) {
         return bad(
@@ -433,7 +424,7 @@ pub fn save_run(
 
 pub fn train(args: TrainArgs) -> Result<()> {
     let param = Param::parse(&args.param)?;
-    check(&args.common, &[param])?;
+    check(&args.common)?;
     let ds = load_data(&args.common)?;
     eprintln!(
         "{}: {} training and {} test images of {:?}; {} {}",
@@ -464,7 +455,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         .split(',')
         .map(|p| Param::parse(p.trim()))
         .collect::<Result<_>>()?;
-    check(&args.common, &params)?;
+    check(&args.common)?;
     let ds = load_data(&args.common)?;
     eprintln!(
         "{}: {} training and {} test images; {} with {}",

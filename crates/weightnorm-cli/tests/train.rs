@@ -176,8 +176,8 @@ fn bad_input_exits_2_with_one_line() {
         ),
         (vec!["--dataset", "mnist"], "unknown data set `mnist`"),
         (
-            vec!["--dataset", "digits", "--model", "cnn", "--param", "bn"],
-            "--param bn is available for --model mlp",
+            vec!["--dataset", "digits", "--model", "rnn"],
+            "unknown model `rnn`: use mlp or cnn",
         ),
         (
             vec!["--dataset", "digits", "--epochs", "0"],

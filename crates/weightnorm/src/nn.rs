@@ -4,7 +4,10 @@ use burn::config::Config;
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d, Relu};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig1d,
+    PaddingConfig2d, Relu,
+};
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Tensor};
 
@@ -206,6 +209,22 @@ pub struct WnCnnClassifierConfig {
     /// last stage instead (more capacity; `height` and `width` divisible by 4).
     #[config(default = "None")]
     pub flatten_input: Option<[usize; 2]>,
+    /// A normalization after each convolution and after the hidden linear layer (before the
+    /// ReLU): none, batch norm, or mean-only batch norm. With either, those layers have no bias
+    /// (the norm's shift replaces it).
+    #[config(default = "CnnNorm::None")]
+    pub norm: CnnNorm,
+}
+
+/// The normalization layers of [`WnCnnClassifier`].
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum CnnNorm {
+    /// No normalization layers.
+    None,
+    /// Batch normalization.
+    Batch,
+    /// Mean-only batch normalization (with weight norm: the paper's combination).
+    MeanOnly,
 }
 
 /// A weight-normalized CNN classifier: three stages of 3x3 convolution (padding 1) and ReLU,
@@ -229,6 +248,10 @@ pub struct WnCnnClassifier {
     pub relu: Relu,
     /// Whether the head flattens every position (else global average pooling).
     pub flatten: bool,
+    /// Batch norms after the three convolutions and the hidden linear layer (or none).
+    pub bns: Vec<BatchNorm>,
+    /// Mean-only batch norms in the same places (or none).
+    pub mobns: Vec<MeanOnlyBatchNorm>,
 }
 
 impl WnCnnClassifierConfig {
@@ -260,23 +283,42 @@ impl WnCnnClassifierConfig {
             }
         };
         let ins = [self.channels_in, self.widths[0], self.widths[1]];
+        let bias = self.norm == CnnNorm::None;
         let convs = ins
             .iter()
             .zip(self.widths)
             .map(|(&i, o)| {
                 Conv2dConfig::new([i, o], [3, 3])
                     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .with_bias(bias)
                     .init(device)
             })
             .collect();
+        let features = [self.widths[0], self.widths[1], self.widths[2], self.hidden];
         let model = WnCnnClassifier {
             convs,
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
-            fc1: LinearConfig::new(head_in, self.hidden).init(device),
+            fc1: LinearConfig::new(head_in, self.hidden)
+                .with_bias(bias)
+                .init(device),
             fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
             relu: Relu::new(),
             flatten: self.flatten_input.is_some(),
+            bns: match self.norm {
+                CnnNorm::Batch => features
+                    .iter()
+                    .map(|&f| BatchNormConfig::new(f).init(device))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            mobns: match self.norm {
+                CnnNorm::MeanOnly => features
+                    .iter()
+                    .map(|&f| MeanOnlyBatchNormConfig::new(f).init(device))
+                    .collect(),
+                _ => Vec::new(),
+            },
         };
         if self.weight_norm {
             apply_weight_norm(model, &WeightNormConfig::new())
@@ -296,11 +338,22 @@ impl WnCnnClassifier {
         }
     }
 
+    /// The normalization of layer `i` (0..3: the convolutions, 3: the hidden linear layer).
+    fn norm<const D: usize>(&self, i: usize, h: Tensor<D>) -> Tensor<D> {
+        if let Some(bn) = self.bns.get(i) {
+            bn.forward(h)
+        } else if let Some(bn) = self.mobns.get(i) {
+            bn.forward(h)
+        } else {
+            h
+        }
+    }
+
     /// The features before the classifier head.
     fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut h = x;
         for (i, conv) in self.convs.iter().enumerate() {
-            h = self.relu.forward(conv.forward(h));
+            h = self.relu.forward(self.norm(i, conv.forward(h)));
             if i < 2 {
                 h = self.pool.forward(h);
             }
@@ -316,7 +369,8 @@ impl WnCnnClassifier {
     /// - output: `[batch, num_classes]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let h = self.features(x);
-        self.fc2.forward(self.relu.forward(self.fc1.forward(h)))
+        let h = self.norm(3, self.fc1.forward(h));
+        self.fc2.forward(self.relu.forward(h))
     }
 
     /// The paper's data-dependent initialisation on one batch, layer after layer, each layer
@@ -331,7 +385,7 @@ impl WnCnnClassifier {
         for (i, conv) in convs.into_iter().enumerate() {
             let (conv, out) = data_dependent_conv2d(conv, h, init_scale)?;
             self.convs.push(conv);
-            h = self.relu.forward(out);
+            h = self.relu.forward(self.norm(i, out));
             if i < 2 {
                 h = self.pool.forward(h);
             }
@@ -339,6 +393,7 @@ impl WnCnnClassifier {
         let h = self.head_input(h);
         let (fc1, out) = data_dependent_linear(self.fc1, h, init_scale)?;
         self.fc1 = fc1;
+        let out = self.norm(3, out);
         let (fc2, _) = data_dependent_linear(self.fc2, self.relu.forward(out), init_scale)?;
         self.fc2 = fc2;
         Ok(self)
