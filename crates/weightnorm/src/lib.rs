@@ -12,6 +12,7 @@
 //! - [`reparam`]: weight norm on any Burn module in one call ([`apply_weight_norm`]), removable
 //!   ([`remove_weight_norm`]), as a Burn `Reparameterization`.
 //! - [`init`]: the paper's data-dependent initialisation.
+//! - [`canonical`]: the canonical form under positive rescaling (transforms, global gain).
 //! - [`torch`]: PyTorch checkpoints: both weight-norm key schemes, fuse, split, convert.
 //! - [`nn`]: mean-only batch normalization, a WaveNet-style residual block and a
 //!   weight-normalized CNN classifier.
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod axis;
+pub mod canonical;
 pub mod error;
 pub mod init;
 pub mod nn;
