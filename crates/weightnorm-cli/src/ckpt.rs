@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use weightnorm::torch::{
     Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError, convert,
     detect_pairs, fuse, pair_stats, split, write_safetensors,
@@ -295,9 +295,4 @@ pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
         args.output.output.display()
     );
     Ok(())
-}
-
-#[allow(dead_code)]
-fn context<T>(r: Result<T>, what: &str) -> Result<T> {
-    r.with_context(|| what.to_string())
 }

@@ -287,7 +287,8 @@ impl Spec {
     }
 
     /// The trained model as a PyTorch `nn.Sequential` state dict: weight norm folded into plain
-    /// weights, Linear weights in PyTorch's layout, batch-norm statistics under PyTorch's names.
+    /// weights and PyTorch's names and layouts (from [`save_module`]), modules renamed to their
+    /// index in the sequence.
     pub fn export(&self, model: &Model) -> Result<Vec<TensorEntry>> {
         let model = if weightnorm::reparam::weight_normed_params(model).is_empty() {
             model.clone()
@@ -304,24 +305,7 @@ impl Spec {
             let Some((_, seq)) = names.iter().find(|(b, _)| b == module) else {
                 continue;
             };
-            let field = match field {
-                "gamma" => "weight",
-                "beta" => "bias",
-                f => f,
-            };
             out.push(t.renamed(format!("{seq}.{field}")));
-        }
-        // PyTorch's BatchNorm1d has a batch counter; strict loading wants it.
-        if self.param == Param::Bn {
-            for (b, seq) in names.iter().filter(|(b, _)| b.starts_with("bns.")) {
-                let _ = b;
-                out.push(TensorEntry::from_bytes(
-                    format!("{seq}.num_batches_tracked"),
-                    safetensors::Dtype::I64,
-                    vec![],
-                    0i64.to_le_bytes().to_vec(),
-                )?);
-            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -120,6 +120,14 @@ impl NormAxis {
         }
     }
 
+    /// Names slice `j` in words, for messages: "index 3 of axis 0" or "the whole tensor".
+    pub fn describe_slice(self, j: usize) -> String {
+        match self {
+            Self::Keep(k) => format!("index {j} of axis {k}"),
+            Self::Whole => "the whole tensor".to_string(),
+        }
+    }
+
     /// Describes the axis in words, for messages.
     pub fn describe(self) -> String {
         match self {
@@ -221,6 +229,21 @@ impl LayerKind {
         }
     }
 
+    /// Whether PyTorch stores this kind's weight transposed relative to Burn (Linear:
+    /// `[out, in]` against Burn's `[in, out]`).
+    pub const fn transposed_in_torch(self) -> bool {
+        matches!(self, Self::Linear)
+    }
+
+    /// The same axis of this kind's weight in the other library's layout (Burn to PyTorch or
+    /// back: the mapping is its own inverse).
+    pub const fn torch_axis(self, axis: NormAxis) -> NormAxis {
+        match axis {
+            NormAxis::Keep(k) if self.transposed_in_torch() => NormAxis::Keep(1 - k),
+            other => other,
+        }
+    }
+
     /// The axis that "one norm per output unit" keeps: the natural default for weight
     /// normalization and for the canonical form.
     pub const fn output_axis(self) -> NormAxis {
@@ -305,6 +328,24 @@ mod tests {
         assert_eq!(LayerKind::Linear.output_axis(), NormAxis::Keep(1));
         assert_eq!(LayerKind::Conv2d.output_axis(), NormAxis::Keep(0));
         assert_eq!(LayerKind::ConvTranspose1d.output_axis(), NormAxis::Keep(1));
+        // PyTorch's Linear dim 0 (per output row) is Burn's axis 1, and back.
+        assert_eq!(
+            LayerKind::Linear.torch_axis(NormAxis::Keep(0)),
+            NormAxis::Keep(1)
+        );
+        assert_eq!(
+            LayerKind::Linear.torch_axis(NormAxis::Keep(1)),
+            NormAxis::Keep(0)
+        );
+        assert_eq!(
+            LayerKind::Conv2d.torch_axis(NormAxis::Keep(1)),
+            NormAxis::Keep(1)
+        );
+        assert_eq!(
+            LayerKind::Linear.torch_axis(NormAxis::Whole),
+            NormAxis::Whole
+        );
+        assert_eq!(NormAxis::Keep(2).describe_slice(4), "index 4 of axis 2");
         for kind in [
             LayerKind::Linear,
             LayerKind::Conv1d,

@@ -152,3 +152,47 @@ fn mismatches_are_explained() {
         "the checkpoint has no tensor `conv1d_d0.bias`"
     );
 }
+
+#[derive(Module, Debug)]
+struct Normed {
+    fc: Linear,
+    bn: burn::nn::BatchNorm,
+    mobn: weightnorm::nn::MeanOnlyBatchNorm,
+}
+
+#[test]
+fn batch_norms_use_pytorch_names_both_ways() {
+    let device = device();
+    let make = || Normed {
+        fc: LinearConfig::new(3, 4).init(&device),
+        bn: burn::nn::BatchNormConfig::new(4).init(&device),
+        mobn: weightnorm::nn::MeanOnlyBatchNormConfig::new(4).init(&device),
+    };
+    let saved = save_module(&make(), Scheme::Legacy).unwrap();
+    let names: Vec<&str> = saved.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "bn.bias",
+            "bn.num_batches_tracked",
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.weight",
+            "fc.bias",
+            "fc.weight",
+            "mobn.bias",
+            "mobn.running_mean",
+        ]
+    );
+    assert_eq!(saved[6].shape, vec![4, 3], "PyTorch's [out, in]");
+    // Loading the state dict into another module gives back the same tensors.
+    let loaded = load_into_module(make(), &saved).unwrap();
+    for (a, b) in save_module(&loaded, Scheme::Legacy)
+        .unwrap()
+        .iter()
+        .zip(&saved)
+    {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.bytes().unwrap(), b.bytes().unwrap(), "{}", a.name);
+    }
+}

@@ -209,7 +209,7 @@ fn wavenet_block() {
     let (res, skip) = block.forward(x.clone());
     assert_eq!(res.dims(), [2, 4, 16]);
     assert_eq!(skip.dims(), [2, 4, 16]);
-    // The residual path: with the residual conv zeroed out, residual = x.
+    // Both outputs depend on the input through the weight-normed convolutions.
     let grads = (res.sum() + skip.sum()).backward();
     assert!(x.grad(&grads).is_some());
 }

@@ -227,10 +227,7 @@ pub fn check_norms<const D: usize>(v: &Tensor<D>, axis: NormAxis, eps: f64) -> R
         .convert::<f64>()
         .try_to_vec::<f64>()
         .expect("converted to f64");
-    let name = |j: usize| match axis {
-        NormAxis::Keep(k) => format!("index {j} of axis {k}"),
-        NormAxis::Whole => "the whole tensor".to_string(),
-    };
+    let name = |j: usize| axis.describe_slice(j);
     for (j, &n) in norms.iter().enumerate() {
         if !n.is_finite() {
             return Err(Error::NonFiniteNorm { slice: name(j) });

@@ -45,16 +45,48 @@ fn st_dtype(d: DType) -> Dtype {
     }
 }
 
-fn is_linear_weight(info: &ParamInfo) -> bool {
-    info.layer_kind() == Some(LayerKind::Linear) && info.path.rsplit('.').next() == Some("weight")
+/// The layer kind of a parameter that is a layer's weight (the layout table applies to it).
+fn weight_kind(info: &ParamInfo) -> Option<LayerKind> {
+    info.layer_kind()
+        .filter(|_| info.path.rsplit('.').next() == Some("weight"))
 }
 
-/// PyTorch's axis of a Linear weight in Burn's layout, and back (a transpose swaps them).
-fn swap_axis(axis: NormAxis) -> NormAxis {
-    match axis {
-        NormAxis::Keep(k) => NormAxis::Keep(1 - k),
-        NormAxis::Whole => NormAxis::Whole,
+/// Whether the checkpoint stores this parameter transposed relative to Burn.
+fn transposed(info: &ParamInfo) -> bool {
+    weight_kind(info).is_some_and(LayerKind::transposed_in_torch)
+}
+
+/// A weight's axis in the other library's layout (through the layout table).
+fn torch_axis(info: &ParamInfo, axis: NormAxis) -> NormAxis {
+    weight_kind(info).map_or(axis, |k| k.torch_axis(axis))
+}
+
+/// PyTorch's name of a Burn parameter: the same path, except batch norms' `gamma` and `beta`,
+/// which PyTorch calls `weight` and `bias`.
+fn torch_name(info: &ParamInfo) -> String {
+    let (module, field) = info
+        .path
+        .rsplit_once('.')
+        .unwrap_or(("", info.path.as_str()));
+    let field = match (info.container.as_str(), field) {
+        ("Struct:BatchNorm", "gamma") => "weight",
+        ("Struct:BatchNorm" | "Struct:MeanOnlyBatchNorm", "beta") => "bias",
+        (_, f) => f,
+    };
+    if module.is_empty() {
+        field.to_string()
+    } else {
+        format!("{module}.{field}")
     }
+}
+
+/// PyTorch's batch-norm step counter beside a Burn `BatchNorm`'s running mean: written on save
+/// (Burn keeps no counter, so 0) and accepted without a place on load.
+fn batch_counter(info: &ParamInfo) -> Option<String> {
+    (info.container == "Struct:BatchNorm")
+        .then(|| info.path.strip_suffix(".running_mean"))
+        .flatten()
+        .map(|m| format!("{m}.num_batches_tracked"))
 }
 
 /// Data of a checkpoint tensor, transposed when `transpose` (a 2-D Linear weight).
@@ -152,18 +184,17 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
     let mut used = std::collections::BTreeSet::new();
     let mut values = BTreeMap::new();
     for info in survey(&module) {
-        let transpose = is_linear_weight(&info);
+        let transpose = transposed(&info);
         let wn = info.reparameterization.as_deref() == Some(WeightNorm::NAME);
+        if let Some(counter) = batch_counter(&info) {
+            used.insert(counter);
+        }
         if let Some(pair) = pairs.get(&info.path) {
             let (g, v) = (by_name[pair.g_key.as_str()], by_name[pair.v_key.as_str()]);
             used.insert(pair.g_key.clone());
             used.insert(pair.v_key.clone());
             if wn {
-                let axis = if transpose {
-                    swap_axis(pair.axis)
-                } else {
-                    pair.axis
-                };
+                let axis = torch_axis(&info, pair.axis);
                 let g_len = info
                     .reparameterization_params
                     .iter()
@@ -206,13 +237,13 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
                 info.path
             )));
         }
-        let Some(t) = by_name.get(info.path.as_str()) else {
+        let name = torch_name(&info);
+        let Some(t) = by_name.get(name.as_str()) else {
             return Err(TorchError::Mismatch(format!(
-                "the checkpoint has no tensor `{}`",
-                info.path
+                "the checkpoint has no tensor `{name}`"
             )));
         };
-        used.insert(info.path.clone());
+        used.insert(name);
         values.insert(info.path.clone(), data_of(t, transpose)?);
     }
     let unused: Vec<&str> = tensors
@@ -268,8 +299,9 @@ fn entry(name: String, data: TensorData, shape: Vec<usize>) -> Result<TensorEntr
 }
 
 /// The module's parameters as a PyTorch state dict: PyTorch's names and layouts (Linear weights
-/// transposed), each weight-normalized parameter as a pair in `scheme` with `g` shaped as
-/// PyTorch shapes it (0-dim for the whole tensor).
+/// transposed, batch norms' `gamma`/`beta` as `weight`/`bias` with a `num_batches_tracked`),
+/// each weight-normalized parameter as a pair in `scheme` with `g` shaped as PyTorch shapes it
+/// (0-dim for the whole tensor).
 ///
 /// The kept axis of a pair is read from `g`'s length: the layer's output axis when it matches,
 /// else the one axis of that size.
@@ -283,12 +315,20 @@ pub fn save_module<M: Module>(module: &M, scheme: Scheme) -> Result<Vec<TensorEn
     module.visit(&mut collect);
     let mut out = Vec::new();
     for info in survey(module) {
-        let transpose = is_linear_weight(&info);
+        let transpose = transposed(&info);
         let data = collect.values.remove(&info.path).expect("visited");
         let v = if transpose { transpose_2d(data) } else { data };
         let v_shape = v.shape().to_vec();
         if info.reparameterization.as_deref() != Some(WeightNorm::NAME) {
-            out.push(entry(info.path.clone(), v, v_shape)?);
+            if let Some(counter) = batch_counter(&info) {
+                out.push(TensorEntry::from_bytes(
+                    counter,
+                    Dtype::I64,
+                    vec![],
+                    0i64.to_le_bytes().to_vec(),
+                )?);
+            }
+            out.push(entry(torch_name(&info), v, v_shape)?);
             continue;
         }
         let g = collect
@@ -318,11 +358,7 @@ pub fn save_module<M: Module>(module: &M, scheme: Scheme) -> Result<Vec<TensorEn
                 }
             }
         };
-        let axis = if transpose {
-            swap_axis(burn_axis)
-        } else {
-            burn_axis
-        };
+        let axis = torch_axis(&info, burn_axis);
         let g_shape = match axis {
             NormAxis::Whole => Vec::new(),
             k => k.g_shape(&v_shape),

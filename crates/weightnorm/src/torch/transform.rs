@@ -81,10 +81,7 @@ fn check_zero_norms<T: slices::Element>(
         Some(j) => Err(TorchError::Op {
             name: name.to_string(),
             source: crate::Error::ZeroNorm {
-                slice: match axis {
-                    NormAxis::Keep(k) => format!("index {j} of axis {k}"),
-                    NormAxis::Whole => "the whole tensor".into(),
-                },
+                slice: axis.describe_slice(j),
             },
         }),
     }

@@ -114,14 +114,7 @@ pub fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
 /// correctly rounded implementations (PyTorch's included) differ by far more than 1e-6 of the
 /// element itself; measured against the tensor's magnitude they agree to a few ulps.
 pub fn rel_error(actual: &[f64], expected: &[f64]) -> f64 {
-    assert_eq!(actual.len(), expected.len(), "lengths differ");
-    let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let worst = actual
-        .iter()
-        .zip(expected)
-        .map(|(a, e)| if a == e { 0.0 } else { (a - e).abs() })
-        .fold(0.0, f64::max);
-    if worst == 0.0 { 0.0 } else { worst / scale }
+    error_at_scale(actual, expected, max_abs(expected))
 }
 
 /// The error of `actual` against `expected` relative to `scale`: `max_i |a_i - e_i| / scale`.
