@@ -103,7 +103,7 @@ pub struct ConvertArgs {
     pub scheme: String,
 }
 
-fn open(input: &Input) -> Result<Checkpoint> {
+pub(crate) fn open(input: &Input) -> Result<Checkpoint> {
     Checkpoint::open(&input.input, input.key.as_deref()).map_err(|e| Failure::input(e).into())
 }
 
@@ -125,7 +125,7 @@ fn parse_scheme(s: &str) -> Result<Scheme> {
 }
 
 /// Refuses to overwrite the input, or an existing output without `--force`.
-fn check_output(input: &Path, out: &Output) -> Result<()> {
+pub(crate) fn check_output(input: &Path, out: &Output) -> Result<()> {
     if let (Ok(a), Ok(b)) = (input.canonicalize(), out.output.canonicalize())
         && a == b
     {
@@ -143,7 +143,7 @@ fn check_output(input: &Path, out: &Output) -> Result<()> {
     Ok(())
 }
 
-fn write(out: &Output, tensors: &[TensorEntry], ckpt: &Checkpoint) -> Result<()> {
+pub(crate) fn write(out: &Output, tensors: &[TensorEntry], ckpt: &Checkpoint) -> Result<()> {
     write_safetensors(&out.output, tensors, ckpt.metadata.as_ref()).map_err(|e| match e {
         TorchError::Write { .. } => anyhow::Error::new(e),
         other => Failure::input(other).into(),

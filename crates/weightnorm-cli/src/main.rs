@@ -1,5 +1,6 @@
 //! The `weightnorm` command line.
 
+mod canon;
 mod ckpt;
 mod data;
 mod demo;
@@ -41,6 +42,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Train every parameterization with the same seed and data, and write a report: the main job.
     Compare(train::CompareArgs),
+    /// Put a trained network in canonical form (unit-norm layers, one output scale), verified
+    /// against the original, and report its global gain.
+    Canonicalize(canon::CanonicalizeArgs),
     /// Demonstrations: decoupling, batch-independence, wn-vs-bn.
     Demo(demo::DemoArgs),
 }
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => ckpt::convert_cmd(args),
         Command::Train(args) => train::train(args),
         Command::Compare(args) => train::compare(args),
+        Command::Canonicalize(args) => canon::canonicalize_cmd(args),
         Command::Demo(args) => demo::demo(args),
     };
     match result {

@@ -115,6 +115,38 @@ impl TensorEntry {
         }
     }
 
+    /// The values as `f64` (floating-point and integer dtypes).
+    ///
+    /// # Errors
+    ///
+    /// The error of reading the bytes, or [`TorchError::DType`] for a boolean or other dtype.
+    pub fn values_f64(&self) -> Result<Vec<f64>> {
+        use burn::tensor::{bf16, f16};
+        fn conv<P: bytemuck::Pod>(b: &[u8], f: impl Fn(P) -> f64) -> Vec<f64> {
+            b.chunks_exact(std::mem::size_of::<P>())
+                .map(|c| f(bytemuck::pod_read_unaligned::<P>(c)))
+                .collect()
+        }
+        let b = self.bytes()?;
+        Ok(match self.dtype {
+            Dtype::F32 => conv::<f32>(&b, f64::from),
+            Dtype::F64 => conv::<f64>(&b, |x| x),
+            Dtype::F16 => conv::<u16>(&b, |x| f16::from_bits(x).to_f64()),
+            Dtype::BF16 => conv::<u16>(&b, |x| bf16::from_bits(x).to_f64()),
+            Dtype::I64 => conv::<i64>(&b, |x| x as f64),
+            Dtype::I32 => conv::<i32>(&b, f64::from),
+            Dtype::I16 => conv::<i16>(&b, f64::from),
+            Dtype::I8 => conv::<i8>(&b, f64::from),
+            Dtype::U8 => conv::<u8>(&b, f64::from),
+            d => {
+                return Err(TorchError::DType {
+                    name: self.name.clone(),
+                    reason: format!("a {d:?} tensor has no numeric values"),
+                });
+            }
+        })
+    }
+
     /// The number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()

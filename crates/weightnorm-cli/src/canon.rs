@@ -1,0 +1,411 @@
+//! `weightnorm canonicalize`: a checkpoint and its architecture file in, the canonical (or
+//! reconstituted) checkpoint and a report out, verified against the original.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use safetensors::Dtype;
+use serde_json::json;
+use weightnorm::canonical::{
+    Agreement, Network, Real, argmax, canonicalize, from_arch, reconstitute, to_tensors,
+    vector_entry,
+};
+use weightnorm::torch::{FuseOptions, TensorEntry, TorchError, fuse, write_safetensors};
+
+use crate::Failure;
+use crate::ckpt::{Input, Output, check_output, open};
+use crate::data;
+
+/// What to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Form {
+    /// Unit-norm layers, plus the output scale under `canonical.scale`.
+    Canonical,
+    /// A normal network: all of the gain in the last weighted layer.
+    Reconstituted,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+The architecture file names the checkpoint's modules in PyTorch nn.Sequential style:
+  {\"input\": [784], \"layers\": [{\"op\": \"linear\", \"param\": \"0\"}, {\"op\": \"relu\"},
+                             {\"op\": \"linear\", \"param\": \"2\"}]}
+Ops: linear, conv1d, conv2d (stride, padding, dilation, groups), relu, leaky_relu
+(negative_slope), identity, dropout, max_pool2d / avg_pool2d (kernel, stride, padding),
+flatten, batch_norm (param, eps), mean_only_batch_norm (param), tanh, sigmoid, gelu, gate,
+residual (body: a list of layers). `weightnorm train` writes one beside its model.
+
+OUT holds every layer's canonical tensors under the input's keys and the output scale under
+`canonical.scale`: running the same architecture on OUT and multiplying by canonical.scale
+(per output channel) gives the original outputs. Batch norms are folded into the layer before
+them; they are written as weight = multiplier, bias = shift, running_mean = 0,
+running_var = 1 - eps.
+
+Exit codes: 0 done, 2 bad input (files, architecture), 1 verification above --tolerance or a
+failed write (nothing is written then).
+
+Examples:
+  weightnorm canonicalize runs/wn/model.safetensors --arch runs/wn/arch.json -o canon.safetensors --report canon.json
+  weightnorm canonicalize runs/wn/model.safetensors --arch runs/wn/arch.json -o canon.safetensors --dataset digits
+  weightnorm canonicalize model.pt --arch arch.json -o plain.safetensors --form reconstituted")]
+pub struct CanonicalizeArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// The architecture file (JSON; see below).
+    #[arg(long, value_name = "ARCH.json")]
+    pub arch: PathBuf,
+    #[command(flatten)]
+    pub output: Output,
+    /// Write a JSON report: global gain and direction, per-layer statistics, verification.
+    #[arg(long, value_name = "R.json")]
+    pub report: Option<PathBuf>,
+    /// Verify on these inputs: a safetensors file whose tensor `x` (or only tensor) is a batch
+    /// `[N, ..input shape]`; an integer tensor `y` of labels, if present, adds accuracies.
+    #[arg(long, value_name = "X.safetensors", conflicts_with = "dataset")]
+    pub inputs: Option<PathBuf>,
+    /// Verify on a data set's test split (`digits` or `fashion-mnist`), standardized as
+    /// `weightnorm train` does; reports argmax agreement and accuracies.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Where Fashion-MNIST is (with `--dataset fashion-mnist`).
+    #[arg(long, default_value = data::FASHION_DEFAULT)]
+    pub data: PathBuf,
+    /// Random inputs when neither `--inputs` nor `--dataset` is given: how many.
+    #[arg(long, default_value_t = 8)]
+    pub samples: usize,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = Form::Canonical)]
+    pub form: Form,
+    /// The largest relative error of the verification accepted (over the largest original
+    /// output).
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+}
+
+fn bad(e: impl std::fmt::Display) -> anyhow::Error {
+    Failure::input(anyhow::anyhow!("{e}")).into()
+}
+
+/// Inputs for the verification, with labels when known, and where they came from.
+struct Inputs {
+    x: Vec<Vec<f64>>,
+    y: Option<Vec<usize>>,
+    what: String,
+}
+
+fn decode_f64(t: &TensorEntry) -> Result<Vec<f64>> {
+    t.values_f64().map_err(bad)
+}
+
+fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
+    let per: usize = shape.iter().product();
+    let split = |flat: Vec<f64>| flat.chunks(per).map(<[f64]>::to_vec).collect::<Vec<_>>();
+    if let Some(path) = &args.inputs {
+        let ck = weightnorm::torch::Checkpoint::open(path, None).map_err(bad)?;
+        let x = ck
+            .get("x")
+            .or_else(|| (ck.tensors.len() == 1).then(|| &ck.tensors[0]))
+            .ok_or_else(|| {
+                bad(format!(
+                    "{}: no tensor `x` (and more than one tensor)",
+                    path.display()
+                ))
+            })?;
+        let n = x.shape.first().copied().unwrap_or(0);
+        let rest: usize = x.shape.iter().skip(1).product();
+        if x.shape.len() < 2 || rest != per || n == 0 {
+            bail!(bad(format!(
+                "{}: `{}` has shape {:?}, expected [N, {}] with N > 0",
+                path.display(),
+                x.name,
+                x.shape,
+                shape
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let xs = decode_f64(x)?;
+        if xs.iter().any(|v| !v.is_finite()) {
+            bail!(bad(format!(
+                "{}: the inputs hold NaN or infinity",
+                path.display()
+            )));
+        }
+        let y = match ck.get("y") {
+            Some(y) if y.numel() == n => {
+                Some(decode_f64(y)?.into_iter().map(|v| v as usize).collect())
+            }
+            Some(y) => bail!(bad(format!(
+                "{}: `y` has {} labels for {n} samples",
+                path.display(),
+                y.numel()
+            ))),
+            None => None,
+        };
+        return Ok(Inputs {
+            x: split(xs),
+            y,
+            what: format!("{} ({n} samples)", path.display()),
+        });
+    }
+    if let Some(name) = &args.dataset {
+        let ds = match name.as_str() {
+            "digits" => data::digits(),
+            "fashion-mnist" => data::fashion_mnist(&args.data)?,
+            other => bail!(bad(format!(
+                "unknown data set `{other}`: use digits or fashion-mnist"
+            ))),
+        }
+        .standardize();
+        if ds.features() != per {
+            bail!(bad(format!(
+                "the architecture takes {per} values per sample, {} images have {}",
+                ds.name,
+                ds.features()
+            )));
+        }
+        let n = ds.test_y.len();
+        return Ok(Inputs {
+            x: split(ds.test_x.iter().map(|&v| f64::from(v)).collect()),
+            y: Some(ds.test_y.iter().map(|&v| usize::from(v)).collect()),
+            what: format!("{} test split ({n} samples)", ds.name),
+        });
+    }
+    if args.samples == 0 {
+        bail!(bad("--samples must be at least 1"));
+    }
+    // Standard normal samples (SplitMix64 and Box-Muller).
+    let mut state = args.seed;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let xs = (0..args.samples * per)
+        .map(|_| {
+            let (u, v) = (1.0 - uniform(), uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        })
+        .collect();
+    Ok(Inputs {
+        x: split(xs),
+        y: None,
+        what: format!(
+            "random normal inputs ({} samples, seed {})",
+            args.samples, args.seed
+        ),
+    })
+}
+
+fn accuracy(outputs: &[Vec<f64>], labels: &[usize]) -> f64 {
+    let right = outputs
+        .iter()
+        .zip(labels)
+        .filter(|(y, l)| argmax(y) == **l)
+        .count();
+    right as f64 / labels.len().max(1) as f64
+}
+
+fn range_json(r: (f64, f64)) -> serde_json::Value {
+    json!([r.0, r.1])
+}
+
+pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
+    check_output(&args.input.input, &args.output)?;
+    if let Some(r) = &args.report
+        && (r == &args.output.output || r == &args.input.input)
+    {
+        bail!(bad("--report must name another file than the checkpoints"));
+    }
+    let t0 = Instant::now();
+    let ckpt = open(&args.input)?;
+    let (tensors, pairs) = match fuse(&ckpt.tensors, &FuseOptions::default()) {
+        Ok((t, p)) => (t, p.len()),
+        Err(TorchError::Nothing(_)) => (ckpt.tensors.clone(), 0),
+        Err(e) => bail!(bad(e)),
+    };
+    let text = std::fs::read_to_string(&args.arch)
+        .map_err(|e| bad(format!("{}: {e}", args.arch.display())))?;
+    let arch: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("{}: not JSON: {e}", args.arch.display())))?;
+    let wide = tensors.iter().any(|t| t.dtype == Dtype::F64);
+    if wide {
+        run::<f64>(&args, &ckpt, &tensors, pairs, &arch, Dtype::F64, t0)
+    } else {
+        run::<f32>(&args, &ckpt, &tensors, pairs, &arch, Dtype::F32, t0)
+    }
+}
+
+fn run<T: Real>(
+    args: &CanonicalizeArgs,
+    ckpt: &weightnorm::torch::Checkpoint,
+    tensors: &[TensorEntry],
+    pairs: usize,
+    arch: &serde_json::Value,
+    dtype: Dtype,
+    t0: Instant,
+) -> Result<()> {
+    let net: Network<T> =
+        from_arch(arch, tensors).map_err(|e| bad(format!("{}: {e}", args.arch.display())))?;
+    let parameters = net.parameters();
+    let load_s = t0.elapsed().as_secs_f64();
+    let inputs = load_inputs(args, &net.input)?;
+    let t = Instant::now();
+    let expected = net.forward(&inputs.x);
+    let mut verify_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let c = canonicalize(net).map_err(bad)?;
+    let canon_s = t.elapsed().as_secs_f64();
+    let (gain, direction, scale) = (c.global_gain(), c.gain_direction(), c.scale.clone());
+    let t = Instant::now();
+    let (network, layers, got) = match args.form {
+        Form::Canonical => {
+            let got = c.forward(&inputs.x);
+            (c.network, c.layers, got)
+        }
+        Form::Reconstituted => {
+            let (back, _) = reconstitute(c.network, &c.scale).map_err(bad)?;
+            let got = back.forward(&inputs.x);
+            (back, c.layers, got)
+        }
+    };
+    verify_s += t.elapsed().as_secs_f64();
+    let agreement = Agreement::between(&expected, &got);
+    let accuracies = inputs
+        .y
+        .as_ref()
+        .map(|y| (accuracy(&expected, y), accuracy(&got, y)));
+    let ok = agreement.max_rel_error <= args.tolerance;
+    let t = Instant::now();
+    if ok {
+        let extra = match args.form {
+            Form::Canonical => vec![vector_entry("canonical.scale", &scale, dtype)],
+            Form::Reconstituted => Vec::new(),
+        };
+        let entries = to_tensors(Arc::new(network), tensors, extra).map_err(bad)?;
+        let mut metadata = ckpt.metadata.clone().unwrap_or_default();
+        metadata.insert("format".into(), "pt".into());
+        metadata.insert(
+            "weightnorm.form".into(),
+            match args.form {
+                Form::Canonical => "canonical",
+                Form::Reconstituted => "reconstituted",
+            }
+            .into(),
+        );
+        write_safetensors(&args.output.output, &entries, Some(&metadata)).map_err(|e| match e {
+            TorchError::Write { .. } => anyhow::Error::new(e),
+            other => bad(other),
+        })?;
+    }
+    let write_s = t.elapsed().as_secs_f64();
+    let carried: Vec<_> = layers
+        .iter()
+        .filter_map(|r| {
+            r.carries
+                .as_ref()
+                .map(|w| format!("layer {}: {w}", r.layer))
+        })
+        .collect();
+    if let Some(path) = &args.report {
+        let report = json!({
+            "checkpoint": args.input.input.display().to_string(),
+            "arch": args.arch.display().to_string(),
+            "form": format!("{:?}", args.form).to_lowercase(),
+            "dtype": format!("{dtype:?}").to_lowercase(),
+            "parameters": parameters,
+            "fused_weight_norm_pairs": pairs,
+            "global_gain": gain,
+            "gain_direction": direction,
+            "scale": scale,
+            "layers": layers.iter().map(|r| json!({
+                "layer": r.layer,
+                "op": r.op,
+                "param": r.param,
+                "row_norms_before": range_json(r.row_norms_before),
+                "scale_after": range_json(r.scale),
+                "row_norms_after": range_json(r.row_norms_after),
+                "zero_rows": r.zero_rows,
+                "carries": r.carries,
+            })).collect::<Vec<_>>(),
+            "notes": c.notes,
+            "verification": {
+                "inputs": inputs.what,
+                "samples": inputs.x.len(),
+                "max_abs_error": agreement.max_abs_error,
+                "max_rel_error": agreement.max_rel_error,
+                "argmax_agreement": agreement.argmax_agreement,
+                "accuracy_original": accuracies.map(|a| a.0),
+                "accuracy_canonical": accuracies.map(|a| a.1),
+                "tolerance": args.tolerance,
+                "passed": ok,
+            },
+            "max_abs_error": agreement.max_abs_error,
+            "max_rel_error": agreement.max_rel_error,
+            "timings_s": {"load": load_s, "canonicalize": canon_s, "verify": verify_s, "write": write_s},
+        });
+        write_json(path, &report)?;
+    }
+    println!(
+        "{parameters} parameters, {} weighted layers{}: global gain {gain:.6e} over {} outputs",
+        layers.len(),
+        if pairs > 0 {
+            format!(" ({pairs} weight-norm pairs fused)")
+        } else {
+            String::new()
+        },
+        scale.len()
+    );
+    for n in &c.notes {
+        println!("  {n}");
+    }
+    for w in &carried {
+        println!("  {w}");
+    }
+    println!(
+        "verified on {}: max abs error {:.3e}, max rel error {:.3e}{}{}",
+        inputs.what,
+        agreement.max_abs_error,
+        agreement.max_rel_error,
+        agreement
+            .argmax_agreement
+            .map_or(String::new(), |a| format!(", argmax agreement {a:.6}")),
+        accuracies.map_or(String::new(), |(a, b)| format!(
+            ", accuracy {a:.4} original / {b:.4} {}",
+            if args.form == Form::Canonical {
+                "canonical"
+            } else {
+                "reconstituted"
+            }
+        ))
+    );
+    println!(
+        "time: load {load_s:.3} s, canonicalize {canon_s:.3} s, verify {verify_s:.3} s, write {write_s:.3} s"
+    );
+    if !ok {
+        bail!(
+            "verification failed: max rel error {:.3e} exceeds --tolerance {:.1e}; nothing written",
+            agreement.max_rel_error,
+            args.tolerance
+        );
+    }
+    println!("wrote {}", args.output.output.display());
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,573 @@
+//! Canonicalization of a whole network: folding normalizations, pushing the scale from the
+//! first layer to the last, barriers, residual blocks; reconstitution and verification.
+//!
+//! The scale travelling through the network is a vector `g` with one entry per channel of the
+//! current activation: the original network's activation equals `g` times the canonical
+//! network's. A weighted layer receiving `g_in` absorbs it (transform III) and hands on `g_out`;
+//! activations, pooling, flatten and shifts let it pass (transform II, with the shift divided
+//! by `g`). Where the original activation is needed exactly (before a barrier, at the end of a
+//! residual body, in [`reconstitute`]) the last weighted layer before that point *carries* a
+//! prescribed scale instead of handing on its own: its rows are `W_temp / target` rather than
+//! unit vectors, and the report says which layer carries what.
+
+use super::network::{Layer, Network, Norm, child, shapes_through};
+use super::{CanonicalError, Real, absorb_in_place, flatten_scale, gain_direction, global_gain};
+
+/// What [`canonicalize`] did to one weighted layer (or batch norm).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerReport {
+    /// The layer's position (`"3"`, `"4.body.0"`).
+    pub layer: String,
+    /// Its op.
+    pub op: String,
+    /// Its checkpoint key prefix.
+    pub param: Option<String>,
+    /// The smallest and largest row norm before (after folding a batch norm into it).
+    pub row_norms_before: (f64, f64),
+    /// The smallest and largest entry of the scale it hands on.
+    pub scale: (f64, f64),
+    /// The smallest and largest row norm after.
+    pub row_norms_after: (f64, f64),
+    /// Rows that were zero: they cannot be factored and keep scale 1.
+    pub zero_rows: Vec<usize>,
+    /// Why the rows are not unit vectors, where they carry a scale.
+    pub carries: Option<String>,
+}
+
+/// A network in canonical form: unit-norm layers and one output scale vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Canonical<T: Real = f64> {
+    /// The canonical network: the original computes `scale * network(x)` (per output channel).
+    pub network: Network<T>,
+    /// The output scale, one entry per output channel (or unit).
+    pub scale: Vec<f64>,
+    /// One entry per weighted layer and batch norm, in order.
+    pub layers: Vec<LayerReport>,
+    /// Folded normalizations and other remarks.
+    pub notes: Vec<String>,
+}
+
+impl<T: Real> Canonical<T> {
+    /// `||scale||`.
+    pub fn global_gain(&self) -> f64 {
+        global_gain(&self.scale)
+    }
+
+    /// `scale / ||scale||`.
+    pub fn gain_direction(&self) -> Vec<f64> {
+        gain_direction(&self.scale)
+    }
+
+    /// The original network's outputs, computed as `scale * network(x)`.
+    pub fn forward(&self, inputs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let mut out = self.network.forward(inputs);
+        let per = self
+            .network
+            .output_shape()
+            .iter()
+            .skip(1)
+            .product::<usize>();
+        for y in &mut out {
+            for (i, v) in y.iter_mut().enumerate() {
+                *v *= self.scale[i / per.max(1)];
+            }
+        }
+        out
+    }
+}
+
+/// The agreement of two sets of outputs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Agreement {
+    /// The largest absolute difference.
+    pub max_abs_error: f64,
+    /// `max_abs_error` over the largest absolute expected output.
+    pub max_rel_error: f64,
+    /// The fraction of samples whose largest output sits at the same index (outputs of more
+    /// than one value only).
+    pub argmax_agreement: Option<f64>,
+}
+
+impl Agreement {
+    /// Compares `got` with `expected`, sample by sample.
+    ///
+    /// # Panics
+    ///
+    /// If the two do not have the same shapes.
+    pub fn between(expected: &[Vec<f64>], got: &[Vec<f64>]) -> Self {
+        assert_eq!(expected.len(), got.len(), "as many samples");
+        let (mut abs, mut big, mut same) = (0.0f64, 0.0f64, 0usize);
+        for (a, b) in expected.iter().zip(got) {
+            assert_eq!(a.len(), b.len(), "as many outputs");
+            for (x, y) in a.iter().zip(b) {
+                abs = abs.max((x - y).abs());
+                big = big.max(x.abs());
+            }
+            same += usize::from(argmax(a) == argmax(b));
+        }
+        let wide = expected.first().is_some_and(|y| y.len() > 1);
+        Self {
+            max_abs_error: abs,
+            max_rel_error: if big > 0.0 { abs / big } else { abs },
+            argmax_agreement: wide.then(|| same as f64 / expected.len().max(1) as f64),
+        }
+    }
+}
+
+/// The index of the largest value (the first of equals).
+pub fn argmax(y: &[f64]) -> usize {
+    y.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
+
+/// The outputs of `original` and of `scale * canonical` on the same inputs, compared.
+pub fn verify<T: Real>(original: &Network<T>, c: &Canonical<T>, inputs: &[Vec<f64>]) -> Agreement {
+    Agreement::between(&original.forward(inputs), &c.forward(inputs))
+}
+
+/// Puts a network in canonical form, in place: batch norms folded into the weighted layer
+/// before them, then transforms I, II, III from the first layer to the last, so that every
+/// weighted layer has unit-norm rows (zero rows excepted, and the layers that carry a scale
+/// before a barrier or at the end of a residual body, which the report names) and one scale
+/// vector remains at the output.
+///
+/// # Errors
+///
+/// [`CanonicalError`] if a layer does not fit (a network built with [`Network::new`] fits).
+pub fn canonicalize<T: Real>(mut network: Network<T>) -> Result<Canonical<T>, CanonicalError> {
+    let mut notes = Vec::new();
+    fold_norms(&mut network.layers, "", &mut notes);
+    let mut run = Run::default();
+    let start = State::unit(&network.input);
+    let end = run.seq(&mut network.layers, start, &Target::Free, "")?;
+    Ok(Canonical {
+        network,
+        scale: end.scale,
+        layers: run.reports,
+        notes,
+    })
+}
+
+/// A normal network again from a canonical form and an output scale (the canonical form's own,
+/// or a changed one): all of the gain is multiplied into the last weighted layer (and the
+/// residual ratios stay where they are), so that the result computes `scale * network(x)`.
+///
+/// # Errors
+///
+/// [`CanonicalError::Layer`] if an entry of `scale` is not positive and finite, or has the wrong
+/// length, or the network has no weighted layer to carry it.
+pub fn reconstitute<T: Real>(
+    network: Network<T>,
+    scale: &[f64],
+) -> Result<(Network<T>, Vec<LayerReport>), CanonicalError> {
+    let mut network = network;
+    let out = network.output_shape();
+    let bad = |reason: String| CanonicalError::Layer {
+        layer: "output".into(),
+        op: "scale".into(),
+        reason,
+    };
+    if scale.len() != out[0] {
+        return Err(bad(format!(
+            "{} scale entries for {} output channels",
+            scale.len(),
+            out[0]
+        )));
+    }
+    if let Some(s) = scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(bad(format!("a scale entry of {s} (must be positive)")));
+    }
+    // The canonical network computes z; a layer carrying `t` computes (its input's value) / t,
+    // so carrying 1 / scale gives scale * z.
+    let inverse: Vec<f64> = scale.iter().map(|s| 1.0 / s).collect();
+    let mut run = Run::default();
+    let start = State::unit(&network.input);
+    run.seq(
+        &mut network.layers,
+        start,
+        &Target::To(inverse, "all of the gain (reconstituted)".into()),
+        "",
+    )?;
+    Ok((network, run.reports))
+}
+
+/// Folds every batch norm and mean-only batch norm that directly follows a weighted layer with
+/// as many output channels into it: the rows are multiplied by the norm's multiplier, and the
+/// combined shift (`a * b + c`) is kept by the norm as a shift, so that the layer has no bias.
+fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &mut Vec<String>) {
+    for i in 0..layers.len() {
+        if let Layer::Residual(body) = &mut layers[i] {
+            fold_norms(body, &child(path, i), notes);
+            continue;
+        }
+        if i == 0 {
+            continue;
+        }
+        let (before, after) = layers.split_at_mut(i);
+        let (Layer::Weighted(w), Layer::Norm(n)) = (&mut before[i - 1], &mut after[0]) else {
+            continue;
+        };
+        if n.c.len() != w.w.out {
+            continue;
+        }
+        let bias = w.b.take();
+        let row_len = w.w.row_len;
+        for ch in 0..w.w.out {
+            let a = n.a.as_ref().map_or(1.0, |a| a[ch].to_f64());
+            if n.a.is_some() {
+                for x in &mut w.w.data[ch * row_len..(ch + 1) * row_len] {
+                    *x = T::from_f64(x.to_f64() * a);
+                }
+            }
+            let b = bias.as_ref().map_or(0.0, |b| b[ch].to_f64());
+            n.c[ch] = T::from_f64(a * b + n.c[ch].to_f64());
+        }
+        let what = if n.a.is_some() {
+            "its multiplier is in the rows, the layer's bias is carried as its shift"
+        } else {
+            "the layer's bias is carried as its shift"
+        };
+        n.a = None;
+        n.folded = true;
+        notes.push(format!(
+            "layer {} ({}) folded into layer {} ({}): {what}",
+            child(path, i),
+            n.op(),
+            child(path, i - 1),
+            w.op()
+        ));
+    }
+}
+
+/// The scale at a point of the network and the activation's shape there.
+#[derive(Clone, Debug)]
+struct State {
+    scale: Vec<f64>,
+    shape: Vec<usize>,
+}
+
+impl State {
+    fn unit(shape: &[usize]) -> Self {
+        Self {
+            scale: vec![1.0; shape.first().copied().unwrap_or(0)],
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+/// What the end of a stretch of layers must hand on.
+#[derive(Clone, Debug)]
+enum Target {
+    /// Its own scale: the canonical form.
+    Free,
+    /// The original activation (scale 1), because of the reason given.
+    Unit(String),
+    /// This scale, because of the reason given.
+    To(Vec<f64>, String),
+}
+
+#[derive(Default)]
+struct Run {
+    reports: Vec<LayerReport>,
+}
+
+fn is_owner<T: Real>(l: &Layer<T>) -> bool {
+    matches!(
+        l,
+        Layer::Weighted(_) | Layer::Residual(_) | Layer::Norm(Norm { a: Some(_), .. })
+    )
+}
+
+/// Whether a residual body needs its input as it is: a barrier (or such a residual) comes
+/// before any layer that could absorb the scale.
+fn needs_unit_input<T: Real>(layers: &[Layer<T>]) -> bool {
+    for l in layers {
+        match l {
+            Layer::Barrier(_) => return true,
+            Layer::Residual(body) if needs_unit_input(body) => return true,
+            Layer::Residual(_) => {}
+            l if is_owner(l) => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+impl Run {
+    /// A sequence: split at its barriers; every stretch before a barrier must hand on scale 1.
+    fn seq<T: Real>(
+        &mut self,
+        layers: &mut [Layer<T>],
+        mut st: State,
+        target: &Target,
+        path: &str,
+    ) -> Result<State, CanonicalError> {
+        let mut start = 0;
+        for i in 0..layers.len() {
+            let Layer::Barrier(b) = layers[i] else {
+                continue;
+            };
+            let why = format!(
+                "the scale, multiplied back before {} (layer {})",
+                b.name(),
+                child(path, i)
+            );
+            st = self.segment(&mut layers[start..i], st, &Target::Unit(why), path, start)?;
+            let shape = layers[i].out_shape(&st.shape, &child(path, i))?;
+            st = State::unit(&shape);
+            start = i + 1;
+        }
+        self.segment(&mut layers[start..], st, target, path, start)
+    }
+
+    /// A stretch without barriers at its own level.
+    fn segment<T: Real>(
+        &mut self,
+        layers: &mut [Layer<T>],
+        st: State,
+        target: &Target,
+        path: &str,
+        offset: usize,
+    ) -> Result<State, CanonicalError> {
+        if let Target::Free = target {
+            return self.free(layers, st, path, offset);
+        }
+        let Some(j) = layers.iter().rposition(is_owner) else {
+            let start_name = child(path, offset);
+            let st = self.pass(layers, st, path, offset)?;
+            let ok = match target {
+                Target::Unit(_) => st.scale.iter().all(|&g| g == 1.0),
+                Target::To(t, _) => &st.scale == t,
+                Target::Free => true,
+            };
+            if !ok {
+                return Err(CanonicalError::Layer {
+                    layer: start_name,
+                    op: "scale".into(),
+                    reason: "no layer before this point can carry the scale it must hand on".into(),
+                });
+            }
+            return Ok(st);
+        };
+        // The target at the owner's output: back through the homogeneous layers after it.
+        let shape_j = shapes_through(&layers[..=j], &st.shape, "")?;
+        let t_owner = map_back(&layers[j + 1..], &shape_j, target, &child(path, offset + j))?;
+        let st = if let Layer::Residual(_) = layers[j] {
+            let st = self.segment(&mut layers[..j], st, &t_owner, path, offset)?;
+            self.residual(&mut layers[j], st, &child(path, offset + j))?
+        } else {
+            let st = self.free(&mut layers[..j], st, path, offset)?;
+            self.owner(&mut layers[j], st, &t_owner, &child(path, offset + j))?
+        };
+        self.pass(&mut layers[j + 1..], st, path, offset + j + 1)
+    }
+
+    /// A stretch that hands on its own scale.
+    fn free<T: Real>(
+        &mut self,
+        layers: &mut [Layer<T>],
+        st: State,
+        path: &str,
+        offset: usize,
+    ) -> Result<State, CanonicalError> {
+        // A residual whose body needs its input as it is: everything before it hands on 1.
+        let k = layers
+            .iter()
+            .rposition(|l| matches!(l, Layer::Residual(body) if needs_unit_input(body)));
+        let (mut st, from) = match k {
+            Some(k) => {
+                let why = format!(
+                    "the scale, multiplied back before the residual block {} (its body starts \
+                     with a barrier)",
+                    child(path, offset + k)
+                );
+                (
+                    self.segment(&mut layers[..k], st, &Target::Unit(why), path, offset)?,
+                    k,
+                )
+            }
+            None => (st, 0),
+        };
+        for (i, l) in layers.iter_mut().enumerate().skip(from) {
+            let name = child(path, offset + i);
+            st = match l {
+                Layer::Residual(_) => self.residual(l, st, &name)?,
+                l if is_owner(l) => self.owner(l, st, &Target::Free, &name)?,
+                l => self.pass_one(l, st, &name)?,
+            };
+        }
+        Ok(st)
+    }
+
+    /// `y = x + body(x)`: the body is brought to the skip path's scale.
+    fn residual<T: Real>(
+        &mut self,
+        layer: &mut Layer<T>,
+        st: State,
+        name: &str,
+    ) -> Result<State, CanonicalError> {
+        let Layer::Residual(body) = layer else {
+            unreachable!("a residual")
+        };
+        let why =
+            format!("the ratio of the residual body's scale to the skip path's (block {name})");
+        self.seq(
+            body,
+            st.clone(),
+            &Target::To(st.scale.clone(), why),
+            &format!("{name}.body"),
+        )?;
+        Ok(st)
+    }
+
+    /// Transform III on a weighted layer or a batch norm, handing on its own scale (`Free`) or
+    /// carrying the target's.
+    fn owner<T: Real>(
+        &mut self,
+        layer: &mut Layer<T>,
+        st: State,
+        target: &Target,
+        name: &str,
+    ) -> Result<State, CanonicalError> {
+        let shape = layer.out_shape(&st.shape, name)?;
+        let divisor = |g: &[f64]| match target {
+            Target::Free => g.to_vec(),
+            Target::Unit(_) => vec![1.0; g.len()],
+            Target::To(t, _) => t.clone(),
+        };
+        let (absorbed, d, param, after) = match layer {
+            Layer::Weighted(l) => {
+                let groups = l.groups();
+                let (a, d) = absorb_in_place(
+                    &mut l.w,
+                    l.b.as_deref_mut(),
+                    &st.scale,
+                    groups,
+                    divisor,
+                    name,
+                )?;
+                (a, d, l.param.clone(), l.w.row_norms())
+            }
+            Layer::Norm(n) => {
+                let a = n.a.as_mut().expect("an owner has a multiplier");
+                let mut rows = super::Rows::new(a.len(), 1, std::mem::take(a));
+                let groups = rows.out;
+                let (ab, d) =
+                    absorb_in_place(&mut rows, Some(&mut n.c), &st.scale, groups, divisor, name)?;
+                let after = rows.row_norms();
+                n.a = Some(rows.data);
+                (ab, d, n.param.clone(), after)
+            }
+            _ => unreachable!("an owner"),
+        };
+        let range = |xs: &[f64]| {
+            xs.iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                    (lo.min(x), hi.max(x))
+                })
+        };
+        let carries = match target {
+            Target::Free => None,
+            Target::Unit(why) | Target::To(_, why) => Some(why.clone()),
+        };
+        self.reports.push(LayerReport {
+            layer: name.to_string(),
+            op: layer.op().into(),
+            param,
+            row_norms_before: range(&absorbed.norms_before),
+            scale: range(&d),
+            row_norms_after: range(&after),
+            zero_rows: absorbed.zero_rows,
+            carries,
+        });
+        Ok(State { scale: d, shape })
+    }
+
+    /// Transform II (and flatten, pooling, shifts) over layers without weights.
+    fn pass<T: Real>(
+        &mut self,
+        layers: &mut [Layer<T>],
+        mut st: State,
+        path: &str,
+        offset: usize,
+    ) -> Result<State, CanonicalError> {
+        for (i, l) in layers.iter_mut().enumerate() {
+            st = self.pass_one(l, st, &child(path, offset + i))?;
+        }
+        Ok(st)
+    }
+
+    fn pass_one<T: Real>(
+        &mut self,
+        layer: &mut Layer<T>,
+        st: State,
+        name: &str,
+    ) -> Result<State, CanonicalError> {
+        let shape = layer.out_shape(&st.shape, name)?;
+        let scale = match layer {
+            Layer::Act(a) => a.commute(st.scale, name)?,
+            Layer::Pool(_) => {
+                if st.scale.iter().any(|&g| g < 0.0) {
+                    return Err(CanonicalError::NegativeScale {
+                        layer: name.into(),
+                        activation: layer.op().into(),
+                    });
+                }
+                st.scale
+            }
+            Layer::Norm(n) => {
+                // A shift: g * x + c = g * (x + c / g).
+                for (c, g) in n.c.iter_mut().zip(&st.scale) {
+                    *c = T::from_f64(c.to_f64() / g);
+                }
+                st.scale
+            }
+            Layer::Flatten => flatten_scale(&st.scale, st.shape[1..].iter().product()),
+            Layer::Weighted(_) | Layer::Residual(_) | Layer::Barrier(_) => {
+                unreachable!("not a pass-through layer")
+            }
+        };
+        Ok(State { scale, shape })
+    }
+}
+
+/// The target at the output of the layer before `suffix` (whose output has `shape`), from the
+/// target at the end of `suffix`: unchanged through everything but flatten, whose repeated
+/// entries must agree.
+fn map_back<T: Real>(
+    suffix: &[Layer<T>],
+    shape: &[usize],
+    target: &Target,
+    name: &str,
+) -> Result<Target, CanonicalError> {
+    let Target::To(t, why) = target else {
+        return Ok(target.clone());
+    };
+    let mut positions = Vec::new();
+    let mut s = shape.to_vec();
+    for l in suffix {
+        if let Layer::Flatten = l {
+            positions.push(s[1..].iter().product::<usize>());
+        }
+        s = l.out_shape(&s, "")?;
+    }
+    let mut t = t.clone();
+    for p in positions.into_iter().rev() {
+        let p = p.max(1);
+        if t.chunks(p).any(|c| c.iter().any(|&x| x != c[0])) {
+            return Err(CanonicalError::Layer {
+                layer: name.into(),
+                op: "scale".into(),
+                reason: "a scale that differs within a flattened channel cannot be carried by \
+                         a layer before the flatten"
+                    .into(),
+            });
+        }
+        t = t.iter().step_by(p).copied().collect();
+    }
+    Ok(Target::To(t, why.clone()))
+}

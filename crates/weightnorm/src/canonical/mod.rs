@@ -1,0 +1,107 @@
+//! The canonical form of a network under positive rescaling.
+//!
+//! A ReLU-like network keeps free magnitudes in its weights: scaling a unit's incoming weights by
+//! `s > 0` and its outgoing weights by `1 / s` changes nothing. Three transforms remove them:
+//!
+//! - **I, decomposition** ([`decompose`]): `linear(W, b) = unit_row_linear(V, b / g)` followed by
+//!   `scale_vector(g)`, with `g_i = ||row_i(W)||` and `row_i(V) = row_i(W) / g_i` (for a
+//!   convolution a row is one output channel's kernel, all input channels and taps).
+//! - **II, commutation** ([`Activation::commute`]): `scale_vector(g)` then `f` equals `f` then
+//!   `scale_vector(g)` for positively homogeneous `f` and `g >= 0`: ReLU, leaky ReLU (any slope),
+//!   identity, dropout at inference, max and average pooling per channel, zero padding.
+//! - **III, absorption** ([`absorb`]): `scale_vector(g_in)` then `linear(W)` equals
+//!   `unit_row_linear(V_out)` then `scale_vector(g_out)`, with `row_i(W_temp) = row_i(W) * g_in`
+//!   (per input unit or channel), `g_out_i = ||row_i(W_temp)||` and `V_out = W_temp / g_out`.
+//!
+//! Flatten repeats each channel's scale over its positions ([`flatten_scale`]); biases are
+//! carried (divided by the layer's scale); a zero row keeps scale 1 and is reported.
+//!
+//! [`canonicalize`] runs them over a [`Network`] until one scale vector remains at the output;
+//! its norm is the [`global_gain`], its direction the [`gain_direction`]. Beyond the write-up
+//! this implements: batch norm and mean-only batch norm in evaluation mode (folded into the
+//! weighted layer before them, or, with nothing to fold into, treated as a per-channel layer),
+//! residual blocks `y = x + F(x)` (the body is brought to the skip path's scale, the ratio kept
+//! in the body's last weighted layer), and non-homogeneous activations (tanh, sigmoid, GELU,
+//! the WaveNet gate) as barriers, where the scale is multiplied back into the last weighted
+//! layer before them and propagation restarts. [`reconstitute`] turns a canonical form (with its
+//! own or a changed scale) back into a normal network, and [`verify`] compares outputs.
+//!
+//! Networks come from an architecture file and a checkpoint ([`from_arch`]) or are built
+//! directly; weights are in PyTorch's layout, stored as `f32` or `f64` ([`Real`]), summed in
+//! `f64`.
+//!
+//! ```
+//! use weightnorm::canonical::{Activation, Layer, Network, Rows, Weighted, canonicalize, verify};
+//!
+//! let linear = |out, inp, data: Vec<f64>| {
+//!     Layer::Weighted(Weighted {
+//!         w: Rows::new(out, inp, data),
+//!         b: None,
+//!         conv: None,
+//!         torch_shape: vec![out, inp],
+//!         param: None,
+//!         bias_key: false,
+//!     })
+//! };
+//! let net = Network::new(
+//!     vec![2],
+//!     vec![
+//!         linear(2, 2, vec![3.0, 4.0, 1.0, 0.0]),
+//!         Layer::Act(Activation::Relu),
+//!         linear(1, 2, vec![2.0, -1.0]),
+//!     ],
+//! )
+//! .unwrap();
+//! let c = canonicalize(net.clone()).unwrap();
+//! // g2 = || [2 * 5, -1 * 1] || = sqrt(101)
+//! assert!((c.global_gain() - 101f64.sqrt()).abs() < 1e-12);
+//! let agreement = verify(&net, &c, &[vec![1.0, 2.0], vec![-3.0, 0.5]]);
+//! assert!(agreement.max_rel_error < 1e-12);
+//! ```
+
+mod arch;
+mod calculus;
+mod form;
+mod network;
+
+use thiserror::Error;
+
+pub use arch::{ArchTensors, from_arch, to_tensors, vector_entry};
+pub use calculus::{
+    Absorbed, Activation, Decomposed, Real, Rows, absorb, absorb_in_place, decompose,
+    flatten_scale, gain_direction, global_gain, hadamard_norm,
+};
+pub use form::{Agreement, Canonical, LayerReport, argmax, canonicalize, reconstitute, verify};
+pub use network::{
+    Barrier, ConvGeometry, Layer, Network, Norm, NormKind, Pool, Weighted, shapes_through,
+};
+
+/// Why a network could not be described or put in canonical form.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum CanonicalError {
+    /// A layer (named by its position, `"3"` or `"4.body.0"`) does not fit, or its description
+    /// or tensors are wrong.
+    #[error("layer {layer} ({op}): {reason}")]
+    Layer {
+        /// The layer's position.
+        layer: String,
+        /// Its op.
+        op: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A scale with a negative entry cannot pass an activation.
+    #[error("layer {layer}: a scale with negative entries cannot commute with {activation}")]
+    NegativeScale {
+        /// The layer's position.
+        layer: String,
+        /// The activation.
+        activation: String,
+    },
+    /// The architecture file as a whole is wrong.
+    #[error("architecture: {0}")]
+    Arch(String),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,623 @@
+//! The network description: layers in PyTorch's layout, their shapes, and a reference forward
+//! pass in `f64` (one sample at a time, channel-major: `[C]`, `[C, L]` or `[C, H, W]`).
+
+use rayon::prelude::*;
+
+use super::{Activation, CanonicalError, Real, Rows};
+
+/// The geometry of a convolution (`conv1d`: one spatial axis, `conv2d`: two).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvGeometry {
+    /// Kernel size per spatial axis.
+    pub kernel: Vec<usize>,
+    /// Stride per spatial axis.
+    pub stride: Vec<usize>,
+    /// Zero padding per spatial axis (both sides).
+    pub padding: Vec<usize>,
+    /// Dilation per spatial axis.
+    pub dilation: Vec<usize>,
+    /// Channel groups.
+    pub groups: usize,
+}
+
+impl ConvGeometry {
+    /// Elements of one input channel's kernel.
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    /// The output length of spatial axis `i` for input length `n` (`None` if the kernel does
+    /// not fit).
+    pub fn out_len(&self, i: usize, n: usize) -> Option<usize> {
+        let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
+        let padded = n + 2 * self.padding[i];
+        (padded >= span).then(|| (padded - span) / self.stride[i] + 1)
+    }
+}
+
+/// A layer with a weight: linear (`conv == None`) or a convolution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weighted<T: Real = f64> {
+    /// One row per output unit or channel.
+    pub w: Rows<T>,
+    /// The bias, one per output unit.
+    pub b: Option<Vec<T>>,
+    /// The convolution's geometry; `None` for a linear layer.
+    pub conv: Option<ConvGeometry>,
+    /// The weight's shape in PyTorch's layout (`[out, in]`, `[out, in / groups, k..]`).
+    pub torch_shape: Vec<usize>,
+    /// The checkpoint key prefix (`<param>.weight`, `<param>.bias`).
+    pub param: Option<String>,
+    /// Whether the checkpoint has `<param>.bias` (written as zeros when the bias moved into a
+    /// folded batch norm).
+    pub bias_key: bool,
+}
+
+impl<T: Real> Weighted<T> {
+    /// The number of input channels (units for a linear layer).
+    pub fn in_channels(&self) -> usize {
+        let conv_taps = self.conv.as_ref().map_or(1, ConvGeometry::taps).max(1);
+        self.w.row_len / conv_taps * self.groups()
+    }
+
+    /// Channel groups (1 for a linear layer).
+    pub fn groups(&self) -> usize {
+        self.conv.as_ref().map_or(1, |c| c.groups)
+    }
+
+    /// `linear`, `conv1d` or `conv2d`.
+    pub fn op(&self) -> &'static str {
+        match self.conv.as_ref().map(|c| c.kernel.len()) {
+            None => "linear",
+            Some(1) => "conv1d",
+            Some(_) => "conv2d",
+        }
+    }
+}
+
+/// Batch norm or mean-only batch norm, in evaluation mode: `y = a * x + c` per channel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NormKind {
+    /// Batch norm: `a = gamma / sqrt(var + eps)`, `c = beta - a * mean`.
+    Batch {
+        /// The epsilon under the square root.
+        eps: f64,
+    },
+    /// Mean-only batch norm: `a = 1`, `c = bias - mean`.
+    MeanOnly,
+}
+
+/// A per-channel affine map in evaluation mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Norm<T: Real = f64> {
+    /// Which normalization.
+    pub kind: NormKind,
+    /// The multiplier per channel; `None` for a shift only (mean-only batch norm, or a batch
+    /// norm folded into the layer before it).
+    pub a: Option<Vec<T>>,
+    /// The shift per channel.
+    pub c: Vec<T>,
+    /// The checkpoint key prefix.
+    pub param: Option<String>,
+    /// Whether it was folded into the preceding weighted layer (its multiplier is there).
+    pub folded: bool,
+}
+
+impl<T: Real> Norm<T> {
+    /// `batch_norm` or `mean_only_batch_norm`.
+    pub fn op(&self) -> &'static str {
+        match self.kind {
+            NormKind::Batch { .. } => "batch_norm",
+            NormKind::MeanOnly => "mean_only_batch_norm",
+        }
+    }
+}
+
+/// Activations that are not positively homogeneous: the scale cannot pass them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Barrier {
+    /// `tanh(x)`.
+    Tanh,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `x * Phi(x)` (the exact, erf form).
+    Gelu,
+    /// WaveNet's gate: `tanh(first half of the channels) * sigmoid(second half)`.
+    Gate,
+}
+
+impl Barrier {
+    /// The name in architecture files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tanh => "tanh",
+            Self::Sigmoid => "sigmoid",
+            Self::Gelu => "gelu",
+            Self::Gate => "gate",
+        }
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// 2-D pooling, per channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    /// Max (padding never wins) or average (zero padding counted, PyTorch's default).
+    pub max: bool,
+    /// Window.
+    pub kernel: [usize; 2],
+    /// Step.
+    pub stride: [usize; 2],
+    /// Padding on both sides.
+    pub padding: [usize; 2],
+}
+
+impl Pool {
+    /// `max_pool2d` or `avg_pool2d`.
+    pub fn op(&self) -> &'static str {
+        if self.max { "max_pool2d" } else { "avg_pool2d" }
+    }
+}
+
+/// A layer of a network.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layer<T: Real = f64> {
+    /// Linear or convolution.
+    Weighted(Weighted<T>),
+    /// Batch norm or mean-only batch norm (evaluation mode).
+    Norm(Norm<T>),
+    /// A positively homogeneous activation (ReLU, leaky ReLU, identity, dropout).
+    Act(Activation),
+    /// A non-homogeneous activation: the scale is multiplied back before it.
+    Barrier(Barrier),
+    /// Max or average pooling.
+    Pool(Pool),
+    /// Flattens `[C, ..]` to one axis, channel-major.
+    Flatten,
+    /// `y = x + body(x)`.
+    Residual(Vec<Layer<T>>),
+}
+
+impl<T: Real> Layer<T> {
+    /// The layer's op name in architecture files.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Weighted(w) => w.op(),
+            Self::Norm(n) => n.op(),
+            Self::Act(a) => a.name(),
+            Self::Barrier(b) => b.name(),
+            Self::Pool(p) => p.op(),
+            Self::Flatten => "flatten",
+            Self::Residual(_) => "residual",
+        }
+    }
+
+    /// The shape of the output for an input of `shape`.
+    ///
+    /// # Errors
+    ///
+    /// [`CanonicalError::Layer`] (named `path`) if the layer cannot take `shape`.
+    pub fn out_shape(&self, shape: &[usize], path: &str) -> Result<Vec<usize>, CanonicalError> {
+        let err = |reason: String| CanonicalError::Layer {
+            layer: path.to_string(),
+            op: self.op().into(),
+            reason,
+        };
+        let channels = *shape
+            .first()
+            .ok_or_else(|| err("receives a 0-dimensional input".into()))?;
+        match self {
+            Self::Weighted(l) => {
+                let inputs = l.in_channels();
+                if let Some(b) = &l.b
+                    && b.len() != l.w.out
+                {
+                    return Err(err(format!(
+                        "{} bias values for {} output units",
+                        b.len(),
+                        l.w.out
+                    )));
+                }
+                match &l.conv {
+                    None => {
+                        if shape.len() != 1 {
+                            return Err(err(format!(
+                                "takes a flat input of {inputs} units, receives shape {shape:?} \
+                                 (add a flatten before it)"
+                            )));
+                        }
+                        if channels != inputs {
+                            return Err(err(format!("takes {inputs} inputs, receives {channels}")));
+                        }
+                        Ok(vec![l.w.out])
+                    }
+                    Some(c) => {
+                        if shape.len() != 1 + c.kernel.len() {
+                            return Err(err(format!(
+                                "takes [channels{}], receives shape {shape:?}",
+                                ", length".repeat(c.kernel.len())
+                            )));
+                        }
+                        if channels != inputs {
+                            return Err(err(format!(
+                                "takes {inputs} input channels, receives {channels}"
+                            )));
+                        }
+                        if !l.w.out.is_multiple_of(c.groups) {
+                            return Err(err(format!(
+                                "{} output channels do not split into {} groups",
+                                l.w.out, c.groups
+                            )));
+                        }
+                        let mut out = vec![l.w.out];
+                        for (i, &n) in shape[1..].iter().enumerate() {
+                            out.push(c.out_len(i, n).ok_or_else(|| {
+                                err(format!(
+                                    "the kernel ({:?}, dilation {:?}) does not fit the padded \
+                                     input {shape:?}",
+                                    c.kernel, c.dilation
+                                ))
+                            })?);
+                        }
+                        Ok(out)
+                    }
+                }
+            }
+            Self::Norm(n) => {
+                if n.c.len() != channels || n.a.as_ref().is_some_and(|a| a.len() != channels) {
+                    return Err(err(format!(
+                        "normalizes {} channels, receives {channels}",
+                        n.c.len()
+                    )));
+                }
+                Ok(shape.to_vec())
+            }
+            Self::Act(_) | Self::Barrier(Barrier::Tanh | Barrier::Sigmoid | Barrier::Gelu) => {
+                Ok(shape.to_vec())
+            }
+            Self::Barrier(Barrier::Gate) => {
+                if !channels.is_multiple_of(2) {
+                    return Err(err(format!(
+                        "splits the channels in halves, receives {channels}"
+                    )));
+                }
+                let mut out = shape.to_vec();
+                out[0] /= 2;
+                Ok(out)
+            }
+            Self::Pool(p) => {
+                if shape.len() != 3 {
+                    return Err(err(format!(
+                        "takes [channels, height, width], receives shape {shape:?}"
+                    )));
+                }
+                if p.kernel.contains(&0) || p.stride.contains(&0) {
+                    return Err(err(format!(
+                        "a pooling kernel {:?} or stride {:?} of 0",
+                        p.kernel, p.stride
+                    )));
+                }
+                if p.padding[0] * 2 > p.kernel[0] || p.padding[1] * 2 > p.kernel[1] {
+                    return Err(err(format!(
+                        "padding {:?} exceeds half the kernel {:?}",
+                        p.padding, p.kernel
+                    )));
+                }
+                let mut out = vec![channels];
+                for i in 0..2 {
+                    let padded = shape[1 + i] + 2 * p.padding[i];
+                    if padded < p.kernel[i] {
+                        return Err(err(format!(
+                            "the kernel {:?} does not fit the input {shape:?}",
+                            p.kernel
+                        )));
+                    }
+                    out.push((padded - p.kernel[i]) / p.stride[i] + 1);
+                }
+                Ok(out)
+            }
+            Self::Flatten => Ok(vec![shape.iter().product()]),
+            Self::Residual(body) => {
+                let out = shapes_through(body, shape, &format!("{path}.body"))?;
+                if out != shape {
+                    return Err(err(format!(
+                        "the body produces shape {out:?} but the skip path carries {shape:?}"
+                    )));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Applies the layer to one sample of `shape` (checked by [`Network::new`]).
+    pub fn forward(&self, x: &[f64], shape: &[usize]) -> Vec<f64> {
+        let channels = shape[0];
+        let positions = if channels == 0 { 0 } else { x.len() / channels };
+        match self {
+            Self::Weighted(l) => match &l.conv {
+                None => linear(l, x),
+                Some(c) => conv(l, c, x, shape),
+            },
+            Self::Norm(n) => x
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = i / positions;
+                    let a = n.a.as_ref().map_or(1.0, |a| a[ch].to_f64());
+                    a * v + n.c[ch].to_f64()
+                })
+                .collect(),
+            Self::Act(a) => x.iter().map(|&v| a.apply(v)).collect(),
+            Self::Barrier(b) => match b {
+                Barrier::Tanh => x.iter().map(|v| v.tanh()).collect(),
+                Barrier::Sigmoid => x.iter().map(|&v| sigmoid(v)).collect(),
+                Barrier::Gelu => x.iter().map(|&v| gelu(v)).collect(),
+                Barrier::Gate => {
+                    let half = x.len() / 2;
+                    (0..half)
+                        .map(|i| x[i].tanh() * sigmoid(x[half + i]))
+                        .collect()
+                }
+            },
+            Self::Pool(p) => pool(p, x, shape),
+            Self::Flatten => x.to_vec(),
+            Self::Residual(body) => {
+                let mut h = x.to_vec();
+                let mut s = shape.to_vec();
+                for layer in body {
+                    let next = layer.out_shape(&s, "").expect("checked by Network::new");
+                    h = layer.forward(&h, &s);
+                    s = next;
+                }
+                h.iter().zip(x).map(|(a, b)| a + b).collect()
+            }
+        }
+    }
+}
+
+/// A dot product in `f64` with eight running sums (so that it vectorizes).
+fn dot<T: Real>(a: &[T], x: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ac, xc) = (a.chunks_exact(8), x.chunks_exact(8));
+    let (ar, xr) = (ac.remainder(), xc.remainder());
+    for (p, q) in ac.zip(xc) {
+        for k in 0..8 {
+            acc[k] += p[k].to_f64() * q[k];
+        }
+    }
+    let tail: f64 = ar.iter().zip(xr).map(|(p, q)| p.to_f64() * q).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+fn linear<T: Real>(l: &Weighted<T>, x: &[f64]) -> Vec<f64> {
+    (0..l.w.out)
+        .map(|i| dot(l.w.row(i), x) + l.b.as_ref().map_or(0.0, |b| b[i].to_f64()))
+        .collect()
+}
+
+/// Lifts a 1-D geometry to 2-D (height 1).
+fn geometry_2d(c: &ConvGeometry, shape: &[usize]) -> ([usize; 2], [[usize; 2]; 4]) {
+    if c.kernel.len() == 1 {
+        (
+            [1, shape[1]],
+            [
+                [1, c.kernel[0]],
+                [1, c.stride[0]],
+                [0, c.padding[0]],
+                [1, c.dilation[0]],
+            ],
+        )
+    } else {
+        (
+            [shape[1], shape[2]],
+            [
+                [c.kernel[0], c.kernel[1]],
+                [c.stride[0], c.stride[1]],
+                [c.padding[0], c.padding[1]],
+                [c.dilation[0], c.dilation[1]],
+            ],
+        )
+    }
+}
+
+fn conv<T: Real>(l: &Weighted<T>, c: &ConvGeometry, x: &[f64], shape: &[usize]) -> Vec<f64> {
+    let ([h, w], [k, s, p, d]) = geometry_2d(c, shape);
+    let (ho, wo) = (
+        (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) / s[0] + 1,
+        (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) / s[1] + 1,
+    );
+    let out = l.w.out;
+    let per_group_in = l.w.row_len / (k[0] * k[1]);
+    let per_group_out = out / c.groups;
+    let mut y = vec![0.0; out * ho * wo];
+    for o in 0..out {
+        let row = l.w.row(o);
+        let first = (o / per_group_out) * per_group_in;
+        let bias = l.b.as_ref().map_or(0.0, |b| b[o].to_f64());
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut acc = bias;
+                for ci in 0..per_group_in {
+                    let plane = &x[(first + ci) * h * w..][..h * w];
+                    for ky in 0..k[0] {
+                        let iy = (oy * s[0] + ky * d[0]) as isize - p[0] as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k[1] {
+                            let ix = (ox * s[1] + kx * d[1]) as isize - p[1] as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            acc += row[(ci * k[0] + ky) * k[1] + kx].to_f64()
+                                * plane[iy as usize * w + ix as usize];
+                        }
+                    }
+                }
+                y[(o * ho + oy) * wo + ox] = acc;
+            }
+        }
+    }
+    y
+}
+
+fn pool(p: &Pool, x: &[f64], shape: &[usize]) -> Vec<f64> {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let [kh, kw] = p.kernel;
+    let ho = (h + 2 * p.padding[0] - kh) / p.stride[0] + 1;
+    let wo = (w + 2 * p.padding[1] - kw) / p.stride[1] + 1;
+    let mut y = Vec::with_capacity(c * ho * wo);
+    for ch in 0..c {
+        let plane = &x[ch * h * w..][..h * w];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let (mut best, mut sum) = (f64::NEG_INFINITY, 0.0);
+                for ky in 0..kh {
+                    let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
+                    for kx in 0..kw {
+                        let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                        if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
+                            let v = plane[iy as usize * w + ix as usize];
+                            best = best.max(v);
+                            sum += v;
+                        }
+                    }
+                }
+                y.push(if p.max { best } else { sum / (kh * kw) as f64 });
+            }
+        }
+    }
+    y
+}
+
+/// The shape after `layers`, checking every layer (named `<path>.<index>`, or `<index>` at
+/// the top).
+///
+/// # Errors
+///
+/// The first layer that cannot take what it receives.
+pub fn shapes_through<T: Real>(
+    layers: &[Layer<T>],
+    input: &[usize],
+    path: &str,
+) -> Result<Vec<usize>, CanonicalError> {
+    let mut shape = input.to_vec();
+    for (i, l) in layers.iter().enumerate() {
+        shape = l.out_shape(&shape, &child(path, i))?;
+    }
+    Ok(shape)
+}
+
+/// The name of layer `i` under `path` (`"3"`, `"4.body.0"`).
+pub(crate) fn child(path: &str, i: usize) -> String {
+    if path.is_empty() {
+        i.to_string()
+    } else {
+        format!("{path}.{i}")
+    }
+}
+
+/// A network: the shape of one input sample (`[features]`, `[C, L]` or `[C, H, W]`) and its
+/// layers, checked to fit together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network<T: Real = f64> {
+    /// One sample's shape.
+    pub input: Vec<usize>,
+    /// The layers.
+    pub layers: Vec<Layer<T>>,
+}
+
+impl<T: Real> Network<T> {
+    /// A network, after checking that every layer takes what the one before it produces.
+    ///
+    /// # Errors
+    ///
+    /// [`CanonicalError::Layer`] naming the first layer that does not fit.
+    pub fn new(input: Vec<usize>, layers: Vec<Layer<T>>) -> Result<Self, CanonicalError> {
+        shapes_through(&layers, &input, "")?;
+        Ok(Self { input, layers })
+    }
+
+    /// The shape of one output sample.
+    pub fn output_shape(&self) -> Vec<usize> {
+        shapes_through(&self.layers, &self.input, "").expect("checked by Network::new")
+    }
+
+    /// The number of weights, biases and normalization parameters.
+    pub fn parameters(&self) -> usize {
+        fn count<T: Real>(layers: &[Layer<T>]) -> usize {
+            layers
+                .iter()
+                .map(|l| match l {
+                    Layer::Weighted(w) => w.w.data.len() + w.b.as_ref().map_or(0, Vec::len),
+                    Layer::Norm(n) => n.c.len() + n.a.as_ref().map_or(0, Vec::len),
+                    Layer::Residual(b) => count(b),
+                    _ => 0,
+                })
+                .sum()
+        }
+        count(&self.layers)
+    }
+
+    /// Runs the network on a batch of samples (each flattened, of [`Network::input`]'s size),
+    /// in `f64`. Linear layers go through the batch row by row (one read of the weight per
+    /// batch); the rest sample by sample, in parallel.
+    ///
+    /// # Panics
+    ///
+    /// If a sample does not have the input's size.
+    pub fn forward(&self, inputs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let n: usize = self.input.iter().product();
+        assert!(
+            inputs.iter().all(|x| x.len() == n),
+            "every sample holds {n} values"
+        );
+        forward_layers(&self.layers, inputs.to_vec(), &self.input)
+    }
+}
+
+fn forward_layers<T: Real>(
+    layers: &[Layer<T>],
+    mut h: Vec<Vec<f64>>,
+    input: &[usize],
+) -> Vec<Vec<f64>> {
+    let mut shape = input.to_vec();
+    for layer in layers {
+        let next = layer
+            .out_shape(&shape, "")
+            .expect("checked by Network::new");
+        h = match layer {
+            Layer::Weighted(l) if l.conv.is_none() => {
+                // Row-parallel over the whole batch: each row is read once.
+                let cols: Vec<Vec<f64>> = (0..l.w.out)
+                    .into_par_iter()
+                    .map(|i| {
+                        let row = l.w.row(i);
+                        let b = l.b.as_ref().map_or(0.0, |b| b[i].to_f64());
+                        h.iter().map(|x| b + dot(row, x)).collect()
+                    })
+                    .collect();
+                (0..h.len())
+                    .map(|s| cols.iter().map(|c| c[s]).collect())
+                    .collect()
+            }
+            Layer::Residual(body) => {
+                let out = forward_layers(body, h.clone(), &shape);
+                out.into_iter()
+                    .zip(&h)
+                    .map(|(a, b)| a.iter().zip(b).map(|(p, q)| p + q).collect())
+                    .collect()
+            }
+            _ => h.par_iter().map(|x| layer.forward(x, &shape)).collect(),
+        };
+        shape = next;
+    }
+    h
+}

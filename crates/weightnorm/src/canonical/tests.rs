@@ -1,0 +1,621 @@
+//! Tests of the network-level transforms: each transform on its own, then thousands of random
+//! networks (linear and convolutional, pooling, flatten, batch norms, residual blocks,
+//! barriers), in f32 and f64.
+
+use std::sync::Arc;
+
+use safetensors::Dtype;
+use serde_json::json;
+
+use super::*;
+use crate::torch::TensorEntry;
+
+struct Rng(u64);
+
+impl Rng {
+    /// Uniform in [-1, 1).
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next() + 1.0) / 2.0 * n as f64) as usize % n
+    }
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+    fn vals<T: Real>(&mut self, n: usize, scale: f64) -> Vec<T> {
+        (0..n).map(|_| T::from_f64(self.next() * scale)).collect()
+    }
+}
+
+fn dense<T: Real>(out: usize, inp: usize, data: Vec<T>, b: Option<Vec<T>>) -> Layer<T> {
+    Layer::Weighted(Weighted {
+        w: Rows::new(out, inp, data),
+        bias_key: b.is_some(),
+        b,
+        conv: None,
+        torch_shape: vec![out, inp],
+        param: None,
+    })
+}
+
+fn conv_layer<T: Real>(
+    rng: &mut Rng,
+    out: usize,
+    inp: usize,
+    g: ConvGeometry,
+    bias: bool,
+) -> Layer<T> {
+    let per_group = inp / g.groups;
+    let row_len = per_group * g.taps();
+    let mut torch_shape = vec![out, per_group];
+    torch_shape.extend(&g.kernel);
+    let mut data = rng.vals(out * row_len, 2.0);
+    if rng.chance(12) {
+        let r = rng.below(out);
+        data[r * row_len..(r + 1) * row_len].fill(T::from_f64(0.0));
+    }
+    Layer::Weighted(Weighted {
+        w: Rows::new(out, row_len, data),
+        b: bias.then(|| rng.vals(out, 1.0)),
+        bias_key: bias,
+        conv: Some(g),
+        torch_shape,
+        param: None,
+    })
+}
+
+fn norm<T: Real>(rng: &mut Rng, channels: usize) -> Layer<T> {
+    if rng.chance(2) {
+        Layer::Norm(Norm {
+            kind: NormKind::Batch { eps: 1e-5 },
+            // Any sign: a negative multiplier flips the unit.
+            a: Some(rng.vals(channels, 2.0)),
+            c: rng.vals(channels, 1.0),
+            param: None,
+            folded: false,
+        })
+    } else {
+        Layer::Norm(Norm {
+            kind: NormKind::MeanOnly,
+            a: None,
+            c: rng.vals(channels, 1.0),
+            param: None,
+            folded: false,
+        })
+    }
+}
+
+/// A random activation; the gate (which halves the channels) only where `channels` is given.
+fn activation<T: Real>(rng: &mut Rng, channels: Option<usize>) -> Layer<T> {
+    match rng.below(7) {
+        0 | 1 => Layer::Act(Activation::Relu),
+        2 => Layer::Act(Activation::LeakyRelu(rng.next() * 1.5)),
+        3 => Layer::Act(Activation::Identity),
+        4 => Layer::Barrier(Barrier::Tanh),
+        5 => Layer::Barrier(Barrier::Sigmoid),
+        _ if channels.is_some_and(|c| c % 2 == 0) && rng.chance(2) => Layer::Barrier(Barrier::Gate),
+        _ => Layer::Barrier(Barrier::Gelu),
+    }
+}
+
+/// A weighted layer taking `shape`: linear on a flat input, a convolution (random geometry
+/// that fits) on `[C, L]` or `[C, H, W]`; if `same`, the output shape equals the input's.
+fn weighted<T: Real>(rng: &mut Rng, shape: &[usize], same: bool) -> Layer<T> {
+    let c = shape[0];
+    let out = if same { c } else { 1 + rng.below(6) };
+    let bias = rng.chance(2);
+    if shape.len() == 1 {
+        let mut data = rng.vals(out * c, 2.0);
+        if rng.chance(12) {
+            let r = rng.below(out);
+            data[r * c..(r + 1) * c].fill(T::from_f64(0.0));
+        }
+        return dense(out, c, data, bias.then(|| rng.vals(out, 1.0)));
+    }
+    let dims = shape.len() - 1;
+    for _ in 0..20 {
+        let g = if same {
+            let k = [1, 3][rng.below(2)];
+            let d = 1 + rng.below(2);
+            ConvGeometry {
+                kernel: vec![k; dims],
+                stride: vec![1; dims],
+                padding: vec![d * (k - 1) / 2; dims],
+                dilation: vec![d; dims],
+                groups: if c % 2 == 0 && rng.chance(3) { 2 } else { 1 },
+            }
+        } else {
+            ConvGeometry {
+                kernel: (0..dims).map(|_| 1 + rng.below(3)).collect(),
+                stride: (0..dims).map(|_| 1 + rng.below(2)).collect(),
+                padding: (0..dims).map(|_| rng.below(2)).collect(),
+                dilation: (0..dims).map(|_| 1 + rng.below(2)).collect(),
+                groups: if c % 2 == 0 && out % 2 == 0 && rng.chance(3) {
+                    2
+                } else {
+                    1
+                },
+            }
+        };
+        let out = if g.groups == 2 && out % 2 == 1 {
+            out + 1
+        } else {
+            out
+        };
+        let l = conv_layer(rng, out, c, g, bias);
+        if l.out_shape(shape, "").is_ok_and(|s| !same || s == shape) {
+            return l;
+        }
+    }
+    conv_layer(
+        rng,
+        out,
+        c,
+        ConvGeometry {
+            kernel: vec![1; dims],
+            stride: vec![1; dims],
+            padding: vec![0; dims],
+            dilation: vec![1; dims],
+            groups: 1,
+        },
+        bias,
+    )
+}
+
+/// A residual body keeping `shape`: optionally starting with an activation or a barrier, a
+/// weighted layer (with a norm), an activation, maybe a nested block, a weighted layer back to
+/// the input's channels; sometimes no weighted layer at all.
+fn body<T: Real>(rng: &mut Rng, shape: &[usize], nest: usize) -> Vec<Layer<T>> {
+    if rng.chance(10) {
+        return vec![activation(rng, None)];
+    }
+    let mut layers = Vec::new();
+    if rng.chance(4) {
+        layers.push(activation(rng, None));
+    }
+    let first = weighted(rng, shape, true);
+    layers.push(first);
+    if rng.chance(3) {
+        layers.push(norm(rng, shape[0]));
+    }
+    layers.push(activation(rng, None));
+    if nest < 2 && rng.chance(3) {
+        layers.push(Layer::Residual(body(rng, shape, nest + 1)));
+    }
+    layers.push(weighted(rng, shape, true));
+    if rng.chance(4) {
+        layers.push(Layer::Act(Activation::Relu));
+    }
+    layers
+}
+
+/// A random network with 1 to 6 weighted layers (not counting residual bodies).
+fn random_network<T: Real>(rng: &mut Rng) -> Network<T> {
+    let input = match rng.below(3) {
+        0 => vec![1 + rng.below(8)],
+        1 => vec![1 + rng.below(4), 3 + rng.below(6)],
+        _ => vec![1 + rng.below(4), 3 + rng.below(5), 3 + rng.below(5)],
+    };
+    let depth = 1 + rng.below(6);
+    let mut shape = input.clone();
+    let mut layers: Vec<Layer<T>> = Vec::new();
+    let mut count = 0;
+    while count < depth {
+        let layer = match rng.below(10) {
+            0..=3 => {
+                count += 1;
+                weighted(rng, &shape, false)
+            }
+            4 | 5 => activation(rng, Some(shape[0])),
+            6 if shape.len() == 3 && shape[1] >= 2 && shape[2] >= 2 => {
+                let k = [1 + rng.below(2), 1 + rng.below(2)];
+                Layer::Pool(Pool {
+                    max: rng.chance(2),
+                    kernel: k,
+                    stride: [1 + rng.below(2), 1 + rng.below(2)],
+                    padding: [rng.below(k[0] / 2 + 1), rng.below(k[1] / 2 + 1)],
+                })
+            }
+            6 | 9 if shape.len() > 1 => Layer::Flatten,
+            7 => Layer::Residual(body(rng, &shape, 0)),
+            8 => norm(rng, shape[0]),
+            _ => {
+                count += 1;
+                weighted(rng, &shape, false)
+            }
+        };
+        if matches!(layer, Layer::Weighted(_)) && rng.chance(4) {
+            shape = layer.out_shape(&shape, "").unwrap();
+            layers.push(layer);
+            layers.push(norm(rng, shape[0]));
+            continue;
+        }
+        shape = layer.out_shape(&shape, "").unwrap();
+        layers.push(layer);
+    }
+    Network::new(input, layers).unwrap()
+}
+
+fn inputs(rng: &mut Rng, shape: &[usize], n: usize) -> Vec<Vec<f64>> {
+    let len = shape.iter().product();
+    (0..n).map(|_| rng.vals(len, 2.0)).collect()
+}
+
+/// Every row of a layer that hands on its own scale is a unit vector (zero rows excepted).
+fn check_unit_rows(reports: &[LayerReport], tol: f64, case: usize) {
+    for r in reports {
+        if r.carries.is_some() {
+            continue;
+        }
+        let (lo, hi) = r.row_norms_after;
+        // Only zero rows may differ from 1 (and they stay 0).
+        assert!(
+            (hi - 1.0).abs() < tol || (hi == 0.0 && !r.zero_rows.is_empty()),
+            "case {case}: {r:?}"
+        );
+        if r.zero_rows.is_empty() {
+            assert!((lo - 1.0).abs() < tol, "case {case}: {r:?}");
+        }
+    }
+}
+
+fn random_networks_keep_their_function<T: Real>(cases: usize, rel: f64, unit: f64, seed: u64) {
+    let mut rng = Rng(seed);
+    let (mut barriers, mut residuals, mut convs, mut carried) = (0, 0, 0, 0);
+    let mut worst = (0.0f64, 0.0f64);
+    for case in 0..cases {
+        let net = random_network::<T>(&mut rng);
+        let dbg = format!("{net:?}");
+        barriers += dbg.matches("Barrier(").count();
+        residuals += dbg.matches("Residual(").count();
+        convs += dbg.matches("conv: Some").count();
+        let xs = inputs(&mut rng, &net.input, 16);
+        let c = canonicalize(net.clone()).unwrap_or_else(|e| panic!("case {case}: {e}\n{net:?}"));
+        carried += c.layers.iter().filter(|r| r.carries.is_some()).count();
+        check_unit_rows(&c.layers, unit, case);
+        let a = verify(&net, &c, &xs);
+        assert!(
+            a.max_rel_error < rel,
+            "case {case}: canonical differs by {:e}\n{net:?}",
+            a.max_rel_error
+        );
+        let (back, _) = reconstitute(c.network.clone(), &c.scale).unwrap();
+        let b = Agreement::between(&net.forward(&xs), &back.forward(&xs));
+        worst.0 = worst.0.max(a.max_rel_error);
+        worst.1 = worst.1.max(b.max_rel_error);
+        assert!(
+            b.max_rel_error < rel,
+            "case {case}: reconstituted differs by {:e}",
+            b.max_rel_error
+        );
+    }
+    eprintln!(
+        "worst relative error: canonical {:e}, reconstituted {:e}",
+        worst.0, worst.1
+    );
+    // The generator exercised what it is meant to.
+    assert!(barriers > cases / 2 && residuals > cases / 4 && convs > cases / 2);
+    assert!(carried > cases / 4, "{carried} carrying layers");
+}
+
+#[test]
+fn random_networks_f64() {
+    random_networks_keep_their_function::<f64>(3000, 1e-9, 1e-12, 0x1234_5678_9abc_def1);
+}
+
+#[test]
+fn random_networks_f32() {
+    random_networks_keep_their_function::<f32>(3000, 1e-5, 1e-6, 0x0bad_cafe_f00d_beef);
+}
+
+#[test]
+fn the_write_ups_linear_relu_linear() {
+    let net = Network::new(
+        vec![2],
+        vec![
+            dense(2, 2, vec![3.0, 4.0, 1.0, 0.0], Some(vec![0.5, -1.0])),
+            Layer::Act(Activation::Relu),
+            dense(1, 2, vec![2.0, -1.0], None),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    assert_eq!(c.scale.len(), 1);
+    // g2 = || [2 * 5, -1 * 1] || = sqrt(101)
+    assert!((c.global_gain() - 101f64.sqrt()).abs() < 1e-12);
+    assert_eq!(c.gain_direction(), vec![1.0]);
+    let Layer::Weighted(first) = &c.network.layers[0] else {
+        panic!()
+    };
+    assert_eq!(first.w.data, vec![0.6, 0.8, 1.0, 0.0]);
+    assert_eq!(first.b, Some(vec![0.1, -1.0]));
+    assert!(verify(&net, &c, &[vec![1.0, 2.0], vec![-3.0, 0.5]]).max_abs_error < 1e-12);
+}
+
+#[test]
+fn pooling_and_zero_padding_commute_with_a_positive_scale() {
+    let mut rng = Rng(7);
+    let shape = [2, 5, 4];
+    let x: Vec<f64> = rng.vals(40, 3.0);
+    let g = [0.5, 4.0];
+    let scaled: Vec<f64> = x.iter().enumerate().map(|(i, v)| v * g[i / 20]).collect();
+    for max in [true, false] {
+        let p: Layer = Layer::Pool(Pool {
+            max,
+            kernel: [3, 2],
+            stride: [2, 1],
+            padding: [1, 1],
+        });
+        let out = p.out_shape(&shape, "0").unwrap();
+        let per = out[1] * out[2];
+        let (a, b) = (p.forward(&scaled, &shape), p.forward(&x, &shape));
+        for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+            assert!((u - g[i / per] * v).abs() < 1e-14, "max {max}");
+        }
+    }
+    // A zero-padded convolution's input scale is absorbed per channel: padding contributes 0
+    // before and after scaling.
+    let conv: Layer = conv_layer(
+        &mut rng,
+        3,
+        2,
+        ConvGeometry {
+            kernel: vec![3, 3],
+            stride: vec![1, 1],
+            padding: vec![2, 1],
+            dilation: vec![1, 2],
+            groups: 1,
+        },
+        true,
+    );
+    let Layer::Weighted(w) = &conv else { panic!() };
+    let d = absorb(&g, &w.w, w.b.as_deref(), "0").unwrap();
+    let mut absorbed = w.clone();
+    absorbed.w = d.v;
+    absorbed.b = d.bias;
+    let (a, b) = (
+        conv.forward(&scaled, &shape),
+        Layer::Weighted(absorbed).forward(&x, &shape),
+    );
+    let per = a.len() / 3;
+    for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+        assert!((u - d.g[i / per] * v).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn batch_norm_folds_into_the_layer_before_it() {
+    let mut rng = Rng(11);
+    let conv: Layer = conv_layer(
+        &mut rng,
+        3,
+        2,
+        ConvGeometry {
+            kernel: vec![2, 2],
+            stride: vec![1, 1],
+            padding: vec![0, 0],
+            dilation: vec![1, 1],
+            groups: 1,
+        },
+        true,
+    );
+    let bn = Layer::Norm(Norm {
+        kind: NormKind::Batch { eps: 1e-5 },
+        a: Some(vec![2.0, -0.5, 1.5]),
+        c: vec![0.1, 0.2, -0.3],
+        param: None,
+        folded: false,
+    });
+    let net = Network::new(vec![2, 4, 4], vec![conv, bn, Layer::Act(Activation::Relu)]).unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+    let Layer::Norm(n) = &c.network.layers[1] else {
+        panic!()
+    };
+    assert!(n.folded && n.a.is_none());
+    let Layer::Weighted(w) = &c.network.layers[0] else {
+        panic!()
+    };
+    assert!(w.b.is_none(), "the bias moved into the norm's shift");
+    let xs = inputs(&mut rng, &[2, 4, 4], 4);
+    assert!(verify(&net, &c, &xs).max_rel_error < 1e-12);
+    // A batch norm with nothing before it to fold into is a per-channel layer: its multiplier
+    // becomes the sign, the magnitude joins the scale.
+    let net = Network::new(
+        vec![3],
+        vec![
+            Layer::Norm(Norm {
+                kind: NormKind::Batch { eps: 1e-5 },
+                a: Some(vec![2.0, -0.5, 0.0]),
+                c: vec![0.1, 0.2, -0.3],
+                param: None,
+                folded: false,
+            }),
+            Layer::Act(Activation::Relu),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    let Layer::Norm(n) = &c.network.layers[0] else {
+        panic!()
+    };
+    assert_eq!(n.a, Some(vec![1.0, -1.0, 0.0]));
+    assert_eq!(c.scale, vec![2.0, 0.5, 1.0]);
+    assert_eq!(c.layers[0].zero_rows, vec![2]);
+    assert!(verify(&net, &c, &inputs(&mut rng, &[3], 5)).max_abs_error < 1e-15);
+}
+
+#[test]
+fn a_residual_body_is_brought_to_the_skip_scale() {
+    let net = Network::new(
+        vec![2],
+        vec![
+            dense(2, 2, vec![3.0, 0.0, 0.0, 0.5], None),
+            Layer::Residual(vec![
+                dense(2, 2, vec![1.0, 1.0, 1.0, -1.0], Some(vec![0.1, 0.2])),
+                Layer::Act(Activation::Relu),
+                dense(2, 2, vec![2.0, 0.0, 0.0, 2.0], None),
+            ]),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    // The skip path's scale is the first layer's: [3, 0.5].
+    assert_eq!(c.scale, vec![3.0, 0.5]);
+    let last = c.layers.last().unwrap();
+    assert_eq!(last.layer, "1.body.2");
+    assert!(last.carries.as_ref().unwrap().contains("residual"));
+    assert!(c.layers[1].carries.is_none());
+    let mut rng = Rng(5);
+    assert!(verify(&net, &c, &inputs(&mut rng, &[2], 6)).max_rel_error < 1e-12);
+}
+
+#[test]
+fn a_barrier_takes_the_scale_back_and_propagation_restarts() {
+    let net = Network::new(
+        vec![2],
+        vec![
+            dense(2, 2, vec![3.0, 4.0, 0.0, 2.0], None),
+            Layer::Act(Activation::Relu),
+            Layer::Barrier(Barrier::Tanh),
+            dense(1, 2, vec![6.0, 8.0], None),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    // The first layer carries its scale (it is the original layer); the last is unit.
+    assert!(c.layers[0].carries.as_ref().unwrap().contains("tanh"));
+    assert_eq!(c.layers[0].row_norms_after, (2.0, 5.0));
+    assert_eq!(c.scale, vec![10.0]);
+    let mut rng = Rng(3);
+    assert!(verify(&net, &c, &inputs(&mut rng, &[2], 6)).max_rel_error < 1e-12);
+}
+
+#[test]
+fn reconstitution_with_a_changed_scale() {
+    let mut rng = Rng(99);
+    let net: Network = Network::new(
+        vec![3],
+        vec![
+            dense(4, 3, rng.vals(12, 2.0), Some(rng.vals(4, 1.0))),
+            Layer::Act(Activation::Relu),
+            dense(2, 4, rng.vals(8, 2.0), Some(rng.vals(2, 1.0))),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    let halved: Vec<f64> = c.scale.iter().map(|s| s / 2.0).collect();
+    let (back, _) = reconstitute(c.network.clone(), &halved).unwrap();
+    let xs = inputs(&mut rng, &[3], 4);
+    for (a, b) in net.forward(&xs).iter().zip(back.forward(&xs)) {
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p / 2.0 - q).abs() < 1e-12);
+        }
+    }
+    assert!(reconstitute(c.network.clone(), &[1.0, -1.0]).is_err());
+    assert!(reconstitute(c.network, &[1.0]).is_err());
+}
+
+fn entry(name: &str, shape: Vec<usize>, values: &[f32]) -> TensorEntry {
+    TensorEntry::from_bytes(
+        name,
+        Dtype::F32,
+        shape,
+        bytemuck::cast_slice(values).to_vec(),
+    )
+    .unwrap()
+}
+
+fn small_checkpoint() -> Vec<TensorEntry> {
+    let mut rng = Rng(21);
+    let mut v = |n: usize| rng.vals::<f32>(n, 1.0);
+    vec![
+        entry("0.weight", vec![4, 2, 3, 3], &v(72)),
+        entry("1.weight", vec![4], &v(4)),
+        entry("1.bias", vec![4], &v(4)),
+        entry("1.running_mean", vec![4], &v(4)),
+        entry(
+            "1.running_var",
+            vec![4],
+            &v(4).iter().map(|x| x.abs() + 0.5).collect::<Vec<_>>(),
+        ),
+        TensorEntry::from_bytes("1.num_batches_tracked", Dtype::I64, vec![], vec![7; 8]).unwrap(),
+        entry("3.body.0.weight", vec![4, 4, 1, 1], &v(16)),
+        entry("3.body.0.bias", vec![4], &v(4)),
+        entry("6.weight", vec![3, 16], &v(48)),
+        entry("6.bias", vec![3], &v(3)),
+    ]
+}
+
+fn small_arch() -> serde_json::Value {
+    json!({"input": [2, 6, 6], "layers": [
+        {"op": "conv2d", "padding": 1},
+        {"op": "batch_norm"},
+        {"op": "relu"},
+        {"op": "residual", "body": [{"op": "conv2d"}]},
+        {"op": "max_pool2d", "kernel": 3},
+        {"op": "flatten"},
+        {"op": "linear"}
+    ]})
+}
+
+#[test]
+fn from_an_architecture_file_and_back_to_tensors() {
+    let tensors = small_checkpoint();
+    let net: Network<f32> = from_arch(&small_arch(), &tensors).unwrap();
+    assert_eq!(net.output_shape(), vec![3]);
+    let c = canonicalize(net.clone()).unwrap();
+    let scale = vector_entry("canonical.scale", &c.scale, Dtype::F32);
+    let out = to_tensors(Arc::new(c.network.clone()), &tensors, vec![scale]).unwrap();
+    let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+    let mut expected: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    expected.push("canonical.scale");
+    assert_eq!(names, expected, "same keys, same order, plus the scale");
+    // Untouched tensors are kept bit for bit; the folded norm reads as a shift.
+    assert_eq!(out[5].bytes().unwrap().as_ref(), &[7u8; 8]);
+    let var: &[f32] = bytemuck::cast_slice(&out[4].bytes().unwrap())
+        .to_vec()
+        .leak();
+    assert!(var.iter().all(|&v| v == (1.0 - 1e-5f64) as f32));
+    // Reading the canonical checkpoint gives the canonical network's function.
+    let reread: Network<f32> = from_arch(&small_arch(), &out).unwrap();
+    let mut rng = Rng(4);
+    let xs = inputs(&mut rng, &[2, 6, 6], 3);
+    let a = Agreement::between(&c.network.forward(&xs), &reread.forward(&xs));
+    assert!(a.max_rel_error < 1e-6, "{a:?}");
+    assert!(verify(&net, &c, &xs).max_rel_error < 1e-5);
+}
+
+#[test]
+fn bad_architectures_name_the_layer() {
+    let tensors = small_checkpoint();
+    let err = |arch: serde_json::Value| from_arch::<f32>(&arch, &tensors).unwrap_err().to_string();
+    let mut a = small_arch();
+    a["layers"][2]["op"] = json!("swish");
+    assert!(err(a).starts_with("layer 2 (swish): unknown op `swish`"));
+    let mut a = small_arch();
+    a["layers"][6]["param"] = json!("9");
+    assert!(err(a).contains("layer 6 (linear): the checkpoint has no tensor `9.weight`"));
+    let mut a = small_arch();
+    a["layers"][4]["kernel"] = json!(2);
+    let e = err(a);
+    assert!(
+        e.starts_with("layer 6 (linear): takes 16 inputs, receives 36"),
+        "{e}"
+    );
+    let mut a = small_arch();
+    a["layers"][4]["kernel"] = json!(0);
+    assert!(err(a).starts_with("layer 4 (max_pool2d): a pooling kernel [0, 0]"));
+    let mut a = small_arch();
+    a["layers"][3]["body"] = json!([{"op": "conv2d"}, {"op": "max_pool2d", "kernel": 2}]);
+    let e = err(a);
+    assert!(e.starts_with("layer 3 (residual): the body produces shape [4, 3, 3] but the skip path carries [4, 6, 6]"), "{e}");
+    let mut a = small_arch();
+    a["layers"][0]["strides"] = json!(2);
+    assert!(err(a).starts_with("layer 0 (conv2d): unknown field `strides`"));
+    assert!(err(json!({"layers": []})).starts_with("architecture: `input`"));
+}
