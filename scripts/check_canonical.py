@@ -58,7 +58,7 @@ def fuse_pairs(state):
             if k.endswith(v_key):
                 g = state[k[: -len(v_key)] + g_key]
                 dims = [d for d in range(v.dim()) if g.shape[d] == 1]
-                out[k[: -len(v_key)] + base] = g * v / v.norm(dim=dims, keepdim=True)
+                out[k[: -len(v_key)] + base] = g * v / v.pow(2).sum(dim=dims, keepdim=True).sqrt()
                 break
             if k.endswith(g_key):
                 break
