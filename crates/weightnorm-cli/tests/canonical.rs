@@ -163,7 +163,8 @@ fn bad_architecture_files_exit_2_naming_the_layer() {
     let ckpt = fixtures().join("zoo2d.safetensors");
     let base = json(&fixtures().join("zoo2d.arch.json"));
     let out = tmp.path().join("out.safetensors");
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "unknown op",
             Box::new(|a| a["layers"][2]["op"] = "swish".into()),
@@ -215,14 +216,7 @@ fn bad_architecture_files_exit_2_naming_the_layer() {
         edit(&mut arch);
         let path = tmp.path().join("arch.json");
         std::fs::write(&path, arch.to_string()).unwrap();
-        let o = run(&[
-            "canonicalize",
-            s(&ckpt),
-            "--arch",
-            s(&path),
-            "-o",
-            s(&out),
-        ]);
+        let o = run(&["canonicalize", s(&ckpt), "--arch", s(&path), "-o", s(&out)]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{what}: {err}");
         assert!(err.contains(message), "{what}: {err}");

@@ -190,7 +190,16 @@ fn inspect_reports_dims_in_pytorch_numbering() {
 
 #[test]
 fn every_subcommand_explains_itself() {
-    for cmd in ["op", "inspect", "fuse", "split", "convert"] {
+    for cmd in [
+        "op",
+        "inspect",
+        "fuse",
+        "split",
+        "convert",
+        "train",
+        "compare",
+        "canonicalize",
+    ] {
         let o = bin().args([cmd, "--help"]).output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{cmd}");
         let help = String::from_utf8_lossy(&o.stdout);

@@ -64,7 +64,11 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
     assert!(a.max_rel_error < canonical_tol, "{name}: canonical {a:?}");
     assert_eq!(a.argmax_agreement, Some(1.0));
     for r in c.layers.iter().filter(|r| r.carries.is_none()) {
-        let unit = if std::mem::size_of::<T>() == 4 { 1e-6 } else { 1e-12 };
+        let unit = if std::mem::size_of::<T>() == 4 {
+            1e-6
+        } else {
+            1e-12
+        };
         assert!(
             (r.row_norms_after.0 - 1.0).abs() < unit && (r.row_norms_after.1 - 1.0).abs() < unit,
             "{name}: {r:?}"
@@ -102,7 +106,10 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
 
     let (plain, _) = reconstitute(c.network, &c.scale).unwrap();
     let r = Agreement::between(&original, &plain.forward(&f.x));
-    assert!(r.max_rel_error < canonical_tol, "{name}: reconstituted {r:?}");
+    assert!(
+        r.max_rel_error < canonical_tol,
+        "{name}: reconstituted {r:?}"
+    );
 }
 
 #[test]

@@ -32,6 +32,9 @@ use super::{
 };
 use crate::torch::TensorEntry;
 
+/// A tensor's shape and values.
+type Shaped<T> = (Vec<usize>, Vec<T>);
+
 /// Tensors by key, for [`from_arch`].
 pub type ArchTensors<'a> = BTreeMap<&'a str, &'a TensorEntry>;
 
@@ -179,7 +182,7 @@ impl Spec<'_> {
         map: &ArchTensors<'_>,
         key: &str,
         required: bool,
-    ) -> Result<Option<(Vec<usize>, Vec<T>)>, CanonicalError> {
+    ) -> Result<Option<Shaped<T>>, CanonicalError> {
         let Some(t) = map.get(key) else {
             return if required {
                 Err(self.err(format!("the checkpoint has no tensor `{key}`")))
@@ -222,6 +225,19 @@ fn decode<T: Real>(t: &TensorEntry) -> Result<Vec<T>, String> {
             .collect()
     }
     let out = match t.dtype {
+        // Aligned bytes (a memory-mapped file's usually are): one tight loop.
+        Dtype::F32 if bytemuck::try_cast_slice::<u8, f32>(&bytes).is_ok() => {
+            bytemuck::cast_slice::<u8, f32>(&bytes)
+                .iter()
+                .map(|&x| T::from_f64(f64::from(x)))
+                .collect()
+        }
+        Dtype::F64 if bytemuck::try_cast_slice::<u8, f64>(&bytes).is_ok() => {
+            bytemuck::cast_slice::<u8, f64>(&bytes)
+                .iter()
+                .map(|&x| T::from_f64(x))
+                .collect()
+        }
         Dtype::F32 => conv::<f32, T>(&bytes, f64::from),
         Dtype::F64 => conv::<f64, T>(&bytes, |x| x),
         Dtype::F16 => conv::<u16, T>(&bytes, |x| f16::from_bits(x).to_f64()),
@@ -375,7 +391,7 @@ fn parse_layer<T: Real>(
             let mut c = Vec::with_capacity(n);
             for i in 0..n {
                 let denom = (var[i].to_f64() + eps).sqrt();
-                if !(denom > 0.0) {
+                if denom.is_nan() || denom <= 0.0 {
                     return Err(s.err(format!("running_var + eps is not positive for channel {i}")));
                 }
                 let ai = gamma.as_ref().map_or(1.0, |g| g[i].to_f64()) / denom;
@@ -431,18 +447,21 @@ fn parse_layer<T: Real>(
     })
 }
 
-/// Encodes `f64` values as `dtype`'s little-endian bytes.
-fn encode(values: impl Iterator<Item = f64>, dtype: Dtype) -> Vec<u8> {
-    let mut out = Vec::new();
-    for x in values {
-        match dtype {
-            Dtype::F64 => out.extend_from_slice(&x.to_le_bytes()),
-            Dtype::F16 => out.extend_from_slice(&f16::from_f64(x).to_bits().to_le_bytes()),
-            Dtype::BF16 => out.extend_from_slice(&bf16::from_f64(x).to_bits().to_le_bytes()),
-            _ => out.extend_from_slice(&(x as f32).to_le_bytes()),
+/// Encodes values as `dtype`'s little-endian bytes.
+fn encode<T: Real>(values: &[T], dtype: Dtype) -> Vec<u8> {
+    fn put<const N: usize, T: Real>(values: &[T], f: impl Fn(f64) -> [u8; N]) -> Vec<u8> {
+        let mut out = vec![0u8; values.len() * N];
+        for (chunk, x) in out.chunks_exact_mut(N).zip(values) {
+            chunk.copy_from_slice(&f(x.to_f64()));
         }
+        out
     }
-    out
+    match dtype {
+        Dtype::F64 => put(values, f64::to_le_bytes),
+        Dtype::F16 => put(values, |x| f16::from_f64(x).to_bits().to_le_bytes()),
+        Dtype::BF16 => put(values, |x| bf16::from_f64(x).to_bits().to_le_bytes()),
+        _ => put(values, |x| (x as f32).to_le_bytes()),
+    }
 }
 
 /// Where a layer sits: indices into nested residual bodies.
@@ -468,21 +487,22 @@ fn collect_paths<T: Real>(layers: &[Layer<T>], prefix: &Path, out: &mut Vec<Path
     }
 }
 
-/// The values a field of a layer is written with.
-fn field_values<T: Real>(layer: &Layer<T>, field: &str) -> Vec<f64> {
-    let f = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<_>>();
+/// The bytes a field of a layer is written with.
+fn field_bytes<T: Real>(layer: &Layer<T>, field: &str, dtype: Dtype) -> Vec<u8> {
     match layer {
-        Layer::Weighted(w) => match field {
-            "weight" => f(&w.w.data),
-            _ => w.b.as_deref().map_or(vec![0.0; w.w.out], f),
+        Layer::Weighted(w) => match (field, &w.b) {
+            ("weight", _) => encode(&w.w.data, dtype),
+            (_, Some(b)) => encode(b, dtype),
+            (_, None) => encode(&vec![0.0f64; w.w.out], dtype),
         },
         Layer::Norm(n) => {
             let len = n.c.len();
-            match (field, &n.kind) {
-                ("weight", _) => n.a.as_deref().map_or(vec![1.0; len], f),
-                ("bias", _) => f(&n.c),
-                ("running_mean", _) => vec![0.0; len],
-                ("running_var", NormKind::Batch { eps }) => vec![1.0 - eps; len],
+            match (field, &n.kind, &n.a) {
+                ("weight", _, Some(a)) => encode(a, dtype),
+                ("weight", _, None) => encode(&vec![1.0f64; len], dtype),
+                ("bias", _, _) => encode(&n.c, dtype),
+                ("running_mean", _, _) => encode(&vec![0.0f64; len], dtype),
+                ("running_var", NormKind::Batch { eps }, _) => encode(&vec![1.0 - eps; len], dtype),
                 _ => unreachable!("a normalization field"),
             }
         }
@@ -569,8 +589,7 @@ pub fn to_tensors<T: Real>(
             replaced.insert(
                 key.clone(),
                 TensorEntry::lazy(key, dtype, orig.shape.clone(), move || {
-                    let values = field_values(layer_at(&net.layers, &path), &field);
-                    Ok(encode(values.into_iter(), dtype))
+                    Ok(field_bytes(layer_at(&net.layers, &path), &field, dtype))
                 }),
             );
         }
@@ -592,11 +611,6 @@ pub fn to_tensors<T: Real>(
 
 /// `values` as a 1-D tensor named `name` in `dtype` (for `canonical.scale`).
 pub fn vector_entry(name: &str, values: &[f64], dtype: Dtype) -> TensorEntry {
-    TensorEntry::from_bytes(
-        name,
-        dtype,
-        vec![values.len()],
-        encode(values.iter().copied(), dtype),
-    )
-    .expect("sized to the values")
+    TensorEntry::from_bytes(name, dtype, vec![values.len()], encode(values, dtype))
+        .expect("sized to the values")
 }

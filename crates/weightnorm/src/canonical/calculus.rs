@@ -97,6 +97,9 @@ pub struct Absorbed {
     pub g_out: Vec<f64>,
     /// The rows of `W_temp` that were zero.
     pub zero_rows: Vec<usize>,
+    /// The norm of every row after the transform (1 for the canonical form, in the storage
+    /// type's precision).
+    pub norms_after: Vec<f64>,
 }
 
 /// Transforms I and III in place, on the rows of a weight and its bias: every row is multiplied
@@ -141,25 +144,50 @@ pub fn absorb_in_place<T: Real>(
     let taps = w.row_len / per_group;
     let rows_per_group = w.out / groups;
     let row_len = w.row_len.max(1);
-    // Pass 1: W_temp = W * g_in, with both norms, one row at a time.
+    // Pass 1: W_temp = W * g_in, with both norms, one row at a time (eight running sums
+    // each, so that the loop vectorizes).
     let sums: Vec<(f64, f64)> = w
         .data
         .par_chunks_mut(row_len)
         .enumerate()
         .map(|(i, row)| {
             let g = &g_in[(i / rows_per_group) * per_group..][..per_group];
-            let (mut before, mut after) = (0.0f64, 0.0f64);
-            for (c, taps_of_c) in row.chunks_mut(taps.max(1)).enumerate() {
-                let s = g[c];
-                for x in taps_of_c {
+            let (mut before, mut after) = ([0.0f64; 8], [0.0f64; 8]);
+            if taps == 1 && per_group == row.len() {
+                let mut scaled = row.chunks_exact_mut(8).zip(g.chunks_exact(8));
+                for (xs, gs) in &mut scaled {
+                    for k in 0..8 {
+                        let v = xs[k].to_f64();
+                        before[k] += v * v;
+                        let t = v * gs[k];
+                        after[k] += t * t;
+                        xs[k] = T::from_f64(t);
+                    }
+                }
+                let done = row.len() / 8 * 8;
+                for (x, s) in row[done..].iter_mut().zip(&g[done..]) {
                     let v = x.to_f64();
-                    before += v * v;
+                    before[0] += v * v;
                     let t = v * s;
-                    after += t * t;
+                    after[0] += t * t;
                     *x = T::from_f64(t);
                 }
+            } else {
+                for (c, taps_of_c) in row.chunks_mut(taps.max(1)).enumerate() {
+                    let s = g[c];
+                    for (k, x) in taps_of_c.iter_mut().enumerate() {
+                        let v = x.to_f64();
+                        before[k % 8] += v * v;
+                        let t = v * s;
+                        after[k % 8] += t * t;
+                        *x = T::from_f64(t);
+                    }
+                }
             }
-            (before.sqrt(), after.sqrt())
+            (
+                before.iter().sum::<f64>().sqrt(),
+                after.iter().sum::<f64>().sqrt(),
+            )
         })
         .collect();
     let norms_before: Vec<f64> = sums.iter().map(|s| s.0).collect();
@@ -177,15 +205,21 @@ pub fn absorb_in_place<T: Real>(
         })
         .collect();
     let d = divisor(&g_out);
-    // Pass 2: divide by the scale the layer hands on.
-    w.data
+    // Pass 2: divide by the scale the layer hands on, measuring the rows again.
+    let norms_after: Vec<f64> = w
+        .data
         .par_chunks_mut(row_len)
         .zip(d.par_iter())
-        .for_each(|(row, &di)| {
-            for x in row {
-                *x = T::from_f64(x.to_f64() / di);
+        .map(|(row, &di)| {
+            let mut acc = [0.0f64; 8];
+            for (k, x) in row.iter_mut().enumerate() {
+                let y = T::from_f64(x.to_f64() / di);
+                *x = y;
+                acc[k % 8] += y.to_f64() * y.to_f64();
             }
-        });
+            acc.iter().sum::<f64>().sqrt()
+        })
+        .collect();
     if let Some(b) = bias {
         for (x, di) in b.iter_mut().zip(&d) {
             *x = T::from_f64(x.to_f64() / di);
@@ -196,6 +230,7 @@ pub fn absorb_in_place<T: Real>(
             norms_before,
             g_out,
             zero_rows,
+            norms_after,
         },
         d,
     ))

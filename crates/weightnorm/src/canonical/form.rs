@@ -450,7 +450,8 @@ impl Run {
                     divisor,
                     name,
                 )?;
-                (a, d, l.param.clone(), l.w.row_norms())
+                let after = a.norms_after.clone();
+                (a, d, l.param.clone(), after)
             }
             Layer::Norm(n) => {
                 let a = n.a.as_mut().expect("an owner has a multiplier");
@@ -458,7 +459,7 @@ impl Run {
                 let groups = rows.out;
                 let (ab, d) =
                     absorb_in_place(&mut rows, Some(&mut n.c), &st.scale, groups, divisor, name)?;
-                let after = rows.row_norms();
+                let after = ab.norms_after.clone();
                 n.a = Some(rows.data);
                 (ab, d, n.param.clone(), after)
             }

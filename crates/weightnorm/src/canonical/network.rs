@@ -339,7 +339,7 @@ impl<T: Real> Layer<T> {
     /// Applies the layer to one sample of `shape` (checked by [`Network::new`]).
     pub fn forward(&self, x: &[f64], shape: &[usize]) -> Vec<f64> {
         let channels = shape[0];
-        let positions = if channels == 0 { 0 } else { x.len() / channels };
+        let positions = x.len().checked_div(channels).unwrap_or(0);
         match self {
             Self::Weighted(l) => match &l.conv {
                 None => linear(l, x),

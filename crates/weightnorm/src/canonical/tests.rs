@@ -97,7 +97,9 @@ fn activation<T: Real>(rng: &mut Rng, channels: Option<usize>) -> Layer<T> {
         3 => Layer::Act(Activation::Identity),
         4 => Layer::Barrier(Barrier::Tanh),
         5 => Layer::Barrier(Barrier::Sigmoid),
-        _ if channels.is_some_and(|c| c % 2 == 0) && rng.chance(2) => Layer::Barrier(Barrier::Gate),
+        _ if channels.is_some_and(|c| c.is_multiple_of(2)) && rng.chance(2) => {
+            Layer::Barrier(Barrier::Gate)
+        }
         _ => Layer::Barrier(Barrier::Gelu),
     }
 }
@@ -126,7 +128,11 @@ fn weighted<T: Real>(rng: &mut Rng, shape: &[usize], same: bool) -> Layer<T> {
                 stride: vec![1; dims],
                 padding: vec![d * (k - 1) / 2; dims],
                 dilation: vec![d; dims],
-                groups: if c % 2 == 0 && rng.chance(3) { 2 } else { 1 },
+                groups: if c.is_multiple_of(2) && rng.chance(3) {
+                    2
+                } else {
+                    1
+                },
             }
         } else {
             ConvGeometry {
@@ -134,7 +140,7 @@ fn weighted<T: Real>(rng: &mut Rng, shape: &[usize], same: bool) -> Layer<T> {
                 stride: (0..dims).map(|_| 1 + rng.below(2)).collect(),
                 padding: (0..dims).map(|_| rng.below(2)).collect(),
                 dilation: (0..dims).map(|_| 1 + rng.below(2)).collect(),
-                groups: if c % 2 == 0 && out % 2 == 0 && rng.chance(3) {
+                groups: if c.is_multiple_of(2) && out.is_multiple_of(2) && rng.chance(3) {
                     2
                 } else {
                     1
