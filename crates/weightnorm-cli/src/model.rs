@@ -311,3 +311,60 @@ impl Spec {
         Ok(out)
     }
 }
+
+impl Spec {
+    /// The model as a network description for the canonical form: its PyTorch export read
+    /// with its architecture file (weight norm folded, batch norms in evaluation mode).
+    pub fn network(&self, model: &Model) -> Result<weightnorm::canonical::Network<f32>> {
+        let tensors = self.export(model)?;
+        Ok(weightnorm::canonical::from_arch(&self.arch(), &tensors)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    /// The network description computes what the Burn model computes (inference mode), for
+    /// every model and parameterization `train` builds.
+    #[test]
+    fn the_description_computes_the_models_function() {
+        let device = Device::default();
+        for kind in ["mlp", "cnn"] {
+            for param in Param::ALL {
+                let spec = Spec {
+                    kind: kind.into(),
+                    param,
+                    input: [1, 8, 8],
+                    hidden: vec![12, 6],
+                    cnn_widths: [4, 6, 8],
+                    classes: 5,
+                };
+                let model = spec.build(&device).unwrap();
+                let x = Tensor::<4>::random([3, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+                let y = match &model {
+                    Model::Mlp(m) => m.forward(x.clone().flatten(1, 3)),
+                    Model::Cnn(m) => m.forward(x.clone()),
+                };
+                let y: Vec<f32> = y.into_data().to_vec().unwrap();
+                let xs: Vec<f32> = x.into_data().to_vec().unwrap();
+                let net = spec.network(&model).unwrap();
+                let samples: Vec<Vec<f64>> = xs
+                    .chunks(64)
+                    .map(|c| c.iter().map(|&v| f64::from(v)).collect())
+                    .collect();
+                let z = net.forward(&samples);
+                let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in y.iter().zip(z.iter().flatten()) {
+                    assert!(
+                        (f64::from(*a) - b).abs() <= 1e-5 * f64::from(scale).max(1.0),
+                        "{kind} {}: {a} vs {b}",
+                        param.name()
+                    );
+                }
+            }
+        }
+    }
+}

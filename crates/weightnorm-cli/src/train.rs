@@ -414,7 +414,11 @@ pub fn save_run(
     ds: &Dataset,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    write_json(&out.join("metrics.json"), &metrics.json(spec, args, ds))?;
+    let mut m = metrics.json(spec, args, ds);
+    // The trained network's global gain (the norm of its canonical output scale).
+    let canonical = weightnorm::canonical::canonicalize(spec.network(&model.valid())?)?;
+    m["global_gain"] = json!(canonical.global_gain());
+    write_json(&out.join("metrics.json"), &m)?;
     write_json(&out.join("arch.json"), &spec.arch())?;
     let tensors = spec.export(&model.valid())?;
     weightnorm::torch::write_safetensors(&out.join("model.safetensors"), &tensors, None)?;

@@ -152,6 +152,15 @@ fn a_trained_network_keeps_its_predictions() {
             .get("canonical.scale")
             .is_some();
         assert_eq!(has_scale, form == "canonical");
+        // `train` recorded the same global gain.
+        let recorded = json(&run_dir.join("metrics.json"))["global_gain"]
+            .as_f64()
+            .unwrap();
+        let gain = r["global_gain"].as_f64().unwrap();
+        assert!(
+            (recorded - gain).abs() <= 1e-12 * gain,
+            "{recorded} vs {gain}"
+        );
         // The mean-only batch norms were folded: said in the report.
         assert_eq!(r["notes"].as_array().unwrap().len(), 2);
     }

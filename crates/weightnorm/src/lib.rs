@@ -12,7 +12,9 @@
 //! - [`reparam`]: weight norm on any Burn module in one call ([`apply_weight_norm`]), removable
 //!   ([`remove_weight_norm`]), as a Burn `Reparameterization`.
 //! - [`init`]: the paper's data-dependent initialisation.
-//! - [`canonical`]: the canonical form under positive rescaling (transforms, global gain).
+//! - [`canonical`]: the canonical form under positive rescaling: the network description
+//!   (from architecture files and checkpoints), the transforms, canonicalize, reconstitute,
+//!   verify, the global gain.
 //! - [`torch`]: PyTorch checkpoints: both weight-norm key schemes, fuse, split, convert.
 //! - [`nn`]: mean-only batch normalization, a WaveNet-style residual block and a
 //!   weight-normalized CNN classifier.
