@@ -437,31 +437,56 @@ fn conv<T: Real>(l: &Weighted<T>, c: &ConvGeometry, x: &[f64], shape: &[usize]) 
     let per_group_in = l.w.row_len / (k[0] * k[1]);
     let per_group_out = out / c.groups;
     let mut y = vec![0.0; out * ho * wo];
-    for o in 0..out {
+    // The output columns `ox` whose input column `ox * s + offset` lies in `[0, w)`.
+    let columns = |offset: isize| -> (usize, usize) {
+        let lo = if offset >= 0 {
+            0
+        } else {
+            ((-offset) as usize).div_ceil(s[1])
+        };
+        let hi = if (w as isize) <= offset {
+            0
+        } else {
+            ((w as isize - offset) as usize).div_ceil(s[1]).min(wo)
+        };
+        (lo, hi.max(lo))
+    };
+    for (o, plane_out) in y.chunks_mut(ho * wo).enumerate() {
         let row = l.w.row(o);
         let first = (o / per_group_out) * per_group_in;
-        let bias = l.b.as_ref().map_or(0.0, |b| b[o].to_f64());
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let mut acc = bias;
-                for ci in 0..per_group_in {
-                    let plane = &x[(first + ci) * h * w..][..h * w];
-                    for ky in 0..k[0] {
+        plane_out.fill(l.b.as_ref().map_or(0.0, |b| b[o].to_f64()));
+        for ci in 0..per_group_in {
+            let plane = &x[(first + ci) * h * w..][..h * w];
+            for ky in 0..k[0] {
+                for kx in 0..k[1] {
+                    let wv = row[(ci * k[0] + ky) * k[1] + kx].to_f64();
+                    if wv == 0.0 {
+                        continue;
+                    }
+                    let dx = (kx * d[1]) as isize - p[1] as isize;
+                    let (lo, hi) = columns(dx);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in 0..ho {
                         let iy = (oy * s[0] + ky * d[0]) as isize - p[0] as isize;
                         if iy < 0 || iy >= h as isize {
                             continue;
                         }
-                        for kx in 0..k[1] {
-                            let ix = (ox * s[1] + kx * d[1]) as isize - p[1] as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
+                        let input = &plane[iy as usize * w..][..w];
+                        let target = &mut plane_out[oy * wo..][..wo];
+                        if s[1] == 1 {
+                            let start = (lo as isize + dx) as usize;
+                            for (t, v) in target[lo..hi].iter_mut().zip(&input[start..]) {
+                                *t += wv * v;
                             }
-                            acc += row[(ci * k[0] + ky) * k[1] + kx].to_f64()
-                                * plane[iy as usize * w + ix as usize];
+                        } else {
+                            for (ox, t) in target.iter_mut().enumerate().take(hi).skip(lo) {
+                                *t += wv * input[(ox as isize * s[1] as isize + dx) as usize];
+                            }
                         }
                     }
                 }
-                y[(o * ho + oy) * wo + ox] = acc;
             }
         }
     }
