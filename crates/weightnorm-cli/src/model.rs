@@ -348,8 +348,8 @@ mod tests {
                     Model::Mlp(m) => m.forward(x.clone().flatten(1, 3)),
                     Model::Cnn(m) => m.forward(x.clone()),
                 };
-                let y: Vec<f32> = y.into_data().to_vec().unwrap();
-                let xs: Vec<f32> = x.into_data().to_vec().unwrap();
+                let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
+                let xs: Vec<f32> = x.into_data().try_to_vec().unwrap();
                 let net = spec.network(&model).unwrap();
                 let samples: Vec<Vec<f64>> = xs
                     .chunks(64)
