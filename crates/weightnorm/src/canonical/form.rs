@@ -439,7 +439,7 @@ impl Run {
             Target::Unit(_) => vec![1.0; g.len()],
             Target::To(t, _) => t.clone(),
         };
-        let (absorbed, d, param, after) = match layer {
+        let (absorbed, d, param) = match layer {
             Layer::Weighted(l) => {
                 let groups = l.groups();
                 let (a, d) = absorb_in_place(
@@ -450,8 +450,7 @@ impl Run {
                     divisor,
                     name,
                 )?;
-                let after = a.norms_after.clone();
-                (a, d, l.param.clone(), after)
+                (a, d, l.param.clone())
             }
             Layer::Norm(n) => {
                 let a = n.a.as_mut().expect("an owner has a multiplier");
@@ -459,9 +458,8 @@ impl Run {
                 let groups = rows.out;
                 let (ab, d) =
                     absorb_in_place(&mut rows, Some(&mut n.c), &st.scale, groups, divisor, name)?;
-                let after = ab.norms_after.clone();
                 n.a = Some(rows.data);
-                (ab, d, n.param.clone(), after)
+                (ab, d, n.param.clone())
             }
             _ => unreachable!("an owner"),
         };
@@ -481,7 +479,7 @@ impl Run {
             param,
             row_norms_before: range(&absorbed.norms_before),
             scale: range(&d),
-            row_norms_after: range(&after),
+            row_norms_after: range(&absorbed.norms_after),
             zero_rows: absorbed.zero_rows,
             carries,
         });
