@@ -300,7 +300,9 @@ fn random_networks_keep_their_function<T: Real>(cases: usize, rel: f64, unit: f6
         );
     }
     eprintln!(
-        "worst relative error: canonical {:e}, reconstituted {:e}",
+        "{cases} networks ({convs} convolutions, {residuals} residual blocks, {barriers} \
+         barriers, {carried} layers carrying a scale); worst relative error: canonical {:e}, \
+         reconstituted {:e}",
         worst.0, worst.1
     );
     // The generator exercised what it is meant to.
