@@ -27,109 +27,10 @@ import os
 import sys
 
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from check_model import MeanOnlyBatchNorm, digits_test, idx  # noqa: E402
-
-
-class Residual(nn.Module):
-    def __init__(self, body):
-        super().__init__()
-        self.body = nn.Sequential(*body)
-
-    def forward(self, x):
-        return x + self.body(x)
-
-
-class Gate(nn.Module):
-    def forward(self, x):
-        a, b = x.chunk(2, dim=1)
-        return torch.tanh(a) * torch.sigmoid(b)
-
-
-def fuse_pairs(state):
-    """Weight-norm pairs (either key scheme) to plain weights, per output unit (dim 0)."""
-    out = {}
-    for k, v in state.items():
-        for g_key, v_key, base in ((".weight_g", ".weight_v", ".weight"),
-                                   (".parametrizations.weight.original0", ".parametrizations.weight.original1", ".weight")):
-            if k.endswith(v_key):
-                g = state[k[: -len(v_key)] + g_key]
-                dims = [d for d in range(v.dim()) if g.shape[d] == 1]
-                out[k[: -len(v_key)] + base] = g * v / v.pow(2).sum(dim=dims, keepdim=True).sqrt()
-                break
-            if k.endswith(g_key):
-                break
-        else:
-            out[k] = v
-    return out
-
-
-def build(layers, state, prefix, rank):
-    mods = []
-    for i, layer in enumerate(layers):
-        op = layer["op"]
-        key = layer.get("param", prefix + str(i))
-        if op == "linear":
-            o, n = state[key + ".weight"].shape
-            mods.append(nn.Linear(n, o, bias=(key + ".bias") in state))
-            rank = 1
-        elif op in ("conv1d", "conv2d"):
-            w = state[key + ".weight"]
-            g = layer.get("groups", 1)
-            conv = nn.Conv1d if op == "conv1d" else nn.Conv2d
-            mods.append(conv(w.shape[1] * g, w.shape[0], tuple(w.shape[2:]), stride=layer.get("stride", 1),
-                             padding=layer.get("padding", 0), dilation=layer.get("dilation", 1), groups=g,
-                             bias=(key + ".bias") in state))
-        elif op == "relu":
-            mods.append(nn.ReLU())
-        elif op == "leaky_relu":
-            mods.append(nn.LeakyReLU(layer.get("negative_slope", 0.01)))
-        elif op in ("identity", "dropout"):
-            mods.append(nn.Identity())
-        elif op == "tanh":
-            mods.append(nn.Tanh())
-        elif op == "sigmoid":
-            mods.append(nn.Sigmoid())
-        elif op == "gelu":
-            mods.append(nn.GELU())
-        elif op == "gate":
-            mods.append(Gate())
-        elif op in ("max_pool2d", "avg_pool2d"):
-            pool = nn.MaxPool2d if op == "max_pool2d" else nn.AvgPool2d
-            k = layer["kernel"]
-            mods.append(pool(k, layer.get("stride", k), layer.get("padding", 0)))
-        elif op == "flatten":
-            mods.append(nn.Flatten())
-            rank = 1
-        elif op == "batch_norm":
-            n = state[key + ".running_mean"].shape[0]
-            bn = nn.BatchNorm2d if rank == 3 else nn.BatchNorm1d
-            mods.append(bn(n, eps=layer.get("eps", 1e-5), affine=(key + ".weight") in state))
-        elif op == "mean_only_batch_norm":
-            mods.append(MeanOnlyBatchNorm(state[key + ".running_mean"].shape[0]))
-        elif op == "residual":
-            mods.append(Residual(build(layer["body"], state, prefix + str(i) + ".body.", rank)))
-        else:
-            raise SystemExit("unknown op %s" % op)
-    return mods
-
-
-def network(arch, state):
-    model = nn.Sequential(*build(arch["layers"], state, "", len(arch["input"])))
-    model.load_state_dict(state, strict=True)
-    return model.double().eval()
-
-
-def weighted_keys(layers, prefix=""):
-    for i, layer in enumerate(layers):
-        key = layer.get("param", prefix + str(i))
-        if layer["op"] in ("linear", "conv1d", "conv2d"):
-            yield prefix + str(i), key
-        elif layer["op"] == "residual":
-            yield from weighted_keys(layer["body"], prefix + str(i) + ".body.")
+from torch_nets import digits_test, fuse_pairs, idx, network, weighted_keys  # noqa: E402
 
 
 def main():
@@ -155,7 +56,6 @@ def main():
     if args.dataset:
         if args.dataset == "digits":
             x, y = digits_test()
-            train_mean_std = None
         else:
             x = idx(os.path.join(args.data, "t10k-images-idx3-ubyte.gz")).float().unsqueeze(1) / 255.0
             y = idx(os.path.join(args.data, "t10k-labels-idx1-ubyte.gz")).long()

@@ -22,8 +22,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from check_canonical import Gate, Residual  # noqa: E402
-from check_model import MeanOnlyBatchNorm  # noqa: E402
+from torch_nets import Gate, MeanOnlyBatchNorm, Residual  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "weightnorm", "tests", "fixtures", "canonical")
 

@@ -1,22 +1,23 @@
 //! `weightnorm canonicalize`: a checkpoint and its architecture file in, the canonical (or
 //! reconstituted) checkpoint and a report out, verified against the original.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use safetensors::Dtype;
 use serde_json::json;
-use weightnorm::canonical::{
-    Agreement, Network, Real, argmax, canonicalize, from_arch, reconstitute, to_tensors,
-    vector_entry,
+use weightnorm::canonical::{Agreement, Network, Real, argmax, canonicalize, reconstitute};
+use weightnorm::torch::{
+    CANONICAL_SCALE_KEY, FuseOptions, TensorEntry, TorchError, from_arch, fuse, to_tensors,
+    vector_entry, write_safetensors,
 };
-use weightnorm::torch::{FuseOptions, TensorEntry, TorchError, fuse, write_safetensors};
 
 use crate::Failure;
 use crate::ckpt::{Input, Output, check_output, open};
 use crate::data;
+use crate::train::write_json;
 
 /// What to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -181,18 +182,11 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
     if args.samples == 0 {
         bail!(bad("--samples must be at least 1"));
     }
-    // Standard normal samples (SplitMix64 and Box-Muller).
-    let mut state = args.seed;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    // Standard normal samples (Box-Muller).
+    let mut rng = data::SplitMix64(args.seed);
     let xs = (0..args.samples * per)
         .map(|_| {
-            let (u, v) = (1.0 - uniform(), uniform());
+            let (u, v) = (1.0 - rng.next_f64(), rng.next_f64());
             (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
         })
         .collect();
@@ -270,12 +264,12 @@ fn run<T: Real>(
     let (network, layers, got) = match args.form {
         Form::Canonical => {
             let got = c.forward(&inputs.x);
-            (c.network, c.layers, got)
+            (c.network, c.reports, got)
         }
         Form::Reconstituted => {
             let (back, _) = reconstitute(c.network, &c.scale).map_err(bad)?;
             let got = back.forward(&inputs.x);
-            (back, c.layers, got)
+            (back, c.reports, got)
         }
     };
     verify_s += t.elapsed().as_secs_f64();
@@ -288,7 +282,7 @@ fn run<T: Real>(
     let t = Instant::now();
     if ok {
         let extra = match args.form {
-            Form::Canonical => vec![vector_entry("canonical.scale", &scale, dtype)],
+            Form::Canonical => vec![vector_entry(CANONICAL_SCALE_KEY, &scale, dtype)],
             Form::Reconstituted => Vec::new(),
         };
         let entries = to_tensors(Arc::new(network), tensors, extra).map_err(bad)?;
@@ -399,13 +393,5 @@ fn run<T: Real>(
         );
     }
     println!("wrote {}", args.output.output.display());
-    Ok(())
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -7,6 +7,26 @@ use anyhow::{Result, bail};
 
 use crate::Failure;
 
+/// SplitMix64 (Steele, Lea and Flood, 2014): the generator behind the digits split (which
+/// `scripts/check_model.py` repeats) and the random verification inputs.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Where the Debian package `dataset-fashion-mnist` installs Fashion-MNIST.
 pub const FASHION_DEFAULT: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -183,14 +203,9 @@ pub fn digits() -> Dataset {
         .collect();
     // A fixed permutation (SplitMix64), so the split is the same everywhere.
     let mut order: Vec<usize> = (0..rows.len()).collect();
-    let mut state = 0x5EED_u64;
+    let mut rng = SplitMix64(0x5EED);
     for i in (1..order.len()).rev() {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        order.swap(i, (z % (i as u64 + 1)) as usize);
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
     let n_test = 360;
     let mut ds = Dataset {

@@ -399,9 +399,12 @@ pub fn run(args: &DataModelArgs, ds: &Dataset, param: Param) -> Result<(Spec, Mo
     Ok((spec, model, metrics))
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))
+/// Writes pretty JSON atomically (a temporary file beside `path`, then a rename).
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes a run's outputs to `out`.

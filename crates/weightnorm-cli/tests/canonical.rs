@@ -215,6 +215,21 @@ fn bad_architecture_files_exit_2_naming_the_layer() {
             "layer 9 (linear): takes a flat input",
         ),
         (
+            "huge input",
+            Box::new(|a| a["input"] = serde_json::json!([3, 100000, 100000])),
+            "architecture: an input of shape [3, 100000, 100000]",
+        ),
+        (
+            "huge dilation",
+            Box::new(|a| a["layers"][0]["dilation"] = serde_json::json!(1u64 << 62)),
+            "layer 0 (conv2d): the kernel",
+        ),
+        (
+            "groups that do not divide",
+            Box::new(|a| a["layers"][0]["groups"] = 4.into()),
+            "layer 0 (conv2d): 6 output channels do not split into 4 groups",
+        ),
+        (
             "not a list",
             Box::new(|a| a["layers"] = 3.into()),
             "architecture: `layers` must be a list",
@@ -254,4 +269,52 @@ fn bad_architecture_files_exit_2_naming_the_layer() {
         "--force",
     ]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn verification_inputs_from_a_file() {
+    use safetensors::Dtype;
+    use weightnorm::torch::{TensorEntry, write_safetensors};
+    let tmp = tempfile::tempdir().unwrap();
+    let io = Checkpoint::open(&fixtures().join("mlp_residual.io.safetensors"), None).unwrap();
+    let x = io.get("x").unwrap().clone();
+    let labels: Vec<i64> = (0..12).map(|i| i % 5).collect();
+    let y = TensorEntry::from_bytes(
+        "y",
+        Dtype::I64,
+        vec![12],
+        labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+    .unwrap();
+    let inputs = tmp.path().join("x.safetensors");
+    write_safetensors(&inputs, &[x, y], None).unwrap();
+    let (out, report) = (tmp.path().join("o.safetensors"), tmp.path().join("r.json"));
+    let args = |inputs: &Path| {
+        run(&[
+            "canonicalize",
+            s(&fixtures().join("mlp_residual.safetensors")),
+            "--arch",
+            s(&fixtures().join("mlp_residual.arch.json")),
+            "-o",
+            s(&out),
+            "--force",
+            "--report",
+            s(&report),
+            "--inputs",
+            s(inputs),
+        ])
+    };
+    ok(&args(&inputs));
+    let v = &json(&report)["verification"];
+    assert_eq!(v["samples"], 12);
+    // Labels give accuracies, equal for both forms of the network.
+    assert!(v["accuracy_original"].is_f64());
+    assert_eq!(v["accuracy_original"], v["accuracy_canonical"]);
+    // Inputs of the wrong shape (zoo1d's, for an MLP of 10 inputs): exit 2, nothing written.
+    std::fs::remove_file(&out).unwrap();
+    let o = args(&fixtures().join("zoo1d.io.safetensors"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("expected [N, 10]"), "{err}");
+    assert!(!out.exists());
 }

@@ -235,6 +235,19 @@ impl LayerKind {
         matches!(self, Self::Linear)
     }
 
+    /// Where PyTorch's layout of this kind's weight keeps its output and input units.
+    pub const fn torch_unit_axes(self) -> UnitAxes {
+        let a = self.unit_axes();
+        if self.transposed_in_torch() {
+            UnitAxes {
+                output: a.input,
+                input: a.output,
+            }
+        } else {
+            a
+        }
+    }
+
     /// The same axis of this kind's weight in the other library's layout (Burn to PyTorch or
     /// back: the mapping is its own inverse).
     pub const fn torch_axis(self, axis: NormAxis) -> NormAxis {

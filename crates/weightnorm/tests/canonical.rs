@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use safetensors::Dtype;
-use weightnorm::canonical::{
-    Agreement, Network, Real, canonicalize, from_arch, reconstitute, to_tensors, vector_entry,
+use weightnorm::canonical::{Agreement, Network, Real, canonicalize, reconstitute};
+use weightnorm::torch::{
+    CANONICAL_SCALE_KEY, Checkpoint, FuseOptions, TensorEntry, from_arch, fuse, to_tensors,
+    vector_entry, write_safetensors,
 };
-use weightnorm::torch::{Checkpoint, FuseOptions, TensorEntry, fuse, write_safetensors};
 
 const NAMES: [&str; 3] = ["zoo2d", "zoo1d", "mlp_residual"];
 
@@ -63,7 +64,7 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
     let a = Agreement::between(&original, &c.forward(&f.x));
     assert!(a.max_rel_error < canonical_tol, "{name}: canonical {a:?}");
     assert_eq!(a.argmax_agreement, Some(1.0));
-    for r in c.layers.iter().filter(|r| r.carries.is_none()) {
+    for r in c.reports.iter().filter(|r| r.carries.is_none()) {
         let unit = if std::mem::size_of::<T>() == 4 {
             1e-6
         } else {
@@ -74,7 +75,7 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
             "{name}: {r:?}"
         );
     }
-    assert!(c.layers.iter().any(|r| r.carries.is_some()), "{name}");
+    assert!(c.reports.iter().any(|r| r.carries.is_some()), "{name}");
 
     // The canonical checkpoint, written and read back like a user would.
     let tmp = tempfile::tempdir().unwrap();
@@ -87,12 +88,12 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
     let entries = to_tensors(
         Arc::new(c.network.clone()),
         &f.tensors,
-        vec![vector_entry("canonical.scale", &c.scale, dtype)],
+        vec![vector_entry(CANONICAL_SCALE_KEY, &c.scale, dtype)],
     )
     .unwrap();
     write_safetensors(&out, &entries, None).unwrap();
     let back = Checkpoint::open(&out, None).unwrap();
-    let scale = back.get("canonical.scale").unwrap().values_f64().unwrap();
+    let scale = back.get(CANONICAL_SCALE_KEY).unwrap().values_f64().unwrap();
     let reread: Network<T> = from_arch(&f.arch, &back.tensors).unwrap();
     let mut z = reread.forward(&f.x);
     let per = reread.output_shape()[1..].iter().product::<usize>().max(1);

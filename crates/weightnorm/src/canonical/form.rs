@@ -42,7 +42,7 @@ pub struct Canonical<T: Real = f64> {
     /// The output scale, one entry per output channel (or unit).
     pub scale: Vec<f64>,
     /// One entry per weighted layer and batch norm, in order.
-    pub layers: Vec<LayerReport>,
+    pub reports: Vec<LayerReport>,
     /// Folded normalizations and other remarks.
     pub notes: Vec<String>,
 }
@@ -147,7 +147,7 @@ pub fn canonicalize<T: Real>(mut network: Network<T>) -> Result<Canonical<T>, Ca
     Ok(Canonical {
         network,
         scale: end.scale,
-        layers: run.reports,
+        reports: run.reports,
         notes,
     })
 }
@@ -197,7 +197,8 @@ pub fn reconstitute<T: Real>(
 
 /// Folds every batch norm and mean-only batch norm that directly follows a weighted layer with
 /// as many output channels into it: the rows are multiplied by the norm's multiplier, and the
-/// combined shift (`a * b + c`) is kept by the norm as a shift, so that the layer has no bias.
+/// combined shift (`a * b + c`) is kept by the norm as a shift (the layer's bias, if it has one,
+/// becomes zero).
 fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &mut Vec<String>) {
     for i in 0..layers.len() {
         if let Layer::Residual(body) = &mut layers[i] {
@@ -214,7 +215,7 @@ fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &mut Vec<Stri
         if n.c.len() != w.w.out {
             continue;
         }
-        let bias = w.b.take();
+        let bias = w.b.clone();
         let row_len = w.w.row_len;
         for ch in 0..w.w.out {
             let a = n.a.as_ref().map_or(1.0, |a| a[ch].to_f64());
@@ -231,8 +232,11 @@ fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &mut Vec<Stri
         } else {
             "the layer's bias is carried as its shift"
         };
+        // The layer's bias is in the shift now; it keeps a zero bias where it had one.
+        if let Some(b) = &mut w.b {
+            b.fill(T::from_f64(0.0));
+        }
         n.a = None;
-        n.folded = true;
         notes.push(format!(
             "layer {} ({}) folded into layer {} ({}): {what}",
             child(path, i),

@@ -26,9 +26,10 @@
 //! layer before them and propagation restarts. [`reconstitute`] turns a canonical form (with its
 //! own or a changed scale) back into a normal network, and [`verify`] compares outputs.
 //!
-//! Networks come from an architecture file and a checkpoint ([`from_arch`]) or are built
-//! directly; weights are in PyTorch's layout, stored as `f32` or `f64` ([`Real`]), summed in
-//! `f64`.
+//! Networks are built directly, or read from an architecture file and a checkpoint by
+//! [`torch::from_arch`](crate::torch::from_arch) (and written back by
+//! [`torch::to_tensors`](crate::torch::to_tensors)); weights have one row per output unit,
+//! stored as `f32` or `f64` ([`Real`]), summed in `f64`.
 //!
 //! ```
 //! use weightnorm::canonical::{Activation, Layer, Network, Rows, Weighted, canonicalize, verify};
@@ -38,9 +39,7 @@
 //!         w: Rows::new(out, inp, data),
 //!         b: None,
 //!         conv: None,
-//!         torch_shape: vec![out, inp],
 //!         param: None,
-//!         bias_key: false,
 //!     })
 //! };
 //! let net = Network::new(
@@ -59,21 +58,20 @@
 //! assert!(agreement.max_rel_error < 1e-12);
 //! ```
 
-mod arch;
 mod calculus;
 mod form;
 mod network;
 
 use thiserror::Error;
 
-pub use arch::{ArchTensors, from_arch, to_tensors, vector_entry};
 pub use calculus::{
     Absorbed, Activation, Decomposed, Real, Rows, absorb, absorb_in_place, decompose,
     flatten_scale, gain_direction, global_gain, hadamard_norm,
 };
 pub use form::{Agreement, Canonical, LayerReport, argmax, canonicalize, reconstitute, verify};
 pub use network::{
-    Barrier, ConvGeometry, Layer, Network, Norm, NormKind, Pool, Weighted, shapes_through,
+    Barrier, ConvGeometry, Layer, MAX_VALUES, Network, Norm, NormKind, Pool, Weighted, child,
+    shapes_through,
 };
 
 /// Why a network could not be described or put in canonical form.

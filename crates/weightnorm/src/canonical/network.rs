@@ -27,11 +27,13 @@ impl ConvGeometry {
     }
 
     /// The output length of spatial axis `i` for input length `n` (`None` if the kernel does
-    /// not fit).
+    /// not fit, or the sizes overflow).
     pub fn out_len(&self, i: usize, n: usize) -> Option<usize> {
-        let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
-        let padded = n + 2 * self.padding[i];
-        (padded >= span).then(|| (padded - span) / self.stride[i] + 1)
+        let span = self.dilation[i]
+            .checked_mul(self.kernel[i].checked_sub(1)?)?
+            .checked_add(1)?;
+        let padded = self.padding[i].checked_mul(2)?.checked_add(n)?;
+        (padded >= span && self.stride[i] > 0).then(|| (padded - span) / self.stride[i] + 1)
     }
 }
 
@@ -44,13 +46,8 @@ pub struct Weighted<T: Real = f64> {
     pub b: Option<Vec<T>>,
     /// The convolution's geometry; `None` for a linear layer.
     pub conv: Option<ConvGeometry>,
-    /// The weight's shape in PyTorch's layout (`[out, in]`, `[out, in / groups, k..]`).
-    pub torch_shape: Vec<usize>,
-    /// The checkpoint key prefix (`<param>.weight`, `<param>.bias`).
+    /// The checkpoint key prefix of its tensors.
     pub param: Option<String>,
-    /// Whether the checkpoint has `<param>.bias` (written as zeros when the bias moved into a
-    /// folded batch norm).
-    pub bias_key: bool,
 }
 
 impl<T: Real> Weighted<T> {
@@ -58,6 +55,18 @@ impl<T: Real> Weighted<T> {
     pub fn in_channels(&self) -> usize {
         let conv_taps = self.conv.as_ref().map_or(1, ConvGeometry::taps).max(1);
         self.w.row_len / conv_taps * self.groups()
+    }
+
+    /// The weight's shape, one row per output unit: `[out, in]`, or `[out, in / groups, k..]`.
+    pub fn shape(&self) -> Vec<usize> {
+        match &self.conv {
+            None => vec![self.w.out, self.w.row_len],
+            Some(c) => {
+                let mut shape = vec![self.w.out, self.w.row_len / c.taps().max(1)];
+                shape.extend(&c.kernel);
+                shape
+            }
+        }
     }
 
     /// Channel groups (1 for a linear layer).
@@ -97,10 +106,8 @@ pub struct Norm<T: Real = f64> {
     pub a: Option<Vec<T>>,
     /// The shift per channel.
     pub c: Vec<T>,
-    /// The checkpoint key prefix.
+    /// The checkpoint key prefix of its tensors.
     pub param: Option<String>,
-    /// Whether it was folded into the preceding weighted layer (its multiplier is there).
-    pub folded: bool,
 }
 
 impl<T: Real> Norm<T> {
@@ -205,6 +212,22 @@ impl<T: Real> Layer<T> {
     ///
     /// [`CanonicalError::Layer`] (named `path`) if the layer cannot take `shape`.
     pub fn out_shape(&self, shape: &[usize], path: &str) -> Result<Vec<usize>, CanonicalError> {
+        let out = self.out_shape_unchecked(shape, path)?;
+        if values(&out).is_none_or(|n| n > MAX_VALUES) {
+            return Err(CanonicalError::Layer {
+                layer: path.to_string(),
+                op: self.op().into(),
+                reason: too_large(&out),
+            });
+        }
+        Ok(out)
+    }
+
+    fn out_shape_unchecked(
+        &self,
+        shape: &[usize],
+        path: &str,
+    ) -> Result<Vec<usize>, CanonicalError> {
         let err = |reason: String| CanonicalError::Layer {
             layer: path.to_string(),
             op: self.op().into(),
@@ -312,7 +335,7 @@ impl<T: Real> Layer<T> {
                 }
                 let mut out = vec![channels];
                 for i in 0..2 {
-                    let padded = shape[1 + i] + 2 * p.padding[i];
+                    let padded = shape[1 + i].saturating_add(2 * p.padding[i]);
                     if padded < p.kernel[i] {
                         return Err(err(format!(
                             "the kernel {:?} does not fit the input {shape:?}",
@@ -323,7 +346,7 @@ impl<T: Real> Layer<T> {
                 }
                 Ok(out)
             }
-            Self::Flatten => Ok(vec![shape.iter().product()]),
+            Self::Flatten => Ok(vec![values(shape).ok_or_else(|| err(too_large(shape)))?]),
             Self::Residual(body) => {
                 let out = shapes_through(body, shape, &format!("{path}.body"))?;
                 if out != shape {
@@ -522,6 +545,19 @@ fn pool(p: &Pool, x: &[f64], shape: &[usize]) -> Vec<f64> {
     y
 }
 
+/// The most values one sample's activation may hold anywhere in a network (2^32): the
+/// verification runs the network in `f64`.
+pub const MAX_VALUES: usize = 1 << 32;
+
+/// The number of values of `shape` (`None` on overflow).
+fn values(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+fn too_large(shape: &[usize]) -> String {
+    format!("an activation of shape {shape:?} is more than 2^32 values per sample")
+}
+
 /// The shape after `layers`, checking every layer (named `<path>.<index>`, or `<index>` at
 /// the top).
 ///
@@ -540,8 +576,8 @@ pub fn shapes_through<T: Real>(
     Ok(shape)
 }
 
-/// The name of layer `i` under `path` (`"3"`, `"4.body.0"`).
-pub(crate) fn child(path: &str, i: usize) -> String {
+/// The name of layer `i` under `path` (`"3"` at the top, `"4.body.0"` under `"4.body"`).
+pub fn child(path: &str, i: usize) -> String {
     if path.is_empty() {
         i.to_string()
     } else {
@@ -566,6 +602,11 @@ impl<T: Real> Network<T> {
     ///
     /// [`CanonicalError::Layer`] naming the first layer that does not fit.
     pub fn new(input: Vec<usize>, layers: Vec<Layer<T>>) -> Result<Self, CanonicalError> {
+        if input.is_empty() || values(&input).is_none_or(|n| n > MAX_VALUES) {
+            return Err(CanonicalError::Arch(format!(
+                "an input of shape {input:?}: it needs at least one axis and at most 2^32 values"
+            )));
+        }
         shapes_through(&layers, &input, "")?;
         Ok(Self { input, layers })
     }

@@ -2,13 +2,7 @@
 //! networks (linear and convolutional, pooling, flatten, batch norms, residual blocks,
 //! barriers), in f32 and f64.
 
-use std::sync::Arc;
-
-use safetensors::Dtype;
-use serde_json::json;
-
 use super::*;
-use crate::torch::TensorEntry;
 
 struct Rng(u64);
 
@@ -34,10 +28,8 @@ impl Rng {
 fn dense<T: Real>(out: usize, inp: usize, data: Vec<T>, b: Option<Vec<T>>) -> Layer<T> {
     Layer::Weighted(Weighted {
         w: Rows::new(out, inp, data),
-        bias_key: b.is_some(),
         b,
         conv: None,
-        torch_shape: vec![out, inp],
         param: None,
     })
 }
@@ -51,8 +43,6 @@ fn conv_layer<T: Real>(
 ) -> Layer<T> {
     let per_group = inp / g.groups;
     let row_len = per_group * g.taps();
-    let mut torch_shape = vec![out, per_group];
-    torch_shape.extend(&g.kernel);
     let mut data = rng.vals(out * row_len, 2.0);
     if rng.chance(12) {
         let r = rng.below(out);
@@ -61,9 +51,7 @@ fn conv_layer<T: Real>(
     Layer::Weighted(Weighted {
         w: Rows::new(out, row_len, data),
         b: bias.then(|| rng.vals(out, 1.0)),
-        bias_key: bias,
         conv: Some(g),
-        torch_shape,
         param: None,
     })
 }
@@ -76,7 +64,6 @@ fn norm<T: Real>(rng: &mut Rng, channels: usize) -> Layer<T> {
             a: Some(rng.vals(channels, 2.0)),
             c: rng.vals(channels, 1.0),
             param: None,
-            folded: false,
         })
     } else {
         Layer::Norm(Norm {
@@ -84,7 +71,6 @@ fn norm<T: Real>(rng: &mut Rng, channels: usize) -> Layer<T> {
             a: None,
             c: rng.vals(channels, 1.0),
             param: None,
-            folded: false,
         })
     }
 }
@@ -281,8 +267,8 @@ fn random_networks_keep_their_function<T: Real>(cases: usize, rel: f64, unit: f6
         convs += dbg.matches("conv: Some").count();
         let xs = inputs(&mut rng, &net.input, 16);
         let c = canonicalize(net.clone()).unwrap_or_else(|e| panic!("case {case}: {e}\n{net:?}"));
-        carried += c.layers.iter().filter(|r| r.carries.is_some()).count();
-        check_unit_rows(&c.layers, unit, case);
+        carried += c.reports.iter().filter(|r| r.carries.is_some()).count();
+        check_unit_rows(&c.reports, unit, case);
         let a = verify(&net, &c, &xs);
         assert!(
             a.max_rel_error < rel,
@@ -416,7 +402,6 @@ fn batch_norm_folds_into_the_layer_before_it() {
         a: Some(vec![2.0, -0.5, 1.5]),
         c: vec![0.1, 0.2, -0.3],
         param: None,
-        folded: false,
     });
     let net = Network::new(vec![2, 4, 4], vec![conv, bn, Layer::Act(Activation::Relu)]).unwrap();
     let c = canonicalize(net.clone()).unwrap();
@@ -424,11 +409,14 @@ fn batch_norm_folds_into_the_layer_before_it() {
     let Layer::Norm(n) = &c.network.layers[1] else {
         panic!()
     };
-    assert!(n.folded && n.a.is_none());
+    assert!(n.a.is_none(), "the multiplier went into the rows");
     let Layer::Weighted(w) = &c.network.layers[0] else {
         panic!()
     };
-    assert!(w.b.is_none(), "the bias moved into the norm's shift");
+    assert!(
+        w.b.as_ref().unwrap().iter().all(|&b| b == 0.0),
+        "the bias moved into the norm's shift"
+    );
     let xs = inputs(&mut rng, &[2, 4, 4], 4);
     assert!(verify(&net, &c, &xs).max_rel_error < 1e-12);
     // A batch norm with nothing before it to fold into is a per-channel layer: its multiplier
@@ -441,7 +429,6 @@ fn batch_norm_folds_into_the_layer_before_it() {
                 a: Some(vec![2.0, -0.5, 0.0]),
                 c: vec![0.1, 0.2, -0.3],
                 param: None,
-                folded: false,
             }),
             Layer::Act(Activation::Relu),
         ],
@@ -453,7 +440,7 @@ fn batch_norm_folds_into_the_layer_before_it() {
     };
     assert_eq!(n.a, Some(vec![1.0, -1.0, 0.0]));
     assert_eq!(c.scale, vec![2.0, 0.5, 1.0]);
-    assert_eq!(c.layers[0].zero_rows, vec![2]);
+    assert_eq!(c.reports[0].zero_rows, vec![2]);
     assert!(verify(&net, &c, &inputs(&mut rng, &[3], 5)).max_abs_error < 1e-15);
 }
 
@@ -474,10 +461,10 @@ fn a_residual_body_is_brought_to_the_skip_scale() {
     let c = canonicalize(net.clone()).unwrap();
     // The skip path's scale is the first layer's: [3, 0.5].
     assert_eq!(c.scale, vec![3.0, 0.5]);
-    let last = c.layers.last().unwrap();
+    let last = c.reports.last().unwrap();
     assert_eq!(last.layer, "1.body.2");
     assert!(last.carries.as_ref().unwrap().contains("residual"));
-    assert!(c.layers[1].carries.is_none());
+    assert!(c.reports[1].carries.is_none());
     let mut rng = Rng(5);
     assert!(verify(&net, &c, &inputs(&mut rng, &[2], 6)).max_rel_error < 1e-12);
 }
@@ -496,8 +483,8 @@ fn a_barrier_takes_the_scale_back_and_propagation_restarts() {
     .unwrap();
     let c = canonicalize(net.clone()).unwrap();
     // The first layer carries its scale (it is the original layer); the last is unit.
-    assert!(c.layers[0].carries.as_ref().unwrap().contains("tanh"));
-    assert_eq!(c.layers[0].row_norms_after, (2.0, 5.0));
+    assert!(c.reports[0].carries.as_ref().unwrap().contains("tanh"));
+    assert_eq!(c.reports[0].row_norms_after, (2.0, 5.0));
     assert_eq!(c.scale, vec![10.0]);
     let mut rng = Rng(3);
     assert!(verify(&net, &c, &inputs(&mut rng, &[2], 6)).max_rel_error < 1e-12);
@@ -526,104 +513,4 @@ fn reconstitution_with_a_changed_scale() {
     }
     assert!(reconstitute(c.network.clone(), &[1.0, -1.0]).is_err());
     assert!(reconstitute(c.network, &[1.0]).is_err());
-}
-
-fn entry(name: &str, shape: Vec<usize>, values: &[f32]) -> TensorEntry {
-    TensorEntry::from_bytes(
-        name,
-        Dtype::F32,
-        shape,
-        bytemuck::cast_slice(values).to_vec(),
-    )
-    .unwrap()
-}
-
-fn small_checkpoint() -> Vec<TensorEntry> {
-    let mut rng = Rng(21);
-    let mut v = |n: usize| rng.vals::<f32>(n, 1.0);
-    vec![
-        entry("0.weight", vec![4, 2, 3, 3], &v(72)),
-        entry("1.weight", vec![4], &v(4)),
-        entry("1.bias", vec![4], &v(4)),
-        entry("1.running_mean", vec![4], &v(4)),
-        entry(
-            "1.running_var",
-            vec![4],
-            &v(4).iter().map(|x| x.abs() + 0.5).collect::<Vec<_>>(),
-        ),
-        TensorEntry::from_bytes("1.num_batches_tracked", Dtype::I64, vec![], vec![7; 8]).unwrap(),
-        entry("3.body.0.weight", vec![4, 4, 1, 1], &v(16)),
-        entry("3.body.0.bias", vec![4], &v(4)),
-        entry("6.weight", vec![3, 16], &v(48)),
-        entry("6.bias", vec![3], &v(3)),
-    ]
-}
-
-fn small_arch() -> serde_json::Value {
-    json!({"input": [2, 6, 6], "layers": [
-        {"op": "conv2d", "padding": 1},
-        {"op": "batch_norm"},
-        {"op": "relu"},
-        {"op": "residual", "body": [{"op": "conv2d"}]},
-        {"op": "max_pool2d", "kernel": 3},
-        {"op": "flatten"},
-        {"op": "linear"}
-    ]})
-}
-
-#[test]
-fn from_an_architecture_file_and_back_to_tensors() {
-    let tensors = small_checkpoint();
-    let net: Network<f32> = from_arch(&small_arch(), &tensors).unwrap();
-    assert_eq!(net.output_shape(), vec![3]);
-    let c = canonicalize(net.clone()).unwrap();
-    let scale = vector_entry("canonical.scale", &c.scale, Dtype::F32);
-    let out = to_tensors(Arc::new(c.network.clone()), &tensors, vec![scale]).unwrap();
-    let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
-    let mut expected: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
-    expected.push("canonical.scale");
-    assert_eq!(names, expected, "same keys, same order, plus the scale");
-    // Untouched tensors are kept bit for bit; the folded norm reads as a shift.
-    assert_eq!(out[5].bytes().unwrap().as_ref(), &[7u8; 8]);
-    let var: &[f32] = bytemuck::cast_slice(&out[4].bytes().unwrap())
-        .to_vec()
-        .leak();
-    assert!(var.iter().all(|&v| v == (1.0 - 1e-5f64) as f32));
-    // Reading the canonical checkpoint gives the canonical network's function.
-    let reread: Network<f32> = from_arch(&small_arch(), &out).unwrap();
-    let mut rng = Rng(4);
-    let xs = inputs(&mut rng, &[2, 6, 6], 3);
-    let a = Agreement::between(&c.network.forward(&xs), &reread.forward(&xs));
-    assert!(a.max_rel_error < 1e-6, "{a:?}");
-    assert!(verify(&net, &c, &xs).max_rel_error < 1e-5);
-}
-
-#[test]
-fn bad_architectures_name_the_layer() {
-    let tensors = small_checkpoint();
-    let err = |arch: serde_json::Value| from_arch::<f32>(&arch, &tensors).unwrap_err().to_string();
-    let mut a = small_arch();
-    a["layers"][2]["op"] = json!("swish");
-    assert!(err(a).starts_with("layer 2 (swish): unknown op `swish`"));
-    let mut a = small_arch();
-    a["layers"][6]["param"] = json!("9");
-    assert!(err(a).contains("layer 6 (linear): the checkpoint has no tensor `9.weight`"));
-    let mut a = small_arch();
-    a["layers"][4]["kernel"] = json!(2);
-    let e = err(a);
-    assert!(
-        e.starts_with("layer 6 (linear): takes 16 inputs, receives 36"),
-        "{e}"
-    );
-    let mut a = small_arch();
-    a["layers"][4]["kernel"] = json!(0);
-    assert!(err(a).starts_with("layer 4 (max_pool2d): a pooling kernel [0, 0]"));
-    let mut a = small_arch();
-    a["layers"][3]["body"] = json!([{"op": "conv2d"}, {"op": "max_pool2d", "kernel": 2}]);
-    let e = err(a);
-    assert!(e.starts_with("layer 3 (residual): the body produces shape [4, 3, 3] but the skip path carries [4, 6, 6]"), "{e}");
-    let mut a = small_arch();
-    a["layers"][0]["strides"] = json!(2);
-    assert!(err(a).starts_with("layer 0 (conv2d): unknown field `strides`"));
-    assert!(err(json!({"layers": []})).starts_with("architecture: `input`"));
 }

@@ -121,23 +121,38 @@ impl TensorEntry {
     ///
     /// The error of reading the bytes, or [`TorchError::DType`] for a boolean or other dtype.
     pub fn values_f64(&self) -> Result<Vec<f64>> {
+        self.values_with(|x| x)
+    }
+
+    /// The values converted through `f64` by `f` (to `f32`, say, without an `f64` copy of a
+    /// large tensor).
+    ///
+    /// # Errors
+    ///
+    /// The error of reading the bytes, or [`TorchError::DType`] for a boolean or other dtype.
+    pub fn values_with<T>(&self, f: impl Fn(f64) -> T) -> Result<Vec<T>> {
         use burn::tensor::{bf16, f16};
-        fn conv<P: bytemuck::Pod>(b: &[u8], f: impl Fn(P) -> f64) -> Vec<f64> {
-            b.chunks_exact(std::mem::size_of::<P>())
-                .map(|c| f(bytemuck::pod_read_unaligned::<P>(c)))
-                .collect()
+        fn conv<P: bytemuck::Pod, T>(b: &[u8], f: impl Fn(P) -> T) -> Vec<T> {
+            // Aligned bytes (a memory-mapped file's usually are) make one tight loop.
+            match bytemuck::try_cast_slice::<u8, P>(b) {
+                Ok(xs) => xs.iter().map(|&x| f(x)).collect(),
+                Err(_) => b
+                    .chunks_exact(std::mem::size_of::<P>())
+                    .map(|c| f(bytemuck::pod_read_unaligned::<P>(c)))
+                    .collect(),
+            }
         }
         let b = self.bytes()?;
         Ok(match self.dtype {
-            Dtype::F32 => conv::<f32>(&b, f64::from),
-            Dtype::F64 => conv::<f64>(&b, |x| x),
-            Dtype::F16 => conv::<u16>(&b, |x| f16::from_bits(x).to_f64()),
-            Dtype::BF16 => conv::<u16>(&b, |x| bf16::from_bits(x).to_f64()),
-            Dtype::I64 => conv::<i64>(&b, |x| x as f64),
-            Dtype::I32 => conv::<i32>(&b, f64::from),
-            Dtype::I16 => conv::<i16>(&b, f64::from),
-            Dtype::I8 => conv::<i8>(&b, f64::from),
-            Dtype::U8 => conv::<u8>(&b, f64::from),
+            Dtype::F32 => conv::<f32, T>(&b, |x| f(f64::from(x))),
+            Dtype::F64 => conv::<f64, T>(&b, &f),
+            Dtype::F16 => conv::<u16, T>(&b, |x| f(f16::from_bits(x).to_f64())),
+            Dtype::BF16 => conv::<u16, T>(&b, |x| f(bf16::from_bits(x).to_f64())),
+            Dtype::I64 => conv::<i64, T>(&b, |x| f(x as f64)),
+            Dtype::I32 => conv::<i32, T>(&b, |x| f(f64::from(x))),
+            Dtype::I16 => conv::<i16, T>(&b, |x| f(f64::from(x))),
+            Dtype::I8 => conv::<i8, T>(&b, |x| f(f64::from(x))),
+            Dtype::U8 => conv::<u8, T>(&b, |x| f(f64::from(x))),
             d => {
                 return Err(TorchError::DType {
                     name: self.name.clone(),

@@ -1,5 +1,7 @@
 //! Everything that knows PyTorch: checkpoint formats, the two weight-norm key schemes, pair
-//! detection, `dim` inference, and fuse / split / convert on whole checkpoints.
+//! detection, `dim` inference, fuse / split / convert on whole checkpoints, Burn modules in and
+//! out, and networks for the canonical form from an architecture file ([`from_arch`],
+//! [`to_tensors`]).
 //!
 //! Weight-normalized PyTorch models store each normalized parameter as two tensors:
 //!
@@ -16,12 +18,33 @@
 //! crate (memory-mapped), and PyTorch's zip checkpoints (`.pt`, `.pth`, `.bin`) by
 //! `pytorch-reader`, which interprets only the pickle opcodes that describe tensors.
 
+mod arch;
 mod checkpoint;
 mod module_io;
 mod pairs;
 mod transform;
 
+pub use arch::{CANONICAL_SCALE_KEY, from_arch, to_tensors, vector_entry};
 pub use checkpoint::{Checkpoint, Format, TensorEntry, write_safetensors};
+
+/// PyTorch's names of a module's tensors: `<module>.<field>`.
+pub mod field {
+    /// A layer's weight; a batch norm's `gamma`.
+    pub const WEIGHT: &str = "weight";
+    /// A layer's bias; a batch norm's `beta`.
+    pub const BIAS: &str = "bias";
+    /// A batch norm's running mean.
+    pub const RUNNING_MEAN: &str = "running_mean";
+    /// A batch norm's running variance.
+    pub const RUNNING_VAR: &str = "running_var";
+    /// A batch norm's step counter.
+    pub const NUM_BATCHES_TRACKED: &str = "num_batches_tracked";
+
+    /// `<module>.<field>`.
+    pub fn key(module: &str, field: &str) -> String {
+        format!("{module}.{field}")
+    }
+}
 
 /// A tensor produced on demand: see [`TensorEntry::lazy`].
 pub fn lazy_entry(

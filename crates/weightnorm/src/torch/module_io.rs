@@ -69,8 +69,8 @@ fn torch_name(info: &ParamInfo) -> String {
         .rsplit_once('.')
         .unwrap_or(("", info.path.as_str()));
     let field = match (info.container.as_str(), field) {
-        ("Struct:BatchNorm", "gamma") => "weight",
-        ("Struct:BatchNorm" | "Struct:MeanOnlyBatchNorm", "beta") => "bias",
+        ("Struct:BatchNorm", "gamma") => super::field::WEIGHT,
+        ("Struct:BatchNorm" | "Struct:MeanOnlyBatchNorm", "beta") => super::field::BIAS,
         (_, f) => f,
     };
     if module.is_empty() {
@@ -84,9 +84,10 @@ fn torch_name(info: &ParamInfo) -> String {
 /// (Burn keeps no counter, so 0) and accepted without a place on load.
 fn batch_counter(info: &ParamInfo) -> Option<String> {
     (info.container == "Struct:BatchNorm")
-        .then(|| info.path.strip_suffix(".running_mean"))
+        .then(|| info.path.rsplit_once('.'))
         .flatten()
-        .map(|m| format!("{m}.num_batches_tracked"))
+        .filter(|(_, f)| *f == super::field::RUNNING_MEAN)
+        .map(|(m, _)| super::field::key(m, super::field::NUM_BATCHES_TRACKED))
 }
 
 /// Data of a checkpoint tensor, transposed when `transpose` (a 2-D Linear weight).

@@ -1,5 +1,5 @@
-//! Networks from an architecture file and a checkpoint, and canonical weights back to
-//! checkpoint tensors under the same keys.
+//! Networks for the canonical form from an architecture file and a checkpoint, and canonical
+//! weights back to checkpoint tensors under the same keys.
 //!
 //! The architecture file (JSON) names PyTorch `nn.Sequential` modules:
 //!
@@ -25,18 +25,30 @@ use burn::tensor::{bf16, f16};
 use safetensors::Dtype;
 use serde_json::Value;
 
-use super::network::child;
-use super::{
+use super::TensorEntry;
+use super::field::{self, BIAS, RUNNING_MEAN, RUNNING_VAR, WEIGHT};
+use crate::LayerKind;
+use crate::canonical::{
     Activation, Barrier, CanonicalError, ConvGeometry, Layer, Network, Norm, NormKind, Pool, Real,
-    Rows, Weighted,
+    Rows, Weighted, child,
 };
-use crate::torch::TensorEntry;
+
+/// The key under which a canonical checkpoint holds the output scale.
+pub const CANONICAL_SCALE_KEY: &str = "canonical.scale";
+
+// The canonical form's rows are output units: PyTorch's layouts of the weighted kinds keep them
+// on the first axis (the layout table says so; checked when compiling).
+const _: () = assert!(
+    LayerKind::Linear.torch_unit_axes().output == 0
+        && LayerKind::Conv1d.torch_unit_axes().output == 0
+        && LayerKind::Conv2d.torch_unit_axes().output == 0
+);
 
 /// A tensor's shape and values.
 type Shaped<T> = (Vec<usize>, Vec<T>);
 
-/// Tensors by key, for [`from_arch`].
-pub type ArchTensors<'a> = BTreeMap<&'a str, &'a TensorEntry>;
+/// Tensors by key.
+type ArchTensors<'a> = BTreeMap<&'a str, &'a TensorEntry>;
 
 /// Builds a network from an architecture file (see the [module](self) docs) and a
 /// checkpoint's tensors (weight-norm pairs already fused). Every tensor is converted to `T` and
@@ -217,36 +229,38 @@ impl Spec<'_> {
     }
 }
 
+/// The tensor's values in `T`; its source is released (a memory-mapped file's pages go).
 fn decode<T: Real>(t: &TensorEntry) -> Result<Vec<T>, String> {
-    let bytes = t.bytes().map_err(|e| e.to_string())?;
-    fn conv<P: bytemuck::Pod, T: Real>(b: &[u8], f: impl Fn(P) -> f64) -> Vec<T> {
-        b.chunks_exact(std::mem::size_of::<P>())
-            .map(|c| T::from_f64(f(bytemuck::pod_read_unaligned::<P>(c))))
-            .collect()
+    if !matches!(t.dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) {
+        return Err(format!("a {:?} tensor, not floating point", t.dtype));
     }
-    let out = match t.dtype {
-        // Aligned bytes (a memory-mapped file's usually are): one tight loop.
-        Dtype::F32 if bytemuck::try_cast_slice::<u8, f32>(&bytes).is_ok() => {
-            bytemuck::cast_slice::<u8, f32>(&bytes)
-                .iter()
-                .map(|&x| T::from_f64(f64::from(x)))
-                .collect()
-        }
-        Dtype::F64 if bytemuck::try_cast_slice::<u8, f64>(&bytes).is_ok() => {
-            bytemuck::cast_slice::<u8, f64>(&bytes)
-                .iter()
-                .map(|&x| T::from_f64(x))
-                .collect()
-        }
-        Dtype::F32 => conv::<f32, T>(&bytes, f64::from),
-        Dtype::F64 => conv::<f64, T>(&bytes, |x| x),
-        Dtype::F16 => conv::<u16, T>(&bytes, |x| f16::from_bits(x).to_f64()),
-        Dtype::BF16 => conv::<u16, T>(&bytes, |x| bf16::from_bits(x).to_f64()),
-        d => return Err(format!("a {d:?} tensor, not floating point")),
-    };
-    drop(bytes);
+    let out = t.values_with(T::from_f64).map_err(|e| e.to_string())?;
     t.release();
     Ok(out)
+}
+
+/// A weighted layer's kind, rank and units from its weight's shape, through the layout table.
+fn weight_layout(
+    s: &Spec<'_>,
+    kind: LayerKind,
+    key: &str,
+    shape: &[usize],
+) -> Result<(usize, usize), CanonicalError> {
+    let axes = kind.torch_unit_axes();
+    if shape.len() != kind.weight_rank() {
+        return Err(s.err(format!(
+            "`{key}` has shape {shape:?}, expected a rank-{} weight (output units on axis {}, \
+             input units on axis {})",
+            kind.weight_rank(),
+            axes.output,
+            axes.input
+        )));
+    }
+    if shape.contains(&0) {
+        return Err(s.err(format!("`{key}` has an empty axis: {shape:?}")));
+    }
+    let out = shape[axes.output];
+    Ok((out, shape.iter().product::<usize>() / out))
 }
 
 fn parse_layer<T: Real>(
@@ -269,55 +283,44 @@ fn parse_layer<T: Real>(
         })?;
     let s = Spec { v: obj, name, op };
     Ok(match op {
-        "linear" => {
-            s.allow(&["param"])?;
-            let p = s.param()?;
-            let (shape, w) = s.tensor::<T>(map, &format!("{p}.weight"), true)?.unwrap();
-            if shape.len() != 2 {
-                return Err(s.err(format!(
-                    "`{p}.weight` has shape {shape:?}, expected [out, in]"
-                )));
-            }
-            let b = s.vector(map, &format!("{p}.bias"), Some(shape[0]), false)?;
-            Layer::Weighted(Weighted {
-                w: Rows::new(shape[0], shape[1], w),
-                bias_key: b.is_some(),
-                b,
-                conv: None,
-                torch_shape: shape,
-                param: Some(p),
-            })
-        }
-        "conv1d" | "conv2d" => {
-            s.allow(&["param", "stride", "padding", "dilation", "groups"])?;
-            let dims = if op == "conv1d" { 1 } else { 2 };
-            let p = s.param()?;
-            let (shape, w) = s.tensor::<T>(map, &format!("{p}.weight"), true)?.unwrap();
-            if shape.len() != 2 + dims {
-                return Err(s.err(format!(
-                    "`{p}.weight` has shape {shape:?}, expected [out, in / groups{}]",
-                    ", k".repeat(dims)
-                )));
-            }
-            let groups = s.per_axis("groups", 1, Some(vec![1]), 1)?[0];
-            let geometry = ConvGeometry {
-                kernel: shape[2..].to_vec(),
-                stride: s.per_axis("stride", dims, Some(vec![1; dims]), 1)?,
-                padding: s.per_axis("padding", dims, Some(vec![0; dims]), 0)?,
-                dilation: s.per_axis("dilation", dims, Some(vec![1; dims]), 1)?,
-                groups,
+        "linear" | "conv1d" | "conv2d" => {
+            let kind = match op {
+                "linear" => LayerKind::Linear,
+                "conv1d" => LayerKind::Conv1d,
+                _ => LayerKind::Conv2d,
             };
-            if geometry.kernel.contains(&0) || shape[1] == 0 {
-                return Err(s.err(format!("`{p}.weight` has an empty axis: {shape:?}")));
+            let dims = kind.weight_rank() - 2;
+            if kind == LayerKind::Linear {
+                s.allow(&["param"])?;
+            } else {
+                s.allow(&["param", "stride", "padding", "dilation", "groups"])?;
             }
-            let b = s.vector(map, &format!("{p}.bias"), Some(shape[0]), false)?;
-            let row_len = shape[1..].iter().product();
+            let p = s.param()?;
+            let key = field::key(&p, WEIGHT);
+            let (shape, w) = s.tensor::<T>(map, &key, true)?.expect("required");
+            let (out, row_len) = weight_layout(&s, kind, &key, &shape)?;
+            let conv = if kind == LayerKind::Linear {
+                None
+            } else {
+                let groups = s.per_axis("groups", 1, Some(vec![1]), 1)?[0];
+                if !out.is_multiple_of(groups) {
+                    return Err(s.err(format!(
+                        "{out} output channels do not split into {groups} groups"
+                    )));
+                }
+                Some(ConvGeometry {
+                    kernel: shape[2..].to_vec(),
+                    stride: s.per_axis("stride", dims, Some(vec![1; dims]), 1)?,
+                    padding: s.per_axis("padding", dims, Some(vec![0; dims]), 0)?,
+                    dilation: s.per_axis("dilation", dims, Some(vec![1; dims]), 1)?,
+                    groups,
+                })
+            };
+            let b = s.vector(map, &field::key(&p, BIAS), Some(out), false)?;
             Layer::Weighted(Weighted {
-                w: Rows::new(shape[0], row_len, w),
-                bias_key: b.is_some(),
+                w: Rows::new(out, row_len, w),
                 b,
-                conv: Some(geometry),
-                torch_shape: shape,
+                conv,
                 param: Some(p),
             })
         }
@@ -379,14 +382,14 @@ fn parse_layer<T: Real>(
                 return Err(s.err("`eps` must not be negative"));
             }
             let mean: Vec<T> = s
-                .vector(map, &format!("{p}.running_mean"), None, true)?
-                .unwrap();
+                .vector(map, &field::key(&p, RUNNING_MEAN), None, true)?
+                .expect("required");
             let n = mean.len();
             let var: Vec<T> = s
-                .vector(map, &format!("{p}.running_var"), Some(n), true)?
-                .unwrap();
-            let gamma: Option<Vec<T>> = s.vector(map, &format!("{p}.weight"), Some(n), false)?;
-            let beta: Option<Vec<T>> = s.vector(map, &format!("{p}.bias"), Some(n), false)?;
+                .vector(map, &field::key(&p, RUNNING_VAR), Some(n), true)?
+                .expect("required");
+            let gamma: Option<Vec<T>> = s.vector(map, &field::key(&p, WEIGHT), Some(n), false)?;
+            let beta: Option<Vec<T>> = s.vector(map, &field::key(&p, BIAS), Some(n), false)?;
             let mut a = Vec::with_capacity(n);
             let mut c = Vec::with_capacity(n);
             for i in 0..n {
@@ -405,18 +408,17 @@ fn parse_layer<T: Real>(
                 a: Some(a),
                 c,
                 param: Some(p),
-                folded: false,
             })
         }
         "mean_only_batch_norm" => {
             s.allow(&["param"])?;
             let p = s.param()?;
             let mean: Vec<T> = s
-                .vector(map, &format!("{p}.running_mean"), None, true)?
-                .unwrap();
+                .vector(map, &field::key(&p, RUNNING_MEAN), None, true)?
+                .expect("required");
             let bias: Vec<T> = s
-                .vector(map, &format!("{p}.bias"), Some(mean.len()), true)?
-                .unwrap();
+                .vector(map, &field::key(&p, BIAS), Some(mean.len()), true)?
+                .expect("required");
             Layer::Norm(Norm {
                 kind: NormKind::MeanOnly,
                 a: None,
@@ -426,7 +428,6 @@ fn parse_layer<T: Real>(
                     .map(|(b, m)| T::from_f64(b.to_f64() - m.to_f64()))
                     .collect(),
                 param: Some(p),
-                folded: false,
             })
         }
         "residual" => {
@@ -487,42 +488,79 @@ fn collect_paths<T: Real>(layers: &[Layer<T>], prefix: &Path, out: &mut Vec<Path
     }
 }
 
+/// The fields a layer is written as.
+fn fields<T: Real>(layer: &Layer<T>) -> &'static [&'static str] {
+    match layer {
+        Layer::Weighted(_) => &[WEIGHT, BIAS],
+        Layer::Norm(Norm {
+            kind: NormKind::Batch { .. },
+            ..
+        }) => &[WEIGHT, BIAS, RUNNING_MEAN, RUNNING_VAR],
+        Layer::Norm(_) => &[BIAS, RUNNING_MEAN],
+        _ => &[],
+    }
+}
+
+/// Whether a field's values are what PyTorch assumes when the module has no such tensor (a
+/// layer without bias, a batch norm without affine parameters), so that a checkpoint without
+/// the key can do without it.
+fn absent_ok<T: Real>(layer: &Layer<T>, field: &str) -> bool {
+    let all = |v: Option<&[T]>, x: f64| v.is_none_or(|v| v.iter().all(|y| y.to_f64() == x));
+    match (layer, field) {
+        (Layer::Weighted(w), BIAS) => all(w.b.as_deref(), 0.0),
+        (Layer::Norm(n), WEIGHT) => all(n.a.as_deref(), 1.0),
+        (
+            Layer::Norm(Norm {
+                kind: NormKind::Batch { .. },
+                c,
+                ..
+            }),
+            BIAS,
+        ) => all(Some(c), 0.0),
+        _ => false,
+    }
+}
+
 /// The bytes a field of a layer is written with.
 fn field_bytes<T: Real>(layer: &Layer<T>, field: &str, dtype: Dtype) -> Vec<u8> {
-    match layer {
-        Layer::Weighted(w) => match (field, &w.b) {
-            ("weight", _) => encode(&w.w.data, dtype),
-            (_, Some(b)) => encode(b, dtype),
-            (_, None) => encode(&vec![0.0f64; w.w.out], dtype),
+    match (layer, field) {
+        (Layer::Weighted(w), WEIGHT) => encode(&w.w.data, dtype),
+        (Layer::Weighted(w), _) => match &w.b {
+            Some(b) => encode(b, dtype),
+            None => encode(&vec![0.0f64; w.w.out], dtype),
         },
-        Layer::Norm(n) => {
-            let len = n.c.len();
-            match (field, &n.kind, &n.a) {
-                ("weight", _, Some(a)) => encode(a, dtype),
-                ("weight", _, None) => encode(&vec![1.0f64; len], dtype),
-                ("bias", _, _) => encode(&n.c, dtype),
-                ("running_mean", _, _) => encode(&vec![0.0f64; len], dtype),
-                ("running_var", NormKind::Batch { eps }, _) => encode(&vec![1.0 - eps; len], dtype),
-                _ => unreachable!("a normalization field"),
-            }
-        }
-        _ => unreachable!("a layer with tensors"),
+        (Layer::Norm(n), WEIGHT) => match &n.a {
+            Some(a) => encode(a, dtype),
+            None => encode(&vec![1.0f64; n.c.len()], dtype),
+        },
+        (Layer::Norm(n), BIAS) => encode(&n.c, dtype),
+        (Layer::Norm(n), RUNNING_MEAN) => encode(&vec![0.0f64; n.c.len()], dtype),
+        (
+            Layer::Norm(Norm {
+                kind: NormKind::Batch { eps },
+                c,
+                ..
+            }),
+            RUNNING_VAR,
+        ) => encode(&vec![1.0 - eps; c.len()], dtype),
+        _ => unreachable!("a field of `fields`"),
     }
 }
 
 /// The checkpoint of a (canonical or reconstituted) network: `originals` with every tensor the
 /// network holds replaced under the same key, in the same dtype, and every other tensor (such
-/// as `num_batches_tracked`) kept as it is; plus `extra` (such as `canonical.scale`). Values are
-/// computed when the tensors are written, one at a time.
+/// as `num_batches_tracked`) kept as it is; plus `extra` (such as [`CANONICAL_SCALE_KEY`]).
+/// Values are computed when the tensors are written, one at a time.
 ///
-/// A batch norm is written as `weight = a`, `bias = c`, `running_mean = 0`, `running_var = 1 - eps`
-/// (so that PyTorch computes `a * x + c`), a mean-only batch norm as `bias = c`,
-/// `running_mean = 0`, and a weighted layer whose bias moved into a folded norm gets a zero bias.
+/// A batch norm is written as `weight = a`, `bias = c`, `running_mean = 0`,
+/// `running_var = 1 - eps` (so that PyTorch computes `a * x + c`), a mean-only batch norm as
+/// `bias = c`, `running_mean = 0`.
 ///
 /// # Errors
 ///
-/// [`CanonicalError::Layer`] if a layer's tensor is missing from `originals` (the network did
-/// not come from them), or a batch norm without `weight` must hold a multiplier other than 1.
+/// [`CanonicalError::Layer`] if a layer has no `param`, or a tensor it must write is missing
+/// from `originals` (a missing bias is fine while it is zero, a batch norm's missing affine
+/// parameters while they are 1 and 0); [`CanonicalError::Arch`] if `extra` repeats a key.
 pub fn to_tensors<T: Real>(
     network: Arc<Network<T>>,
     originals: &[TensorEntry],
@@ -535,61 +573,43 @@ pub fn to_tensors<T: Real>(
     collect_paths(&network.layers, &Vec::new(), &mut paths);
     for path in paths {
         let layer = layer_at(&network.layers, &path);
-        let name = path
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(".body.");
         let err = |reason: String| CanonicalError::Layer {
-            layer: name.clone(),
+            layer: path.iter().fold(String::new(), |name, &i| {
+                child(
+                    &if name.is_empty() {
+                        name
+                    } else {
+                        name + ".body"
+                    },
+                    i,
+                )
+            }),
             op: layer.op().into(),
             reason,
         };
-        let (param, fields): (&Option<String>, Vec<&str>) = match layer {
-            Layer::Weighted(w) => (
-                &w.param,
-                if w.bias_key || w.b.is_some() {
-                    vec!["weight", "bias"]
-                } else {
-                    vec!["weight"]
-                },
-            ),
-            Layer::Norm(n) => (
-                &n.param,
-                match n.kind {
-                    NormKind::Batch { .. } => vec!["weight", "bias", "running_mean", "running_var"],
-                    NormKind::MeanOnly => vec!["bias", "running_mean"],
-                },
-            ),
+        let param = match layer {
+            Layer::Weighted(w) => &w.param,
+            Layer::Norm(n) => &n.param,
             _ => unreachable!("collected"),
         };
         let Some(param) = param else {
             return Err(err("has no checkpoint key (`param`)".into()));
         };
-        for field in fields {
-            let key = format!("{param}.{field}");
+        for &f in fields(layer) {
+            let key = field::key(param, f);
             let Some(orig) = by_key.get(key.as_str()) else {
-                let needed = match (layer, field) {
-                    (Layer::Norm(n), "weight") => {
-                        n.a.as_ref()
-                            .is_some_and(|a| a.iter().any(|x| x.to_f64() != 1.0))
-                    }
-                    (Layer::Norm(_), "bias") => true,
-                    _ => true,
-                };
-                if needed {
-                    return Err(err(format!(
-                        "the checkpoint has no `{key}` to hold the canonical values"
-                    )));
+                if absent_ok(layer, f) {
+                    continue;
                 }
-                continue;
+                return Err(err(format!(
+                    "the checkpoint has no `{key}` to hold the canonical values"
+                )));
             };
-            let (net, path, field, dtype) = (Arc::clone(&network), path.clone(), field, orig.dtype);
-            let field = field.to_string();
+            let (net, path, dtype) = (Arc::clone(&network), path.clone(), orig.dtype);
             replaced.insert(
                 key.clone(),
                 TensorEntry::lazy(key, dtype, orig.shape.clone(), move || {
-                    Ok(field_bytes(layer_at(&net.layers, &path), &field, dtype))
+                    Ok(field_bytes(layer_at(&net.layers, &path), f, dtype))
                 }),
             );
         }
@@ -613,4 +633,130 @@ pub fn to_tensors<T: Real>(
 pub fn vector_entry(name: &str, values: &[f64], dtype: Dtype) -> TensorEntry {
     TensorEntry::from_bytes(name, dtype, vec![values.len()], encode(values, dtype))
         .expect("sized to the values")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::canonical::{Agreement, canonicalize, verify};
+
+    fn entry(name: &str, shape: Vec<usize>, values: &[f32]) -> TensorEntry {
+        TensorEntry::from_bytes(
+            name,
+            Dtype::F32,
+            shape,
+            bytemuck::cast_slice(values).to_vec(),
+        )
+        .unwrap()
+    }
+
+    /// Deterministic values in (-1, 1).
+    fn vals(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) as f32 * 0.618_034).sin())
+            .collect()
+    }
+
+    fn small_checkpoint() -> Vec<TensorEntry> {
+        let mut seed = 0;
+        let mut v = |n: usize| {
+            seed += 1;
+            vals(n, seed)
+        };
+        vec![
+            entry("0.weight", vec![4, 2, 3, 3], &v(72)),
+            entry("1.weight", vec![4], &v(4)),
+            entry("1.bias", vec![4], &v(4)),
+            entry("1.running_mean", vec![4], &v(4)),
+            entry(
+                "1.running_var",
+                vec![4],
+                &v(4).iter().map(|x| x.abs() + 0.5).collect::<Vec<_>>(),
+            ),
+            TensorEntry::from_bytes("1.num_batches_tracked", Dtype::I64, vec![], vec![7; 8])
+                .unwrap(),
+            entry("3.body.0.weight", vec![4, 4, 1, 1], &v(16)),
+            entry("3.body.0.bias", vec![4], &v(4)),
+            entry("6.weight", vec![3, 16], &v(48)),
+            entry("6.bias", vec![3], &v(3)),
+        ]
+    }
+
+    fn small_arch() -> serde_json::Value {
+        json!({"input": [2, 6, 6], "layers": [
+            {"op": "conv2d", "padding": 1},
+            {"op": "batch_norm"},
+            {"op": "relu"},
+            {"op": "residual", "body": [{"op": "conv2d"}]},
+            {"op": "max_pool2d", "kernel": 3},
+            {"op": "flatten"},
+            {"op": "linear"}
+        ]})
+    }
+
+    #[test]
+    fn from_an_architecture_file_and_back_to_tensors() {
+        let tensors = small_checkpoint();
+        let net: Network<f32> = from_arch(&small_arch(), &tensors).unwrap();
+        assert_eq!(net.output_shape(), vec![3]);
+        let c = canonicalize(net.clone()).unwrap();
+        let scale = vector_entry(CANONICAL_SCALE_KEY, &c.scale, Dtype::F32);
+        let out = to_tensors(Arc::new(c.network.clone()), &tensors, vec![scale]).unwrap();
+        let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+        let mut expected: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        expected.push(CANONICAL_SCALE_KEY);
+        assert_eq!(names, expected, "same keys, same order, plus the scale");
+        // Untouched tensors are kept bit for bit; the folded norm reads as a shift.
+        assert_eq!(out[5].bytes().unwrap().as_ref(), &[7u8; 8]);
+        let var: &[f32] = bytemuck::cast_slice(&out[4].bytes().unwrap())
+            .to_vec()
+            .leak();
+        assert!(var.iter().all(|&v| v == (1.0 - 1e-5f64) as f32));
+        // Reading the canonical checkpoint gives the canonical network's function.
+        let reread: Network<f32> = from_arch(&small_arch(), &out).unwrap();
+        let xs: Vec<Vec<f64>> = (0..3)
+            .map(|k| {
+                vals(72, 50 + k)
+                    .iter()
+                    .map(|&x| f64::from(x) * 2.0)
+                    .collect()
+            })
+            .collect();
+        let a = Agreement::between(&c.network.forward(&xs), &reread.forward(&xs));
+        assert!(a.max_rel_error < 1e-6, "{a:?}");
+        assert!(verify(&net, &c, &xs).max_rel_error < 1e-5);
+    }
+
+    #[test]
+    fn bad_architectures_name_the_layer() {
+        let tensors = small_checkpoint();
+        let err =
+            |arch: serde_json::Value| from_arch::<f32>(&arch, &tensors).unwrap_err().to_string();
+        let mut a = small_arch();
+        a["layers"][2]["op"] = json!("swish");
+        assert!(err(a).starts_with("layer 2 (swish): unknown op `swish`"));
+        let mut a = small_arch();
+        a["layers"][6]["param"] = json!("9");
+        assert!(err(a).contains("layer 6 (linear): the checkpoint has no tensor `9.weight`"));
+        let mut a = small_arch();
+        a["layers"][4]["kernel"] = json!(2);
+        let e = err(a);
+        assert!(
+            e.starts_with("layer 6 (linear): takes 16 inputs, receives 36"),
+            "{e}"
+        );
+        let mut a = small_arch();
+        a["layers"][4]["kernel"] = json!(0);
+        assert!(err(a).starts_with("layer 4 (max_pool2d): a pooling kernel [0, 0]"));
+        let mut a = small_arch();
+        a["layers"][3]["body"] = json!([{"op": "conv2d"}, {"op": "max_pool2d", "kernel": 2}]);
+        let e = err(a);
+        assert!(e.starts_with("layer 3 (residual): the body produces shape [4, 3, 3] but the skip path carries [4, 6, 6]"), "{e}");
+        let mut a = small_arch();
+        a["layers"][0]["strides"] = json!(2);
+        assert!(err(a).starts_with("layer 0 (conv2d): unknown field `strides`"));
+        assert!(err(json!({"layers": []})).starts_with("architecture: `input`"));
+    }
 }
