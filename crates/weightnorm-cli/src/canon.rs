@@ -8,10 +8,10 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use safetensors::Dtype;
 use serde_json::json;
-use weightnorm::canonical::{Agreement, Network, Real, argmax, canonicalize, reconstitute};
+use weightnorm::canonical::{Agreement, Real, argmax, canonicalize, reconstitute};
 use weightnorm::torch::{
-    CANONICAL_SCALE_KEY, FuseOptions, TensorEntry, TorchError, from_arch, fuse, to_tensors,
-    vector_entry, write_safetensors,
+    ArchNetwork, CANONICAL_SCALE_KEY, FuseOptions, TensorEntry, TorchError, from_arch, fuse,
+    to_tensors, vector_entry, write_safetensors,
 };
 
 use crate::Failure;
@@ -224,7 +224,7 @@ pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
     let ckpt = open(&args.input)?;
     let (tensors, pairs) = match fuse(&ckpt.tensors, &FuseOptions::default()) {
         Ok((t, p)) => (t, p.len()),
-        Err(TorchError::Nothing(_)) => (ckpt.tensors.clone(), 0),
+        Err(TorchError::NothingTo(_)) => (ckpt.tensors.clone(), 0),
         Err(e) => bail!(bad(e)),
     };
     let text = std::fs::read_to_string(&args.arch)
@@ -248,28 +248,31 @@ fn run<T: Real>(
     dtype: Dtype,
     t0: Instant,
 ) -> Result<()> {
-    let net: Network<T> =
+    let read: ArchNetwork<T> =
         from_arch(arch, tensors).map_err(|e| bad(format!("{}: {e}", args.arch.display())))?;
+    let (net, bindings) = (read.network.clone(), &read.bindings);
     let parameters = net.parameters();
     let load_s = t0.elapsed().as_secs_f64();
-    let inputs = load_inputs(args, &net.input)?;
+    let inputs = load_inputs(args, net.input())?;
     let t = Instant::now();
     let expected = net.forward(&inputs.x);
     let mut verify_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let c = canonicalize(net).map_err(bad)?;
     let canon_s = t.elapsed().as_secs_f64();
-    let (gain, direction, scale) = (c.global_gain(), c.gain_direction(), c.scale.clone());
+    let (gain, direction, scale) = (c.global_gain(), c.gain_direction(), c.scale().to_vec());
+    let (layers, notes) = (c.reports().to_vec(), c.notes().to_vec());
     let t = Instant::now();
-    let (network, layers, got) = match args.form {
+    let (network, got) = match args.form {
         Form::Canonical => {
             let got = c.forward(&inputs.x);
-            (c.network, c.reports, got)
+            (c.into_parts().0, got)
         }
         Form::Reconstituted => {
-            let (back, _) = reconstitute(c.network, &c.scale).map_err(bad)?;
+            let (canonical, scale) = c.into_parts();
+            let (back, _) = reconstitute(canonical, &scale).map_err(bad)?;
             let got = back.forward(&inputs.x);
-            (back, c.reports, got)
+            (back, got)
         }
     };
     verify_s += t.elapsed().as_secs_f64();
@@ -285,7 +288,7 @@ fn run<T: Real>(
             Form::Canonical => vec![vector_entry(CANONICAL_SCALE_KEY, &scale, dtype)],
             Form::Reconstituted => Vec::new(),
         };
-        let entries = to_tensors(Arc::new(network), tensors, extra).map_err(bad)?;
+        let entries = to_tensors(Arc::new(network), bindings, tensors, extra).map_err(bad)?;
         let mut metadata = ckpt.metadata.clone().unwrap_or_default();
         metadata.insert("format".into(), "pt".into());
         metadata.insert(
@@ -324,14 +327,14 @@ fn run<T: Real>(
             "layers": layers.iter().map(|r| json!({
                 "layer": r.layer,
                 "op": r.op,
-                "param": r.param,
+                "param": read.prefix(&r.layer),
                 "row_norms_before": range_json(r.row_norms_before),
                 "scale_after": range_json(r.scale),
                 "row_norms_after": range_json(r.row_norms_after),
                 "zero_rows": r.zero_rows,
                 "carries": r.carries,
             })).collect::<Vec<_>>(),
-            "notes": c.notes,
+            "notes": notes,
             "verification": {
                 "inputs": inputs.what,
                 "samples": inputs.x.len(),
@@ -359,7 +362,7 @@ fn run<T: Real>(
         },
         scale.len()
     );
-    for n in &c.notes {
+    for n in &notes {
         println!("  {n}");
     }
     for w in &carried {

@@ -317,7 +317,7 @@ impl Spec {
     /// with its architecture file (weight norm folded, batch norms in evaluation mode).
     pub fn network(&self, model: &Model) -> Result<weightnorm::canonical::Network<f32>> {
         let tensors = self.export(model)?;
-        Ok(weightnorm::torch::from_arch(&self.arch(), &tensors)?)
+        Ok(weightnorm::torch::from_arch(&self.arch(), &tensors)?.network)
     }
 }
 

@@ -2,22 +2,38 @@
 //!
 //! Weight normalization (Salimans & Kingma, 2016) for the [Burn](https://burn.dev) deep-learning
 //! framework: `w = g * v / ||v||`, with PyTorch's exact semantics and a fused CPU forward with an
-//! analytic backward.
+//! analytic backward; the canonical form of a network under positive rescaling.
 //!
-//! - [`axis`]: [`NormAxis`] and PyTorch's `dim` rule ([`NormAxis::from_torch`]), and the one
-//!   table of layer layouts ([`LayerKind::unit_axes`]).
-//! - [`ops`]: [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm) and
-//!   their checked and reference variants, built on the [`WeightNormBackend`](ops::WeightNormBackend)
-//!   backend extension.
-//! - [`reparam`]: weight norm on any Burn module in one call ([`apply_weight_norm`]), removable
-//!   ([`remove_weight_norm`]), as a Burn `Reparameterization`.
-//! - [`init`]: the paper's data-dependent initialisation.
-//! - [`canonical`]: the canonical form under positive rescaling: the network description
-//!   (from architecture files and checkpoints), the transforms, canonicalize, reconstitute,
-//!   verify, the global gain.
-//! - [`torch`]: PyTorch checkpoints: both weight-norm key schemes, fuse, split, convert.
-//! - [`nn`]: mean-only batch normalization, a WaveNet-style residual block and a
-//!   weight-normalized CNN classifier.
+//! ## Module map
+//!
+//! One concept per module; arrows are "uses".
+//!
+//! | module | holds | uses |
+//! |---|---|---|
+//! | [`axis`] | [`NormAxis`], PyTorch's `dim` rule ([`NormAxis::from_torch`]), the one table of layer layouts ([`LayerKind::unit_axes`], [`LayerKind::torch_unit_axes`]) | nothing |
+//! | [`error`] | [`Error`]: what the operations refuse | nothing |
+//! | [`ops`] | [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm): the [`WeightNormBackend`](ops::WeightNormBackend) extension with a composed default (every backend), the fused CPU kernels on slices and their Flex adapter, and the autodiff node with the analytic backward | `axis` |
+//! | [`reparam`] | [`WeightNorm`] as a Burn `Reparameterization`, [`WeightNormConfig`] (a Burn `Config`), [`apply_weight_norm`], [`remove_weight_norm`] | `ops`, `axis` |
+//! | [`init`] | the paper's data-dependent initialisation | `reparam`, `axis` |
+//! | [`nn`] | mean-only batch norm, the WaveNet block, the weight-normalized CNN | `reparam`, `init` |
+//! | [`canonical`] | the calculus: networks in output and input units ([`canonical::Network`]), the three transforms, batch-norm folding, canonicalize, reconstitute, verify, gains. No file format, no framework names: layers are known by position | nothing |
+//! | [`torch`] | everything that knows PyTorch: checkpoints (`.safetensors`, `.pt`), key schemes, weight-norm pairs, fuse/split/convert, Burn modules to and from checkpoints, and the architecture-file front-end of the calculus ([`torch::arch`]: schema, reader, writer) | `ops`, `reparam`, `canonical`, `axis` |
+//!
+//! ## How data flows
+//!
+//! ```text
+//! training     Burn module --apply_weight_norm--> parameters v (+ g in the reparameterization)
+//!              forward: param.val() = ops::weight_norm(v, g) (fused on the CPU, composed elsewhere)
+//!              backward: the autodiff node's analytic gradients for v and g
+//! checkpoints  file --torch::Checkpoint--> TensorEntry list --detect_pairs--> fuse | split | convert
+//!              --write_safetensors--> file;  Burn module <--load_into_module / save_module--> tensors
+//! canonical    arch JSON --torch::arch::parse_arch--> ArchSpec --from_spec(+ tensors)--> Network + Bindings
+//!              Network --canonicalize--> Canonical (unit rows, one output scale, reports)
+//!              --verify--> Agreement;  --to_tensors(Bindings)--> checkpoint tensors
+//! ```
+//!
+//! The calculus sits in the middle and speaks of networks only; each file format is a front-end
+//! that keeps its own names beside the layers' positions ([`torch::arch::Binding`]).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};

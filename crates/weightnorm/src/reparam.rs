@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use burn::config::Config;
 use burn::module::{Module, ModuleVisitor, Param, Parameter, Reparameterization, Reparameterizer};
 use burn::tensor::{Distribution, Tensor};
 use thiserror::Error;
@@ -77,7 +78,7 @@ impl Reparameterization for WeightNorm {
 }
 
 /// Which axis a weight keeps its norms along.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Config, Debug, PartialEq)]
 pub enum AxisChoice {
     /// Per output unit of the layer (the default), from the layout table: Linear axis 1,
     /// convolutions axis 0, transposed convolutions axis 1. Needs a layer kind this crate knows.
@@ -92,7 +93,7 @@ pub enum AxisChoice {
 }
 
 /// How `v` and `g` start.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Config, Debug, PartialEq)]
 pub enum Init {
     /// `v = w`, `g = ||w||`: the layer computes exactly what it computed before.
     FunctionPreserving,
@@ -104,7 +105,7 @@ pub enum Init {
 }
 
 /// Which parameters get weight norm.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Config, Debug, PartialEq)]
 pub enum Selection {
     /// Every parameter named `weight` in a layer of a known kind ([`LayerKind`]).
     AllWeights,
@@ -112,58 +113,45 @@ pub enum Selection {
     Paths(Vec<String>),
 }
 
-/// What [`apply_weight_norm`] does.
-#[derive(Clone, Debug, PartialEq)]
+/// What [`apply_weight_norm`] does: a Burn [`Config`] (serializable; `new()` gives the
+/// defaults, `with_*` changes one field).
+///
+/// ```
+/// use burn::config::Config;
+/// use weightnorm::{AxisChoice, WeightNormConfig};
+///
+/// let config = WeightNormConfig::new().with_axis(AxisChoice::Whole).with_eps(1e-12);
+/// let json = config.to_string();
+/// assert_eq!(WeightNormConfig::load_binary(json.as_bytes()).unwrap(), config);
+/// ```
+#[derive(Config, Debug, PartialEq)]
 pub struct WeightNormConfig {
-    /// Which parameters.
+    /// Which parameters (default: every weight of a known layer kind).
+    #[config(default = "Selection::AllWeights")]
     pub params: Selection,
-    /// Which axis.
+    /// Which axis (default: per output unit).
+    #[config(default = "AxisChoice::OutputUnits")]
     pub axis: AxisChoice,
-    /// How `v` and `g` start.
+    /// How `v` and `g` start (default: function-preserving).
+    #[config(default = "Init::FunctionPreserving")]
     pub init: Init,
-    /// The epsilon (0, the default, for PyTorch parity).
+    /// The epsilon (default 0, for PyTorch parity).
+    #[config(default = 0.0)]
     pub eps: f64,
 }
 
 impl Default for WeightNormConfig {
     fn default() -> Self {
-        Self {
-            params: Selection::AllWeights,
-            axis: AxisChoice::OutputUnits,
-            init: Init::FunctionPreserving,
-            eps: 0.0,
-        }
+        Self::new()
     }
 }
 
 impl WeightNormConfig {
-    /// Every weight of known layers, per output unit, function-preserving, no epsilon.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Only these parameter paths.
-    pub fn with_params<S: Into<String>>(mut self, paths: impl IntoIterator<Item = S>) -> Self {
-        self.params = Selection::Paths(paths.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// This axis choice.
-    pub fn with_axis(mut self, axis: AxisChoice) -> Self {
-        self.axis = axis;
-        self
-    }
-
-    /// This initialisation.
-    pub fn with_init(mut self, init: Init) -> Self {
-        self.init = init;
-        self
-    }
-
-    /// This epsilon.
-    pub fn with_eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
+    /// Only these parameter paths (`with_params(Selection::Paths(..))`).
+    pub fn with_paths<S: Into<String>>(self, paths: impl IntoIterator<Item = S>) -> Self {
+        self.with_params(Selection::Paths(
+            paths.into_iter().map(Into::into).collect(),
+        ))
     }
 }
 
@@ -198,13 +186,13 @@ pub enum ReparamError {
     NothingSelected,
     /// The output axis of a parameter is unknown.
     #[error(
-        "`{path}` is in a `{container}`, whose output axis is not in the layout table; choose the axis with `AxisChoice::Keep` or `AxisChoice::Torch`"
+        "`{path}` is in a `{module}`, whose output axis is not in the layout table; choose the axis with `AxisChoice::Keep` or `AxisChoice::Torch`"
     )]
     UnknownLayout {
         /// The parameter path.
         path: String,
-        /// The container type Burn reports.
-        container: String,
+        /// The type name of the module holding it (e.g. `"MyLayer"`).
+        module: String,
     },
     /// A configuration or weight the operation refuses (bad axis, zero-norm slice, ...).
     #[error("`{path}`: {source}")]
@@ -221,8 +209,8 @@ pub enum ReparamError {
 pub struct ParamInfo {
     /// Its path, e.g. `"layers.0.weight"`.
     pub path: String,
-    /// The Burn container type of the struct holding it, e.g. `"Struct:Linear"`.
-    pub container: String,
+    /// The type name of the module holding it, e.g. `"Linear"` (empty for a bare parameter).
+    pub module: String,
     /// Its shape.
     pub shape: Vec<usize>,
     /// The name of its attached reparameterization, if any (`"weight_norm"` for ours).
@@ -232,15 +220,22 @@ pub struct ParamInfo {
 }
 
 impl ParamInfo {
-    /// The layer kind of the holding struct, if the layout table knows it.
+    /// The layer kind of the holding module, if the layout table knows it.
     pub fn layer_kind(&self) -> Option<LayerKind> {
-        layer_kind(&self.container)
+        layer_kind(&self.module)
     }
 }
 
-/// The layer kind a Burn container type names.
-pub fn layer_kind(container: &str) -> Option<LayerKind> {
-    Some(match container.strip_prefix("Struct:")? {
+/// The type name in a container type Burn's visitor reports (`"Struct:Linear"` is `"Linear"`).
+fn type_name(container: &str) -> &str {
+    container
+        .split_once(':')
+        .map_or(container, |(_, name)| name)
+}
+
+/// The layer kind a module type name names.
+fn layer_kind(module: &str) -> Option<LayerKind> {
+    Some(match module {
         "Linear" => LayerKind::Linear,
         "Conv1d" => LayerKind::Conv1d,
         "Conv2d" => LayerKind::Conv2d,
@@ -307,10 +302,10 @@ impl ModuleVisitor for Survey {
                 .map(|(n, _)| n.as_str())
                 .collect::<Vec<_>>()
                 .join("."),
-            container: self
+            module: self
                 .stack
                 .last()
-                .map(|(_, c)| c.clone())
+                .map(|(_, c)| type_name(c).to_string())
                 .unwrap_or_default(),
             shape: param.shape().to_vec(),
             reparameterization: None,
@@ -348,7 +343,7 @@ fn resolve_axis(info: &ParamInfo, choice: &AxisChoice) -> Result<NormAxis, Repar
             _ => {
                 return Err(ReparamError::UnknownLayout {
                     path: info.path.clone(),
-                    container: info.container.clone(),
+                    module: info.module.clone(),
                 });
             }
         },

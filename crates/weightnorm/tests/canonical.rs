@@ -54,7 +54,8 @@ fn fixture(name: &str) -> Fixture {
 
 fn check<T: Real>(name: &str, canonical_tol: f64) {
     let f = fixture(name);
-    let net: Network<T> = from_arch(&f.arch, &f.tensors).unwrap();
+    let read = from_arch::<T>(&f.arch, &f.tensors).unwrap();
+    let net: Network<T> = read.network.clone();
     // The reference forward pass is PyTorch's (the fused pair is rounded to the storage type).
     let ours = Agreement::between(&f.expected, &net.forward(&f.x));
     assert!(ours.max_rel_error < 1e-6, "{name}: forward {ours:?}");
@@ -64,7 +65,7 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
     let a = Agreement::between(&original, &c.forward(&f.x));
     assert!(a.max_rel_error < canonical_tol, "{name}: canonical {a:?}");
     assert_eq!(a.argmax_agreement, Some(1.0));
-    for r in c.reports.iter().filter(|r| r.carries.is_none()) {
+    for r in c.reports().iter().filter(|r| r.carries.is_none()) {
         let unit = if std::mem::size_of::<T>() == 4 {
             1e-6
         } else {
@@ -75,7 +76,7 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
             "{name}: {r:?}"
         );
     }
-    assert!(c.reports.iter().any(|r| r.carries.is_some()), "{name}");
+    assert!(c.reports().iter().any(|r| r.carries.is_some()), "{name}");
 
     // The canonical checkpoint, written and read back like a user would.
     let tmp = tempfile::tempdir().unwrap();
@@ -86,15 +87,16 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
         Dtype::F64
     };
     let entries = to_tensors(
-        Arc::new(c.network.clone()),
+        Arc::new(c.network().clone()),
+        &read.bindings,
         &f.tensors,
-        vec![vector_entry(CANONICAL_SCALE_KEY, &c.scale, dtype)],
+        vec![vector_entry(CANONICAL_SCALE_KEY, c.scale(), dtype)],
     )
     .unwrap();
     write_safetensors(&out, &entries, None).unwrap();
     let back = Checkpoint::open(&out, None).unwrap();
     let scale = back.get(CANONICAL_SCALE_KEY).unwrap().values_f64().unwrap();
-    let reread: Network<T> = from_arch(&f.arch, &back.tensors).unwrap();
+    let reread: Network<T> = from_arch(&f.arch, &back.tensors).unwrap().network;
     let mut z = reread.forward(&f.x);
     let per = reread.output_shape()[1..].iter().product::<usize>().max(1);
     for y in &mut z {
@@ -105,7 +107,8 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
     let b = Agreement::between(&f.expected, &z);
     assert!(b.max_rel_error < 1e-5, "{name}: reread {b:?}");
 
-    let (plain, _) = reconstitute(c.network, &c.scale).unwrap();
+    let (canonical, scale) = c.into_parts();
+    let (plain, _) = reconstitute(canonical, &scale).unwrap();
     let r = Agreement::between(&original, &plain.forward(&f.x));
     assert!(
         r.max_rel_error < canonical_tol,

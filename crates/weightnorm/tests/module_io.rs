@@ -28,20 +28,20 @@ fn net(axis_d1: AxisChoice) -> Net {
     };
     let net = apply_weight_norm(
         net,
-        &WeightNormConfig::new().with_params(["linear_d0.weight", "conv1d_d0.weight"]),
+        &WeightNormConfig::new().with_paths(["linear_d0.weight", "conv1d_d0.weight"]),
     )
     .unwrap();
     let net = apply_weight_norm(
         net,
         &WeightNormConfig::new()
-            .with_params(["linear_d1.weight"])
+            .with_paths(["linear_d1.weight"])
             .with_axis(axis_d1),
     )
     .unwrap();
     apply_weight_norm(
         net,
         &WeightNormConfig::new()
-            .with_params(["conv1d_dnone.weight"])
+            .with_paths(["conv1d_dnone.weight"])
             .with_axis(AxisChoice::Whole),
     )
     .unwrap()

@@ -361,7 +361,7 @@ fn selection_by_path_and_its_errors() {
     let lstm = LstmConfig::new(3, 5, true).init(&device);
     let one = apply_weight_norm(
         lstm.clone(),
-        &WeightNormConfig::new().with_params(["input_gate.input_transform.weight"]),
+        &WeightNormConfig::new().with_paths(["input_gate.input_transform.weight"]),
     )
     .unwrap();
     assert_eq!(
@@ -371,7 +371,7 @@ fn selection_by_path_and_its_errors() {
 
     let err = apply_weight_norm(
         lstm.clone(),
-        &WeightNormConfig::new().with_params(["input_gate.nope.weight"]),
+        &WeightNormConfig::new().with_paths(["input_gate.nope.weight"]),
     )
     .unwrap_err();
     assert!(matches!(err, ReparamError::MissingParam { .. }));
@@ -389,7 +389,7 @@ fn selection_by_path_and_its_errors() {
     // A bias has no layer-kind axis: the default axis choice refuses it by name.
     let err = apply_weight_norm(
         LinearConfig::new(3, 2).init(&device),
-        &WeightNormConfig::new().with_params(["bias"]),
+        &WeightNormConfig::new().with_paths(["bias"]),
     )
     .unwrap_err();
     assert!(matches!(err, ReparamError::UnknownLayout { .. }), "{err}");
@@ -449,7 +449,7 @@ fn survey_reports_containers_and_reparameterizations() {
     let params = survey(&wn);
     assert_eq!(params.len(), 2);
     assert_eq!(params[0].path, "weight");
-    assert_eq!(params[0].container, "Struct:Linear");
+    assert_eq!(params[0].module, "Linear");
     assert_eq!(params[0].reparameterization.as_deref(), Some("weight_norm"));
     assert_eq!(params[1].path, "bias");
     assert_eq!(params[1].reparameterization, None);

@@ -32,7 +32,7 @@ impl Real for f64 {
     }
 }
 
-/// A weight with one row per output unit (PyTorch's layout, row-major): a linear layer's
+/// A weight with one row per output unit (row-major): a linear layer's
 /// `[out, in]`, or a convolution's `[out, in / groups, k..]` with one output channel's kernel
 /// (all of its input channels and taps) as a row.
 #[derive(Clone, Debug, PartialEq)]

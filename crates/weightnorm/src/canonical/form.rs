@@ -10,6 +10,7 @@
 //! prescribed scale instead of handing on its own: its rows are `W_temp / target` rather than
 //! unit vectors, and the report says which layer carries what.
 
+use super::fold::fold_norms;
 use super::network::{Layer, Network, Norm, child, shapes_through};
 use super::{CanonicalError, Real, absorb_in_place, flatten_scale, gain_direction, global_gain};
 
@@ -20,8 +21,6 @@ pub struct LayerReport {
     pub layer: String,
     /// Its op.
     pub op: String,
-    /// Its checkpoint key prefix.
-    pub param: Option<String>,
     /// The smallest and largest row norm before (after folding a batch norm into it).
     pub row_norms_before: (f64, f64),
     /// The smallest and largest entry of the scale it hands on.
@@ -35,19 +34,42 @@ pub struct LayerReport {
 }
 
 /// A network in canonical form: unit-norm layers and one output scale vector.
+///
+/// Made by [`canonicalize`]; the scale always has one entry per output channel of the network.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Canonical<T: Real = f64> {
-    /// The canonical network: the original computes `scale * network(x)` (per output channel).
-    pub network: Network<T>,
-    /// The output scale, one entry per output channel (or unit).
-    pub scale: Vec<f64>,
-    /// One entry per weighted layer and batch norm, in order.
-    pub reports: Vec<LayerReport>,
-    /// Folded normalizations and other remarks.
-    pub notes: Vec<String>,
+    pub(crate) network: Network<T>,
+    pub(crate) scale: Vec<f64>,
+    pub(crate) reports: Vec<LayerReport>,
+    pub(crate) notes: Vec<String>,
 }
 
 impl<T: Real> Canonical<T> {
+    /// The canonical network: the original computes `scale * network(x)` (per output channel).
+    pub fn network(&self) -> &Network<T> {
+        &self.network
+    }
+
+    /// The output scale, one entry per output channel (or unit).
+    pub fn scale(&self) -> &[f64] {
+        &self.scale
+    }
+
+    /// One entry per weighted layer and batch norm, in order.
+    pub fn reports(&self) -> &[LayerReport] {
+        &self.reports
+    }
+
+    /// Folded normalizations and other remarks.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The canonical network and the output scale, giving the rest up.
+    pub fn into_parts(self) -> (Network<T>, Vec<f64>) {
+        (self.network, self.scale)
+    }
+
     /// `||scale||`.
     pub fn global_gain(&self) -> f64 {
         global_gain(&self.scale)
@@ -193,58 +215,6 @@ pub fn reconstitute<T: Real>(
         "",
     )?;
     Ok((network, run.reports))
-}
-
-/// Folds every batch norm and mean-only batch norm that directly follows a weighted layer with
-/// as many output channels into it: the rows are multiplied by the norm's multiplier, and the
-/// combined shift (`a * b + c`) is kept by the norm as a shift (the layer's bias, if it has one,
-/// becomes zero).
-fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &mut Vec<String>) {
-    for i in 0..layers.len() {
-        if let Layer::Residual(body) = &mut layers[i] {
-            fold_norms(body, &child(path, i), notes);
-            continue;
-        }
-        if i == 0 {
-            continue;
-        }
-        let (before, after) = layers.split_at_mut(i);
-        let (Layer::Weighted(w), Layer::Norm(n)) = (&mut before[i - 1], &mut after[0]) else {
-            continue;
-        };
-        if n.c.len() != w.w.out {
-            continue;
-        }
-        let bias = w.b.clone();
-        let row_len = w.w.row_len;
-        for ch in 0..w.w.out {
-            let a = n.a.as_ref().map_or(1.0, |a| a[ch].to_f64());
-            if n.a.is_some() {
-                for x in &mut w.w.data[ch * row_len..(ch + 1) * row_len] {
-                    *x = T::from_f64(x.to_f64() * a);
-                }
-            }
-            let b = bias.as_ref().map_or(0.0, |b| b[ch].to_f64());
-            n.c[ch] = T::from_f64(a * b + n.c[ch].to_f64());
-        }
-        let what = if n.a.is_some() {
-            "its multiplier is in the rows, the layer's bias is carried as its shift"
-        } else {
-            "the layer's bias is carried as its shift"
-        };
-        // The layer's bias is in the shift now; it keeps a zero bias where it had one.
-        if let Some(b) = &mut w.b {
-            b.fill(T::from_f64(0.0));
-        }
-        n.a = None;
-        notes.push(format!(
-            "layer {} ({}) folded into layer {} ({}): {what}",
-            child(path, i),
-            n.op(),
-            child(path, i - 1),
-            w.op()
-        ));
-    }
 }
 
 /// The scale at a point of the network and the activation's shape there.
@@ -443,7 +413,7 @@ impl Run {
             Target::Unit(_) => vec![1.0; g.len()],
             Target::To(t, _) => t.clone(),
         };
-        let (absorbed, d, param) = match layer {
+        let (absorbed, d) = match layer {
             Layer::Weighted(l) => {
                 let groups = l.groups();
                 let (a, d) = absorb_in_place(
@@ -454,7 +424,7 @@ impl Run {
                     divisor,
                     name,
                 )?;
-                (a, d, l.param.clone())
+                (a, d)
             }
             Layer::Norm(n) => {
                 let a = n.a.as_mut().expect("an owner has a multiplier");
@@ -463,7 +433,7 @@ impl Run {
                 let (ab, d) =
                     absorb_in_place(&mut rows, Some(&mut n.c), &st.scale, groups, divisor, name)?;
                 n.a = Some(rows.data);
-                (ab, d, n.param.clone())
+                (ab, d)
             }
             _ => unreachable!("an owner"),
         };
@@ -480,7 +450,6 @@ impl Run {
         self.reports.push(LayerReport {
             layer: name.to_string(),
             op: layer.op().into(),
-            param,
             row_norms_before: range(&absorbed.norms_before),
             scale: range(&d),
             row_norms_after: range(&absorbed.norms_after),

@@ -26,10 +26,13 @@
 //! layer before them and propagation restarts. [`reconstitute`] turns a canonical form (with its
 //! own or a changed scale) back into a normal network, and [`verify`] compares outputs.
 //!
-//! Networks are built directly, or read from an architecture file and a checkpoint by
-//! [`torch::from_arch`](crate::torch::from_arch) (and written back by
-//! [`torch::to_tensors`](crate::torch::to_tensors)); weights have one row per output unit,
-//! stored as `f32` or `f64` ([`Real`]), summed in `f64`.
+//! The calculus speaks of networks only: a weight is one row per output unit (its input units,
+//! times the taps of a convolution, along the row), stored as `f32` or `f64` ([`Real`]), summed
+//! in `f64`; a layer is known by its position ([`LayerPath`]). File formats are front-ends
+//! around it: an architecture file and a checkpoint are read by
+//! [`torch::from_arch`](crate::torch::from_arch) and written back by
+//! [`torch::to_tensors`](crate::torch::to_tensors), which keep the checkpoint keys beside the
+//! layers' positions.
 //!
 //! ```
 //! use weightnorm::canonical::{Activation, Layer, Network, Rows, Weighted, canonicalize, verify};
@@ -39,7 +42,6 @@
 //!         w: Rows::new(out, inp, data),
 //!         b: None,
 //!         conv: None,
-//!         param: None,
 //!     })
 //! };
 //! let net = Network::new(
@@ -59,6 +61,7 @@
 //! ```
 
 mod calculus;
+mod fold;
 mod form;
 mod network;
 
@@ -68,10 +71,11 @@ pub use calculus::{
     Absorbed, Activation, Decomposed, Real, Rows, absorb, absorb_in_place, decompose,
     flatten_scale, gain_direction, global_gain, hadamard_norm,
 };
+pub use fold::NormError;
 pub use form::{Agreement, Canonical, LayerReport, argmax, canonicalize, reconstitute, verify};
 pub use network::{
-    Barrier, ConvGeometry, Layer, MAX_VALUES, Network, Norm, NormKind, Pool, Weighted, child,
-    shapes_through,
+    Barrier, ConvGeometry, Layer, LayerPath, MAX_VALUES, Network, Norm, NormKind, Pool, Weighted,
+    child, path_name, shapes_through,
 };
 
 /// Why a network could not be described or put in canonical form.
@@ -96,9 +100,12 @@ pub enum CanonicalError {
         /// The activation.
         activation: String,
     },
-    /// The architecture file as a whole is wrong.
-    #[error("architecture: {0}")]
-    Arch(String),
+    /// An input shape without axes, or of more than [`MAX_VALUES`] values per sample.
+    #[error("an input of shape {shape:?}: it needs at least one axis and at most 2^32 values")]
+    Input {
+        /// The shape as given.
+        shape: Vec<usize>,
+    },
 }
 
 #[cfg(test)]

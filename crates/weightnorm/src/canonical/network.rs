@@ -1,5 +1,9 @@
-//! The network description: layers in PyTorch's layout, their shapes, and a reference forward
-//! pass in `f64` (one sample at a time, channel-major: `[C]`, `[C, L]` or `[C, H, W]`).
+//! The network description: layers as output units and input units (a weight is one row per
+//! output unit), their shapes, and a reference forward pass in `f64` (one sample at a time,
+//! channel-major: `[C]`, `[C, L]` or `[C, H, W]`). Nothing here knows a file format or a
+//! framework's parameter names: front-ends (an architecture file and a checkpoint, an ONNX
+//! graph, a live Burn module) keep their own names beside the layers' positions
+//! ([`LayerPath`]).
 
 use rayon::prelude::*;
 
@@ -46,8 +50,6 @@ pub struct Weighted<T: Real = f64> {
     pub b: Option<Vec<T>>,
     /// The convolution's geometry; `None` for a linear layer.
     pub conv: Option<ConvGeometry>,
-    /// The checkpoint key prefix of its tensors.
-    pub param: Option<String>,
 }
 
 impl<T: Real> Weighted<T> {
@@ -85,14 +87,11 @@ impl<T: Real> Weighted<T> {
 }
 
 /// Batch norm or mean-only batch norm, in evaluation mode: `y = a * x + c` per channel.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormKind {
-    /// Batch norm: `a = gamma / sqrt(var + eps)`, `c = beta - a * mean`.
-    Batch {
-        /// The epsilon under the square root.
-        eps: f64,
-    },
-    /// Mean-only batch norm: `a = 1`, `c = bias - mean`.
+    /// Batch norm: `a = gamma / sqrt(var + eps)`, `c = beta - a * mean` ([`Norm::batch`]).
+    Batch,
+    /// Mean-only batch norm: `a = 1`, `c = bias - mean` ([`Norm::mean_only`]).
     MeanOnly,
 }
 
@@ -106,15 +105,13 @@ pub struct Norm<T: Real = f64> {
     pub a: Option<Vec<T>>,
     /// The shift per channel.
     pub c: Vec<T>,
-    /// The checkpoint key prefix of its tensors.
-    pub param: Option<String>,
 }
 
 impl<T: Real> Norm<T> {
     /// `batch_norm` or `mean_only_batch_norm`.
     pub fn op(&self) -> &'static str {
         match self.kind {
-            NormKind::Batch { .. } => "batch_norm",
+            NormKind::Batch => "batch_norm",
             NormKind::MeanOnly => "mean_only_batch_norm",
         }
     }
@@ -576,6 +573,17 @@ pub fn shapes_through<T: Real>(
     Ok(shape)
 }
 
+/// The display name of a layer's position: `"3"`, `"4.body.0"`.
+pub fn path_name(path: &LayerPath) -> String {
+    path.iter().fold(String::new(), |name, &i| {
+        if name.is_empty() {
+            child("", i)
+        } else {
+            child(&format!("{name}.body"), i)
+        }
+    })
+}
+
 /// The name of layer `i` under `path` (`"3"` at the top, `"4.body.0"` under `"4.body"`).
 pub fn child(path: &str, i: usize) -> String {
     if path.is_empty() {
@@ -585,14 +593,20 @@ pub fn child(path: &str, i: usize) -> String {
     }
 }
 
+/// A layer's position in a network: indices into the top-level list and nested residual bodies
+/// (`[3]` is layer 3, `[4, 0]` the first layer of residual block 4's body). Its display name is
+/// `"3"` or `"4.body.0"` ([`LayerPath::name`]).
+pub type LayerPath = [usize];
+
 /// A network: the shape of one input sample (`[features]`, `[C, L]` or `[C, H, W]`) and its
 /// layers, checked to fit together.
+///
+/// The fields are private so that a network that exists has been checked: build one with
+/// [`Network::new`], read it with [`Network::input`] and [`Network::layers`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network<T: Real = f64> {
-    /// One sample's shape.
-    pub input: Vec<usize>,
-    /// The layers.
-    pub layers: Vec<Layer<T>>,
+    pub(crate) input: Vec<usize>,
+    pub(crate) layers: Vec<Layer<T>>,
 }
 
 impl<T: Real> Network<T> {
@@ -600,15 +614,61 @@ impl<T: Real> Network<T> {
     ///
     /// # Errors
     ///
-    /// [`CanonicalError::Layer`] naming the first layer that does not fit.
+    /// [`CanonicalError::Input`] for an input shape without axes or of more than
+    /// [`MAX_VALUES`] values; [`CanonicalError::Layer`] naming the first layer that does not fit.
     pub fn new(input: Vec<usize>, layers: Vec<Layer<T>>) -> Result<Self, CanonicalError> {
         if input.is_empty() || values(&input).is_none_or(|n| n > MAX_VALUES) {
-            return Err(CanonicalError::Arch(format!(
-                "an input of shape {input:?}: it needs at least one axis and at most 2^32 values"
-            )));
+            return Err(CanonicalError::Input { shape: input });
         }
         shapes_through(&layers, &input, "")?;
         Ok(Self { input, layers })
+    }
+
+    /// One input sample's shape.
+    pub fn input(&self) -> &[usize] {
+        &self.input
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Layer<T>] {
+        &self.layers
+    }
+
+    /// The input shape and the layers, giving the network up.
+    pub fn into_parts(self) -> (Vec<usize>, Vec<Layer<T>>) {
+        (self.input, self.layers)
+    }
+
+    /// The layer at `path`, if there is one.
+    pub fn layer(&self, path: &LayerPath) -> Option<&Layer<T>> {
+        let (&first, rest) = path.split_first()?;
+        let mut layer = self.layers.get(first)?;
+        for &i in rest {
+            let Layer::Residual(body) = layer else {
+                return None;
+            };
+            layer = body.get(i)?;
+        }
+        Some(layer)
+    }
+
+    /// The positions of every weighted layer and normalization, in order (depth first through
+    /// residual bodies): the layers that hold parameters.
+    pub fn parameter_layers(&self) -> Vec<Vec<usize>> {
+        fn walk<T: Real>(layers: &[Layer<T>], prefix: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+            for (i, l) in layers.iter().enumerate() {
+                prefix.push(i);
+                match l {
+                    Layer::Residual(body) => walk(body, prefix, out),
+                    Layer::Weighted(_) | Layer::Norm(_) => out.push(prefix.clone()),
+                    _ => {}
+                }
+                prefix.pop();
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.layers, &mut Vec::new(), &mut out);
+        out
     }
 
     /// The shape of one output sample.

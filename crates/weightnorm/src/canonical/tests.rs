@@ -30,7 +30,6 @@ fn dense<T: Real>(out: usize, inp: usize, data: Vec<T>, b: Option<Vec<T>>) -> La
         w: Rows::new(out, inp, data),
         b,
         conv: None,
-        param: None,
     })
 }
 
@@ -52,25 +51,22 @@ fn conv_layer<T: Real>(
         w: Rows::new(out, row_len, data),
         b: bias.then(|| rng.vals(out, 1.0)),
         conv: Some(g),
-        param: None,
     })
 }
 
 fn norm<T: Real>(rng: &mut Rng, channels: usize) -> Layer<T> {
     if rng.chance(2) {
         Layer::Norm(Norm {
-            kind: NormKind::Batch { eps: 1e-5 },
+            kind: NormKind::Batch,
             // Any sign: a negative multiplier flips the unit.
             a: Some(rng.vals(channels, 2.0)),
             c: rng.vals(channels, 1.0),
-            param: None,
         })
     } else {
         Layer::Norm(Norm {
             kind: NormKind::MeanOnly,
             a: None,
             c: rng.vals(channels, 1.0),
-            param: None,
         })
     }
 }
@@ -398,10 +394,9 @@ fn batch_norm_folds_into_the_layer_before_it() {
         true,
     );
     let bn = Layer::Norm(Norm {
-        kind: NormKind::Batch { eps: 1e-5 },
+        kind: NormKind::Batch,
         a: Some(vec![2.0, -0.5, 1.5]),
         c: vec![0.1, 0.2, -0.3],
-        param: None,
     });
     let net = Network::new(vec![2, 4, 4], vec![conv, bn, Layer::Act(Activation::Relu)]).unwrap();
     let c = canonicalize(net.clone()).unwrap();
@@ -425,10 +420,9 @@ fn batch_norm_folds_into_the_layer_before_it() {
         vec![3],
         vec![
             Layer::Norm(Norm {
-                kind: NormKind::Batch { eps: 1e-5 },
+                kind: NormKind::Batch,
                 a: Some(vec![2.0, -0.5, 0.0]),
                 c: vec![0.1, 0.2, -0.3],
-                param: None,
             }),
             Layer::Act(Activation::Relu),
         ],

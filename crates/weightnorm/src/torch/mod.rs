@@ -18,13 +18,16 @@
 //! crate (memory-mapped), and PyTorch's zip checkpoints (`.pt`, `.pth`, `.bin`) by
 //! `pytorch-reader`, which interprets only the pickle opcodes that describe tensors.
 
-mod arch;
+pub mod arch;
 mod checkpoint;
 mod module_io;
 mod pairs;
 mod transform;
 
-pub use arch::{CANONICAL_SCALE_KEY, from_arch, to_tensors, vector_entry};
+pub use arch::{
+    ArchError, ArchNetwork, Binding, BindingKind, CANONICAL_SCALE_KEY, from_arch, to_tensors,
+    vector_entry,
+};
 pub use checkpoint::{Checkpoint, Format, TensorEntry, write_safetensors};
 
 /// PyTorch's names of a module's tensors: `<module>.<field>`.
@@ -146,11 +149,102 @@ pub enum TorchError {
         source: crate::Error,
     },
     /// Nothing to do: no pair to fuse or convert, no tensor selected for split.
-    #[error("{0}")]
-    Nothing(String),
-    /// A checkpoint that does not match the module being loaded.
-    #[error("{0}")]
-    Mismatch(String),
+    #[error("{}", match .0 {
+        Action::Fuse => "no weight-norm pair (`*_g`/`*_v` or `parametrizations.*.original0/1`) to fuse",
+        Action::Split => "no tensor selected to split (by default: every `*.weight` of rank 2 or more)",
+        Action::Convert => "no weight-norm pair to convert",
+    })]
+    NothingTo(Action),
+    /// The result would hold a key twice.
+    #[error("{}", match .action {
+        Action::Fuse => format!("`{key}` exists beside its weight-norm pair: fusing would overwrite it"),
+        Action::Split => format!("splitting would write `{key}` twice: the input already holds that key"),
+        Action::Convert => format!("converting would write `{key}` twice"),
+    })]
+    Collision {
+        /// What was being done.
+        action: Action,
+        /// The key.
+        key: String,
+    },
+    /// A checkpoint tensor's shape differs from the module parameter it would load into.
+    #[error(
+        "`{path}`: the checkpoint gives shape {checkpoint:?} (in Burn's layout), the module has {module:?}"
+    )]
+    ShapeDiffers {
+        /// The parameter path.
+        path: String,
+        /// The shape in the checkpoint (in Burn's layout).
+        checkpoint: Vec<usize>,
+        /// The parameter's shape.
+        module: Vec<usize>,
+    },
+    /// A weight-norm pair normalizes another axis than the module's weight norm.
+    #[error(
+        "`{path}`: the checkpoint normalizes dim {dim:?} ({norms} norms), the module's weight norm keeps {kept}; apply weight norm with that dim (AxisChoice::Torch)"
+    )]
+    AxisDiffers {
+        /// The parameter path.
+        path: String,
+        /// The checkpoint's PyTorch `dim`.
+        dim: Option<i64>,
+        /// The number of norms the checkpoint holds.
+        norms: usize,
+        /// The number of norms the module keeps.
+        kept: usize,
+    },
+    /// The module's parameter has weight norm but the checkpoint has no pair for it.
+    #[error(
+        "`{path}` has weight norm in the module, but the checkpoint has no pair for it (`{g_key}`/`{v_key}` or its parametrizations keys)"
+    )]
+    MissingPair {
+        /// The parameter path.
+        path: String,
+        /// The legacy `g` key.
+        g_key: String,
+        /// The legacy `v` key.
+        v_key: String,
+    },
+    /// The checkpoint lacks a tensor the module needs.
+    #[error("the checkpoint has no tensor `{name}`")]
+    MissingTensor {
+        /// The tensor's name.
+        name: String,
+    },
+    /// Checkpoint tensors that have no place in the module.
+    #[error("the module has no place for these checkpoint tensors: {}", .names.join(", "))]
+    UnusedTensors {
+        /// Their names.
+        names: Vec<String>,
+    },
+    /// The axis a module's weight norm keeps cannot be told from `g`'s length.
+    #[error("`{path}`: cannot tell which axis its weight norm keeps from g's {norms} values")]
+    AmbiguousAxis {
+        /// The parameter path.
+        path: String,
+        /// The length of `g`.
+        norms: usize,
+    },
+    /// A Linear weight (transposed between the layouts) that is not 2-D.
+    #[error("`{name}` should be a 2-D Linear weight, but has shape {shape:?}")]
+    NotLinear {
+        /// The tensor's name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+}
+
+/// What a checkpoint transform was doing, for [`TorchError::NothingTo`] and
+/// [`TorchError::Collision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// [`fuse`]: pairs to plain weights.
+    Fuse,
+    /// [`split`]: plain weights to pairs.
+    Split,
+    /// [`convert`]: one key scheme to the other.
+    Convert,
 }
 
 /// The result type of this module.

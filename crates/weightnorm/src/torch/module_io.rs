@@ -68,9 +68,9 @@ fn torch_name(info: &ParamInfo) -> String {
         .path
         .rsplit_once('.')
         .unwrap_or(("", info.path.as_str()));
-    let field = match (info.container.as_str(), field) {
-        ("Struct:BatchNorm", "gamma") => super::field::WEIGHT,
-        ("Struct:BatchNorm" | "Struct:MeanOnlyBatchNorm", "beta") => super::field::BIAS,
+    let field = match (info.module.as_str(), field) {
+        ("BatchNorm", "gamma") => super::field::WEIGHT,
+        ("BatchNorm" | "MeanOnlyBatchNorm", "beta") => super::field::BIAS,
         (_, f) => f,
     };
     if module.is_empty() {
@@ -83,7 +83,7 @@ fn torch_name(info: &ParamInfo) -> String {
 /// PyTorch's batch-norm step counter beside a Burn `BatchNorm`'s running mean: written on save
 /// (Burn keeps no counter, so 0) and accepted without a place on load.
 fn batch_counter(info: &ParamInfo) -> Option<String> {
-    (info.container == "Struct:BatchNorm")
+    (info.module == "BatchNorm")
         .then(|| info.path.rsplit_once('.'))
         .flatten()
         .filter(|(_, f)| *f == super::field::RUNNING_MEAN)
@@ -101,10 +101,10 @@ fn data_of(t: &TensorEntry, transpose: bool) -> Result<TensorData> {
         return Ok(data);
     }
     if t.shape.len() != 2 {
-        return Err(TorchError::Mismatch(format!(
-            "`{}` should be a 2-D Linear weight, but has shape {:?}",
-            t.name, t.shape
-        )));
+        return Err(TorchError::NotLinear {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+        });
     }
     Ok(transpose_2d(data))
 }
@@ -147,10 +147,11 @@ impl ModuleMapper for Assign {
         };
         let shape = param.shape().to_vec();
         if data.shape().as_slice() != shape.as_slice() {
-            self.errors.push(TorchError::Mismatch(format!(
-                "`{path}`: the checkpoint gives shape {:?} (in Burn's layout), the module has {shape:?}",
-                data.shape()
-            )));
+            self.errors.push(TorchError::ShapeDiffers {
+                path,
+                checkpoint: data.shape().to_vec(),
+                module: shape,
+            });
             return param;
         }
         param.map(|old| {
@@ -207,12 +208,12 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
                     NormAxis::Whole => 1,
                 };
                 if g_len != expected {
-                    return Err(TorchError::Mismatch(format!(
-                        "`{}`: the checkpoint normalizes dim {:?} ({} norms), the module's weight norm keeps {g_len}; apply weight norm with that dim (AxisChoice::Torch)",
-                        info.path,
-                        pair.axis.to_torch(),
-                        expected
-                    )));
+                    return Err(TorchError::AxisDiffers {
+                        path: info.path.clone(),
+                        dim: pair.axis.to_torch(),
+                        norms: expected,
+                        kept: g_len,
+                    });
                 }
                 values.insert(info.path.clone(), data_of(v, transpose)?);
                 let g_data = data_of(g, false)?;
@@ -233,16 +234,15 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
         }
         if wn {
             let (g_key, v_key) = pair_keys(&info.path, Scheme::Legacy);
-            return Err(TorchError::Mismatch(format!(
-                "`{}` has weight norm in the module, but the checkpoint has no pair for it (`{g_key}`/`{v_key}` or its parametrizations keys)",
-                info.path
-            )));
+            return Err(TorchError::MissingPair {
+                path: info.path.clone(),
+                g_key,
+                v_key,
+            });
         }
         let name = torch_name(&info);
         let Some(t) = by_name.get(name.as_str()) else {
-            return Err(TorchError::Mismatch(format!(
-                "the checkpoint has no tensor `{name}`"
-            )));
+            return Err(TorchError::MissingTensor { name });
         };
         used.insert(name);
         values.insert(info.path.clone(), data_of(t, transpose)?);
@@ -253,10 +253,9 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
         .filter(|n| !used.contains(*n))
         .collect();
     if !unused.is_empty() {
-        return Err(TorchError::Mismatch(format!(
-            "the module has no place for these checkpoint tensors: {}",
-            unused.join(", ")
-        )));
+        return Err(TorchError::UnusedTensors {
+            names: unused.into_iter().map(String::from).collect(),
+        });
     }
     let mut assign = Assign {
         values,
@@ -309,7 +308,7 @@ fn entry(name: String, data: TensorData, shape: Vec<usize>) -> Result<TensorEntr
 ///
 /// # Errors
 ///
-/// [`TorchError::Mismatch`] when the axis of a weight norm cannot be told from `g`'s length
+/// [`TorchError::AmbiguousAxis`] when the axis of a weight norm cannot be told from `g`'s length
 /// (several axes of that size, none the output axis).
 pub fn save_module<M: Module>(module: &M, scheme: Scheme) -> Result<Vec<TensorEntry>> {
     let mut collect = Collect::default();
@@ -350,10 +349,10 @@ pub fn save_module<M: Module>(module: &M, scheme: Scheme) -> Result<Vec<TensorEn
                     match fits.as_slice() {
                         [k] => NormAxis::Keep(*k),
                         _ => {
-                            return Err(TorchError::Mismatch(format!(
-                                "`{}`: cannot tell which axis its weight norm keeps from g's {n} values",
-                                info.path
-                            )));
+                            return Err(TorchError::AmbiguousAxis {
+                                path: info.path.clone(),
+                                norms: n,
+                            });
                         }
                     }
                 }

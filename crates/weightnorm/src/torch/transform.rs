@@ -5,7 +5,7 @@ use safetensors::Dtype;
 
 use super::checkpoint::TensorEntry;
 use super::pairs::{Pair, Scheme, detect_pairs, pair_keys};
-use super::{Result, TorchError};
+use super::{Action, Result, TorchError};
 use crate::NormAxis;
 use crate::ops::slices;
 use burn::tensor::{bf16, f16};
@@ -228,7 +228,7 @@ fn split_g(name: &str, w: &TensorEntry, axis: NormAxis) -> Result<TensorEntry> {
 ///
 /// # Errors
 ///
-/// [`TorchError::Nothing`] when there is no pair, and the errors of
+/// [`TorchError::NothingTo`] when there is no pair, and the errors of
 /// [`detect_pairs`](super::detect_pairs) and of the pairs' shapes and dtypes. Errors in the data
 /// (NaN, zero norms) come when the fused tensors are computed.
 pub fn fuse(
@@ -241,9 +241,7 @@ pub fn fuse(
         .collect();
     let pairs = detect_pairs(&shapes, options.dim)?;
     if pairs.is_empty() {
-        return Err(TorchError::Nothing(
-            "no weight-norm pair (`*_g`/`*_v` or `parametrizations.*.original0/1`) to fuse".into(),
-        ));
+        return Err(TorchError::NothingTo(Action::Fuse));
     }
     let find = |k: &str| tensors.iter().find(|t| t.name == k).expect("detected");
     let mut consumed = std::collections::BTreeSet::new();
@@ -251,10 +249,10 @@ pub fn fuse(
     for p in &pairs {
         let (g, v) = (find(&p.g_key).clone(), find(&p.v_key).clone());
         if tensors.iter().any(|t| t.name == p.name) {
-            return Err(TorchError::Mismatch(format!(
-                "`{}` exists beside its weight-norm pair: fusing would overwrite it",
-                p.name
-            )));
+            return Err(TorchError::Collision {
+                action: Action::Fuse,
+                key: p.name.clone(),
+            });
         }
         check_pair(&p.name, &v, &g, p.axis)?;
         consumed.insert(p.g_key.clone());
@@ -288,7 +286,7 @@ pub fn fuse(
 ///
 /// # Errors
 ///
-/// [`TorchError::Nothing`] when nothing is selected; a bad `dim` or non-float dtype for a
+/// [`TorchError::NothingTo`] when nothing is selected; a bad `dim` or non-float dtype for a
 /// selected tensor; an output key that already exists. Errors in the data come when the `g`
 /// tensors are computed.
 pub fn split(
@@ -319,16 +317,14 @@ pub fn split(
         });
     }
     if pairs.is_empty() {
-        return Err(TorchError::Nothing(
-            "no tensor selected to split (by default: every `*.weight` of rank 2 or more)".into(),
-        ));
+        return Err(TorchError::NothingTo(Action::Split));
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
-        return Err(TorchError::Mismatch(format!(
-            "splitting would write `{}` twice: the input already holds that key",
-            w[0].name
-        )));
+        return Err(TorchError::Collision {
+            action: Action::Split,
+            key: w[0].name.clone(),
+        });
     }
     Ok((out, pairs))
 }
@@ -337,7 +333,7 @@ pub fn split(
 ///
 /// # Errors
 ///
-/// [`TorchError::Nothing`] when there is no pair; the errors of pair detection.
+/// [`TorchError::NothingTo`] when there is no pair; the errors of pair detection.
 pub fn convert(tensors: &[TensorEntry], scheme: Scheme) -> Result<(Vec<TensorEntry>, Vec<Pair>)> {
     let shapes: Vec<_> = tensors
         .iter()
@@ -345,7 +341,7 @@ pub fn convert(tensors: &[TensorEntry], scheme: Scheme) -> Result<(Vec<TensorEnt
         .collect();
     let pairs = detect_pairs(&shapes, None)?;
     if pairs.is_empty() {
-        return Err(TorchError::Nothing("no weight-norm pair to convert".into()));
+        return Err(TorchError::NothingTo(Action::Convert));
     }
     let mut rename = std::collections::BTreeMap::new();
     for p in &pairs {
@@ -362,10 +358,10 @@ pub fn convert(tensors: &[TensorEntry], scheme: Scheme) -> Result<(Vec<TensorEnt
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
-        return Err(TorchError::Mismatch(format!(
-            "converting would write `{}` twice",
-            w[0].name
-        )));
+        return Err(TorchError::Collision {
+            action: Action::Convert,
+            key: w[0].name.clone(),
+        });
     }
     Ok((out, pairs))
 }
