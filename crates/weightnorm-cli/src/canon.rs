@@ -285,7 +285,7 @@ fn run<T: Real>(
     let t = Instant::now();
     if ok {
         let extra = match args.form {
-            Form::Canonical => vec![vector_entry(CANONICAL_SCALE_KEY, &scale, dtype)],
+            Form::Canonical => vec![vector_entry(CANONICAL_SCALE_KEY, &scale, dtype).map_err(bad)?],
             Form::Reconstituted => Vec::new(),
         };
         let entries = to_tensors(Arc::new(network), bindings, tensors, extra).map_err(bad)?;

@@ -90,7 +90,7 @@ fn check<T: Real>(name: &str, canonical_tol: f64) {
         Arc::new(c.network().clone()),
         &read.bindings,
         &f.tensors,
-        vec![vector_entry(CANONICAL_SCALE_KEY, c.scale(), dtype)],
+        vec![vector_entry(CANONICAL_SCALE_KEY, c.scale(), dtype).unwrap()],
     )
     .unwrap();
     write_safetensors(&out, &entries, None).unwrap();

@@ -102,6 +102,69 @@ pub struct Absorbed {
     pub norms_after: Vec<f64>,
 }
 
+/// The L2 norm of `row * s` (`s` one scale per input channel of `taps` consecutive elements,
+/// or 1), summed in `f64` with eight running sums so that the loop vectorizes. Where the plain
+/// sum of squares overflows or may have lost tiny squares to underflow, the row is summed again
+/// scaled by its largest magnitude, so that every finite norm comes out exact to rounding.
+fn scaled_norm<T: Real>(row: &[T], scales: Option<&[f64]>, taps: usize) -> f64 {
+    let taps = taps.max(1);
+    let at = |k: usize| scales.map_or(1.0, |g| g[k / taps]);
+    let mut acc = [0.0f64; 8];
+    match scales {
+        Some(g) if taps == 1 => {
+            let chunks = row.chunks_exact(8).zip(g.chunks_exact(8));
+            for (xs, gs) in chunks {
+                for k in 0..8 {
+                    let t = xs[k].to_f64() * gs[k];
+                    acc[k] += t * t;
+                }
+            }
+            let done = row.len() / 8 * 8;
+            for (x, s) in row[done..].iter().zip(&g[done..]) {
+                let t = x.to_f64() * s;
+                acc[0] += t * t;
+            }
+        }
+        None => {
+            let chunks = row.chunks_exact(8);
+            let rest = chunks.remainder();
+            for xs in chunks {
+                for k in 0..8 {
+                    let t = xs[k].to_f64();
+                    acc[k] += t * t;
+                }
+            }
+            for x in rest {
+                acc[0] += x.to_f64() * x.to_f64();
+            }
+        }
+        Some(_) => {
+            for (k, x) in row.iter().enumerate() {
+                let t = x.to_f64() * at(k);
+                acc[k % 8] += t * t;
+            }
+        }
+    }
+    let sum: f64 = acc.iter().sum();
+    // Squares below ~1e-308 are lost; a sum this small may have lost some.
+    if sum.is_finite() && sum >= 1e-280 {
+        return sum.sqrt();
+    }
+    let m = (0..row.len())
+        .map(|k| (row[k].to_f64() * at(k)).abs())
+        .fold(0.0f64, f64::max);
+    if m == 0.0 || !m.is_finite() {
+        return m;
+    }
+    let sum: f64 = (0..row.len())
+        .map(|k| {
+            let t = row[k].to_f64() * at(k) / m;
+            t * t
+        })
+        .sum();
+    m * sum.sqrt()
+}
+
 /// Transforms I and III in place, on the rows of a weight and its bias: every row is multiplied
 /// by the scale of the input units it reads (`W_temp`), measured (`g_out`), then divided by
 /// `divisor(g_out)` (`g_out` itself for the canonical form, so that rows have unit norm; a
@@ -113,7 +176,9 @@ pub struct Absorbed {
 ///
 /// # Errors
 ///
-/// [`CanonicalError::Layer`] (named `layer`) if the shapes do not fit.
+/// [`CanonicalError::Layer`] (named `layer`) if the shapes do not fit;
+/// [`CanonicalError::Overflow`] if a norm, a carried row or a bias exceeds the range of `f64`
+/// or of the storage type `T`.
 pub fn absorb_in_place<T: Real>(
     w: &mut Rows<T>,
     bias: Option<&mut [T]>,
@@ -144,53 +209,26 @@ pub fn absorb_in_place<T: Real>(
     let taps = w.row_len / per_group;
     let rows_per_group = w.out / groups;
     let row_len = w.row_len.max(1);
-    // Pass 1: W_temp = W * g_in, with both norms, one row at a time (eight running sums
-    // each, so that the loop vectorizes).
+    let scales_of = |i: usize| &g_in[(i / rows_per_group) * per_group..][..per_group];
+    // Pass 1 (read only): the norm of every row before and after multiplying by g_in.
     let sums: Vec<(f64, f64)> = w
         .data
-        .par_chunks_mut(row_len)
+        .par_chunks(row_len)
         .enumerate()
         .map(|(i, row)| {
-            let g = &g_in[(i / rows_per_group) * per_group..][..per_group];
-            let (mut before, mut after) = ([0.0f64; 8], [0.0f64; 8]);
-            if taps == 1 && per_group == row.len() {
-                let mut scaled = row.chunks_exact_mut(8).zip(g.chunks_exact(8));
-                for (xs, gs) in &mut scaled {
-                    for k in 0..8 {
-                        let v = xs[k].to_f64();
-                        before[k] += v * v;
-                        let t = v * gs[k];
-                        after[k] += t * t;
-                        xs[k] = T::from_f64(t);
-                    }
-                }
-                let done = row.len() / 8 * 8;
-                for (x, s) in row[done..].iter_mut().zip(&g[done..]) {
-                    let v = x.to_f64();
-                    before[0] += v * v;
-                    let t = v * s;
-                    after[0] += t * t;
-                    *x = T::from_f64(t);
-                }
-            } else {
-                for (c, taps_of_c) in row.chunks_mut(taps.max(1)).enumerate() {
-                    let s = g[c];
-                    for (k, x) in taps_of_c.iter_mut().enumerate() {
-                        let v = x.to_f64();
-                        before[k % 8] += v * v;
-                        let t = v * s;
-                        after[k % 8] += t * t;
-                        *x = T::from_f64(t);
-                    }
-                }
-            }
             (
-                before.iter().sum::<f64>().sqrt(),
-                after.iter().sum::<f64>().sqrt(),
+                scaled_norm(row, None, taps),
+                scaled_norm(row, Some(scales_of(i)), taps),
             )
         })
         .collect();
     let norms_before: Vec<f64> = sums.iter().map(|s| s.0).collect();
+    if let Some(i) = sums.iter().position(|s| !s.1.is_finite()) {
+        return Err(CanonicalError::Overflow {
+            layer: layer.to_string(),
+            what: format!("the norm of row {i} times its input scale exceeds the range of f64"),
+        });
+    }
     let mut zero_rows = Vec::new();
     let g_out: Vec<f64> = sums
         .iter()
@@ -205,24 +243,41 @@ pub fn absorb_in_place<T: Real>(
         })
         .collect();
     let d = divisor(&g_out);
-    // Pass 2: divide by the scale the layer hands on, measuring the rows again.
+    // Pass 2: V = W * g_in / d, measuring the rows again. Where `W * g_in` overflows `f64`,
+    // the ratio `g_in / d` is taken first.
     let norms_after: Vec<f64> = w
         .data
         .par_chunks_mut(row_len)
         .zip(d.par_iter())
-        .map(|(row, &di)| {
+        .enumerate()
+        .map(|(i, (row, &di))| {
+            let g = scales_of(i);
             let mut acc = [0.0f64; 8];
             for (k, x) in row.iter_mut().enumerate() {
-                let y = T::from_f64(x.to_f64() / di);
+                let (v, s) = (x.to_f64(), g[k / taps.max(1)]);
+                let t = v * s;
+                let y = T::from_f64(if t.is_finite() { t / di } else { v * (s / di) });
                 *x = y;
                 acc[k % 8] += y.to_f64() * y.to_f64();
             }
             acc.iter().sum::<f64>().sqrt()
         })
         .collect();
+    if let Some(i) = norms_after.iter().position(|n| !n.is_finite()) {
+        return Err(CanonicalError::Overflow {
+            layer: layer.to_string(),
+            what: format!("row {i} of the weight it must carry exceeds the range of its type"),
+        });
+    }
     if let Some(b) = bias {
-        for (x, di) in b.iter_mut().zip(&d) {
+        for (i, (x, di)) in b.iter_mut().zip(&d).enumerate() {
             *x = T::from_f64(x.to_f64() / di);
+            if !x.to_f64().is_finite() {
+                return Err(CanonicalError::Overflow {
+                    layer: layer.to_string(),
+                    what: format!("bias {i} divided by its scale exceeds the range of its type"),
+                });
+            }
         }
     }
     Ok((
@@ -270,11 +325,8 @@ pub fn absorb(
 /// The norm of the Hadamard product of two vectors: the "directional interference" that makes
 /// absorption lose magnitude (`<= 1` for unit vectors).
 pub fn hadamard_norm(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x * y).powi(2))
-        .sum::<f64>()
-        .sqrt()
+    let products: Vec<f64> = a.iter().zip(b).map(|(x, y)| x * y).collect();
+    scaled_norm(&products, None, 1)
 }
 
 /// Positively homogeneous activations: a non-negative scale passes through them (transform II).
@@ -338,9 +390,10 @@ pub fn flatten_scale(g: &[f64], positions: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The network's global gain: `||g_final||`.
+/// The network's global gain: `||g_final||` (rescaled where the squares would overflow or underflow,
+/// so that it is exact to rounding for every finite scale).
 pub fn global_gain(scale: &[f64]) -> f64 {
-    scale.iter().map(|x| x * x).sum::<f64>().sqrt()
+    scaled_norm(scale, None, 1)
 }
 
 /// The gain direction: `g_final / ||g_final||` (zeros for a zero scale).

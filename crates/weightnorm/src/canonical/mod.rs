@@ -100,6 +100,15 @@ pub enum CanonicalError {
         /// The activation.
         activation: String,
     },
+    /// A value of the result exceeds the range of its type: the exact canonical form is not
+    /// representable.
+    #[error("layer {layer}: {what}")]
+    Overflow {
+        /// The layer's position.
+        layer: String,
+        /// Which value.
+        what: String,
+    },
     /// An input shape without axes, or of more than [`MAX_VALUES`] values per sample.
     #[error("an input of shape {shape:?}: it needs at least one axis and at most 2^32 values")]
     Input {

@@ -595,7 +595,7 @@ pub fn child(path: &str, i: usize) -> String {
 
 /// A layer's position in a network: indices into the top-level list and nested residual bodies
 /// (`[3]` is layer 3, `[4, 0]` the first layer of residual block 4's body). Its display name is
-/// `"3"` or `"4.body.0"` ([`LayerPath::name`]).
+/// `"3"` or `"4.body.0"` ([`path_name`]).
 pub type LayerPath = [usize];
 
 /// A network: the shape of one input sample (`[features]`, `[C, L]` or `[C, H, W]`) and its

@@ -508,3 +508,61 @@ fn reconstitution_with_a_changed_scale() {
     assert!(reconstitute(c.network.clone(), &[1.0, -1.0]).is_err());
     assert!(reconstitute(c.network, &[1.0]).is_err());
 }
+
+/// A two-layer ReLU network whose weights are `a` times a fixed pattern.
+fn scaled_pair<T: Real>(a: f64) -> Network<T> {
+    let w = |vals: &[f64]| vals.iter().map(|&x| T::from_f64(x * a)).collect::<Vec<T>>();
+    Network::new(
+        vec![2],
+        vec![
+            dense(2, 2, w(&[3.0, 4.0, 1.0, 0.0]), None),
+            Layer::Act(Activation::Relu),
+            dense(1, 2, w(&[2.0, -1.0]), None),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn huge_finite_weights_give_the_exact_finite_form() {
+    // Rows of norm 5e30 in f32: the squares overflow f32, and W_temp (5e30 * 2e30) would too.
+    let net = scaled_pair::<f32>(1e30);
+    let c = canonicalize(net.clone()).unwrap();
+    let expected = 101f64.sqrt() * 1e60;
+    assert!(
+        (c.global_gain() / expected - 1.0).abs() < 1e-6,
+        "{}",
+        c.global_gain()
+    );
+    for r in c.reports() {
+        assert!((r.row_norms_after.1 - 1.0).abs() < 1e-6, "{r:?}");
+    }
+    let xs = [vec![1.0, 2.0], vec![-3.0, 0.5]];
+    assert!(verify(&net, &c, &xs).max_rel_error < 1e-6);
+}
+
+#[test]
+fn tiny_nonzero_weights_are_not_zero_rows() {
+    // 1e-30 squared underflows f32 and nearly f64's normal range: still unit rows, not zeros.
+    for a in [1e-30, 1e-150] {
+        let c = canonicalize(scaled_pair::<f64>(a)).unwrap();
+        assert!(c.reports().iter().all(|r| r.zero_rows.is_empty()), "{a}");
+        let expected = 101f64.sqrt() * a * a;
+        assert!((c.global_gain() / expected - 1.0).abs() < 1e-12, "{a}");
+    }
+    let c = canonicalize(scaled_pair::<f32>(1e-30)).unwrap();
+    assert!(c.reports().iter().all(|r| r.zero_rows.is_empty()));
+}
+
+#[test]
+fn a_scale_beyond_f64_is_an_error() {
+    let e = canonicalize(scaled_pair::<f64>(1e200)).unwrap_err();
+    assert!(
+        matches!(&e, CanonicalError::Overflow { layer, .. } if layer == "2"),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "layer 2: the norm of row 0 times its input scale exceeds the range of f64"
+    );
+}

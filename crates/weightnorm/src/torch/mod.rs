@@ -225,6 +225,16 @@ pub enum TorchError {
         /// The length of `g`.
         norms: usize,
     },
+    /// A finite value that the tensor's dtype cannot hold (it would become infinite).
+    #[error("`{name}`: a value of {value:e} overflows {dtype}")]
+    Overflow {
+        /// The tensor.
+        name: String,
+        /// The value.
+        value: f64,
+        /// The dtype, in words (`f32`, `f16`, `bf16`).
+        dtype: &'static str,
+    },
     /// A Linear weight (transposed between the layouts) that is not 2-D.
     #[error("`{name}` should be a 2-D Linear weight, but has shape {shape:?}")]
     NotLinear {

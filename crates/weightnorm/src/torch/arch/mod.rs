@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(read.prefix("3.body.0"), Some("3.body.0"));
         assert_eq!(read.bindings[1].kind, BindingKind::BatchNorm { eps: 1e-5 });
         let c = canonicalize(net.clone()).unwrap();
-        let scale = vector_entry(CANONICAL_SCALE_KEY, c.scale(), Dtype::F32);
+        let scale = vector_entry(CANONICAL_SCALE_KEY, c.scale(), Dtype::F32).unwrap();
         let out = to_tensors(
             Arc::new(c.network().clone()),
             &read.bindings,

@@ -9,26 +9,52 @@ use safetensors::Dtype;
 
 use super::{ArchError, Binding, BindingKind};
 use crate::canonical::{Layer, Network, Real, path_name};
-use crate::torch::TensorEntry;
 use crate::torch::field::{self, BIAS, RUNNING_MEAN, RUNNING_VAR, WEIGHT};
+use crate::torch::{TensorEntry, TorchError};
 
 /// The key under which a canonical checkpoint holds the output scale.
 pub const CANONICAL_SCALE_KEY: &str = "canonical.scale";
 
 /// Encodes values as `dtype`'s little-endian bytes (`f32` for any other dtype).
-fn encode<T: Real>(values: &[T], dtype: Dtype) -> Vec<u8> {
-    fn put<const N: usize, T: Real>(values: &[T], f: impl Fn(f64) -> [u8; N]) -> Vec<u8> {
+///
+/// # Errors
+///
+/// [`TorchError::Overflow`] for a finite value that `dtype` cannot hold.
+fn encode<T: Real>(name: &str, values: &[T], dtype: Dtype) -> Result<Vec<u8>, TorchError> {
+    fn put<const N: usize, T: Real>(
+        name: &str,
+        values: &[T],
+        dtype: &'static str,
+        f: impl Fn(f64) -> ([u8; N], bool),
+    ) -> Result<Vec<u8>, TorchError> {
         let mut out = vec![0u8; values.len() * N];
         for (chunk, x) in out.chunks_exact_mut(N).zip(values) {
-            chunk.copy_from_slice(&f(x.to_f64()));
+            let (bytes, finite) = f(x.to_f64());
+            if !finite && x.to_f64().is_finite() {
+                return Err(TorchError::Overflow {
+                    name: name.to_string(),
+                    value: x.to_f64(),
+                    dtype,
+                });
+            }
+            chunk.copy_from_slice(&bytes);
         }
-        out
+        Ok(out)
     }
     match dtype {
-        Dtype::F64 => put(values, f64::to_le_bytes),
-        Dtype::F16 => put(values, |x| f16::from_f64(x).to_bits().to_le_bytes()),
-        Dtype::BF16 => put(values, |x| bf16::from_f64(x).to_bits().to_le_bytes()),
-        _ => put(values, |x| (x as f32).to_le_bytes()),
+        Dtype::F64 => put(name, values, "f64", |x| (x.to_le_bytes(), true)),
+        Dtype::F16 => put(name, values, "f16", |x| {
+            let h = f16::from_f64(x);
+            (h.to_bits().to_le_bytes(), h.is_finite())
+        }),
+        Dtype::BF16 => put(name, values, "bf16", |x| {
+            let h = bf16::from_f64(x);
+            (h.to_bits().to_le_bytes(), h.is_finite())
+        }),
+        _ => put(name, values, "f32", |x| {
+            let h = x as f32;
+            (h.to_le_bytes(), h.is_finite())
+        }),
     }
 }
 
@@ -54,22 +80,30 @@ fn absent_ok<T: Real>(layer: &Layer<T>, kind: BindingKind, field: &str) -> bool 
     }
 }
 
-/// The bytes a field of a bound layer is written with.
-fn field_bytes<T: Real>(layer: &Layer<T>, kind: BindingKind, field: &str, dtype: Dtype) -> Vec<u8> {
+/// The bytes a field of a bound layer is written with, under `key`.
+fn field_bytes<T: Real>(
+    layer: &Layer<T>,
+    kind: BindingKind,
+    field: &str,
+    key: &str,
+    dtype: Dtype,
+) -> Result<Vec<u8>, TorchError> {
+    let encode = |values: &[T]| encode(key, values, dtype);
+    let constant = |x: f64, n: usize| encode(&vec![T::from_f64(x); n]);
     match (layer, kind, field) {
-        (Layer::Weighted(w), _, WEIGHT) => encode(&w.w.data, dtype),
+        (Layer::Weighted(w), _, WEIGHT) => encode(&w.w.data),
         (Layer::Weighted(w), _, _) => match &w.b {
-            Some(b) => encode(b, dtype),
-            None => encode(&vec![0.0f64; w.w.out], dtype),
+            Some(b) => encode(b),
+            None => constant(0.0, w.w.out),
         },
         (Layer::Norm(n), _, WEIGHT) => match &n.a {
-            Some(a) => encode(a, dtype),
-            None => encode(&vec![1.0f64; n.c.len()], dtype),
+            Some(a) => encode(a),
+            None => constant(1.0, n.c.len()),
         },
-        (Layer::Norm(n), _, BIAS) => encode(&n.c, dtype),
-        (Layer::Norm(n), _, RUNNING_MEAN) => encode(&vec![0.0f64; n.c.len()], dtype),
+        (Layer::Norm(n), _, BIAS) => encode(&n.c),
+        (Layer::Norm(n), _, RUNNING_MEAN) => constant(0.0, n.c.len()),
         (Layer::Norm(n), BindingKind::BatchNorm { eps }, RUNNING_VAR) => {
-            encode(&vec![1.0 - eps; n.c.len()], dtype)
+            constant(1.0 - eps, n.c.len())
         }
         _ => unreachable!("a field of `fields` for a layer its binding fits"),
     }
@@ -143,11 +177,12 @@ pub fn to_tensors<T: Real>(
                 binding.kind,
                 orig.dtype,
             );
+            let name = key.clone();
             replaced.insert(
                 key.clone(),
                 TensorEntry::lazy(key, dtype, orig.shape.clone(), move || {
                     let layer = net.layer(&path).expect("checked above");
-                    Ok(field_bytes(layer, kind, f, dtype))
+                    field_bytes(layer, kind, f, &name, dtype)
                 }),
             );
         }
@@ -165,7 +200,16 @@ pub fn to_tensors<T: Real>(
 }
 
 /// `values` as a 1-D tensor named `name` in `dtype` (for `canonical.scale`).
-pub fn vector_entry(name: &str, values: &[f64], dtype: Dtype) -> TensorEntry {
-    TensorEntry::from_bytes(name, dtype, vec![values.len()], encode(values, dtype))
-        .expect("sized to the values")
+///
+/// # Errors
+///
+/// [`TorchError::Overflow`] for a value that `dtype` cannot hold: a global gain beyond the
+/// range of `f32` is refused rather than written as infinity.
+pub fn vector_entry(name: &str, values: &[f64], dtype: Dtype) -> Result<TensorEntry, TorchError> {
+    TensorEntry::from_bytes(
+        name,
+        dtype,
+        vec![values.len()],
+        encode(name, values, dtype)?,
+    )
 }
