@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use weightnorm::torch::{
-    Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError, convert,
-    detect_pairs, fuse, pair_stats, split, write_safetensors,
+    Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, convert, detect_pairs, fuse, pair_stats,
+    split,
 };
 
 use crate::Failure;
+use crate::output::write_checkpoint;
 
 /// Arguments shared by the commands that read a checkpoint.
 #[derive(clap::Args)]
@@ -143,13 +144,6 @@ pub(crate) fn check_output(input: &Path, out: &Output) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn write(out: &Output, tensors: &[TensorEntry], ckpt: &Checkpoint) -> Result<()> {
-    write_safetensors(&out.output, tensors, ckpt.metadata.as_ref()).map_err(|e| match e {
-        TorchError::Write { .. } => anyhow::Error::new(e),
-        other => Failure::input(other).into(),
-    })
-}
-
 fn json_stats(s: Option<Stats>) -> serde_json::Value {
     match s {
         Some(s) => serde_json::json!({"min": s.min, "max": s.max, "mean": s.mean}),
@@ -238,7 +232,7 @@ pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
     check_output(&args.input.input, &args.output)?;
     let ckpt = open(&args.input)?;
     let (tensors, pairs) = fuse(&ckpt.tensors, &FuseOptions { dim }).map_err(Failure::input)?;
-    write(&args.output, &tensors, &ckpt)?;
+    write_checkpoint(&args.output.output, &tensors, Some(&ckpt))?;
     eprintln!(
         "fused {} pairs into {} ({} tensors)",
         pairs.len(),
@@ -272,7 +266,7 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
         options.select = Box::new(move |name, _| re.is_match(name));
     }
     let (tensors, pairs) = split(&ckpt.tensors, &options).map_err(Failure::input)?;
-    write(&args.output, &tensors, &ckpt)?;
+    write_checkpoint(&args.output.output, &tensors, Some(&ckpt))?;
     eprintln!(
         "split {} weights into {} ({} scheme)",
         pairs.len(),
@@ -287,7 +281,7 @@ pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
     check_output(&args.input.input, &args.output)?;
     let ckpt = open(&args.input)?;
     let (tensors, pairs) = convert(&ckpt.tensors, scheme).map_err(Failure::input)?;
-    write(&args.output, &tensors, &ckpt)?;
+    write_checkpoint(&args.output.output, &tensors, Some(&ckpt))?;
     eprintln!(
         "renamed {} pairs into the {} scheme in {}",
         pairs.len(),

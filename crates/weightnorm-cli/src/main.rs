@@ -5,6 +5,7 @@ mod ckpt;
 mod data;
 mod demo;
 mod model;
+mod output;
 mod plot;
 mod train;
 

@@ -39,15 +39,23 @@ fn smooth(xs: &[f64], w: usize) -> Vec<(f64, f64)> {
     out
 }
 
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draws a white `size` picture with `draw` and writes it to `path` as PNG, atomically.
+fn png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>) -> Result<()> {
+    font();
+    crate::output::write_with(path, |tmp| {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        draw(&root)?;
+        root.present()
+            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+    })
+}
+
 type Series<'a> = (&'a str, Vec<(f64, f64)>);
 
-fn chart(
-    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
-    title: &str,
-    x: &str,
-    y: &str,
-    series: &[Series],
-) -> Result<()> {
+fn chart(area: &Area, title: &str, x: &str, y: &str, series: &[Series]) -> Result<()> {
     // Losses fall and accuracies rise: keep the legend away from where the curves end.
     let legend = if y == "accuracy" {
         SeriesLabelPosition::LowerRight
@@ -111,33 +119,28 @@ fn epochs_series(
 
 /// One run's `curves.png`: training loss per step and test accuracy per epoch.
 pub fn curves(path: &Path, m: &RunMetrics) -> Result<()> {
-    font();
-    let root = BitMapBackend::new(path, (1200, 450)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let (left, right) = root.split_horizontally(700);
     let w = (m.step_losses.len() / 50).max(1);
-    chart(
-        &left,
-        "training loss",
-        "step",
-        "cross-entropy (moving average)",
-        &[(m.param.as_str(), smooth(&m.step_losses, w))],
-    )?;
-    chart(
-        &right,
-        "test accuracy",
-        "epoch",
-        "accuracy",
-        &[(m.param.as_str(), epochs_series(m, |e| e.test_accuracy))],
-    )?;
-    root.present()
-        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(())
+    png(path, (1200, 450), |root| {
+        let (left, right) = root.split_horizontally(700);
+        chart(
+            &left,
+            "training loss",
+            "step",
+            "cross-entropy (moving average)",
+            &[(m.param.as_str(), smooth(&m.step_losses, w))],
+        )?;
+        chart(
+            &right,
+            "test accuracy",
+            "epoch",
+            "accuracy",
+            &[(m.param.as_str(), epochs_series(m, |e| e.test_accuracy))],
+        )
+    })
 }
 
 /// `loss.png` and `accuracy.png` of a comparison: every parameterization on one chart.
 pub fn comparison(out: &Path, runs: &[RunMetrics]) -> Result<()> {
-    font();
     let w = (runs.first().map_or(0, |r| r.step_losses.len()) / 50).max(1);
     let loss: Vec<Series> = runs
         .iter()
@@ -157,12 +160,9 @@ pub fn comparison(out: &Path, runs: &[RunMetrics]) -> Result<()> {
         ),
         ("accuracy.png", "test accuracy", "epoch", "accuracy", &acc),
     ] {
-        let path = out.join(file);
-        let root = BitMapBackend::new(&path, (900, 550)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        chart(&root, title, x, y, series)?;
-        root.present()
-            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        png(&out.join(file), (900, 550), |root| {
+            chart(root, title, x, y, series)
+        })?;
     }
     Ok(())
 }

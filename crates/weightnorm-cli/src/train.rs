@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::Failure;
 use crate::data::{Dataset, FASHION_DEFAULT, digits, fashion_mnist};
 use crate::model::{Model, Param, Spec};
+use crate::output::{write_bytes, write_json, write_safetensors};
 
 /// Options shared by `train` and `compare`.
 #[derive(clap::Args, Clone)]
@@ -399,14 +400,6 @@ pub fn run(args: &DataModelArgs, ds: &Dataset, param: Param) -> Result<(Spec, Mo
     Ok((spec, model, metrics))
 }
 
-/// Writes pretty JSON atomically (a temporary file beside `path`, then a rename).
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// Writes a run's outputs to `out`.
 pub fn save_run(
     out: &Path,
@@ -424,7 +417,7 @@ pub fn save_run(
     write_json(&out.join("metrics.json"), &m)?;
     write_json(&out.join("arch.json"), &spec.arch())?;
     let tensors = spec.export(&model.valid())?;
-    weightnorm::torch::write_safetensors(&out.join("model.safetensors"), &tensors, None)?;
+    write_safetensors(&out.join("model.safetensors"), &tensors, None)?;
     crate::plot::curves(&out.join("curves.png"), metrics)?;
     Ok(())
 }
@@ -487,7 +480,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     }
     crate::plot::comparison(&args.out, &runs)?;
     let report = crate::plot::report(&args.common, &ds, &runs);
-    std::fs::write(args.out.join("report.md"), &report)?;
+    write_bytes(&args.out.join("report.md"), report.as_bytes())?;
     println!("{report}");
     println!("report: {}", args.out.join("report.md").display());
     Ok(())
