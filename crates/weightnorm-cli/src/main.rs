@@ -4,9 +4,11 @@ mod canon;
 mod ckpt;
 mod data;
 mod demo;
+mod metrics;
 mod model;
 mod output;
 mod plot;
+mod report;
 mod train;
 
 use std::process::ExitCode;

@@ -1,11 +1,12 @@
-//! Plots (PNG, with an embedded font: no system fonts needed) and the comparison report.
+//! Plots from metrics only: PNG, with an embedded font (no system fonts needed), written
+//! atomically.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::train::{DataModelArgs, RunMetrics};
+use crate::metrics::{EpochMetrics, RunMetrics};
 
 const COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
@@ -106,10 +107,7 @@ fn chart(area: &Area, title: &str, x: &str, y: &str, series: &[Series]) -> Resul
     Ok(())
 }
 
-fn epochs_series(
-    m: &RunMetrics,
-    f: impl Fn(&crate::train::EpochMetrics) -> f64,
-) -> Vec<(f64, f64)> {
+fn epochs_series(m: &RunMetrics, f: impl Fn(&EpochMetrics) -> f64) -> Vec<(f64, f64)> {
     m.epochs
         .iter()
         .enumerate()
@@ -165,39 +163,4 @@ pub fn comparison(out: &Path, runs: &[RunMetrics]) -> Result<()> {
         })?;
     }
     Ok(())
-}
-
-/// The comparison's `report.md`.
-pub fn report(args: &DataModelArgs, ds: &crate::data::Dataset, runs: &[RunMetrics]) -> String {
-    let dataset = ds.name;
-    let plain = runs
-        .iter()
-        .find(|r| r.param == "plain")
-        .map(|r| r.mean_step_ms);
-    let mut s = format!(
-        "# weightnorm compare\n\n{dataset}, {} model, {} epochs, batch {}, Adam lr {}, seed {}, init {}.\n\n\
-         | parameterization | test accuracy | test loss | ECE | step time (ms) | overhead vs plain |\n\
-         |---|---|---|---|---|---|\n",
-        args.model,
-        args.epochs(ds),
-        args.batch_size,
-        args.lr,
-        args.seed,
-        args.init
-    );
-    for r in runs {
-        let e = r.epochs.last().expect("an epoch");
-        let overhead = match plain {
-            Some(p) if r.param != "plain" => format!("{:+.1}%", (r.mean_step_ms / p - 1.0) * 100.0),
-            _ => "".into(),
-        };
-        s += &format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {overhead} |\n",
-            r.param, e.test_accuracy, e.test_loss, e.ece, r.mean_step_ms
-        );
-    }
-    s += "\nTraining loss against steps: ![loss](loss.png)\n\nTest accuracy against epochs: ![accuracy](accuracy.png)\n\n\
-          Each run's metrics, model (`model.safetensors`, PyTorch `nn.Sequential` keys) and \
-          architecture (`arch.json`) are in the directory named after it.\n";
-    s
 }

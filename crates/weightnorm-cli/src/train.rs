@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::Failure;
 use crate::data::{Dataset, FASHION_DEFAULT, digits, fashion_mnist};
+use crate::metrics::{EpochMetrics, RunMetrics, RunSetup};
 use crate::model::{Model, Param, Spec};
 use crate::output::{write_bytes, write_json, write_safetensors};
 
@@ -93,6 +94,22 @@ impl DataModelArgs {
     }
 }
 
+impl DataModelArgs {
+    /// How a run on `ds` is set up, as plain data for its metrics and reports.
+    pub fn setup(&self, ds: &Dataset) -> RunSetup {
+        RunSetup {
+            dataset: ds.name,
+            input_norm: ds.norm,
+            model: self.model.clone(),
+            init: self.init.clone(),
+            epochs: self.epochs(ds),
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+        }
+    }
+}
+
 /// Checks the options before anything is loaded or printed.
 fn check(args: &DataModelArgs) -> Result<()> {
     let bad = |m: String| -> Result<()> { Err(Failure::input(anyhow::anyhow!(m)).into()) };
@@ -144,56 +161,6 @@ fn raw_data(args: &DataModelArgs) -> Result<Dataset> {
             "unknown data set `{other}`: use fashion-mnist or digits"
         ))
         .into()),
-    }
-}
-
-/// What one training run measured.
-#[derive(Clone, Debug)]
-pub struct RunMetrics {
-    pub param: String,
-    pub step_losses: Vec<f64>,
-    pub epochs: Vec<EpochMetrics>,
-    pub mean_step_ms: f64,
-    pub examples_per_s: f64,
-    pub seconds: f64,
-}
-
-#[derive(Clone, Debug)]
-pub struct EpochMetrics {
-    pub train_loss: f64,
-    pub test_loss: f64,
-    pub test_accuracy: f64,
-    pub ece: f64,
-}
-
-impl RunMetrics {
-    fn json(&self, spec: &Spec, args: &DataModelArgs, ds: &Dataset) -> serde_json::Value {
-        let last = self.epochs.last();
-        json!({
-            "dataset": ds.name,
-            "input_mean": ds.norm.0,
-            "input_std": ds.norm.1,
-            "model": spec.kind,
-            "param": self.param,
-            "init": args.init,
-            "epochs": args.epochs(ds),
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "test_accuracy": last.map(|e| e.test_accuracy),
-            "test_loss": last.map(|e| e.test_loss),
-            "ece": last.map(|e| e.ece),
-            "per_epoch": {
-                "train_loss": self.epochs.iter().map(|e| e.train_loss).collect::<Vec<_>>(),
-                "test_loss": self.epochs.iter().map(|e| e.test_loss).collect::<Vec<_>>(),
-                "test_accuracy": self.epochs.iter().map(|e| e.test_accuracy).collect::<Vec<_>>(),
-                "ece": self.epochs.iter().map(|e| e.ece).collect::<Vec<_>>(),
-            },
-            "step_loss": self.step_losses,
-            "mean_step_ms": self.mean_step_ms,
-            "examples_per_s": self.examples_per_s,
-            "seconds": self.seconds,
-        })
     }
 }
 
@@ -342,14 +309,7 @@ pub fn run(args: &DataModelArgs, ds: &Dataset, param: Param) -> Result<(Spec, Mo
         .progress_chars("=> "),
     );
     bar.set_prefix(param.name());
-    let mut metrics = RunMetrics {
-        param: param.name().into(),
-        step_losses: Vec::new(),
-        epochs: Vec::new(),
-        mean_step_ms: 0.0,
-        examples_per_s: 0.0,
-        seconds: 0.0,
-    };
+    let mut metrics = RunMetrics::new(param.name());
     let started = Instant::now();
     let mut step_time = 0.0;
     for epoch in 0..epochs {
@@ -410,7 +370,7 @@ pub fn save_run(
     ds: &Dataset,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut m = metrics.json(spec, args, ds);
+    let mut m = metrics.json(&args.setup(ds));
     // The trained network's global gain (the norm of its canonical output scale).
     let canonical = weightnorm::canonical::canonicalize(spec.network(&model.valid())?)?;
     m["global_gain"] = json!(canonical.global_gain());
@@ -479,7 +439,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         runs.push(metrics);
     }
     crate::plot::comparison(&args.out, &runs)?;
-    let report = crate::plot::report(&args.common, &ds, &runs);
+    let report = crate::report::report(&args.common.setup(&ds), &runs);
     write_bytes(&args.out.join("report.md"), report.as_bytes())?;
     println!("{report}");
     println!("report: {}", args.out.join("report.md").display());
