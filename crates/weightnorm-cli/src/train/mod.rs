@@ -1,0 +1,123 @@
+//! `train` and `compare`: training on a real data set, metrics, plots and a report.
+//!
+//! [`args`] holds the options; [`run`] the training loop (steps and epochs), which
+//! [`evaluate`] scores on the test split; [`save`] what a finished run writes.
+
+pub mod args;
+mod batch;
+mod evaluate;
+mod progress;
+mod run;
+mod save;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::Failure;
+use crate::data::{Dataset, digits, fashion_mnist};
+use crate::metrics::RunMetrics;
+use crate::model::Param;
+use crate::output::write_bytes;
+
+pub use args::{CompareArgs, DataModelArgs, TrainArgs};
+
+/// Loads the data set, standardized with its training pixels' mean and standard deviation.
+pub fn load_data(args: &DataModelArgs) -> Result<Dataset> {
+    raw_data(args).map(Dataset::standardize)
+}
+
+fn raw_data(args: &DataModelArgs) -> Result<Dataset> {
+    match args.dataset.as_deref() {
+        Some("fashion-mnist") => fashion_mnist(&args.data),
+        Some("digits") => Ok(digits()),
+        None => {
+            if args.data.is_dir() {
+                fashion_mnist(&args.data)
+            } else {
+                eprintln!(
+                    "Fashion-MNIST is not at {}: using the UCI digits. To get Fashion-MNIST: \
+                     apt-get install dataset-fashion-mnist (or pass --data DIR).",
+                    args.data.display()
+                );
+                Ok(digits())
+            }
+        }
+        Some(other) => Err(Failure::input(anyhow::anyhow!(
+            "unknown data set `{other}`: use fashion-mnist or digits"
+        ))
+        .into()),
+    }
+}
+
+/// Checks the options and loads the data set, before anything is trained.
+fn prepare(args: &DataModelArgs) -> Result<Dataset> {
+    args::check(args)?;
+    load_data(args)
+}
+
+/// Trains one model with `param` and writes its outputs to `out`; returns its metrics.
+fn train_and_save(
+    args: &DataModelArgs,
+    ds: &Dataset,
+    param: Param,
+    out: &Path,
+) -> Result<RunMetrics> {
+    let (spec, model, metrics) = run::run(args, ds, param)?;
+    save::save_run(out, &spec, &model, &metrics, &args.setup(ds))?;
+    Ok(metrics)
+}
+
+/// `weightnorm train`: one run, its outputs in `--out`.
+pub fn train(args: TrainArgs) -> Result<()> {
+    let param = Param::parse(&args.param)?;
+    let ds = prepare(&args.common)?;
+    eprintln!(
+        "{}: {} training and {} test images of {:?}; {} {}",
+        ds.name,
+        ds.train_y.len(),
+        ds.test_y.len(),
+        ds.shape,
+        args.common.model,
+        param.name()
+    );
+    let metrics = train_and_save(&args.common, &ds, param, &args.out)?;
+    let last = metrics.last().expect("at least one epoch");
+    println!(
+        "test accuracy {:.4}, test loss {:.4}, ECE {:.4}; {:.0} examples/s; outputs in {}",
+        last.test_accuracy,
+        last.test_loss,
+        last.ece,
+        metrics.examples_per_s,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `weightnorm compare`: one run per parameterization, then the comparison's plots and report.
+pub fn compare(args: CompareArgs) -> Result<()> {
+    let params: Vec<Param> = args
+        .params
+        .split(',')
+        .map(|p| Param::parse(p.trim()))
+        .collect::<Result<_>>()?;
+    let ds = prepare(&args.common)?;
+    eprintln!(
+        "{}: {} training and {} test images; {} with {}",
+        ds.name,
+        ds.train_y.len(),
+        ds.test_y.len(),
+        args.common.model,
+        args.params
+    );
+    let runs = params
+        .iter()
+        .map(|&p| train_and_save(&args.common, &ds, p, &args.out.join(p.name())))
+        .collect::<Result<Vec<_>>>()?;
+    crate::plot::comparison(&args.out, &runs)?;
+    let report = crate::report::report(&args.common.setup(&ds), &runs);
+    write_bytes(&args.out.join("report.md"), report.as_bytes())?;
+    println!("{report}");
+    println!("report: {}", args.out.join("report.md").display());
+    Ok(())
+}
