@@ -11,6 +11,25 @@ use weightnorm::torch::{
 use crate::Failure;
 use crate::output::write_checkpoint;
 
+/// A key scheme of weight-norm pairs, on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemeArg {
+    /// `torch.nn.utils.weight_norm`: `X_g`, `X_v`.
+    Legacy,
+    /// `torch.nn.utils.parametrizations.weight_norm`: `M.parametrizations.weight.original0`
+    /// (g) and `.original1` (v).
+    Parametrizations,
+}
+
+impl From<SchemeArg> for Scheme {
+    fn from(s: SchemeArg) -> Self {
+        match s {
+            SchemeArg::Legacy => Scheme::Legacy,
+            SchemeArg::Parametrizations => Scheme::Parametrizations,
+        }
+    }
+}
+
 /// Arguments shared by the commands that read a checkpoint.
 #[derive(clap::Args)]
 pub struct Input {
@@ -81,9 +100,9 @@ pub struct SplitArgs {
     /// PyTorch's `dim`: the axis that keeps one norm per index (`none` for the whole tensor).
     #[arg(long, default_value = "0", allow_hyphen_values = true)]
     pub dim: String,
-    /// The key scheme of the output: `legacy` (`X_g`, `X_v`) or `parametrizations`.
-    #[arg(long, default_value = "legacy")]
-    pub scheme: String,
+    /// The key scheme of the output.
+    #[arg(long, value_enum, default_value_t = SchemeArg::Legacy)]
+    pub scheme: SchemeArg,
     /// Split the float tensors whose name matches this regular expression (default: every
     /// tensor named `*.weight` of rank 2 or more).
     #[arg(long, value_name = "REGEX")]
@@ -99,9 +118,9 @@ pub struct ConvertArgs {
     pub input: Input,
     #[command(flatten)]
     pub output: Output,
-    /// The key scheme to write: `legacy` or `parametrizations`.
-    #[arg(long)]
-    pub scheme: String,
+    /// The key scheme to write.
+    #[arg(long, value_enum)]
+    pub scheme: SchemeArg,
 }
 
 pub(crate) fn open(input: &Input) -> Result<Checkpoint> {
@@ -118,11 +137,6 @@ fn parse_dim(s: &str) -> Result<Option<i64>> {
         ))
         .into()
     })
-}
-
-fn parse_scheme(s: &str) -> Result<Scheme> {
-    s.parse::<Scheme>()
-        .map_err(|e| Failure::input(anyhow::anyhow!(e)).into())
 }
 
 /// Refuses to overwrite the input, or an existing output without `--force`.
@@ -244,7 +258,7 @@ pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
 
 pub fn split_cmd(args: SplitArgs) -> Result<()> {
     let dim = parse_dim(&args.dim)?;
-    let scheme = parse_scheme(&args.scheme)?;
+    let scheme = Scheme::from(args.scheme);
     let include = args
         .include
         .as_deref()
@@ -277,7 +291,7 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
 }
 
 pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
-    let scheme = parse_scheme(&args.scheme)?;
+    let scheme = Scheme::from(args.scheme);
     check_output(&args.input.input, &args.output)?;
     let ckpt = open(&args.input)?;
     let (tensors, pairs) = convert(&ckpt.tensors, scheme).map_err(Failure::input)?;

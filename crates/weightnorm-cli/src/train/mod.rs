@@ -14,46 +14,17 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::Failure;
-use crate::data::{Dataset, digits, fashion_mnist};
+use crate::data::Dataset;
 use crate::metrics::RunMetrics;
 use crate::model::Param;
 use crate::output::write_bytes;
 
 pub use args::{CompareArgs, DataModelArgs, TrainArgs};
 
-/// Loads the data set, standardized with its training pixels' mean and standard deviation.
-pub fn load_data(args: &DataModelArgs) -> Result<Dataset> {
-    raw_data(args).map(Dataset::standardize)
-}
-
-fn raw_data(args: &DataModelArgs) -> Result<Dataset> {
-    match args.dataset.as_deref() {
-        Some("fashion-mnist") => fashion_mnist(&args.data),
-        Some("digits") => Ok(digits()),
-        None => {
-            if args.data.is_dir() {
-                fashion_mnist(&args.data)
-            } else {
-                eprintln!(
-                    "Fashion-MNIST is not at {}: using the UCI digits. To get Fashion-MNIST: \
-                     apt-get install dataset-fashion-mnist (or pass --data DIR).",
-                    args.data.display()
-                );
-                Ok(digits())
-            }
-        }
-        Some(other) => Err(Failure::input(anyhow::anyhow!(
-            "unknown data set `{other}`: use fashion-mnist or digits"
-        ))
-        .into()),
-    }
-}
-
 /// Checks the options and loads the data set, before anything is trained.
 fn prepare(args: &DataModelArgs) -> Result<Dataset> {
     args::check(args)?;
-    load_data(args)
+    crate::data::load(args.dataset, &args.data)
 }
 
 /// Trains one model with `param` and writes its outputs to `out`; returns its metrics.
@@ -70,7 +41,7 @@ fn train_and_save(
 
 /// `weightnorm train`: one run, its outputs in `--out`.
 pub fn train(args: TrainArgs) -> Result<()> {
-    let param = Param::parse(&args.param)?;
+    let param = args.param;
     let ds = prepare(&args.common)?;
     eprintln!(
         "{}: {} training and {} test images of {:?}; {} {}",
@@ -78,7 +49,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         ds.train_y.len(),
         ds.test_y.len(),
         ds.shape,
-        args.common.model,
+        args.common.model.name(),
         param.name()
     );
     let metrics = train_and_save(&args.common, &ds, param, &args.out)?;
@@ -96,19 +67,19 @@ pub fn train(args: TrainArgs) -> Result<()> {
 
 /// `weightnorm compare`: one run per parameterization, then the comparison's plots and report.
 pub fn compare(args: CompareArgs) -> Result<()> {
-    let params: Vec<Param> = args
-        .params
-        .split(',')
-        .map(|p| Param::parse(p.trim()))
-        .collect::<Result<_>>()?;
+    let params = &args.params;
     let ds = prepare(&args.common)?;
     eprintln!(
         "{}: {} training and {} test images; {} with {}",
         ds.name,
         ds.train_y.len(),
         ds.test_y.len(),
-        args.common.model,
-        args.params
+        args.common.model.name(),
+        params
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let runs = params
         .iter()

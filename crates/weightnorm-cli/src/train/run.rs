@@ -12,9 +12,9 @@ use indicatif::ProgressBar;
 
 use crate::data::Dataset;
 use crate::metrics::{EpochMetrics, RunMetrics};
-use crate::model::{Model, Param, Spec};
+use crate::model::{Model, ModelKind, Param, Spec};
 
-use super::args::DataModelArgs;
+use super::args::{DataModelArgs, Init};
 use super::batch::{Batch, batch, forward, labels, shuffled};
 use super::evaluate::evaluate;
 use super::progress;
@@ -51,7 +51,7 @@ fn initialise(
     spec: &Spec,
     device: &Device,
 ) -> Result<Model> {
-    if args.init != "ddi" || !matches!(spec.param, Param::Wn | Param::WnMobn) {
+    if args.init != Init::Ddi || !matches!(spec.param, Param::Wn | Param::WnMobn) {
         return Ok(model);
     }
     let first: Vec<usize> = shuffled(ds.train_y.len(), args.seed)
@@ -61,7 +61,7 @@ fn initialise(
     Ok(
         match (
             model,
-            batch(ds, &ds.train_x, &first, spec.kind == "cnn", device),
+            batch(ds, &ds.train_x, &first, spec.kind == ModelKind::Cnn, device),
         ) {
             (Model::Mlp(m), Batch::Flat(x)) => Model::Mlp(m.data_dependent_init(x)?),
             (Model::Cnn(m), Batch::Image(x)) => Model::Cnn(m.data_dependent_init(x, 1.0)?),
@@ -96,7 +96,7 @@ impl<'a> Trainer<'a> {
             lr: args.lr,
             batch_size: args.batch_size,
             seed: args.seed,
-            image: spec.kind == "cnn",
+            image: spec.kind == ModelKind::Cnn,
             metrics: RunMetrics::new(spec.param.name()),
             step_time: 0.0,
         }
