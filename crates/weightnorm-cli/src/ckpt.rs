@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use weightnorm::torch::{
-    Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, convert, detect_pairs, fuse, pair_stats,
-    split,
+    Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError, convert,
+    detect_pairs, fuse, pair_stats, split,
 };
 
 use crate::Failure;
@@ -123,11 +123,17 @@ pub struct ConvertArgs {
     pub scheme: SchemeArg,
 }
 
+/// Opens the input checkpoint; a file that cannot be read is bad input.
 pub(crate) fn open(input: &Input) -> Result<Checkpoint> {
     Checkpoint::open(&input.input, input.key.as_deref()).map_err(|e| Failure::input(e).into())
 }
 
-fn parse_dim(s: &str) -> Result<Option<i64>> {
+/// Parses PyTorch's `dim`: an integer, or `none` (any case) for the whole tensor.
+///
+/// # Errors
+///
+/// A [`Failure`] when `s` is neither.
+pub(crate) fn parse_dim(s: &str) -> Result<Option<i64>> {
     if s.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
@@ -172,6 +178,7 @@ fn fmt_stats(s: Option<Stats>) -> String {
     }
 }
 
+/// `weightnorm inspect`.
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let ckpt = open(&args.input)?;
     let pairs = detect_pairs(&ckpt.shapes(), None).map_err(Failure::input)?;
@@ -241,21 +248,33 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads the input checkpoint, transforms its tensors with `f` (which returns the new tensors
+/// and the pairs it handled) and writes them, with the input's metadata, to the output;
+/// returns how many pairs and tensors were written. Nothing is read when the output is refused.
+fn rewrite<P>(
+    input: &Input,
+    output: &Output,
+    f: impl FnOnce(&[TensorEntry]) -> Result<(Vec<TensorEntry>, Vec<P>), TorchError>,
+) -> Result<(usize, usize)> {
+    check_output(&input.input, output)?;
+    let ckpt = open(input)?;
+    let (tensors, pairs) = f(&ckpt.tensors).map_err(Failure::input)?;
+    write_checkpoint(&output.output, &tensors, Some(&ckpt))?;
+    Ok((pairs.len(), tensors.len()))
+}
+
+/// `weightnorm fuse`.
 pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
     let dim = args.dim.as_deref().map(parse_dim).transpose()?;
-    check_output(&args.input.input, &args.output)?;
-    let ckpt = open(&args.input)?;
-    let (tensors, pairs) = fuse(&ckpt.tensors, &FuseOptions { dim }).map_err(Failure::input)?;
-    write_checkpoint(&args.output.output, &tensors, Some(&ckpt))?;
+    let (pairs, tensors) = rewrite(&args.input, &args.output, |t| fuse(t, &FuseOptions { dim }))?;
     eprintln!(
-        "fused {} pairs into {} ({} tensors)",
-        pairs.len(),
-        args.output.output.display(),
-        tensors.len()
+        "fused {pairs} pairs into {} ({tensors} tensors)",
+        args.output.output.display()
     );
     Ok(())
 }
 
+/// `weightnorm split`.
 pub fn split_cmd(args: SplitArgs) -> Result<()> {
     let dim = parse_dim(&args.dim)?;
     let scheme = Scheme::from(args.scheme);
@@ -269,8 +288,6 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
                 "--include is not a valid regular expression: {e}"
             ))
         })?;
-    check_output(&args.input.input, &args.output)?;
-    let ckpt = open(&args.input)?;
     let mut options = SplitOptions {
         dim,
         scheme,
@@ -279,26 +296,21 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
     if let Some(re) = include {
         options.select = Box::new(move |name, _| re.is_match(name));
     }
-    let (tensors, pairs) = split(&ckpt.tensors, &options).map_err(Failure::input)?;
-    write_checkpoint(&args.output.output, &tensors, Some(&ckpt))?;
+    let (pairs, _) = rewrite(&args.input, &args.output, |t| split(t, &options))?;
     eprintln!(
-        "split {} weights into {} ({} scheme)",
-        pairs.len(),
+        "split {pairs} weights into {} ({} scheme)",
         args.output.output.display(),
         scheme.as_str()
     );
     Ok(())
 }
 
+/// `weightnorm convert`.
 pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
     let scheme = Scheme::from(args.scheme);
-    check_output(&args.input.input, &args.output)?;
-    let ckpt = open(&args.input)?;
-    let (tensors, pairs) = convert(&ckpt.tensors, scheme).map_err(Failure::input)?;
-    write_checkpoint(&args.output.output, &tensors, Some(&ckpt))?;
+    let (pairs, _) = rewrite(&args.input, &args.output, |t| convert(t, scheme))?;
     eprintln!(
-        "renamed {} pairs into the {} scheme in {}",
-        pairs.len(),
+        "renamed {pairs} pairs into the {} scheme in {}",
         scheme.as_str(),
         args.output.output.display()
     );

@@ -14,7 +14,7 @@ mod train;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::{Parser, Subcommand};
 use weightnorm::NormAxis;
@@ -58,6 +58,7 @@ enum Command {
 pub struct Failure(anyhow::Error);
 
 impl Failure {
+    /// Marks `e` as caused by the user's input.
     pub fn input(e: impl Into<anyhow::Error>) -> Self {
         Self(e.into())
     }
@@ -93,15 +94,6 @@ struct OpArgs {
     /// Seed of the random weight.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-fn parse_dim(s: &str) -> Result<Option<i64>> {
-    if s.eq_ignore_ascii_case("none") {
-        return Ok(None);
-    }
-    s.parse::<i64>()
-        .map(Some)
-        .with_context(|| format!("`{s}` is not a dim: give an integer or `none`"))
 }
 
 fn main() -> ExitCode {
@@ -140,8 +132,7 @@ fn main() -> ExitCode {
 
 fn op(args: OpArgs) -> Result<()> {
     let rank = args.shape.len();
-    let axis = NormAxis::from_torch(parse_dim(&args.dim).map_err(Failure::input)?, rank)
-        .map_err(Failure::input)?;
+    let axis = NormAxis::from_torch(ckpt::parse_dim(&args.dim)?, rank).map_err(Failure::input)?;
     match rank {
         1 => op_rank::<1>(&args, axis),
         2 => op_rank::<2>(&args, axis),

@@ -163,6 +163,29 @@ pub enum Model {
     Cnn(WnCnnClassifier),
 }
 
+/// The layers of an architecture file being built, and for each layer with parameters the
+/// Burn module that holds them and its index in the `nn.Sequential`.
+#[derive(Default)]
+struct Layout {
+    names: Vec<(String, String)>,
+    layers: Vec<serde_json::Value>,
+}
+
+impl Layout {
+    /// Appends a layer whose parameters the Burn module `burn` holds.
+    fn param(&mut self, mut layer: serde_json::Value, burn: String) {
+        let idx = self.layers.len().to_string();
+        layer["param"] = json!(idx);
+        self.names.push((burn, idx));
+        self.layers.push(layer);
+    }
+
+    /// Appends a layer without parameters.
+    fn op(&mut self, layer: serde_json::Value) {
+        self.layers.push(layer);
+    }
+}
+
 /// What a model is, for building and exporting it.
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -219,89 +242,51 @@ impl Spec {
     /// The module names of the `nn.Sequential` the model exports to, and the architecture file
     /// (the canonical form's format): `(burn prefix, sequential index)` pairs and the JSON.
     fn layout(&self) -> (Vec<(String, String)>, serde_json::Value) {
-        let mut names = Vec::new();
-        let mut layers = Vec::new();
-        let mut idx = 0usize;
-        let mut push = |layer: serde_json::Value,
-                        burn: Option<String>,
-                        layers: &mut Vec<serde_json::Value>,
-                        names: &mut Vec<(String, String)>| {
-            let mut layer = layer;
-            if let Some(b) = burn {
-                names.push((b, idx.to_string()));
-                layer["param"] = json!(idx.to_string());
-            }
-            layers.push(layer);
-            idx += 1;
-        };
-        // The normalization after hidden layer `i`, if the parameterization has one.
-        let norm_layer = |i: usize| match self.param {
-            Param::Bn => Some((json!({"op": "batch_norm", "eps": 1e-5}), format!("bns.{i}"))),
-            Param::WnMobn => Some((json!({"op": "mean_only_batch_norm"}), format!("mobns.{i}"))),
-            _ => None,
-        };
+        let mut lay = Layout::default();
         match self.kind {
             ModelKind::Mlp => {
                 let n = self.hidden.len();
                 for i in 0..=n {
-                    push(
-                        json!({"op": "linear"}),
-                        Some(format!("linears.{i}")),
-                        &mut layers,
-                        &mut names,
-                    );
+                    lay.param(json!({"op": "linear"}), format!("linears.{i}"));
                     if i < n {
-                        if let Some((layer, burn)) = norm_layer(i) {
-                            push(layer, Some(burn), &mut layers, &mut names);
-                        }
-                        push(json!({"op": "relu"}), None, &mut layers, &mut names);
+                        self.norm(&mut lay, i);
+                        lay.op(json!({"op": "relu"}));
                     }
                 }
-                (
-                    names,
-                    json!({"input": [self.input.iter().product::<usize>()], "layers": layers}),
-                )
+                let input = json!([self.input.iter().product::<usize>()]);
+                (lay.names, json!({"input": input, "layers": lay.layers}))
             }
             ModelKind::Cnn => {
                 for i in 0..3 {
-                    push(
+                    lay.param(
                         json!({"op": "conv2d", "stride": 1, "padding": 1, "dilation": 1, "groups": 1}),
-                        Some(format!("convs.{i}")),
-                        &mut layers,
-                        &mut names,
+                        format!("convs.{i}"),
                     );
-                    if let Some((layer, burn)) = norm_layer(i) {
-                        push(layer, Some(burn), &mut layers, &mut names);
-                    }
-                    push(json!({"op": "relu"}), None, &mut layers, &mut names);
+                    self.norm(&mut lay, i);
+                    lay.op(json!({"op": "relu"}));
                     if i < 2 {
-                        push(
-                            json!({"op": "max_pool2d", "kernel": 2, "stride": 2, "padding": 0}),
-                            None,
-                            &mut layers,
-                            &mut names,
-                        );
+                        lay.op(json!({"op": "max_pool2d", "kernel": 2, "stride": 2, "padding": 0}));
                     }
                 }
-                push(json!({"op": "flatten"}), None, &mut layers, &mut names);
-                push(
-                    json!({"op": "linear"}),
-                    Some("fc1".into()),
-                    &mut layers,
-                    &mut names,
-                );
-                if let Some((layer, burn)) = norm_layer(3) {
-                    push(layer, Some(burn), &mut layers, &mut names);
-                }
-                push(json!({"op": "relu"}), None, &mut layers, &mut names);
-                push(
-                    json!({"op": "linear"}),
-                    Some("fc2".into()),
-                    &mut layers,
-                    &mut names,
-                );
-                (names, json!({"input": self.input, "layers": layers}))
+                lay.op(json!({"op": "flatten"}));
+                lay.param(json!({"op": "linear"}), "fc1".into());
+                self.norm(&mut lay, 3);
+                lay.op(json!({"op": "relu"}));
+                lay.param(json!({"op": "linear"}), "fc2".into());
+                (
+                    lay.names,
+                    json!({"input": self.input, "layers": lay.layers}),
+                )
             }
+        }
+    }
+
+    /// Appends the normalization after hidden layer `i`, if the parameterization has one.
+    fn norm(&self, lay: &mut Layout, i: usize) {
+        match self.param {
+            Param::Bn => lay.param(json!({"op": "batch_norm", "eps": 1e-5}), format!("bns.{i}")),
+            Param::WnMobn => lay.param(json!({"op": "mean_only_batch_norm"}), format!("mobns.{i}")),
+            Param::Plain | Param::Wn => {}
         }
     }
 

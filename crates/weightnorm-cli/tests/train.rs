@@ -11,6 +11,18 @@ fn run(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// Runs the binary and checks that it succeeded.
+fn ok(args: &[&str]) -> Output {
+    let o = run(args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
 fn metrics(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
 }
@@ -20,7 +32,7 @@ fn training_on_digits_writes_everything_and_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for dir in [&a, &b] {
-        let o = run(&[
+        ok(&[
             "train",
             "--dataset",
             "digits",
@@ -32,12 +44,6 @@ fn training_on_digits_writes_everything_and_is_deterministic() {
             "--out",
             dir.to_str().unwrap(),
         ]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
         for f in [
             "metrics.json",
             "curves.png",
@@ -112,7 +118,7 @@ fn a_different_seed_gives_a_different_run() {
     let mut losses = Vec::new();
     for seed in ["1", "2"] {
         let dir = tmp.path().join(seed);
-        let o = run(&[
+        ok(&[
             "train",
             "--dataset",
             "digits",
@@ -126,7 +132,6 @@ fn a_different_seed_gives_a_different_run() {
             "--out",
             dir.to_str().unwrap(),
         ]);
-        assert_eq!(o.status.code(), Some(0));
         losses.push(metrics(&dir)["step_loss"].clone());
     }
     assert_ne!(losses[0], losses[1]);
@@ -237,7 +242,7 @@ fn a_list_of_parameterizations_names_the_typo_and_suggests_the_nearest() {
 fn compare_writes_a_report_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
-    let o = run(&[
+    ok(&[
         "compare",
         "--dataset",
         "digits",
@@ -250,12 +255,6 @@ fn compare_writes_a_report_and_plots() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("| plain |") && report.contains("| wn |"),

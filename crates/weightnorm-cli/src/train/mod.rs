@@ -27,6 +27,16 @@ fn prepare(args: &DataModelArgs) -> Result<Dataset> {
     crate::data::load(args.dataset, &args.data)
 }
 
+/// The data set's name and sizes, as the commands announce it.
+fn sizes(ds: &Dataset) -> String {
+    format!(
+        "{}: {} training and {} test images",
+        ds.name,
+        ds.train_y.len(),
+        ds.test_y.len()
+    )
+}
+
 /// Trains one model with `param` and writes its outputs to `out`; returns its metrics.
 fn train_and_save(
     args: &DataModelArgs,
@@ -44,10 +54,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let param = args.param;
     let ds = prepare(&args.common)?;
     eprintln!(
-        "{}: {} training and {} test images of {:?}; {} {}",
-        ds.name,
-        ds.train_y.len(),
-        ds.test_y.len(),
+        "{} of {:?}; {} {}",
+        sizes(&ds),
         ds.shape,
         args.common.model.name(),
         param.name()
@@ -70,10 +78,8 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     let params = &args.params;
     let ds = prepare(&args.common)?;
     eprintln!(
-        "{}: {} training and {} test images; {} with {}",
-        ds.name,
-        ds.train_y.len(),
-        ds.test_y.len(),
+        "{}; {} with {}",
+        sizes(&ds),
         args.common.model.name(),
         params
             .iter()
