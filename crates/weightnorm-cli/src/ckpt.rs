@@ -54,6 +54,7 @@ pub struct Output {
     pub force: bool,
 }
 
+/// The options of `inspect`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Example:\n  weightnorm inspect hifigan.pt --key generator\n  weightnorm inspect model.safetensors --json"
@@ -68,6 +69,7 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// The options of `fuse`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Every `X_g`/`X_v` or `parametrizations.X.original0/1` pair becomes the tensor `X`,\n\
@@ -86,6 +88,7 @@ pub struct FuseArgs {
     pub dim: Option<String>,
 }
 
+/// The options of `split`.
 #[derive(clap::Args)]
 #[command(
     after_help = "The inverse of fuse: each selected weight w becomes g = ||w|| (over every axis but\n\
@@ -109,6 +112,7 @@ pub struct SplitArgs {
     pub include: Option<String>,
 }
 
+/// The options of `convert`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Example:\n  weightnorm convert old.safetensors -o new.safetensors --scheme parametrizations"

@@ -1,7 +1,8 @@
 //! `train` and `compare`: training on a real data set, metrics, plots and a report.
 //!
 //! [`args`] holds the options; [`run`] the training loop (steps and epochs), which
-//! [`evaluate`] scores on the test split; [`save`] what a finished run writes.
+//! [`evaluate`] scores on the test split; [`save`] what a finished run writes. The loop never
+//! touches plotting: the commands here draw the plots from the metrics a run returns.
 
 pub mod args;
 mod batch;
@@ -37,7 +38,8 @@ fn sizes(ds: &Dataset) -> String {
     )
 }
 
-/// Trains one model with `param` and writes its outputs to `out`; returns its metrics.
+/// Trains one model with `param` and writes its outputs and its `curves.png` to `out`; returns
+/// its metrics.
 fn train_and_save(
     args: &DataModelArgs,
     ds: &Dataset,
@@ -46,6 +48,7 @@ fn train_and_save(
 ) -> Result<RunMetrics> {
     let (spec, model, metrics) = run::run(args, ds, param)?;
     save::save_run(out, &spec, &model, &metrics, &args.setup(ds))?;
+    crate::plot::curves(&out.join("curves.png"), &metrics)?;
     Ok(metrics)
 }
 

@@ -1,5 +1,5 @@
-//! What a finished run leaves in its directory: `metrics.json`, `arch.json`,
-//! `model.safetensors` and `curves.png`, each written atomically.
+//! What a finished run leaves in its directory besides its plots: `metrics.json`, `arch.json`
+//! and `model.safetensors`, each written atomically.
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use crate::model::{Model, Spec};
 use crate::output::{write_json, write_safetensors};
 
 /// Writes a run's outputs to `out` (created if missing): its metrics with the trained network's
-/// global gain, its architecture file, the model in PyTorch's layout, and its curves.
+/// global gain, its architecture file and the model in PyTorch's layout.
 ///
 /// # Errors
 ///
@@ -33,5 +33,5 @@ pub fn save_run(
     write_json(&out.join("arch.json"), &spec.arch())?;
     let tensors = spec.export(&model.valid())?;
     write_safetensors(&out.join("model.safetensors"), &tensors, None)?;
-    crate::plot::curves(&out.join("curves.png"), metrics)
+    Ok(())
 }
