@@ -17,7 +17,7 @@ use weightnorm::torch::{
 use crate::Failure;
 use crate::ckpt::{Input, Output, check_output, open};
 use crate::data;
-use crate::train::write_json;
+use crate::output::write_json;
 
 /// What to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

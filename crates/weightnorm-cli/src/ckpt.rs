@@ -5,10 +5,30 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use weightnorm::torch::{
     Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError, convert,
-    detect_pairs, fuse, pair_stats, split, write_safetensors,
+    detect_pairs, fuse, pair_stats, split,
 };
 
 use crate::Failure;
+use crate::output::write_checkpoint;
+
+/// A key scheme of weight-norm pairs, on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemeArg {
+    /// `torch.nn.utils.weight_norm`: `X_g`, `X_v`.
+    Legacy,
+    /// `torch.nn.utils.parametrizations.weight_norm`: `M.parametrizations.weight.original0`
+    /// (g) and `.original1` (v).
+    Parametrizations,
+}
+
+impl From<SchemeArg> for Scheme {
+    fn from(s: SchemeArg) -> Self {
+        match s {
+            SchemeArg::Legacy => Scheme::Legacy,
+            SchemeArg::Parametrizations => Scheme::Parametrizations,
+        }
+    }
+}
 
 /// Arguments shared by the commands that read a checkpoint.
 #[derive(clap::Args)]
@@ -34,6 +54,7 @@ pub struct Output {
     pub force: bool,
 }
 
+/// The options of `inspect`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Example:\n  weightnorm inspect hifigan.pt --key generator\n  weightnorm inspect model.safetensors --json"
@@ -48,6 +69,7 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// The options of `fuse`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Every `X_g`/`X_v` or `parametrizations.X.original0/1` pair becomes the tensor `X`,\n\
@@ -66,6 +88,7 @@ pub struct FuseArgs {
     pub dim: Option<String>,
 }
 
+/// The options of `split`.
 #[derive(clap::Args)]
 #[command(
     after_help = "The inverse of fuse: each selected weight w becomes g = ||w|| (over every axis but\n\
@@ -80,15 +103,16 @@ pub struct SplitArgs {
     /// PyTorch's `dim`: the axis that keeps one norm per index (`none` for the whole tensor).
     #[arg(long, default_value = "0", allow_hyphen_values = true)]
     pub dim: String,
-    /// The key scheme of the output: `legacy` (`X_g`, `X_v`) or `parametrizations`.
-    #[arg(long, default_value = "legacy")]
-    pub scheme: String,
+    /// The key scheme of the output.
+    #[arg(long, value_enum, default_value_t = SchemeArg::Legacy)]
+    pub scheme: SchemeArg,
     /// Split the float tensors whose name matches this regular expression (default: every
     /// tensor named `*.weight` of rank 2 or more).
     #[arg(long, value_name = "REGEX")]
     pub include: Option<String>,
 }
 
+/// The options of `convert`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Example:\n  weightnorm convert old.safetensors -o new.safetensors --scheme parametrizations"
@@ -98,16 +122,22 @@ pub struct ConvertArgs {
     pub input: Input,
     #[command(flatten)]
     pub output: Output,
-    /// The key scheme to write: `legacy` or `parametrizations`.
-    #[arg(long)]
-    pub scheme: String,
+    /// The key scheme to write.
+    #[arg(long, value_enum)]
+    pub scheme: SchemeArg,
 }
 
+/// Opens the input checkpoint; a file that cannot be read is bad input.
 pub(crate) fn open(input: &Input) -> Result<Checkpoint> {
     Checkpoint::open(&input.input, input.key.as_deref()).map_err(|e| Failure::input(e).into())
 }
 
-fn parse_dim(s: &str) -> Result<Option<i64>> {
+/// Parses PyTorch's `dim`: an integer, or `none` (any case) for the whole tensor.
+///
+/// # Errors
+///
+/// A [`Failure`] when `s` is neither.
+pub(crate) fn parse_dim(s: &str) -> Result<Option<i64>> {
     if s.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
@@ -117,11 +147,6 @@ fn parse_dim(s: &str) -> Result<Option<i64>> {
         ))
         .into()
     })
-}
-
-fn parse_scheme(s: &str) -> Result<Scheme> {
-    s.parse::<Scheme>()
-        .map_err(|e| Failure::input(anyhow::anyhow!(e)).into())
 }
 
 /// Refuses to overwrite the input, or an existing output without `--force`.
@@ -143,13 +168,6 @@ pub(crate) fn check_output(input: &Path, out: &Output) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn write(out: &Output, tensors: &[TensorEntry], ckpt: &Checkpoint) -> Result<()> {
-    write_safetensors(&out.output, tensors, ckpt.metadata.as_ref()).map_err(|e| match e {
-        TorchError::Write { .. } => anyhow::Error::new(e),
-        other => Failure::input(other).into(),
-    })
-}
-
 fn json_stats(s: Option<Stats>) -> serde_json::Value {
     match s {
         Some(s) => serde_json::json!({"min": s.min, "max": s.max, "mean": s.mean}),
@@ -164,6 +182,7 @@ fn fmt_stats(s: Option<Stats>) -> String {
     }
 }
 
+/// `weightnorm inspect`.
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let ckpt = open(&args.input)?;
     let pairs = detect_pairs(&ckpt.shapes(), None).map_err(Failure::input)?;
@@ -233,24 +252,36 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads the input checkpoint, transforms its tensors with `f` (which returns the new tensors
+/// and the pairs it handled) and writes them, with the input's metadata, to the output;
+/// returns how many pairs and tensors were written. Nothing is read when the output is refused.
+fn rewrite<P>(
+    input: &Input,
+    output: &Output,
+    f: impl FnOnce(&[TensorEntry]) -> Result<(Vec<TensorEntry>, Vec<P>), TorchError>,
+) -> Result<(usize, usize)> {
+    check_output(&input.input, output)?;
+    let ckpt = open(input)?;
+    let (tensors, pairs) = f(&ckpt.tensors).map_err(Failure::input)?;
+    write_checkpoint(&output.output, &tensors, Some(&ckpt))?;
+    Ok((pairs.len(), tensors.len()))
+}
+
+/// `weightnorm fuse`.
 pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
     let dim = args.dim.as_deref().map(parse_dim).transpose()?;
-    check_output(&args.input.input, &args.output)?;
-    let ckpt = open(&args.input)?;
-    let (tensors, pairs) = fuse(&ckpt.tensors, &FuseOptions { dim }).map_err(Failure::input)?;
-    write(&args.output, &tensors, &ckpt)?;
+    let (pairs, tensors) = rewrite(&args.input, &args.output, |t| fuse(t, &FuseOptions { dim }))?;
     eprintln!(
-        "fused {} pairs into {} ({} tensors)",
-        pairs.len(),
-        args.output.output.display(),
-        tensors.len()
+        "fused {pairs} pairs into {} ({tensors} tensors)",
+        args.output.output.display()
     );
     Ok(())
 }
 
+/// `weightnorm split`.
 pub fn split_cmd(args: SplitArgs) -> Result<()> {
     let dim = parse_dim(&args.dim)?;
-    let scheme = parse_scheme(&args.scheme)?;
+    let scheme = Scheme::from(args.scheme);
     let include = args
         .include
         .as_deref()
@@ -261,8 +292,6 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
                 "--include is not a valid regular expression: {e}"
             ))
         })?;
-    check_output(&args.input.input, &args.output)?;
-    let ckpt = open(&args.input)?;
     let mut options = SplitOptions {
         dim,
         scheme,
@@ -271,26 +300,21 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
     if let Some(re) = include {
         options.select = Box::new(move |name, _| re.is_match(name));
     }
-    let (tensors, pairs) = split(&ckpt.tensors, &options).map_err(Failure::input)?;
-    write(&args.output, &tensors, &ckpt)?;
+    let (pairs, _) = rewrite(&args.input, &args.output, |t| split(t, &options))?;
     eprintln!(
-        "split {} weights into {} ({} scheme)",
-        pairs.len(),
+        "split {pairs} weights into {} ({} scheme)",
         args.output.output.display(),
         scheme.as_str()
     );
     Ok(())
 }
 
+/// `weightnorm convert`.
 pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
-    let scheme = parse_scheme(&args.scheme)?;
-    check_output(&args.input.input, &args.output)?;
-    let ckpt = open(&args.input)?;
-    let (tensors, pairs) = convert(&ckpt.tensors, scheme).map_err(Failure::input)?;
-    write(&args.output, &tensors, &ckpt)?;
+    let scheme = Scheme::from(args.scheme);
+    let (pairs, _) = rewrite(&args.input, &args.output, |t| convert(t, scheme))?;
     eprintln!(
-        "renamed {} pairs into the {} scheme in {}",
-        pairs.len(),
+        "renamed {pairs} pairs into the {} scheme in {}",
         scheme.as_str(),
         args.output.output.display()
     );

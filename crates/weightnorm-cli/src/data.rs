@@ -30,6 +30,39 @@ impl SplitMix64 {
 /// Where the Debian package `dataset-fashion-mnist` installs Fashion-MNIST.
 pub const FASHION_DEFAULT: &str = "/usr/share/datasets/fashion-mnist";
 
+/// A data set the commands can load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetName {
+    /// Fashion-MNIST: gzipped IDX files under --data.
+    FashionMnist,
+    /// The UCI digits, compiled in.
+    Digits,
+}
+
+/// Loads a data set, standardized with its training pixels' mean and standard deviation:
+/// `name`, or without one Fashion-MNIST from `dir` when it is there and else (saying so) the
+/// digits.
+///
+/// # Errors
+///
+/// If Fashion-MNIST is asked for and `dir` does not hold it, or holds malformed files.
+pub fn load(name: Option<DatasetName>, dir: &Path) -> Result<Dataset> {
+    let ds = match name {
+        Some(DatasetName::FashionMnist) => fashion_mnist(dir)?,
+        Some(DatasetName::Digits) => digits(),
+        None if dir.is_dir() => fashion_mnist(dir)?,
+        None => {
+            eprintln!(
+                "Fashion-MNIST is not at {}: using the UCI digits. To get Fashion-MNIST: \
+                 apt-get install dataset-fashion-mnist (or pass --data DIR).",
+                dir.display()
+            );
+            digits()
+        }
+    };
+    Ok(ds.standardize())
+}
+
 /// An image classification data set in memory, pixels scaled to [0, 1].
 pub struct Dataset {
     /// `fashion-mnist` or `digits`.

@@ -8,13 +8,26 @@ use burn::tensor::{Device, Distribution, Tensor};
 use weightnorm::reparam::WeightNorm;
 use weightnorm::{Init, WeightNormConfig, apply_weight_norm};
 
+/// A demonstration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Demo {
+    /// The norms of the g and v gradients, and of g, over SGD steps.
+    Decoupling,
+    /// One sample's outputs in batches of 1, 2, 8 and 32: identical.
+    BatchIndependence,
+    /// Output statistics of weight norm and batch norm across batch sizes.
+    WnVsBn,
+}
+
+/// The options of `demo`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Demonstrations:\n  decoupling          the norms of the g and v gradients, and of g, over SGD steps\n  batch-independence  one sample's outputs in batches of 1, 2, 8 and 32: identical\n  wn-vs-bn            output statistics of weight norm and batch norm across batch sizes\n\nExample:\n  weightnorm demo batch-independence"
 )]
 pub struct DemoArgs {
-    /// Which demonstration: decoupling, batch-independence or wn-vs-bn.
-    pub which: String,
+    /// Which demonstration.
+    #[arg(value_enum)]
+    pub which: Demo,
     /// Seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -24,15 +37,12 @@ fn norm2<const D: usize>(t: Tensor<D>) -> f64 {
     t.powi_scalar(2).sum().sqrt().into_scalar::<f64>()
 }
 
+/// `weightnorm demo`: runs the demonstration asked for.
 pub fn demo(args: DemoArgs) -> Result<()> {
-    match args.which.as_str() {
-        "decoupling" => decoupling(args.seed),
-        "batch-independence" => batch_independence(args.seed),
-        "wn-vs-bn" => wn_vs_bn(args.seed),
-        other => Err(crate::Failure::input(anyhow::anyhow!(
-            "unknown demonstration `{other}`: use decoupling, batch-independence or wn-vs-bn"
-        ))
-        .into()),
+    match args.which {
+        Demo::Decoupling => decoupling(args.seed),
+        Demo::BatchIndependence => batch_independence(args.seed),
+        Demo::WnVsBn => wn_vs_bn(args.seed),
     }
 }
 

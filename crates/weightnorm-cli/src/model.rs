@@ -1,6 +1,6 @@
 //! The models `train` and `compare` build, and their export in PyTorch's `nn.Sequential` layout.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
@@ -11,10 +11,8 @@ use weightnorm::nn::{
 use weightnorm::torch::{Scheme, TensorEntry, save_module};
 use weightnorm::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
 
-use crate::Failure;
-
 /// A parameterization.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Param {
     /// Plain weights.
     Plain,
@@ -27,8 +25,7 @@ pub enum Param {
 }
 
 impl Param {
-    pub const ALL: [Param; 4] = [Param::Plain, Param::Wn, Param::WnMobn, Param::Bn];
-
+    /// The name on the command line and in outputs: `plain`, `wn`, `wn-mobn` or `bn`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",
@@ -38,33 +35,49 @@ impl Param {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                Failure::input(anyhow::anyhow!(
-                    "unknown parameterization `{s}`: use plain, wn, wn-mobn or bn"
-                ))
-                .into()
-            })
-    }
-
     fn weight_norm(self) -> bool {
         matches!(self, Self::Wn | Self::WnMobn)
+    }
+}
+
+/// A model kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    /// An MLP with hidden layers 256 and 128.
+    Mlp,
+    /// The weight-normalized CNN classifier.
+    Cnn,
+}
+
+impl ModelKind {
+    /// The name on the command line and in outputs: `mlp` or `cnn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mlp => "mlp",
+            Self::Cnn => "cnn",
+        }
     }
 }
 
 /// An MLP: `Linear -> [norm] -> ReLU` per hidden layer, then a Linear to the classes.
 #[derive(Module, Debug)]
 pub struct Mlp {
+    /// The hidden layers, then the output layer.
     pub linears: Vec<Linear>,
+    /// The batch norm after each hidden layer (`bn` only).
     pub bns: Vec<BatchNorm>,
+    /// The mean-only batch norm after each hidden layer (`wn-mobn` only).
     pub mobns: Vec<MeanOnlyBatchNorm>,
+    /// The activation.
     pub relu: Relu,
 }
 
 impl Mlp {
+    /// An MLP through the layer widths `sizes` (inputs, hidden..., classes) with `param`.
+    ///
+    /// # Errors
+    ///
+    /// If weight normalization cannot be applied.
     pub fn new(sizes: &[usize], param: Param, device: &Device) -> Result<Self> {
         let hidden = sizes.len() - 2;
         let linears = sizes
@@ -110,6 +123,7 @@ impl Mlp {
         self.relu.forward(h)
     }
 
+    /// Logits `[batch, classes]` of inputs `[batch, features]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let last = self.linears.len() - 1;
         let mut h = x;
@@ -143,32 +157,68 @@ impl Mlp {
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
+    /// An MLP.
     Mlp(Mlp),
+    /// The CNN classifier.
     Cnn(WnCnnClassifier),
+}
+
+/// The layers of an architecture file being built, and for each layer with parameters the
+/// Burn module that holds them and its index in the `nn.Sequential`.
+#[derive(Default)]
+struct Layout {
+    names: Vec<(String, String)>,
+    layers: Vec<serde_json::Value>,
+}
+
+impl Layout {
+    /// Appends a layer whose parameters the Burn module `burn` holds.
+    fn param(&mut self, mut layer: serde_json::Value, burn: String) {
+        let idx = self.layers.len().to_string();
+        layer["param"] = json!(idx);
+        self.names.push((burn, idx));
+        self.layers.push(layer);
+    }
+
+    /// Appends a layer without parameters.
+    fn op(&mut self, layer: serde_json::Value) {
+        self.layers.push(layer);
+    }
 }
 
 /// What a model is, for building and exporting it.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    pub kind: String,
+    /// MLP or CNN.
+    pub kind: ModelKind,
+    /// The parameterization.
     pub param: Param,
+    /// The input image shape `[channels, height, width]`.
     pub input: [usize; 3],
+    /// Hidden layer widths (the CNN uses the first for its dense layer).
     pub hidden: Vec<usize>,
+    /// The CNN's convolution widths.
     pub cnn_widths: [usize; 3],
+    /// Number of classes.
     pub classes: usize,
 }
 
 impl Spec {
+    /// Builds the model, freshly initialised, on `device`.
+    ///
+    /// # Errors
+    ///
+    /// If the configuration is invalid or weight normalization cannot be applied.
     pub fn build(&self, device: &Device) -> Result<Model> {
         let features: usize = self.input.iter().product();
-        match self.kind.as_str() {
-            "mlp" => {
+        match self.kind {
+            ModelKind::Mlp => {
                 let mut sizes = vec![features];
                 sizes.extend(&self.hidden);
                 sizes.push(self.classes);
                 Ok(Model::Mlp(Mlp::new(&sizes, self.param, device)?))
             }
-            "cnn" => {
+            ModelKind::Cnn => {
                 let norm = match self.param {
                     Param::Plain | Param::Wn => CnnNorm::None,
                     Param::WnMobn => CnnNorm::MeanOnly,
@@ -186,98 +236,57 @@ impl Spec {
                         .init(device)?,
                 ))
             }
-            other => bail!(Failure::input(anyhow::anyhow!(
-                "unknown model `{other}`: use mlp or cnn"
-            ))),
         }
     }
 
     /// The module names of the `nn.Sequential` the model exports to, and the architecture file
     /// (the canonical form's format): `(burn prefix, sequential index)` pairs and the JSON.
     fn layout(&self) -> (Vec<(String, String)>, serde_json::Value) {
-        let mut names = Vec::new();
-        let mut layers = Vec::new();
-        let mut idx = 0usize;
-        let mut push = |layer: serde_json::Value,
-                        burn: Option<String>,
-                        layers: &mut Vec<serde_json::Value>,
-                        names: &mut Vec<(String, String)>| {
-            let mut layer = layer;
-            if let Some(b) = burn {
-                names.push((b, idx.to_string()));
-                layer["param"] = json!(idx.to_string());
-            }
-            layers.push(layer);
-            idx += 1;
-        };
-        // The normalization after hidden layer `i`, if the parameterization has one.
-        let norm_layer = |i: usize| match self.param {
-            Param::Bn => Some((json!({"op": "batch_norm", "eps": 1e-5}), format!("bns.{i}"))),
-            Param::WnMobn => Some((json!({"op": "mean_only_batch_norm"}), format!("mobns.{i}"))),
-            _ => None,
-        };
-        match self.kind.as_str() {
-            "mlp" => {
+        let mut lay = Layout::default();
+        match self.kind {
+            ModelKind::Mlp => {
                 let n = self.hidden.len();
                 for i in 0..=n {
-                    push(
-                        json!({"op": "linear"}),
-                        Some(format!("linears.{i}")),
-                        &mut layers,
-                        &mut names,
-                    );
+                    lay.param(json!({"op": "linear"}), format!("linears.{i}"));
                     if i < n {
-                        if let Some((layer, burn)) = norm_layer(i) {
-                            push(layer, Some(burn), &mut layers, &mut names);
-                        }
-                        push(json!({"op": "relu"}), None, &mut layers, &mut names);
+                        self.norm(&mut lay, i);
+                        lay.op(json!({"op": "relu"}));
                     }
                 }
+                let input = json!([self.input.iter().product::<usize>()]);
+                (lay.names, json!({"input": input, "layers": lay.layers}))
+            }
+            ModelKind::Cnn => {
+                for i in 0..3 {
+                    lay.param(
+                        json!({"op": "conv2d", "stride": 1, "padding": 1, "dilation": 1, "groups": 1}),
+                        format!("convs.{i}"),
+                    );
+                    self.norm(&mut lay, i);
+                    lay.op(json!({"op": "relu"}));
+                    if i < 2 {
+                        lay.op(json!({"op": "max_pool2d", "kernel": 2, "stride": 2, "padding": 0}));
+                    }
+                }
+                lay.op(json!({"op": "flatten"}));
+                lay.param(json!({"op": "linear"}), "fc1".into());
+                self.norm(&mut lay, 3);
+                lay.op(json!({"op": "relu"}));
+                lay.param(json!({"op": "linear"}), "fc2".into());
                 (
-                    names,
-                    json!({"input": [self.input.iter().product::<usize>()], "layers": layers}),
+                    lay.names,
+                    json!({"input": self.input, "layers": lay.layers}),
                 )
             }
-            _ => {
-                for i in 0..3 {
-                    push(
-                        json!({"op": "conv2d", "stride": 1, "padding": 1, "dilation": 1, "groups": 1}),
-                        Some(format!("convs.{i}")),
-                        &mut layers,
-                        &mut names,
-                    );
-                    if let Some((layer, burn)) = norm_layer(i) {
-                        push(layer, Some(burn), &mut layers, &mut names);
-                    }
-                    push(json!({"op": "relu"}), None, &mut layers, &mut names);
-                    if i < 2 {
-                        push(
-                            json!({"op": "max_pool2d", "kernel": 2, "stride": 2, "padding": 0}),
-                            None,
-                            &mut layers,
-                            &mut names,
-                        );
-                    }
-                }
-                push(json!({"op": "flatten"}), None, &mut layers, &mut names);
-                push(
-                    json!({"op": "linear"}),
-                    Some("fc1".into()),
-                    &mut layers,
-                    &mut names,
-                );
-                if let Some((layer, burn)) = norm_layer(3) {
-                    push(layer, Some(burn), &mut layers, &mut names);
-                }
-                push(json!({"op": "relu"}), None, &mut layers, &mut names);
-                push(
-                    json!({"op": "linear"}),
-                    Some("fc2".into()),
-                    &mut layers,
-                    &mut names,
-                );
-                (names, json!({"input": self.input, "layers": layers}))
-            }
+        }
+    }
+
+    /// Appends the normalization after hidden layer `i`, if the parameterization has one.
+    fn norm(&self, lay: &mut Layout, i: usize) {
+        match self.param {
+            Param::Bn => lay.param(json!({"op": "batch_norm", "eps": 1e-5}), format!("bns.{i}")),
+            Param::WnMobn => lay.param(json!({"op": "mean_only_batch_norm"}), format!("mobns.{i}")),
+            Param::Plain | Param::Wn => {}
         }
     }
 
@@ -332,10 +341,10 @@ mod tests {
     #[test]
     fn the_description_computes_the_models_function() {
         let device = Device::default();
-        for kind in ["mlp", "cnn"] {
-            for param in Param::ALL {
+        for kind in [ModelKind::Mlp, ModelKind::Cnn] {
+            for &param in <Param as clap::ValueEnum>::value_variants() {
                 let spec = Spec {
-                    kind: kind.into(),
+                    kind,
                     param,
                     input: [1, 8, 8],
                     hidden: vec![12, 6],
@@ -360,7 +369,8 @@ mod tests {
                 for (a, b) in y.iter().zip(z.iter().flatten()) {
                     assert!(
                         (f64::from(*a) - b).abs() <= 1e-5 * f64::from(scale).max(1.0),
-                        "{kind} {}: {a} vs {b}",
+                        "{} {}: {a} vs {b}",
+                        kind.name(),
                         param.name()
                     );
                 }

@@ -1,11 +1,12 @@
-//! Plots (PNG, with an embedded font: no system fonts needed) and the comparison report.
+//! Plots from metrics only: PNG, with an embedded font (no system fonts needed), written
+//! atomically.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::train::{DataModelArgs, RunMetrics};
+use crate::metrics::{EpochMetrics, RunMetrics};
 
 const COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
@@ -39,15 +40,23 @@ fn smooth(xs: &[f64], w: usize) -> Vec<(f64, f64)> {
     out
 }
 
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draws a white `size` picture with `draw` and writes it to `path` as PNG, atomically.
+fn png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>) -> Result<()> {
+    font();
+    crate::output::write_with(path, |tmp| {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        draw(&root)?;
+        root.present()
+            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+    })
+}
+
 type Series<'a> = (&'a str, Vec<(f64, f64)>);
 
-fn chart(
-    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
-    title: &str,
-    x: &str,
-    y: &str,
-    series: &[Series],
-) -> Result<()> {
+fn chart(area: &Area, title: &str, x: &str, y: &str, series: &[Series]) -> Result<()> {
     // Losses fall and accuracies rise: keep the legend away from where the curves end.
     let legend = if y == "accuracy" {
         SeriesLabelPosition::LowerRight
@@ -98,10 +107,7 @@ fn chart(
     Ok(())
 }
 
-fn epochs_series(
-    m: &RunMetrics,
-    f: impl Fn(&crate::train::EpochMetrics) -> f64,
-) -> Vec<(f64, f64)> {
+fn epochs_series(m: &RunMetrics, f: impl Fn(&EpochMetrics) -> f64) -> Vec<(f64, f64)> {
     m.epochs
         .iter()
         .enumerate()
@@ -111,33 +117,28 @@ fn epochs_series(
 
 /// One run's `curves.png`: training loss per step and test accuracy per epoch.
 pub fn curves(path: &Path, m: &RunMetrics) -> Result<()> {
-    font();
-    let root = BitMapBackend::new(path, (1200, 450)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let (left, right) = root.split_horizontally(700);
     let w = (m.step_losses.len() / 50).max(1);
-    chart(
-        &left,
-        "training loss",
-        "step",
-        "cross-entropy (moving average)",
-        &[(m.param.as_str(), smooth(&m.step_losses, w))],
-    )?;
-    chart(
-        &right,
-        "test accuracy",
-        "epoch",
-        "accuracy",
-        &[(m.param.as_str(), epochs_series(m, |e| e.test_accuracy))],
-    )?;
-    root.present()
-        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(())
+    png(path, (1200, 450), |root| {
+        let (left, right) = root.split_horizontally(700);
+        chart(
+            &left,
+            "training loss",
+            "step",
+            "cross-entropy (moving average)",
+            &[(m.param.as_str(), smooth(&m.step_losses, w))],
+        )?;
+        chart(
+            &right,
+            "test accuracy",
+            "epoch",
+            "accuracy",
+            &[(m.param.as_str(), epochs_series(m, |e| e.test_accuracy))],
+        )
+    })
 }
 
 /// `loss.png` and `accuracy.png` of a comparison: every parameterization on one chart.
 pub fn comparison(out: &Path, runs: &[RunMetrics]) -> Result<()> {
-    font();
     let w = (runs.first().map_or(0, |r| r.step_losses.len()) / 50).max(1);
     let loss: Vec<Series> = runs
         .iter()
@@ -157,47 +158,9 @@ pub fn comparison(out: &Path, runs: &[RunMetrics]) -> Result<()> {
         ),
         ("accuracy.png", "test accuracy", "epoch", "accuracy", &acc),
     ] {
-        let path = out.join(file);
-        let root = BitMapBackend::new(&path, (900, 550)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        chart(&root, title, x, y, series)?;
-        root.present()
-            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        png(&out.join(file), (900, 550), |root| {
+            chart(root, title, x, y, series)
+        })?;
     }
     Ok(())
-}
-
-/// The comparison's `report.md`.
-pub fn report(args: &DataModelArgs, ds: &crate::data::Dataset, runs: &[RunMetrics]) -> String {
-    let dataset = ds.name;
-    let plain = runs
-        .iter()
-        .find(|r| r.param == "plain")
-        .map(|r| r.mean_step_ms);
-    let mut s = format!(
-        "# weightnorm compare\n\n{dataset}, {} model, {} epochs, batch {}, Adam lr {}, seed {}, init {}.\n\n\
-         | parameterization | test accuracy | test loss | ECE | step time (ms) | overhead vs plain |\n\
-         |---|---|---|---|---|---|\n",
-        args.model,
-        args.epochs(ds),
-        args.batch_size,
-        args.lr,
-        args.seed,
-        args.init
-    );
-    for r in runs {
-        let e = r.epochs.last().expect("an epoch");
-        let overhead = match plain {
-            Some(p) if r.param != "plain" => format!("{:+.1}%", (r.mean_step_ms / p - 1.0) * 100.0),
-            _ => "".into(),
-        };
-        s += &format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {overhead} |\n",
-            r.param, e.test_accuracy, e.test_loss, e.ece, r.mean_step_ms
-        );
-    }
-    s += "\nTraining loss against steps: ![loss](loss.png)\n\nTest accuracy against epochs: ![accuracy](accuracy.png)\n\n\
-          Each run's metrics, model (`model.safetensors`, PyTorch `nn.Sequential` keys) and \
-          architecture (`arch.json`) are in the directory named after it.\n";
-    s
 }

@@ -1,0 +1,168 @@
+//! What a training run measured, how it was set up, and their JSON (`metrics.json`).
+
+use serde_json::json;
+
+/// How a run was set up: what its metrics file and the comparison report print beside the
+/// numbers. Plain data, so that metrics, reports and plots need no command-line types.
+#[derive(Clone, Debug)]
+pub struct RunSetup {
+    /// The data set's name (`fashion-mnist` or `digits`).
+    pub dataset: &'static str,
+    /// The training pixels' mean and standard deviation the inputs were standardized with.
+    pub input_norm: (f32, f32),
+    /// The model kind (`mlp` or `cnn`).
+    pub model: String,
+    /// The initialisation (`fp` or `ddi`).
+    pub init: String,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// Seed of the initialisation and the data order.
+    pub seed: u64,
+}
+
+/// What one training run measured.
+#[derive(Clone, Debug)]
+pub struct RunMetrics {
+    /// The parameterization's name (`plain`, `wn`, `wn-mobn`, `bn`).
+    pub param: String,
+    /// The training loss of every step, in order.
+    pub step_losses: Vec<f64>,
+    /// One entry per finished epoch.
+    pub epochs: Vec<EpochMetrics>,
+    /// Mean wall time of a training step, in milliseconds.
+    pub mean_step_ms: f64,
+    /// Training throughput over the time spent in steps.
+    pub examples_per_s: f64,
+    /// Wall time of the whole run, evaluation included.
+    pub seconds: f64,
+}
+
+/// What one epoch measured: its mean training loss and the test split's scores after it.
+#[derive(Clone, Debug)]
+pub struct EpochMetrics {
+    /// Mean training loss over the epoch's examples.
+    pub train_loss: f64,
+    /// Mean cross-entropy on the test split.
+    pub test_loss: f64,
+    /// Accuracy on the test split.
+    pub test_accuracy: f64,
+    /// Expected calibration error on the test split.
+    pub ece: f64,
+}
+
+impl RunMetrics {
+    /// Empty metrics for a run of `param`, to be filled as it trains.
+    pub fn new(param: &str) -> Self {
+        Self {
+            param: param.into(),
+            step_losses: Vec::new(),
+            epochs: Vec::new(),
+            mean_step_ms: 0.0,
+            examples_per_s: 0.0,
+            seconds: 0.0,
+        }
+    }
+
+    /// The last epoch's scores, if an epoch finished.
+    pub fn last(&self) -> Option<&EpochMetrics> {
+        self.epochs.last()
+    }
+
+    /// One per-epoch quantity, in epoch order.
+    pub fn per_epoch(&self, f: impl Fn(&EpochMetrics) -> f64) -> Vec<f64> {
+        self.epochs.iter().map(f).collect()
+    }
+
+    /// The run's `metrics.json` (without the fields only the trained model knows, such as its
+    /// global gain).
+    pub fn json(&self, setup: &RunSetup) -> serde_json::Value {
+        let last = self.last();
+        json!({
+            "dataset": setup.dataset,
+            "input_mean": setup.input_norm.0,
+            "input_std": setup.input_norm.1,
+            "model": setup.model,
+            "param": self.param,
+            "init": setup.init,
+            "epochs": setup.epochs,
+            "batch_size": setup.batch_size,
+            "lr": setup.lr,
+            "seed": setup.seed,
+            "test_accuracy": last.map(|e| e.test_accuracy),
+            "test_loss": last.map(|e| e.test_loss),
+            "ece": last.map(|e| e.ece),
+            "per_epoch": {
+                "train_loss": self.per_epoch(|e| e.train_loss),
+                "test_loss": self.per_epoch(|e| e.test_loss),
+                "test_accuracy": self.per_epoch(|e| e.test_accuracy),
+                "ece": self.per_epoch(|e| e.ece),
+            },
+            "step_loss": self.step_losses,
+            "mean_step_ms": self.mean_step_ms,
+            "examples_per_s": self.examples_per_s,
+            "seconds": self.seconds,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A setup and a two-epoch run with distinct numbers everywhere, for tests.
+    pub(crate) fn sample() -> (RunSetup, RunMetrics) {
+        let setup = RunSetup {
+            dataset: "digits",
+            input_norm: (0.25, 0.5),
+            model: "mlp".into(),
+            init: "ddi".into(),
+            epochs: 2,
+            batch_size: 32,
+            lr: 0.01,
+            seed: 7,
+        };
+        let mut m = RunMetrics::new("wn");
+        m.step_losses = vec![2.0, 1.5, 1.0];
+        for (i, acc) in [0.5, 0.75].into_iter().enumerate() {
+            m.epochs.push(EpochMetrics {
+                train_loss: 2.0 - i as f64,
+                test_loss: 1.5 - i as f64,
+                test_accuracy: acc,
+                ece: 0.125 / (i + 1) as f64,
+            });
+        }
+        m.mean_step_ms = 4.0;
+        (setup, m)
+    }
+
+    #[test]
+    fn the_json_holds_the_setup_the_last_epoch_and_the_curves() {
+        let (setup, m) = sample();
+        let j = m.json(&setup);
+        assert_eq!(j["dataset"], "digits");
+        assert_eq!(j["input_std"], 0.5);
+        assert_eq!(j["model"], "mlp");
+        assert_eq!(j["init"], "ddi");
+        assert_eq!(j["param"], "wn");
+        assert_eq!(j["epochs"], 2);
+        assert_eq!(j["seed"], 7);
+        assert_eq!(j["test_accuracy"], 0.75);
+        assert_eq!(j["test_loss"], 0.5);
+        assert_eq!(j["ece"], 0.0625);
+        assert_eq!(j["per_epoch"]["test_accuracy"], json!([0.5, 0.75]));
+        assert_eq!(j["per_epoch"]["train_loss"], json!([2.0, 1.0]));
+        assert_eq!(j["step_loss"], json!([2.0, 1.5, 1.0]));
+    }
+
+    #[test]
+    fn a_run_without_epochs_has_null_scores() {
+        let (setup, _) = sample();
+        let j = RunMetrics::new("plain").json(&setup);
+        assert!(j["test_accuracy"].is_null() && j["ece"].is_null());
+        assert_eq!(j["per_epoch"]["ece"], json!([]));
+    }
+}

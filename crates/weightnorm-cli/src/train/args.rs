@@ -1,0 +1,199 @@
+//! The options of `train` and `compare`, their checks, and what they make of a data set: the
+//! model to build and the setup the metrics record.
+
+use std::ffi::OsStr;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::ValueEnum;
+use clap::builder::{EnumValueParser, PossibleValue, TypedValueParser};
+
+use crate::Failure;
+use crate::data::{Dataset, DatasetName, FASHION_DEFAULT};
+use crate::metrics::RunSetup;
+use crate::model::{ModelKind, Param, Spec};
+
+/// Options shared by `train` and `compare`.
+#[derive(clap::Args, Clone)]
+pub struct DataModelArgs {
+    /// The data set. Default: Fashion-MNIST when it is installed (under --data), else digits.
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetName>,
+    /// Directory of Fashion-MNIST in the original MNIST file layout.
+    #[arg(long, default_value = FASHION_DEFAULT)]
+    pub data: PathBuf,
+    /// The model.
+    #[arg(long, value_enum, default_value_t = ModelKind::Mlp)]
+    pub model: ModelKind,
+    /// Initialisation of weight-normalized models.
+    #[arg(long, value_enum, default_value_t = Init::Fp)]
+    pub init: Init,
+    /// Epochs (default: 3 on Fashion-MNIST, 30 on the small digits set).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Seed of the initialisation and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The options of `train`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Writes to --out: metrics.json, curves.png, model.safetensors (PyTorch nn.Sequential\n\
+keys and layouts) and arch.json (for `weightnorm canonicalize`).\n\n\
+Example:\n  weightnorm train --dataset fashion-mnist --model mlp --param wn --epochs 3 --out runs/wn"
+)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub common: DataModelArgs,
+    /// The parameterization.
+    #[arg(long, value_enum, default_value_t = Param::Wn)]
+    pub param: Param,
+    /// Output directory (created if missing).
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+}
+
+/// The options of `compare`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Trains each parameterization with the same seed and data order and writes\n\
+report.md, loss.png and accuracy.png to --out (and each run under --out/<param>/).\n\n\
+Example:\n  weightnorm compare\n  weightnorm compare --dataset digits --params plain,wn --epochs 10"
+)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub common: DataModelArgs,
+    /// Comma-separated parameterizations.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,wn,wn-mobn,bn",
+        value_parser = Trimmed::<Param>::new()
+    )]
+    pub params: Vec<Param>,
+    /// Output directory.
+    #[arg(long, default_value = "runs/compare")]
+    pub out: PathBuf,
+}
+
+impl DataModelArgs {
+    /// The number of epochs: given, or the data set's default.
+    pub fn epochs(&self, ds: &Dataset) -> usize {
+        self.epochs
+            .unwrap_or(if ds.name == "digits" { 30 } else { 3 })
+    }
+
+    /// How a run on `ds` is set up, as plain data for its metrics and reports.
+    pub fn setup(&self, ds: &Dataset) -> RunSetup {
+        RunSetup {
+            dataset: ds.name,
+            input_norm: ds.norm,
+            model: self.model.name().into(),
+            init: self.init.name().into(),
+            epochs: self.epochs(ds),
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+        }
+    }
+
+    /// The model to train on `ds` with the parameterization `param`.
+    pub fn spec(&self, ds: &Dataset, param: Param) -> Spec {
+        let cnn = self.model == ModelKind::Cnn;
+        Spec {
+            kind: self.model,
+            param,
+            input: ds.shape,
+            hidden: if cnn { vec![128] } else { vec![256, 128] },
+            cnn_widths: [32, 64, 128],
+            classes: ds.classes,
+        }
+    }
+}
+
+/// Checks the numeric options before anything is loaded or printed (clap checks the
+/// enumerated ones).
+///
+/// # Errors
+///
+/// A [`Failure`] naming the options at fault.
+pub fn check(args: &DataModelArgs) -> Result<()> {
+    if args.epochs == Some(0) || args.batch_size == 0 || !(args.lr > 0.0 && args.lr.is_finite()) {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--epochs and --batch-size must be positive, and --lr a positive number"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The initialisation of weight-normalized models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Init {
+    /// Function-preserving: g is the norm of the initial weight.
+    Fp,
+    /// The paper's data-dependent initialisation on the first batch.
+    Ddi,
+}
+
+impl Init {
+    /// The name on the command line and in outputs: `fp` or `ddi`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp => "fp",
+            Self::Ddi => "ddi",
+        }
+    }
+}
+
+/// A parser of one value of an enumerated option that ignores spaces around it, so that a
+/// comma-separated list may be written `plain, wn`; `--help` lists the possible values and
+/// clap suggests the nearest one for a typo, as for any `ValueEnum`.
+#[derive(Clone)]
+pub struct Trimmed<E>(PhantomData<E>);
+
+impl<E> Trimmed<E> {
+    /// The parser.
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<E> Default for Trimmed<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for Trimmed<E> {
+    type Value = E;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<E, clap::Error> {
+        let trimmed = value.to_str().map_or(value, |s| OsStr::new(s.trim()));
+        EnumValueParser::<E>::new().parse_ref(cmd, arg, trimmed)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            E::value_variants()
+                .iter()
+                .filter_map(ValueEnum::to_possible_value),
+        ))
+    }
+}

@@ -1,0 +1,31 @@
+//! The progress bar of a run and its per-epoch lines.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::metrics::EpochMetrics;
+
+/// A progress bar over `steps` steps prefixed with the run's name, hidden when `quiet`.
+pub fn bar(name: &str, steps: usize, quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>8} [{bar:30}] {pos}/{len} steps  {msg}  ({per_sec}, eta {eta})",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    bar
+}
+
+/// Prints an epoch's scores above the bar (`epoch` counts from 1).
+pub fn epoch_line(bar: &ProgressBar, name: &str, epoch: usize, e: &EpochMetrics) {
+    bar.println(format!(
+        "{name:>8} epoch {epoch}: train loss {:.4}, test loss {:.4}, test accuracy {:.4}, ECE {:.4}",
+        e.train_loss, e.test_loss, e.test_accuracy, e.ece
+    ));
+}
