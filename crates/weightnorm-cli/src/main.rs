@@ -68,6 +68,19 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// A clap usage error on one line: its lines joined with "; ", without the usage block and the
+/// pointer to `--help`, so that every error of the command is one line.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn main() -> ExitCode {
     // Die quietly when stdout is closed early (`weightnorm inspect f | head`), as Unix tools do,
     // rather than panicking on the failed write.
@@ -76,7 +89,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(), // --help and --version: printed as clap lays them out
+    };
     let result = match cli.command {
         Command::Op(args) => op::op(args),
         Command::Inspect(args) => ckpt::inspect(args),

@@ -4,10 +4,11 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
-use serde_json::json;
 use weightnorm::nn::{
     CnnNorm, MeanOnlyBatchNorm, MeanOnlyBatchNormConfig, WnCnnClassifier, WnCnnClassifierConfig,
 };
+use weightnorm::torch::arch::spec::{ConvSpec, PoolSpec};
+use weightnorm::torch::arch::{ArchSpec, LayerSpec};
 use weightnorm::torch::{Scheme, TensorEntry, save_module};
 use weightnorm::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
 
@@ -168,20 +169,19 @@ pub enum Model {
 #[derive(Default)]
 struct Layout {
     names: Vec<(String, String)>,
-    layers: Vec<serde_json::Value>,
+    layers: Vec<LayerSpec>,
 }
 
 impl Layout {
-    /// Appends a layer whose parameters the Burn module `burn` holds.
-    fn param(&mut self, mut layer: serde_json::Value, burn: String) {
+    /// Appends a layer whose parameters the Burn module `burn` holds; its `param` is its index.
+    fn param(&mut self, layer: impl FnOnce(Option<String>) -> LayerSpec, burn: String) {
         let idx = self.layers.len().to_string();
-        layer["param"] = json!(idx);
-        self.names.push((burn, idx));
-        self.layers.push(layer);
+        self.names.push((burn, idx.clone()));
+        self.layers.push(layer(Some(idx)));
     }
 
     /// Appends a layer without parameters.
-    fn op(&mut self, layer: serde_json::Value) {
+    fn op(&mut self, layer: LayerSpec) {
         self.layers.push(layer);
     }
 }
@@ -240,42 +240,62 @@ impl Spec {
     }
 
     /// The module names of the `nn.Sequential` the model exports to, and the architecture file
-    /// (the canonical form's format): `(burn prefix, sequential index)` pairs and the JSON.
-    fn layout(&self) -> (Vec<(String, String)>, serde_json::Value) {
+    /// (the canonical form's format): `(burn prefix, sequential index)` pairs and the schema.
+    fn layout(&self) -> (Vec<(String, String)>, ArchSpec) {
         let mut lay = Layout::default();
+        let linear = |param| LayerSpec::Linear { param };
         match self.kind {
             ModelKind::Mlp => {
                 let n = self.hidden.len();
                 for i in 0..=n {
-                    lay.param(json!({"op": "linear"}), format!("linears.{i}"));
+                    lay.param(linear, format!("linears.{i}"));
                     if i < n {
                         self.norm(&mut lay, i);
-                        lay.op(json!({"op": "relu"}));
+                        lay.op(LayerSpec::Relu {});
                     }
                 }
-                let input = json!([self.input.iter().product::<usize>()]);
-                (lay.names, json!({"input": input, "layers": lay.layers}))
+                let input = vec![self.input.iter().product::<usize>()];
+                (
+                    lay.names,
+                    ArchSpec {
+                        input,
+                        layers: lay.layers,
+                    },
+                )
             }
             ModelKind::Cnn => {
                 for i in 0..3 {
-                    lay.param(
-                        json!({"op": "conv2d", "stride": 1, "padding": 1, "dilation": 1, "groups": 1}),
-                        format!("convs.{i}"),
-                    );
+                    let conv = |param| {
+                        LayerSpec::Conv2d(ConvSpec {
+                            param,
+                            stride: Some(1.into()),
+                            padding: Some(1.into()),
+                            dilation: Some(1.into()),
+                            groups: Some(1),
+                        })
+                    };
+                    lay.param(conv, format!("convs.{i}"));
                     self.norm(&mut lay, i);
-                    lay.op(json!({"op": "relu"}));
+                    lay.op(LayerSpec::Relu {});
                     if i < 2 {
-                        lay.op(json!({"op": "max_pool2d", "kernel": 2, "stride": 2, "padding": 0}));
+                        lay.op(LayerSpec::MaxPool2d(PoolSpec {
+                            kernel: 2.into(),
+                            stride: Some(2.into()),
+                            padding: Some(0.into()),
+                        }));
                     }
                 }
-                lay.op(json!({"op": "flatten"}));
-                lay.param(json!({"op": "linear"}), "fc1".into());
+                lay.op(LayerSpec::Flatten {});
+                lay.param(linear, "fc1".into());
                 self.norm(&mut lay, 3);
-                lay.op(json!({"op": "relu"}));
-                lay.param(json!({"op": "linear"}), "fc2".into());
+                lay.op(LayerSpec::Relu {});
+                lay.param(linear, "fc2".into());
                 (
                     lay.names,
-                    json!({"input": self.input, "layers": lay.layers}),
+                    ArchSpec {
+                        input: self.input.to_vec(),
+                        layers: lay.layers,
+                    },
                 )
             }
         }
@@ -284,15 +304,29 @@ impl Spec {
     /// Appends the normalization after hidden layer `i`, if the parameterization has one.
     fn norm(&self, lay: &mut Layout, i: usize) {
         match self.param {
-            Param::Bn => lay.param(json!({"op": "batch_norm", "eps": 1e-5}), format!("bns.{i}")),
-            Param::WnMobn => lay.param(json!({"op": "mean_only_batch_norm"}), format!("mobns.{i}")),
+            Param::Bn => lay.param(
+                |param| LayerSpec::BatchNorm {
+                    param,
+                    eps: Some(1e-5),
+                },
+                format!("bns.{i}"),
+            ),
+            Param::WnMobn => lay.param(
+                |param| LayerSpec::MeanOnlyBatchNorm { param },
+                format!("mobns.{i}"),
+            ),
             Param::Plain | Param::Wn => {}
         }
     }
 
+    /// The architecture file's schema.
+    pub fn arch_spec(&self) -> ArchSpec {
+        self.layout().1
+    }
+
     /// The architecture file.
     pub fn arch(&self) -> serde_json::Value {
-        self.layout().1
+        serde_json::to_value(self.arch_spec()).expect("the schema serializes")
     }
 
     /// The trained model as a PyTorch `nn.Sequential` state dict: weight norm folded into plain
@@ -326,7 +360,7 @@ impl Spec {
     /// with its architecture file (weight norm folded, batch norms in evaluation mode).
     pub fn network(&self, model: &Model) -> Result<weightnorm::canonical::Network<f32>> {
         let tensors = self.export(model)?;
-        Ok(weightnorm::torch::from_arch(&self.arch(), &tensors)?.network)
+        Ok(weightnorm::torch::arch::from_spec(&self.arch_spec(), &tensors)?.network)
     }
 }
 

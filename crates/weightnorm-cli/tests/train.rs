@@ -190,7 +190,7 @@ fn bad_input_exits_2_with_one_line() {
         assert!(err.contains(fragment), "{args:?}: {err}");
     }
     // Unknown enumerated values are refused by clap, which names the option and lists the
-    // possible values (a usage error, exit 2, nothing trained or written).
+    // possible values (a usage error, exit 2, one line, nothing trained or written).
     let unknown: Vec<(Vec<&str>, &str, &str)> = vec![
         (
             vec!["--dataset", "digits", "--param", "batchnorm"],
@@ -220,6 +220,7 @@ fn bad_input_exits_2_with_one_line() {
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(message), "{args:?}: {err}");
         assert!(err.contains(values), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?}: nothing written");
@@ -236,6 +237,7 @@ fn a_list_of_parameterizations_names_the_typo_and_suggests_the_nearest() {
         "{err}"
     );
     assert!(err.contains("a similar value exists: 'wn'"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]
