@@ -113,7 +113,9 @@ fn main() -> ExitCode {
         Err(e) => {
             // The library's messages already say what their causes said: print one line.
             eprintln!("error: {e}");
-            if e.downcast_ref::<Failure>().is_some() {
+            if e.downcast_ref::<train::Interrupted>().is_some() {
+                ExitCode::from(130)
+            } else if e.downcast_ref::<Failure>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -25,7 +25,7 @@ pub struct RunSetup {
 }
 
 /// What one training run measured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunMetrics {
     /// The parameterization's name (`plain`, `wn`, `wn-mobn`, `bn`).
     pub param: String,
@@ -42,7 +42,7 @@ pub struct RunMetrics {
 }
 
 /// What one epoch measured: its mean training loss and the test split's scores after it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// Mean training loss over the epoch's examples.
     pub train_loss: f64,

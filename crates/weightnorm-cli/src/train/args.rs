@@ -41,17 +41,24 @@ pub struct DataModelArgs {
     /// Seed of the initialisation and the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Hide the progress bar.
+    /// Hide the progress bar (the per-epoch lines are always printed, on stderr).
     #[arg(long)]
     pub quiet: bool,
+    /// Also write the checkpoint every N optimizer steps (it is always written at every
+    /// epoch's end, and on Ctrl-C).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
 }
 
 /// The options of `train`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Writes to --out: metrics.json, curves.png, model.safetensors (PyTorch nn.Sequential\n\
-keys and layouts) and arch.json (for `weightnorm canonicalize`).\n\n\
-Example:\n  weightnorm train --dataset fashion-mnist --model mlp --param wn --epochs 3 --out runs/wn"
+keys and layouts) and arch.json (for `weightnorm canonicalize`), steps.jsonl (one line per\n\
+step, written as it trains) and checkpoint.bin (model, optimizer state, data position and\n\
+metrics; written at every epoch's end, every --checkpoint-every steps and on Ctrl-C).\n\n\
+Example:\n  weightnorm train --dataset fashion-mnist --model mlp --param wn --epochs 3 --out runs/wn\n  \
+weightnorm train --resume runs/wn"
 )]
 pub struct TrainArgs {
     #[command(flatten)]
@@ -59,9 +66,17 @@ pub struct TrainArgs {
     /// The parameterization.
     #[arg(long, value_enum, default_value_t = Param::Wn)]
     pub param: Param,
-    /// Output directory (created if missing).
+    /// Output directory (created if missing; an existing run there is refused unless
+    /// --force or --resume).
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
+    /// Replace the run files of an existing --out (other files there are left alone).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Continue the run in DIR from its checkpoint, with the options it was started with
+    /// (give no other options but --quiet).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 /// The options of `compare`.
@@ -69,7 +84,8 @@ pub struct TrainArgs {
 #[command(
     after_help = "Trains each parameterization with the same seed and data order and writes\n\
 report.md, loss.png and accuracy.png to --out (and each run under --out/<param>/).\n\n\
-Example:\n  weightnorm compare\n  weightnorm compare --dataset digits --params plain,wn --epochs 10"
+Example:\n  weightnorm compare\n  weightnorm compare --dataset digits --params plain,wn --epochs 10\n  \
+weightnorm compare --resume runs/compare"
 )]
 pub struct CompareArgs {
     #[command(flatten)]
@@ -82,9 +98,16 @@ pub struct CompareArgs {
         value_parser = Trimmed::<Param>::new()
     )]
     pub params: Vec<Param>,
-    /// Output directory.
+    /// Output directory (an existing comparison there is refused unless --force or --resume).
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
+    /// Replace the run files of an existing --out (other files there are left alone).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Continue the comparison in DIR: finished runs are kept, the others continue from their
+    /// checkpoints, with the options it was started with (give no other options but --quiet).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 impl DataModelArgs {

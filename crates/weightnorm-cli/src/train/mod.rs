@@ -6,14 +6,16 @@
 
 pub mod args;
 mod batch;
+mod checkpoint;
 mod evaluate;
 mod progress;
 mod run;
 mod save;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use clap::Parser;
 
 use crate::data::Dataset;
 use crate::metrics::RunMetrics;
@@ -21,8 +23,130 @@ use crate::model::Param;
 use crate::output::write_bytes;
 
 pub use args::{CompareArgs, DataModelArgs, TrainArgs};
+pub use run::Interrupted;
 
-/// Checks the options and loads the data set, before anything is trained.
+/// The files a run or a comparison writes in its directory (and each run's directory of a
+/// comparison): what `--force` replaces and what marks a directory as holding a run.
+const RUN_FILES: &[&str] = &[
+    "metrics.json",
+    "arch.json",
+    "model.safetensors",
+    "curves.png",
+    "steps.jsonl",
+    checkpoint::FILE,
+    "report.md",
+    "loss.png",
+    "accuracy.png",
+    COMMAND_FILE,
+];
+
+/// Where a comparison keeps the options it was started with, for `--resume`.
+const COMMAND_FILE: &str = "command.json";
+
+/// The options after the subcommand, as given.
+fn argv() -> Vec<String> {
+    std::env::args().skip(2).collect()
+}
+
+/// Refuses an `out` that holds a run unless `force` (which removes its run files, and those of
+/// the runs under it, so that old and new never mix).
+fn claim_out(out: &Path, force: bool, what: &str) -> Result<()> {
+    let entries: Vec<PathBuf> = match std::fs::read_dir(out) {
+        Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if out.is_file() => {
+            return Err(crate::Failure::input(anyhow::anyhow!(
+                "--out {} is a file, not a directory ({e})",
+                out.display()
+            ))
+            .into());
+        }
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", out.display())),
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(crate::Failure::input(anyhow::anyhow!(
+            "--out {} is not empty: use --force to replace its {what}, --resume {} to continue it, or another --out",
+            out.display(),
+            out.display()
+        ))
+        .into());
+    }
+    for path in entries {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path.is_dir() && <crate::model::Param as clap::ValueEnum>::from_str(name, false).is_ok()
+        {
+            clear_run_files(&path)?;
+        } else if RUN_FILES.contains(&name) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the run files in `dir`.
+fn clear_run_files(dir: &Path) -> Result<()> {
+    for name in RUN_FILES {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::anyhow!("cannot remove {}: {e}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The options stored for `--resume`, parsed again as the subcommand's.
+fn stored<A: clap::Args + clap::FromArgMatches>(argv: Vec<String>, dir: &Path) -> Result<A> {
+    #[derive(Parser)]
+    struct Stored<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    let mut all = vec!["weightnorm".to_string()];
+    all.extend(argv);
+    Stored::<A>::try_parse_from(all)
+        .map(|s| s.args)
+        .map_err(|e| {
+            crate::Failure::input(anyhow::anyhow!(
+                "the options stored in {} no longer parse: {}",
+                dir.display(),
+                e.kind()
+            ))
+            .into()
+        })
+}
+
+/// Refuses options given beside `--resume` (other than `--quiet`).
+fn resume_alone(given: &[String]) -> Result<()> {
+    let mut others = Vec::new();
+    let mut it = given.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--resume" => {
+                it.next();
+            }
+            "--quiet" => {}
+            a if a.starts_with("--resume=") => {}
+            a => others.push(a),
+        }
+    }
+    if !others.is_empty() {
+        return Err(crate::Failure::input(anyhow::anyhow!(
+            "--resume continues a run with the options it was started with: give no others (only --quiet), not {}",
+            others.join(" ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Checks the options and loads the data set, before anything is loaded or trained.
 fn prepare(args: &DataModelArgs) -> Result<Dataset> {
     args::check(args)?;
     crate::data::load(args.dataset, &args.data)
@@ -38,24 +162,48 @@ fn sizes(ds: &Dataset) -> String {
     )
 }
 
-/// Trains one model with `param` and writes its outputs and its `curves.png` to `out`; returns
-/// its metrics.
+/// Trains one model with `param` (continuing from the checkpoint in `out` when `resume`) and
+/// writes its outputs and its `curves.png` to `out`; returns its metrics.
 fn train_and_save(
     args: &DataModelArgs,
     ds: &Dataset,
     param: Param,
     out: &Path,
+    resume: bool,
+    argv: &[String],
 ) -> Result<RunMetrics> {
-    let (spec, model, metrics) = run::run(args, ds, param)?;
+    let at = run::RunDir {
+        dir: out,
+        checkpoint_every: args.checkpoint_every,
+        resume,
+        argv,
+    };
+    let (spec, model, metrics) = run::run(args, ds, param, &at)?;
     save::save_run(out, &spec, &model, &metrics, &args.setup(ds))?;
     crate::plot::curves(&out.join("curves.png"), &metrics)?;
     Ok(metrics)
 }
 
-/// `weightnorm train`: one run, its outputs in `--out`.
+/// `weightnorm train`: one run, its outputs in `--out`; or `--resume DIR`.
 pub fn train(args: TrainArgs) -> Result<()> {
+    let (args, argv) = match &args.resume {
+        Some(dir) => {
+            resume_alone(&argv())?;
+            let state = checkpoint::load(dir)?.state;
+            let mut stored: TrainArgs = stored(state.argv.clone(), dir)?;
+            stored.out = dir.clone();
+            stored.resume = Some(dir.clone());
+            stored.common.quiet |= args.common.quiet;
+            (stored, state.argv)
+        }
+        None => {
+            claim_out(&args.out, args.force, "run")?;
+            (args, argv())
+        }
+    };
     let param = args.param;
     let ds = prepare(&args.common)?;
+    run::catch_interrupts();
     eprintln!(
         "{} of {:?}; {} {}",
         sizes(&ds),
@@ -63,7 +211,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         args.common.model.name(),
         param.name()
     );
-    let metrics = train_and_save(&args.common, &ds, param, &args.out)?;
+    let resume = args.resume.is_some();
+    let metrics = train_and_save(&args.common, &ds, param, &args.out, resume, &argv)?;
     let last = metrics.last().expect("at least one epoch");
     println!(
         "test accuracy {:.4}, test loss {:.4}, ECE {:.4}; {:.0} examples/s; outputs in {}",
@@ -76,10 +225,42 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `weightnorm compare`: one run per parameterization, then the comparison's plots and report.
+/// `weightnorm compare`: one run per parameterization, then the comparison's plots and report;
+/// or `--resume DIR`.
 pub fn compare(args: CompareArgs) -> Result<()> {
+    let (args, argv) = match &args.resume {
+        Some(dir) => {
+            resume_alone(&argv())?;
+            let file = dir.join(COMMAND_FILE);
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                crate::Failure::input(anyhow::anyhow!(
+                    "cannot resume from {}: {e}",
+                    file.display()
+                ))
+            })?;
+            let argv: Vec<String> = serde_json::from_str(&text)
+                .map_err(|e| crate::Failure::input(anyhow::anyhow!("{}: {e}", file.display())))?;
+            let mut stored: CompareArgs = stored(argv.clone(), dir)?;
+            stored.out = dir.clone();
+            stored.resume = Some(dir.clone());
+            stored.common.quiet |= args.common.quiet;
+            (stored, argv)
+        }
+        None => {
+            claim_out(&args.out, args.force, "comparison")?;
+            let argv = argv();
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("cannot create {}", args.out.display()))?;
+            write_bytes(
+                &args.out.join(COMMAND_FILE),
+                serde_json::to_string(&argv)?.as_bytes(),
+            )?;
+            (args, argv)
+        }
+    };
     let params = &args.params;
     let ds = prepare(&args.common)?;
+    run::catch_interrupts();
     eprintln!(
         "{}; {} with {}",
         sizes(&ds),
@@ -92,7 +273,10 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     );
     let runs = params
         .iter()
-        .map(|&p| train_and_save(&args.common, &ds, p, &args.out.join(p.name())))
+        .map(|&p| {
+            let dir = args.out.join(p.name());
+            train_and_save(&args.common, &ds, p, &dir, args.resume.is_some(), &argv)
+        })
         .collect::<Result<Vec<_>>>()?;
     crate::plot::comparison(&args.out, &runs)?;
     let report = crate::report::report(&args.common.setup(&ds), &runs);

@@ -22,10 +22,16 @@ pub fn bar(name: &str, steps: usize, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Prints an epoch's scores above the bar (`epoch` counts from 1).
+/// Prints an epoch's scores on stderr, above the bar where one is drawn (`epoch` counts from
+/// 1): always, on a terminal or not, with or without `--quiet`.
 pub fn epoch_line(bar: &ProgressBar, name: &str, epoch: usize, e: &EpochMetrics) {
-    bar.println(format!(
+    let line = format!(
         "{name:>8} epoch {epoch}: train loss {:.4}, test loss {:.4}, test accuracy {:.4}, ECE {:.4}",
         e.train_loss, e.test_loss, e.test_accuracy, e.ece
-    ));
+    );
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }

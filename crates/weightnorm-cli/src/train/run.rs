@@ -1,9 +1,13 @@
 //! One training run: the model built and initialised, then epochs of optimizer steps, each
 //! epoch followed by an evaluation on the test split.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
@@ -16,30 +20,78 @@ use crate::model::{Model, ModelKind, Param, Spec};
 
 use super::args::{DataModelArgs, Init};
 use super::batch::{Batch, batch, forward, labels, shuffled};
+use super::checkpoint::{self, State, StepRecord};
 use super::evaluate::evaluate;
 use super::progress;
 
-/// Trains one model on `ds` with the parameterization `param`; returns its description, the
-/// trained model and what was measured.
+/// Where a run keeps its checkpoint and step log, and how it starts.
+pub struct RunDir<'a> {
+    /// The run's directory.
+    pub dir: &'a Path,
+    /// Write a checkpoint every this many steps (besides every epoch's end).
+    pub checkpoint_every: Option<usize>,
+    /// Continue from the directory's checkpoint where there is one.
+    pub resume: bool,
+    /// The command-line options of the run, kept in the checkpoint.
+    pub argv: &'a [String],
+}
+
+/// Set by SIGINT (Ctrl-C): the run writes a checkpoint after the step in progress and stops.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes Ctrl-C stop runs at the next step with a checkpoint, instead of killing the process.
+pub fn catch_interrupts() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+}
+
+/// Trains one model on `ds` with the parameterization `param`, checkpointing into `at.dir`;
+/// returns its description, the trained model and what was measured.
 ///
 /// # Errors
 ///
-/// If the model cannot be built or initialised, or the loss stops being finite.
-pub fn run(args: &DataModelArgs, ds: &Dataset, param: Param) -> Result<(Spec, Model, RunMetrics)> {
+/// If the model cannot be built or initialised, the checkpoint cannot be read or written, the
+/// loss stops being finite, or the run was interrupted (after writing its checkpoint).
+pub fn run(
+    args: &DataModelArgs,
+    ds: &Dataset,
+    param: Param,
+    at: &RunDir<'_>,
+) -> Result<(Spec, Model, RunMetrics)> {
     let device = Device::default().autodiff();
     device.seed(args.seed);
     let spec = args.spec(ds, param);
-    let model = initialise(spec.build(&device)?, args, ds, &spec, &device)?;
-    let mut trainer = Trainer::new(args, ds, &spec, device);
+    std::fs::create_dir_all(at.dir)
+        .with_context(|| format!("cannot create {}", at.dir.display()))?;
+    let built = spec.build(&device)?;
+    let mut trainer = Trainer::new(args, ds, &spec, device.clone(), at);
+    let model = match at.resume.then(|| checkpoint::path(at.dir)).flatten() {
+        Some(_) => trainer.restore(built, checkpoint::load(at.dir)?)?,
+        None => initialise(built, args, ds, &spec, &device)?,
+    };
+    trainer.open_log()?;
     let epochs = args.epochs(ds);
     let bar = progress::bar(param.name(), trainer.steps_per_epoch() * epochs, args.quiet);
+    bar.set_position(trainer.state.steps.len() as u64);
     let started = Instant::now();
-    let result = (0..epochs).try_fold(model, |model, epoch| {
-        trainer.epoch(model, epoch, epochs, &bar)
+    let first = trainer.state.epoch;
+    let result = (first..epochs).try_fold(model, |model, epoch| {
+        trainer.epoch(model, epoch, epochs, &bar, started)
     });
     bar.finish_and_clear();
     let model = result?;
-    Ok((spec, model, trainer.finish(epochs, started)))
+    trainer.state.finished = true;
+    trainer.save(&model, started)?;
+    Ok((spec, model, trainer.finish(epochs)))
 }
 
 /// Applies the initialisation `args.init` asks for: the paper's data-dependent initialisation
@@ -71,7 +123,7 @@ fn initialise(
 }
 
 /// The state of a run between steps, apart from the model: the optimizer, the loss, the
-/// settings, and what has been measured so far.
+/// settings, where the run is and what has been measured so far.
 struct Trainer<'a> {
     ds: &'a Dataset,
     optim: ModuleOptimizer,
@@ -81,13 +133,22 @@ struct Trainer<'a> {
     batch_size: usize,
     seed: u64,
     image: bool,
-    metrics: RunMetrics,
-    /// Seconds spent in optimizer steps.
-    step_time: f64,
+    dir: &'a Path,
+    checkpoint_every: Option<usize>,
+    /// Where the run is and what it measured (what the checkpoint holds).
+    state: State,
+    /// The streamed step log (`steps.jsonl`).
+    log: Option<BufWriter<File>>,
 }
 
 impl<'a> Trainer<'a> {
-    fn new(args: &DataModelArgs, ds: &'a Dataset, spec: &Spec, device: Device) -> Self {
+    fn new(
+        args: &DataModelArgs,
+        ds: &'a Dataset,
+        spec: &Spec,
+        device: Device,
+        at: &RunDir<'a>,
+    ) -> Self {
         Self {
             ds,
             optim: AdamConfig::new().init(),
@@ -97,32 +158,100 @@ impl<'a> Trainer<'a> {
             batch_size: args.batch_size,
             seed: args.seed,
             image: spec.kind == ModelKind::Cnn,
-            metrics: RunMetrics::new(spec.param.name()),
-            step_time: 0.0,
+            dir: at.dir,
+            checkpoint_every: at.checkpoint_every.filter(|&n| n > 0),
+            state: State {
+                argv: at.argv.to_vec(),
+                epoch: 0,
+                step_in_epoch: 0,
+                steps: Vec::new(),
+                metrics: RunMetrics::new(spec.param.name()),
+                step_time: 0.0,
+                seconds: 0.0,
+                finished: false,
+            },
+            log: None,
         }
+    }
+
+    /// The model and the optimizer as the checkpoint left them, and its state.
+    fn restore(&mut self, built: Model, ck: checkpoint::Checkpoint) -> Result<Model> {
+        let optim = std::mem::replace(&mut self.optim, AdamConfig::new().init());
+        let (model, optim, state) = ck.restore(built, optim)?;
+        self.optim = optim;
+        self.state = state;
+        Ok(model)
+    }
+
+    /// Opens the step log and rewrites it with the steps the state holds (a run resumed from
+    /// a checkpoint forgets the steps after it).
+    fn open_log(&mut self) -> Result<()> {
+        let path = self.dir.join("steps.jsonl");
+        let file =
+            File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut log = BufWriter::new(file);
+        for s in &self.state.steps {
+            writeln!(log, "{}", serde_json::to_string(s)?)?;
+        }
+        log.flush()?;
+        self.log = Some(log);
+        Ok(())
+    }
+
+    /// Writes the checkpoint.
+    fn save(&mut self, model: &Model, started: Instant) -> Result<()> {
+        let mut state = self.state.clone();
+        state.seconds += started.elapsed().as_secs_f64();
+        checkpoint::save(self.dir, model, &self.optim, &state)
     }
 
     fn steps_per_epoch(&self) -> usize {
         self.ds.train_y.len().div_ceil(self.batch_size)
     }
 
-    /// Trains epoch `epoch` (from 0) of `epochs` over a fresh shuffle, then evaluates.
+    /// Trains epoch `epoch` (from 0) of `epochs` over its shuffle, from the step the state is
+    /// at, then evaluates.
     fn epoch(
         &mut self,
         mut model: Model,
         epoch: usize,
         epochs: usize,
         bar: &ProgressBar,
+        started: Instant,
     ) -> Result<Model> {
         let n = self.ds.train_y.len();
         let order = shuffled(n, self.seed.wrapping_add(epoch as u64 + 1));
+        let done = self.state.step_in_epoch;
+        // The loss sum of the steps done before a resume, added in the same order.
+        let losses = &self.state.metrics.step_losses;
         let mut loss_sum = 0.0;
-        for idx in order.chunks(self.batch_size) {
-            let (next, loss) = self.step(model, idx)?;
+        for (idx, loss) in order
+            .chunks(self.batch_size)
+            .zip(&losses[losses.len() - done..])
+        {
+            loss_sum += loss * idx.len() as f64;
+        }
+        for idx in order.chunks(self.batch_size).skip(done) {
+            let (next, loss) = self.step(model, idx, epoch, started)?;
             model = next;
             loss_sum += loss * idx.len() as f64;
             bar.set_message(format!("epoch {}/{epochs} loss {loss:.4}", epoch + 1));
             bar.inc(1);
+            let steps = self.state.steps.len();
+            if self
+                .checkpoint_every
+                .is_some_and(|k| steps.is_multiple_of(k))
+            {
+                self.save(&model, started)?;
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                self.save(&model, started)?;
+                bar.finish_and_clear();
+                bail!(Interrupted {
+                    steps,
+                    dir: self.dir.display().to_string()
+                });
+            }
         }
         let scores = evaluate(
             &model.valid(),
@@ -136,18 +265,27 @@ impl<'a> Trainer<'a> {
             test_accuracy: scores.accuracy,
             ece: scores.ece,
         };
-        progress::epoch_line(bar, &self.metrics.param, epoch + 1, &e);
-        self.metrics.epochs.push(e);
+        progress::epoch_line(bar, &self.state.metrics.param, epoch + 1, &e);
+        self.state.metrics.epochs.push(e);
+        self.state.epoch = epoch + 1;
+        self.state.step_in_epoch = 0;
+        self.save(&model, started)?;
         Ok(model)
     }
 
-    /// One optimizer step on the training examples `idx`; returns the updated model and the
-    /// batch's loss.
+    /// One optimizer step on the training examples `idx` of epoch `epoch`; returns the updated
+    /// model and the batch's loss, and logs the step.
     ///
     /// # Errors
     ///
-    /// If the loss is not finite.
-    fn step(&mut self, model: Model, idx: &[usize]) -> Result<(Model, f64)> {
+    /// If the loss is not finite, or the step log cannot be written.
+    fn step(
+        &mut self,
+        model: Model,
+        idx: &[usize],
+        epoch: usize,
+        started: Instant,
+    ) -> Result<(Model, f64)> {
         let t0 = Instant::now();
         let x = batch(self.ds, &self.ds.train_x, idx, self.image, &self.device);
         let y = labels(self.ds, idx, &self.device);
@@ -155,23 +293,56 @@ impl<'a> Trainer<'a> {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = self.optim.step(self.lr, model, grads);
         let l = loss.into_scalar::<f64>();
-        self.step_time += t0.elapsed().as_secs_f64();
+        self.state.step_time += t0.elapsed().as_secs_f64();
+        let step = self.state.steps.len();
         if !l.is_finite() {
-            bail!(
-                "the loss became {l} at step {}: try a smaller --lr",
-                self.metrics.step_losses.len()
-            );
+            bail!("the loss became {l} at step {step}: try a smaller --lr");
         }
-        self.metrics.step_losses.push(l);
+        let record = StepRecord {
+            step,
+            epoch: epoch + 1,
+            loss: l,
+            lr: self.lr,
+            seconds: self.state.seconds + started.elapsed().as_secs_f64(),
+        };
+        if let Some(log) = &mut self.log {
+            writeln!(log, "{}", serde_json::to_string(&record)?)?;
+            log.flush()?;
+        }
+        self.state.steps.push(record);
+        self.state.metrics.step_losses.push(l);
+        self.state.step_in_epoch += 1;
         Ok((model, l))
     }
 
-    /// The metrics of the finished run of `epochs` epochs, begun at `started`.
-    fn finish(mut self, epochs: usize, started: Instant) -> RunMetrics {
-        let steps = self.metrics.step_losses.len() as f64;
-        self.metrics.mean_step_ms = self.step_time / steps * 1e3;
-        self.metrics.examples_per_s = (self.ds.train_y.len() * epochs) as f64 / self.step_time;
-        self.metrics.seconds = started.elapsed().as_secs_f64();
-        self.metrics
+    /// The metrics of the finished run of `epochs` epochs.
+    fn finish(self, epochs: usize) -> RunMetrics {
+        let mut metrics = self.state.metrics;
+        let steps = metrics.step_losses.len() as f64;
+        metrics.mean_step_ms = self.state.step_time / steps * 1e3;
+        metrics.examples_per_s = (self.ds.train_y.len() * epochs) as f64 / self.state.step_time;
+        metrics.seconds = self.state.seconds;
+        metrics
     }
 }
+
+/// A run stopped by Ctrl-C, its checkpoint written.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// Steps done.
+    pub steps: usize,
+    /// The run's directory.
+    pub dir: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted after step {}: checkpoint written; continue with --resume {}",
+            self.steps, self.dir
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
