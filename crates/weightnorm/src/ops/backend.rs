@@ -24,7 +24,10 @@ use burn::tensor::{DType, FloatDType, Shape};
 ///
 /// The operations assume validated input: `v` of rank 1 to 5, `g` of the keep-dims shape for
 /// `keep`, one float dtype, `eps >= 0`. Use the functions of [`crate::ops`], which check all of
-/// this and return errors, rather than calling the extension directly.
+/// this and return errors, rather than calling the extension directly. The fused CPU path
+/// panics if `g` does not hold one value per slice of `v` along `keep`, if `dw` does not hold
+/// as many values as `v`, or if `keep` is not an axis of `v`; other backends fail in their
+/// own primitive operations.
 #[backend_extension(Flex, Cube: cfg(any(feature = "cuda", feature = "wgpu")), Autodiff)]
 pub trait WeightNormBackend: Backend {
     /// `w = g * v / max(||v||, eps)`, the norm taken per slice along `keep` (or over the whole

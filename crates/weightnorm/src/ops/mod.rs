@@ -21,9 +21,12 @@
 
 mod autodiff;
 mod backend;
+pub(crate) mod cpu;
 mod flex;
 
-pub(crate) use flex::slices;
+/// The CPU kernels on plain slices, for code that holds bytes rather than Burn tensors (the
+/// checkpoint tools of [`crate::torch`]): bit-identical to [`weight_norm`] on the CPU backend.
+pub(crate) use cpu as slices;
 
 pub use backend::{WeightNormBackend, composed_backward, composed_forward};
 
