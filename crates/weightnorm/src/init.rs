@@ -172,72 +172,73 @@ fn weight_norm_of<const D: usize>(
     Ok(wn.g.dims()[0])
 }
 
-/// Data-dependent initialisation of a weight-normalized [`Linear`] on the batch `x`.
-/// Returns the initialized layer and its output on `x`.
-///
-/// # Shapes
-///
-/// - `x`: `[batch, d_input]`
-/// - output: `[batch, d_output]`
-///
-/// # Errors
-///
-/// [`InitError`]: no weight norm, weight norm not per output unit, a unit constant on the batch,
-/// or a bad `init_scale`.
-pub fn data_dependent_linear(
-    layer: Linear,
-    x: Tensor<2>,
-    init_scale: f64,
-) -> Result<(Linear, Tensor<2>), InitError> {
-    let units = weight_norm_of(&layer.weight, LayerKind::Linear)?;
-    let has_bias = layer.bias.is_some();
-    ddi(layer, has_bias, units, x, 1, init_scale, |l, x| {
-        l.forward(x)
-    })
+/// Defines a public data-dependent initialisation for one layer type: the layer's weight-norm
+/// check, then [`ddi`] with the layer's own forward.
+macro_rules! data_dependent {
+    ($(#[$doc:meta])* $name:ident, $layer:ident, $rank:literal) => {
+        $(#[$doc])*
+        pub fn $name(
+            layer: $layer,
+            x: Tensor<$rank>,
+            init_scale: f64,
+        ) -> Result<($layer, Tensor<$rank>), InitError> {
+            let units = weight_norm_of(&layer.weight, LayerKind::$layer)?;
+            let has_bias = layer.bias.is_some();
+            ddi(layer, has_bias, units, x, 1, init_scale, |l, x| {
+                l.forward(x)
+            })
+        }
+    };
 }
 
-/// Data-dependent initialisation of a weight-normalized [`Conv1d`] on the batch `x`
-/// (statistics over the batch and the positions).
-///
-/// # Shapes
-///
-/// - `x`: `[batch, channels_in, length]`
-/// - output: `[batch, channels_out, length_out]`
-///
-/// # Errors
-///
-/// As [`data_dependent_linear`].
-pub fn data_dependent_conv1d(
-    layer: Conv1d,
-    x: Tensor<3>,
-    init_scale: f64,
-) -> Result<(Conv1d, Tensor<3>), InitError> {
-    let units = weight_norm_of(&layer.weight, LayerKind::Conv1d)?;
-    let has_bias = layer.bias.is_some();
-    ddi(layer, has_bias, units, x, 1, init_scale, |l, x| {
-        l.forward(x)
-    })
-}
+data_dependent!(
+    /// Data-dependent initialisation of a weight-normalized [`Linear`] on the batch `x`.
+    /// Returns the initialized layer and its output on `x`.
+    ///
+    /// # Shapes
+    ///
+    /// - `x`: `[batch, d_input]`
+    /// - output: `[batch, d_output]`
+    ///
+    /// # Errors
+    ///
+    /// [`InitError`]: no weight norm, weight norm not per output unit, a unit constant on the
+    /// batch, or a bad `init_scale`.
+    data_dependent_linear,
+    Linear,
+    2
+);
 
-/// Data-dependent initialisation of a weight-normalized [`Conv2d`] on the batch `x`
-/// (statistics over the batch and the spatial positions).
-///
-/// # Shapes
-///
-/// - `x`: `[batch, channels_in, height, width]`
-/// - output: `[batch, channels_out, height_out, width_out]`
-///
-/// # Errors
-///
-/// As [`data_dependent_linear`].
-pub fn data_dependent_conv2d(
-    layer: Conv2d,
-    x: Tensor<4>,
-    init_scale: f64,
-) -> Result<(Conv2d, Tensor<4>), InitError> {
-    let units = weight_norm_of(&layer.weight, LayerKind::Conv2d)?;
-    let has_bias = layer.bias.is_some();
-    ddi(layer, has_bias, units, x, 1, init_scale, |l, x| {
-        l.forward(x)
-    })
-}
+data_dependent!(
+    /// Data-dependent initialisation of a weight-normalized [`Conv1d`] on the batch `x`
+    /// (statistics over the batch and the positions).
+    ///
+    /// # Shapes
+    ///
+    /// - `x`: `[batch, channels_in, length]`
+    /// - output: `[batch, channels_out, length_out]`
+    ///
+    /// # Errors
+    ///
+    /// As [`data_dependent_linear`].
+    data_dependent_conv1d,
+    Conv1d,
+    3
+);
+
+data_dependent!(
+    /// Data-dependent initialisation of a weight-normalized [`Conv2d`] on the batch `x`
+    /// (statistics over the batch and the spatial positions).
+    ///
+    /// # Shapes
+    ///
+    /// - `x`: `[batch, channels_in, height, width]`
+    /// - output: `[batch, channels_out, height_out, width_out]`
+    ///
+    /// # Errors
+    ///
+    /// As [`data_dependent_linear`].
+    data_dependent_conv2d,
+    Conv2d,
+    4
+);

@@ -3,14 +3,14 @@
 mod common;
 
 use burn::module::Module;
-use burn::nn::conv::Conv2dConfig;
+use burn::nn::conv::{Conv1d, Conv2dConfig};
 use burn::nn::{BatchNormConfig, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Distribution, Tensor};
 use common::*;
 use weightnorm::init::{InitError, data_dependent_conv2d, data_dependent_linear};
 use weightnorm::nn::{MeanOnlyBatchNormConfig, WaveNetBlockConfig, WnCnnClassifierConfig};
 use weightnorm::reparam::weight_normed_params;
-use weightnorm::{AxisChoice, WeightNormConfig, apply_weight_norm};
+use weightnorm::{AxisChoice, WeightNorm, WeightNormConfig, apply_weight_norm};
 
 fn randn<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::random(shape, Distribution::Normal(0.5, 2.0), device)
@@ -194,24 +194,126 @@ fn batch_independence() {
     );
 }
 
+/// A weight-normalized 1-d convolution's `(w, bias, out_channels, in_channels, kernel)` on the
+/// host, with `w = g * v / ||v||` per output channel computed here from the stored `v` and `g`.
+fn conv_on_host(conv: &Conv1d) -> (Vec<f64>, Vec<f64>, [usize; 3]) {
+    let v = conv.weight.base();
+    let [out, cin, k] = v.dims();
+    let g = values(
+        &conv
+            .weight
+            .reparameterization::<WeightNorm>()
+            .expect("weight-normalized")
+            .g
+            .val(),
+    );
+    let v = values(&v);
+    let row = cin * k;
+    let mut w = vec![0.0; v.len()];
+    for ((wo, vo), go) in w.chunks_mut(row).zip(v.chunks(row)).zip(&g) {
+        let norm = vo.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for (wi, vi) in wo.iter_mut().zip(vo) {
+            *wi = go * vi / norm;
+        }
+    }
+    let bias = values(&conv.bias.as_ref().expect("a bias").val());
+    (w, bias, [out, cin, k])
+}
+
+/// `y[b, o, t] = bias[o] + sum_{c, j} w[o, c, j] x[b, c, t + j * dilation - left]`, zero outside
+/// the input, the output as long as the input.
+fn conv1d_on_host(
+    x: &[f64],
+    [batch, len]: [usize; 2],
+    (w, bias, [out, cin, k]): &(Vec<f64>, Vec<f64>, [usize; 3]),
+    dilation: usize,
+    left: usize,
+) -> Vec<f64> {
+    let mut y = vec![0.0; batch * out * len];
+    for b in 0..batch {
+        for o in 0..*out {
+            for t in 0..len {
+                let mut s = bias[o];
+                for c in 0..*cin {
+                    for j in 0..*k {
+                        let pos = (t + j * dilation) as i64 - left as i64;
+                        if (0..len as i64).contains(&pos) {
+                            s += w[(o * cin + c) * k + j] * x[(b * cin + c) * len + pos as usize];
+                        }
+                    }
+                }
+                y[(b * out + o) * len + t] = s;
+            }
+        }
+    }
+    y
+}
+
 #[test]
 fn wavenet_block() {
     let device = ad_device();
-    let block = WaveNetBlockConfig::new(4)
-        .with_kernel_size(3)
-        .with_dilation(2)
-        .init(&device)
-        .unwrap();
-    let mut normed = weight_normed_params(&block);
-    normed.sort();
-    assert_eq!(normed, ["dilated.weight", "residual.weight", "skip.weight"]);
-    let x = randn([2, 4, 16], &device).require_grad();
-    let (res, skip) = block.forward(x.clone());
-    assert_eq!(res.dims(), [2, 4, 16]);
-    assert_eq!(skip.dims(), [2, 4, 16]);
-    // Both outputs depend on the input through the weight-normed convolutions.
-    let grads = (res.sum() + skip.sum()).backward();
-    assert!(x.grad(&grads).is_some());
+    for (channels, kernel_size, dilation) in [(4, 3, 2), (3, 2, 3), (2, 1, 1)] {
+        let block = WaveNetBlockConfig::new(channels)
+            .with_kernel_size(kernel_size)
+            .with_dilation(dilation)
+            .init(&device)
+            .unwrap();
+        let mut normed = weight_normed_params(&block);
+        normed.sort();
+        assert_eq!(normed, ["dilated.weight", "residual.weight", "skip.weight"]);
+        let (batch, len) = (2, 16);
+        let x = randn([batch, channels, len], &device).require_grad();
+        let (res, skip) = block.forward(x.clone());
+        assert_eq!(res.dims(), [batch, channels, len]);
+        assert_eq!(skip.dims(), [batch, channels, len]);
+
+        // The same block on the host, from its stored v, g and biases: the dilated convolution
+        // (padded by (k - 1) * dilation, the smaller half on the left), the gate
+        // tanh(a) * sigmoid(b) on its two halves of channels, the 1x1 convolutions.
+        let xs = values(&x);
+        let pad = (kernel_size - 1) * dilation;
+        let h = conv1d_on_host(
+            &xs,
+            [batch, len],
+            &conv_on_host(&block.dilated),
+            dilation,
+            pad / 2,
+        );
+        let mut gated = vec![0.0; batch * channels * len];
+        for b in 0..batch {
+            for c in 0..channels {
+                for t in 0..len {
+                    let a = h[(b * 2 * channels + c) * len + t];
+                    let s = h[(b * 2 * channels + channels + c) * len + t];
+                    gated[(b * channels + c) * len + t] = a.tanh() / (1.0 + (-s).exp());
+                }
+            }
+        }
+        let expected_skip = conv1d_on_host(&gated, [batch, len], &conv_on_host(&block.skip), 1, 0);
+        let expected_res: Vec<f64> =
+            conv1d_on_host(&gated, [batch, len], &conv_on_host(&block.residual), 1, 0)
+                .iter()
+                .zip(&xs)
+                .map(|(r, x)| r + x)
+                .collect();
+        let what = format!("channels {channels}, kernel {kernel_size}, dilation {dilation}");
+        assert_close(
+            &format!("skip, {what}"),
+            &values(&skip),
+            &expected_skip,
+            1e-5,
+        );
+        assert_close(
+            &format!("residual, {what}"),
+            &values(&res),
+            &expected_res,
+            1e-5,
+        );
+
+        // Both outputs depend on the input through the weight-normed convolutions.
+        let grads = (res.sum() + skip.sum()).backward();
+        assert!(x.grad(&grads).is_some());
+    }
 }
 
 #[test]

@@ -14,6 +14,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension, get_or_init_device_settings};
 use burn::tensor::{DType, FloatDType, Shape};
 
+use crate::NormAxis;
+
 /// Weight normalization as a Burn backend extension.
 ///
 /// The default bodies compose primitive operations and work on every backend; a backend may
@@ -24,7 +26,10 @@ use burn::tensor::{DType, FloatDType, Shape};
 ///
 /// The operations assume validated input: `v` of rank 1 to 5, `g` of the keep-dims shape for
 /// `keep`, one float dtype, `eps >= 0`. Use the functions of [`crate::ops`], which check all of
-/// this and return errors, rather than calling the extension directly.
+/// this and return errors, rather than calling the extension directly. The fused CPU path
+/// panics if `g` does not hold one value per slice of `v` along `keep`, if `dw` does not hold
+/// as many values as `v`, or if `keep` is not an axis of `v`; other backends fail in their
+/// own primitive operations.
 #[backend_extension(Flex, Cube: cfg(any(feature = "cuda", feature = "wgpu")), Autodiff)]
 pub trait WeightNormBackend: Backend {
     /// `w = g * v / max(||v||, eps)`, the norm taken per slice along `keep` (or over the whole
@@ -72,7 +77,8 @@ pub(crate) fn compute_dtype(dtype: DType) -> Option<FloatDType> {
     }
 }
 
-fn float_dtype(dtype: DType) -> FloatDType {
+/// The float dtype of a dtype (f32 for anything that is not another float).
+pub(crate) fn float_dtype(dtype: DType) -> FloatDType {
     match dtype {
         DType::F64 => FloatDType::F64,
         DType::F16 => FloatDType::F16,
@@ -97,23 +103,17 @@ fn downcast<B: Backend>(x: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
 }
 
 /// Sums `x` over every axis but `keep`, keeping dims: the result has the shape of `g`.
-fn sum_except<B: Backend>(x: FloatTensor<B>, keep: Option<usize>) -> FloatTensor<B> {
+pub(crate) fn sum_except<B: Backend>(x: FloatTensor<B>, keep: Option<usize>) -> FloatTensor<B> {
     let dims = x.shape().to_vec();
-    let (outer, n, inner) = match keep {
-        None => (1, 1, dims.iter().product()),
-        Some(k) => (
-            dims[..k].iter().product(),
-            dims[k],
-            dims[k + 1..].iter().product(),
-        ),
-    };
-    let x = B::float_reshape(x, Shape::from(vec![outer, n, inner]));
-    let x = B::float_sum_dim(B::float_sum_dim(x, 2), 0);
-    let mut g_shape = vec![1; dims.len()];
-    if let Some(k) = keep {
-        g_shape[k] = dims[k];
+    let axis = NormAxis::from(keep);
+    let [outer, n, inner] = axis.split_shape(&dims);
+    let g_shape = Shape::from(axis.g_shape(&dims));
+    if outer * n * inner == 0 {
+        // A sum over nothing is zero.
+        return B::float_zeros(g_shape, &x.device(), float_dtype(x.dtype()));
     }
-    B::float_reshape(x, Shape::from(g_shape))
+    let x = B::float_reshape(x, Shape::from(vec![outer, n, inner]));
+    B::float_reshape(B::float_sum_dim(B::float_sum_dim(x, 2), 0), g_shape)
 }
 
 /// The forward of [`WeightNormBackend`] from primitive operations, in PyTorch's order:

@@ -21,11 +21,16 @@
 
 mod autodiff;
 mod backend;
+pub(crate) mod cpu;
 mod flex;
 
-pub(crate) use flex::slices;
+/// The CPU kernels on plain slices, for code that holds bytes rather than Burn tensors (the
+/// checkpoint tools of [`crate::torch`]): bit-identical to [`weight_norm`] on the CPU backend.
+pub(crate) use cpu as slices;
 
 pub use backend::{WeightNormBackend, composed_backward, composed_forward};
+
+use backend::{compute_dtype, float_dtype};
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, FloatDType, Tensor};
@@ -58,31 +63,16 @@ fn validate<const D: usize>(v: &Tensor<D>, g: &Tensor<D>, axis: NormAxis, eps: f
 }
 
 fn is_half(dtype: DType) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16)
+    compute_dtype(dtype).is_some()
 }
 
-fn float_dtype(dtype: DType) -> FloatDType {
-    match dtype {
-        DType::F64 => FloatDType::F64,
-        DType::F16 => FloatDType::F16,
-        DType::BF16 => FloatDType::BF16,
-        _ => FloatDType::F32,
-    }
-}
-
-/// Sums over every axis but the kept one, keeping dims (the result has `g`'s shape).
+/// Sums over every axis but the kept one, keeping dims (the result has `g`'s shape): the
+/// composed path's own sum, on the tensor API.
 fn sum_except<const D: usize>(x: Tensor<D>, axis: NormAxis) -> Tensor<D> {
-    let dims = x.dims();
-    let [outer, n, inner] = axis.split_shape(&dims);
-    let g_shape: [usize; D] = axis.g_shape(&dims).try_into().expect("rank D");
-    if outer * n * inner == 0 {
-        // A sum over nothing. (Burn's reshape reads a 0 in the target as "keep this axis".)
-        return Tensor::zeros(g_shape, (&x.device(), x.dtype()));
-    }
-    x.reshape([outer, n, inner])
-        .sum_dim(2)
-        .sum_dim(0)
-        .reshape(g_shape)
+    Tensor::from_dispatch(backend::sum_except::<Dispatch>(
+        x.into_dispatch(),
+        axis.kept(),
+    ))
 }
 
 /// Takes the max over every axis but the kept one, keeping dims.
@@ -270,18 +260,8 @@ pub fn weight_norm_composed<const D: usize>(
     eps: f64,
 ) -> Result<Tensor<D>> {
     validate(&v, &g, axis, eps)?;
-    let dtype = v.dtype();
-    let (v, g) = if is_half(dtype) {
-        (v.cast(FloatDType::F32), g.cast(FloatDType::F32))
-    } else {
-        (v, g)
-    };
-    let norm = sum_except(v.clone() * v.clone(), axis).sqrt();
-    let norm = if eps > 0.0 { norm.clamp_min(eps) } else { norm };
-    let w = v * (g / norm);
-    Ok(if is_half(dtype) {
-        w.cast(float_dtype(dtype))
-    } else {
-        w
-    })
+    // The backend extension's default body, run on the tensors' own backend: with autodiff,
+    // each primitive operation is recorded and differentiated by Burn.
+    let w = composed_forward::<Dispatch>(v.into_dispatch(), g.into_dispatch(), axis.kept(), eps);
+    Ok(Tensor::from_dispatch(w))
 }

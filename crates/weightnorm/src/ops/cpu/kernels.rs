@@ -1,0 +1,388 @@
+//! The forward, the backward and the norms on contiguous slices viewed as `[outer, n, inner]`.
+
+use std::mem::MaybeUninit;
+
+use super::schedule::{
+    filled, for_each_row, for_each_run, map_slices, simd, single_pass, slice_sums,
+};
+use super::sums::{Acc, Dot, Real, SqDot, dot, norm_of};
+use crate::NormAxis;
+
+/// Checks the lengths every kernel relies on (and [`filled`]'s callers with them).
+///
+/// # Panics
+///
+/// If `v` does not hold `outer * n * inner` values, `g` one value per slice, or `dw` as many
+/// values as `v`.
+fn check_lengths([outer, n, inner]: [usize; 3], v: usize, g: usize, dw: Option<usize>) {
+    assert_eq!(
+        v,
+        outer * n * inner,
+        "weight norm: v holds {v} values, not the {} of its shape",
+        outer * n * inner
+    );
+    assert_eq!(
+        g, n,
+        "weight norm: g holds {g} values, but v has {n} slices along the kept axis"
+    );
+    if let Some(dw) = dw {
+        assert_eq!(dw, v, "weight norm: dw holds {dw} values, but v holds {v}");
+    }
+}
+
+/// `out[j] = x[j] * c[j]` along a row (the last-axis case).
+#[inline(always)]
+fn scale_cols<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], c: &[T::A]) {
+    for ((o, &xv), &cv) in out.iter_mut().zip(x).zip(c) {
+        o.write(T::down(xv.up() * cv));
+    }
+}
+
+/// `out[j] = a[j] * d[j] - b[j] * x[j]` along a row (the last-axis case).
+#[inline(always)]
+fn axpby_cols<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: &[T::A], b: &[T::A]) {
+    for ((o, (&dv, &xv)), (&av, &bv)) in out.iter_mut().zip(d.iter().zip(x)).zip(a.iter().zip(b)) {
+        o.write(T::down(av * dv.up() - bv * xv.up()));
+    }
+}
+
+/// `out[i] = x[i] * factor`.
+#[inline(always)]
+fn scale_into<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], factor: T::A) {
+    for (o, &xv) in out.iter_mut().zip(x) {
+        o.write(T::down(xv.up() * factor));
+    }
+}
+
+/// `out[i] = a * d[i] - b * x[i]`.
+#[inline(always)]
+fn axpby_into<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: T::A, b: T::A) {
+    for ((o, &dv), &xv) in out.iter_mut().zip(d).zip(x) {
+        o.write(T::down(a * dv.up() - b * xv.up()));
+    }
+}
+
+/// The backward's per-slice coefficients `(dg, a = g / n, b = g s / n^3)` from the slice's
+/// `sumsq = sum(v * v)` and `s = sum(dw * v)`, with `n = max(||v||, eps)` and `b = 0` where the
+/// norm is clamped to `eps`.
+#[inline(always)]
+fn coefficients<A: Acc>(sumsq: A, s: A, g: A, eps: A) -> (A, A, A) {
+    let raw = sumsq.sqrt();
+    let norm = norm_of(sumsq, eps);
+    let b = if raw < eps {
+        A::ZERO
+    } else {
+        g * s / (norm * norm * norm)
+    };
+    (s / norm, g / norm, b)
+}
+
+/// The fused forward `w = g * v / max(||v||, eps)` on contiguous `vs` viewed as
+/// `[outer, n, inner]`, `gs` holding one value per slice.
+///
+/// # Panics
+///
+/// If the lengths do not fit `split` (see `check_lengths`).
+pub(crate) fn forward<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) -> Vec<T> {
+    check_lengths(split, vs.len(), gs.len(), None);
+    let eps = T::A::from_f64(eps);
+    let [_, n, inner] = split;
+
+    // One contiguous block per slice, many slices: norm and output in one visit of each slice.
+    if single_pass(split) {
+        // SAFETY: `map_slices` hands out a partition of the buffer, in blocks as long as the
+        // blocks of `vs` they come with, and `scale_into` writes all of its output when its
+        // input is as long.
+        return unsafe {
+            filled::<T>(vs.len(), |out| {
+                map_slices(out, vs, vs, inner, |j, o, x, _| {
+                    simd(|| scale_into(o, x, gs[j].up() / norm_of(dot(x, x), eps)))
+                });
+            })
+        };
+    }
+
+    let sumsq = slice_sums::<T, Dot<T::A>>(vs, vs, split);
+    let factors: Vec<T::A> = sumsq
+        .iter()
+        .zip(gs.iter())
+        .map(|(s, &gj)| gj.up() / norm_of(s.0, eps))
+        .collect();
+    // SAFETY: `for_each_row` and `for_each_run` hand out a partition of the buffer, in parts as
+    // long as the parts of `vs` they come with; `scale_cols` writes all of a row (the rows and
+    // `factors` are `n` long) and `scale_into` all of a run.
+    unsafe {
+        filled::<T>(vs.len(), |out| {
+            if inner == 1 {
+                for_each_row(out, vs, vs, n, |o, x, _| {
+                    simd(|| scale_cols(o, x, &factors))
+                });
+            } else {
+                for_each_run(out, vs, vs, split, |j, o, x, _| {
+                    simd(|| scale_into(o, x, factors[j]))
+                });
+            }
+        })
+    }
+}
+
+/// The analytic backward of [`forward`] for the upstream gradient `ds`: `(dv, dg)`, `dg` with
+/// one value per slice.
+///
+/// # Panics
+///
+/// If the lengths do not fit `split` (see `check_lengths`).
+pub(crate) fn backward<T: Real>(
+    vs: &[T],
+    gs: &[T],
+    ds: &[T],
+    split: [usize; 3],
+    eps: f64,
+) -> (Vec<T>, Vec<T>) {
+    check_lengths(split, vs.len(), gs.len(), Some(ds.len()));
+    let [outer, n, inner] = split;
+    let eps = T::A::from_f64(eps);
+
+    if single_pass(split) {
+        let mut dg = Vec::new();
+        // SAFETY: as in `forward`; `axpby_into` writes all of its output when its inputs are as
+        // long.
+        let dv = unsafe {
+            filled::<T>(vs.len(), |out| {
+                dg = map_slices(out, vs, ds, inner, |j, o, x, d| {
+                    simd(|| {
+                        let (dgj, a, b) = coefficients(dot(x, x), dot(d, x), gs[j].up(), eps);
+                        axpby_into(o, d, x, a, b);
+                        T::down(dgj)
+                    })
+                });
+            })
+        };
+        return (dv, dg);
+    }
+
+    let empty_slices = outer == 0 || inner == 0;
+    let sums = slice_sums::<T, SqDot<T::A>>(vs, ds, split);
+    let coef: Vec<(T::A, T::A, T::A)> = sums
+        .iter()
+        .zip(gs.iter())
+        .map(|(s, gj)| {
+            if empty_slices {
+                (T::A::ZERO, T::A::ZERO, T::A::ZERO)
+            } else {
+                coefficients(s.0, s.1, gj.up(), eps)
+            }
+        })
+        .collect();
+    let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
+    // SAFETY: as in `forward`; `axpby_cols` writes all of a row (`a` and `b` are `n` long) and
+    // `axpby_into` all of a run.
+    let dv = unsafe {
+        filled::<T>(vs.len(), |out| {
+            if inner == 1 {
+                let a: Vec<T::A> = coef.iter().map(|c| c.1).collect();
+                let b: Vec<T::A> = coef.iter().map(|c| c.2).collect();
+                for_each_row(out, vs, ds, n, |o, x, d| {
+                    simd(|| axpby_cols(o, d, x, &a, &b))
+                });
+            } else {
+                for_each_run(out, vs, ds, split, |j, o, x, d| {
+                    let (_, a, b) = coef[j];
+                    simd(|| axpby_into(o, d, x, a, b))
+                });
+            }
+        })
+    };
+    (dv, dg)
+}
+
+/// `w = g * v / max(||v||, eps)` on contiguous `v` of `shape`, `g` holding one value per slice
+/// along `axis`.
+pub(crate) fn weight_norm<T: Real>(
+    v: &[T],
+    g: &[T],
+    shape: &[usize],
+    axis: NormAxis,
+    eps: f64,
+) -> Vec<T> {
+    forward::<T>(v, g, axis.split_shape(shape), eps)
+}
+
+/// The L2 norm of every slice of `v` along `axis`, in `v`'s type (accumulated in f32 for the
+/// half types).
+pub(crate) fn norms<T: Real>(v: &[T], shape: &[usize], axis: NormAxis) -> Vec<T> {
+    slice_sums::<T, Dot<T::A>>(v, v, axis.split_shape(shape))
+        .into_iter()
+        .map(|s| T::down(s.0.sqrt()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{bf16, f16};
+
+    use super::super::test_data::{SPLITS, values};
+    use super::*;
+
+    /// `(w, dv, dg)` by definition, in f64.
+    fn naive(
+        v: &[f64],
+        g: &[f64],
+        dw: &[f64],
+        [outer, n, inner]: [usize; 3],
+        eps: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let at = |o: usize, j: usize, i: usize| (o * n + j) * inner + i;
+        let (mut w, mut dv, mut dg) = (vec![0.0; v.len()], vec![0.0; v.len()], vec![0.0; n]);
+        for j in 0..n {
+            let (mut sq, mut s) = (0.0, 0.0);
+            for o in 0..outer {
+                for i in 0..inner {
+                    sq += v[at(o, j, i)] * v[at(o, j, i)];
+                    s += dw[at(o, j, i)] * v[at(o, j, i)];
+                }
+            }
+            let raw = sq.sqrt();
+            let norm = raw.max(eps);
+            if outer * inner > 0 {
+                dg[j] = s / norm;
+            }
+            for o in 0..outer {
+                for i in 0..inner {
+                    let k = at(o, j, i);
+                    w[k] = g[j] * v[k] / norm;
+                    let b = if raw < eps {
+                        0.0
+                    } else {
+                        g[j] * s / norm.powi(3)
+                    };
+                    dv[k] = g[j] / norm * dw[k] - b * v[k];
+                }
+            }
+        }
+        (w, dv, dg)
+    }
+
+    fn max_err(got: &[f64], exact: &[f64]) -> f64 {
+        assert_eq!(got.len(), exact.len());
+        got.iter()
+            .zip(exact)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .fold(0.0, f64::max)
+    }
+
+    fn check<T: Real>(to: impl Fn(f64) -> T, from: impl Fn(T) -> f64, tol: f64) {
+        for split in SPLITS {
+            let len: usize = split.iter().product();
+            for eps in [0.0, 0.5] {
+                let (v, dw) = (values(len, 11), values(len, 12));
+                let g: Vec<f64> = values(split[1], 13).iter().map(|x| x + 1.5).collect();
+                let c = |xs: &[f64]| xs.iter().map(|&x| to(x)).collect::<Vec<T>>();
+                // Round the inputs first, so that only the kernels' own error is measured.
+                let (vt, gt, dt) = (c(&v), c(&g), c(&dw));
+                let f = |xs: &[T]| xs.iter().map(|&x| from(x)).collect::<Vec<f64>>();
+                let (w, dv, dg) = naive(&f(&vt), &f(&gt), &f(&dt), split, eps);
+                let got_w = forward::<T>(&vt, &gt, split, eps);
+                let (got_dv, got_dg) = backward::<T>(&vt, &gt, &dt, split, eps);
+                let what = format!("{} {split:?} eps={eps}", std::any::type_name::<T>());
+                assert!(max_err(&f(&got_w), &w) <= tol, "w {what}");
+                assert!(max_err(&f(&got_dv), &dv) <= tol, "dv {what}");
+                assert!(max_err(&f(&got_dg), &dg) <= tol, "dg {what}");
+            }
+        }
+    }
+
+    #[test]
+    fn forward_and_backward_match_a_naive_f64_reference() {
+        check::<f64>(|x| x, |x| x, 1e-12);
+        check::<f32>(|x| x as f32, f64::from, 1e-5);
+        check::<f16>(f16::from_f64, |x| x.to_f64(), 2e-3);
+        check::<bf16>(bf16::from_f64, |x| x.to_f64(), 2e-2);
+    }
+
+    #[test]
+    fn identities() {
+        // Unit-norm output rows scaled by g; dg = 0 and dv orthogonal to v for dw = w / g.
+        let split = [1, 3, 5];
+        let v = values(15, 21);
+        let g = [2.0, -1.0, 0.5];
+        let w = forward::<f64>(&v, &g, split, 0.0);
+        for j in 0..3 {
+            let row = &w[j * 5..(j + 1) * 5];
+            let n: f64 = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+            assert!((n - g[j].abs()).abs() < 1e-14);
+        }
+        // Scale invariance: v and 7v give the same w, and the gradient of v scales by 1/7.
+        let v7: Vec<f64> = v.iter().map(|x| 7.0 * x).collect();
+        let w7 = forward::<f64>(&v7, &g, split, 0.0);
+        assert!(max_err(&w7, &w) < 1e-14);
+        let dw = values(15, 22);
+        let (dv, dg) = backward::<f64>(&v, &g, &dw, split, 0.0);
+        let (dv7, dg7) = backward::<f64>(&v7, &g, &dw, split, 0.0);
+        assert!(max_err(&dg7, &dg) < 1e-14);
+        let dv_scaled: Vec<f64> = dv7.iter().map(|x| 7.0 * x).collect();
+        assert!(max_err(&dv_scaled, &dv) < 1e-13);
+        // dv is orthogonal to v in every slice (the norm does not move along v).
+        for j in 0..3 {
+            let r = j * 5..(j + 1) * 5;
+            let ip: f64 = dv[r.clone()].iter().zip(&v[r]).map(|(a, b)| a * b).sum();
+            assert!(ip.abs() < 1e-13);
+        }
+    }
+
+    #[test]
+    fn one_element_and_empty() {
+        assert_eq!(forward::<f32>(&[-3.0], &[2.0], [1, 1, 1], 0.0), vec![-2.0]);
+        let (dv, dg) = backward::<f32>(&[-3.0], &[2.0], &[1.0], [1, 1, 1], 0.0);
+        assert_eq!((dv, dg), (vec![0.0], vec![-1.0]));
+        assert!(forward::<f32>(&[], &[1.0; 3], [0, 3, 4], 0.0).is_empty());
+        let (dv, dg) = backward::<f32>(&[], &[1.0; 3], &[], [3, 3, 0], 0.0);
+        assert!(dv.is_empty());
+        assert_eq!(dg, vec![0.0; 3]);
+        // A zero slice: NaN without eps (as in PyTorch), g / eps * dw with it.
+        assert!(forward::<f64>(&[0.0, 0.0], &[1.0], [1, 1, 2], 0.0)[0].is_nan());
+        let (dv, _) = backward::<f64>(&[0.0, 0.0], &[1.0], &[1.0, 2.0], [1, 1, 2], 0.5);
+        assert_eq!(dv, vec![2.0, 4.0]);
+    }
+
+    #[test]
+    fn slices_api_is_the_forward() {
+        let shape = [4, 3, 5];
+        let v: Vec<f32> = values(60, 31).iter().map(|&x| x as f32).collect();
+        for axis in [
+            NormAxis::Keep(0),
+            NormAxis::Keep(1),
+            NormAxis::Keep(2),
+            NormAxis::Whole,
+        ] {
+            let split = axis.split_shape(&shape);
+            let ones = vec![1.0f32; split[1]];
+            let w = weight_norm(&v, &ones, &shape, axis, 0.0);
+            assert_eq!(w, forward::<f32>(&v, &ones, split, 0.0));
+            let norms = norms(&v, &shape, axis);
+            let g: Vec<f32> = norms.clone();
+            // g = ||v|| gives w = v back (to rounding).
+            let back = weight_norm(&v, &g, &shape, axis, 0.0);
+            assert!(back.iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-6));
+            assert_eq!(norms.len(), split[1]);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "weight norm: g holds 2 values, but v has 3 slices")]
+    fn g_of_the_wrong_length_panics() {
+        forward::<f32>(&[1.0; 6], &[1.0; 2], [1, 3, 2], 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "weight norm: dw holds 5 values, but v holds 6")]
+    fn dw_of_the_wrong_length_panics() {
+        backward::<f32>(&[1.0; 6], &[1.0; 3], &[1.0; 5], [1, 3, 2], 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "weight norm: v holds 5 values, not the 6 of its shape")]
+    fn v_of_the_wrong_length_panics() {
+        forward::<f32>(&[1.0; 5], &[1.0; 3], [1, 3, 2], 0.0);
+    }
+}

@@ -1,0 +1,65 @@
+//! Backend-free CPU kernels of weight norm, on plain slices: the fused path of the `Flex`
+//! backend (through the thin adapter in `flex.rs`) and of the checkpoint tools of
+//! [`crate::torch`], which hold bytes rather than Burn tensors. Both share these kernels, so
+//! their results are bit-identical.
+//!
+//! A tensor is viewed as `[outer, n, inner]` around the kept axis (see
+//! [`NormAxis::split_shape`](crate::NormAxis::split_shape)): slice `j` is made of `outer`
+//! contiguous runs of `inner` elements.
+//!
+//! - [`sums`]: the element and accumulation types, and the summations (pairwise dot products
+//!   over eight independent lanes, the per-slice sums a pass gathers).
+//! - [`schedule`]: how the work is cut into slices, runs, rows and fixed chunks and spread over
+//!   rayon's threads, and the AVX2 dispatch.
+//! - [`kernels`]: the forward, the backward and the norms on slices.
+//!
+//! Chunk boundaries never depend on the thread count, so results are bit-identical whatever the
+//! size of the thread pool, and the AVX2 build of a kernel gives the same bits as the plain one.
+
+mod kernels;
+mod schedule;
+mod sums;
+
+pub(crate) use kernels::{backward, forward, norms, weight_norm};
+/// An element type the kernels handle: f32, f64, f16, bf16.
+pub(crate) use sums::Real as Element;
+
+/// Test data shared by the kernels' unit tests.
+#[cfg(test)]
+pub(super) mod test_data {
+    /// Views `[outer, n, inner]` for every schedule: empty (each factor zero), one element,
+    /// lengths that are not multiples of 8 or of the chunk, the last axis (`inner == 1`), the
+    /// whole tensor (`[1, 1, numel]`), few large slices, many short runs.
+    pub(crate) const SPLITS: [[usize; 3]; 17] = [
+        [0, 3, 4],
+        [3, 0, 4],
+        [3, 4, 0],
+        [1, 1, 1],
+        [1, 1, 13],
+        [1, 6, 9],
+        [1, 1, 100_003],
+        [1, 2, 70_001],
+        [1, 9, 70_001],
+        [9, 5, 1],
+        [3000, 21, 1],
+        [3, 5, 7],
+        [40, 33, 17],
+        [2, 3, 20_001],
+        [700, 3, 9],
+        [1, 4097, 3],
+        [5, 1, 1],
+    ];
+
+    /// Deterministic values in `[-1, 1)`.
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,413 @@
+//! How the work is cut and spread over threads.
+//!
+//! - When `outer == 1` every slice is one contiguous block. Many slices: one rayon task per group
+//!   of slices, each slice's norm and output computed while the slice is in cache, so the input
+//!   is read from memory once ([`map_slices`]). Few large slices (the whole tensor): a chunked
+//!   parallel reduction, then a parallel write.
+//! - Otherwise, rows of `n * inner` elements are split into fixed chunks; each chunk accumulates
+//!   its own per-slice sums, combined in chunk order ([`slice_sums`]), then a parallel pass writes
+//!   the output ([`for_each_run`], or [`for_each_row`] when the kept axis is the last one).
+//!
+//! Chunk boundaries never depend on the thread count, so results are bit-identical whatever the
+//! size of the thread pool.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::sums::{Real, Sums, pairwise, pairwise_vecs};
+
+/// Elements per task in reductions and writes: big enough to amortize scheduling, small enough
+/// to stay in L2 and to spread 4096x4096 over many threads.
+pub(super) const CHUNK: usize = 1 << 14;
+
+/// Runs `f` compiled for AVX2 when the CPU has it (detected once, at run time), else as built.
+/// The kernels' summation order is fixed by their code, not by the vector width, and no fused
+/// multiply-add is enabled, so both versions give bit-identical results.
+#[inline(always)]
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: `avx2` only requires the CPU to support AVX2, which was checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// `f`, inlined into a function compiled with AVX2 enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// A vector of `len` elements written by `fill`.
+///
+/// # Safety
+///
+/// `fill` must write every element of the slice it is given (the schedules below hand out a
+/// partition of it; the kernels write all of each part).
+pub(super) unsafe fn filled<T: Send>(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is at least `len`, and the caller guarantees that `fill` initialized
+    // all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Whether the slices are few and large enough to be reduced in parallel chunks each, rather
+/// than one task per slice.
+pub(super) fn large_slices(n: usize, inner: usize) -> bool {
+    inner >= CHUNK * 4 && n < 8
+}
+
+/// Whether the single-pass schedule applies: every slice one non-empty contiguous block, and
+/// not so few and so large that one task per slice would leave threads idle.
+pub(super) fn single_pass([outer, n, inner]: [usize; 3]) -> bool {
+    outer == 1 && !large_slices(n, inner) && inner > 0
+}
+
+/// The single pass: calls `f(j, out_j, x_j, y_j)` for every slice `j` of contiguous blocks of
+/// `inner` elements (`outer == 1`), in parallel, and returns what each call returns, in slice
+/// order. The calls get a partition of `out`.
+pub(super) fn map_slices<T: Sync + Send, R: Send>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    y: &[T],
+    inner: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<T>], &[T], &[T]) -> R + Sync + Send,
+) -> Vec<R> {
+    assert!(x.len() == out.len() && y.len() == out.len() && inner > 0);
+    let min_len = (CHUNK / inner).max(1);
+    out.par_chunks_mut(inner)
+        .zip(x.par_chunks(inner))
+        .zip(y.par_chunks(inner))
+        .enumerate()
+        .with_min_len(min_len)
+        .map(|(j, ((o, x), y))| f(j, o, x, y))
+        .collect()
+}
+
+/// Per-slice sums over the `[outer, n, inner]` view: for each slice `j`, the [`Sums`] of `a`
+/// and `b` over the slice.
+pub(super) fn slice_sums<T: Real, S: Sums<T>>(
+    a: &[T],
+    b: &[T],
+    [outer, n, inner]: [usize; 3],
+) -> Vec<S> {
+    assert!(a.len() == outer * n * inner && b.len() == a.len());
+    if n == 0 || inner == 0 || outer == 0 {
+        return vec![S::ZERO; n];
+    }
+    if outer == 1 {
+        if large_slices(n, inner) {
+            // Few large slices: reduce each in fixed chunks, in parallel.
+            return (0..n)
+                .map(|j| {
+                    let sa = &a[j * inner..(j + 1) * inner];
+                    let sb = &b[j * inner..(j + 1) * inner];
+                    let parts: Vec<S> = sa
+                        .par_chunks(CHUNK)
+                        .zip(sb.par_chunks(CHUNK))
+                        .map(|(x, y)| simd(|| S::run(x, y)))
+                        .collect();
+                    pairwise::<T, S>(&parts)
+                })
+                .collect();
+        }
+        let min_len = (CHUNK / inner).max(1);
+        return a
+            .par_chunks(inner)
+            .zip(b.par_chunks(inner))
+            .with_min_len(min_len)
+            .map(|(x, y)| simd(|| S::run(x, y)))
+            .collect();
+    }
+    // Rows of n * inner elements. Each task takes a fixed group of rows and accumulates blocks
+    // of 32 rows, adding each block to its total; the tasks' totals are combined pairwise.
+    const BLOCK_ROWS: usize = 32;
+    let row = n * inner;
+    let rows_per_task = (CHUNK / row).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
+    let mut partials: Vec<Vec<S>> = a
+        .par_chunks(row * rows_per_task)
+        .zip(b.par_chunks(row * rows_per_task))
+        .map(|(xa, xb)| {
+            let mut total = vec![S::ZERO; n];
+            let mut block = vec![S::ZERO; n];
+            for (ba, bb) in xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS)) {
+                block.fill(S::ZERO);
+                for (ra, rb) in ba.chunks_exact(row).zip(bb.chunks_exact(row)) {
+                    simd(|| accumulate_row::<T, S>(&mut block, ra, rb, inner));
+                }
+                for (t, s) in total.iter_mut().zip(&block) {
+                    *t = t.add(*s);
+                }
+            }
+            total
+        })
+        .collect();
+    pairwise_vecs::<T, S>(&mut partials)
+}
+
+/// Adds one row's terms to the per-slice sums.
+#[inline(always)]
+fn accumulate_row<T: Real, S: Sums<T>>(acc: &mut [S], ra: &[T], rb: &[T], inner: usize) {
+    if inner == 1 {
+        for ((s, &x), &y) in acc.iter_mut().zip(ra).zip(rb) {
+            *s = s.add(S::elem(x, y));
+        }
+    } else {
+        for (j, s) in acc.iter_mut().enumerate() {
+            let r = j * inner..(j + 1) * inner;
+            *s = s.add(S::run(&ra[r.clone()], &rb[r]));
+        }
+    }
+}
+
+/// Calls `f(j, out_run, x_run, y_run)` for every contiguous run of the `[outer, n, inner]` view
+/// (a run lies in one slice `j`), over fixed chunks of the flat arrays, in parallel. The calls
+/// get a partition of `out`, cut at run and chunk boundaries. For `inner == 1` use
+/// [`for_each_row`].
+pub(super) fn for_each_run<T: Sync + Send>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    y: &[T],
+    [_, n, inner]: [usize; 3],
+    f: impl Fn(usize, &mut [MaybeUninit<T>], &[T], &[T]) + Sync + Send,
+) {
+    assert!(x.len() == out.len() && y.len() == out.len());
+    if out.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .zip(y.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, ((o, xs), ys))| {
+            let start = c * CHUNK;
+            let mut p = 0;
+            while p < o.len() {
+                let run = (start + p) / inner;
+                let end = ((run + 1) * inner - start).min(o.len());
+                f(run % n, &mut o[p..end], &xs[p..end], &ys[p..end]);
+                p = end;
+            }
+        });
+}
+
+/// The kept axis is the last one (`inner == 1`, e.g. Burn's `[d_in, d_out]` Linear weight per
+/// output unit): every row of `n` elements holds one element of each slice. Calls
+/// `f(out_row, x_row, y_row)` for every row, groups of rows in parallel; the calls get a
+/// partition of `out`.
+pub(super) fn for_each_row<T: Sync + Send>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    y: &[T],
+    n: usize,
+    f: impl Fn(&mut [MaybeUninit<T>], &[T], &[T]) + Sync + Send,
+) {
+    assert!(x.len() == out.len() && y.len() == out.len());
+    if out.is_empty() {
+        return;
+    }
+    let rows_per_task = (CHUNK / n).max(1);
+    out.par_chunks_mut(n * rows_per_task)
+        .zip(x.par_chunks(n * rows_per_task))
+        .zip(y.par_chunks(n * rows_per_task))
+        .for_each(|((o, xs), ys)| {
+            for ((o, xs), ys) in o.chunks_mut(n).zip(xs.chunks(n)).zip(ys.chunks(n)) {
+                f(o, xs, ys);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::sums::{Dot, SqDot, dot};
+    use super::super::test_data::{SPLITS, values};
+    use super::*;
+
+    /// The sums of slice `j`, in f64, by definition.
+    fn naive_sums(a: &[f64], b: &[f64], [outer, n, inner]: [usize; 3]) -> Vec<(f64, f64)> {
+        let mut s = vec![(0.0, 0.0); n];
+        for o in 0..outer {
+            for (j, sj) in s.iter_mut().enumerate() {
+                for i in 0..inner {
+                    let k = (o * n + j) * inner + i;
+                    sj.0 += a[k] * a[k];
+                    sj.1 += b[k] * a[k];
+                }
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn slice_sums_match_naive_sums() {
+        for split in SPLITS {
+            let len = split.iter().product();
+            let (a, b) = (values(len, 5), values(len, 6));
+            let exact = naive_sums(&a, &b, split);
+            let dots = slice_sums::<f64, Dot<f64>>(&a, &a, split);
+            let sq = slice_sums::<f64, SqDot<f64>>(&a, &b, split);
+            assert_eq!(dots.len(), split[1]);
+            assert_eq!(sq.len(), split[1]);
+            for ((d, s), e) in dots.iter().zip(&sq).zip(&exact) {
+                let tol = 1e-12 * (len as f64 + 1.0);
+                assert!((d.0 - e.0).abs() <= tol, "{split:?}");
+                assert!(
+                    (s.0 - e.0).abs() <= tol && (s.1 - e.1).abs() <= tol,
+                    "{split:?}"
+                );
+            }
+            // Same in f32 (including the last-axis element path), to the f32 scale.
+            let (a32, b32): (Vec<f32>, Vec<f32>) = (
+                a.iter().map(|&x| x as f32).collect(),
+                b.iter().map(|&x| x as f32).collect(),
+            );
+            let sq32 = slice_sums::<f32, SqDot<f32>>(&a32, &b32, split);
+            for (s, e) in sq32.iter().zip(&exact) {
+                let tol = 1e-4 * (1.0 + e.0.abs());
+                assert!(
+                    (s.0 as f64 - e.0).abs() <= tol,
+                    "{split:?}: {} vs {}",
+                    s.0,
+                    e.0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn whole_tensor_sum_is_one_dot() {
+        // One slice of one run: the chunked parallel reduction only regroups the dot's leaves
+        // when the length is a multiple of the chunk, and is close to it otherwise.
+        let a = values(4 * CHUNK * 2, 7);
+        let s = slice_sums::<f64, Dot<f64>>(&a, &a, [1, 1, a.len()]);
+        let e: f64 = a.iter().map(|x| x * x).sum();
+        assert!((s[0].0 - e).abs() < 1e-9);
+        let small = values(1000, 8);
+        let s = slice_sums::<f64, Dot<f64>>(&small, &small, [1, 1, 1000]);
+        assert_eq!(s[0].0.to_bits(), dot::<f64>(&small, &small).to_bits());
+    }
+
+    /// Runs a write schedule on a buffer pre-filled with a sentinel and checks that every
+    /// element was handed to exactly one call, with the right slice index: what makes
+    /// [`filled`]'s callers sound.
+    fn check_partition(
+        len: usize,
+        slice_of: impl Fn(usize) -> usize,
+        run: impl FnOnce(&mut [MaybeUninit<f64>], &[f64], &AtomicUsize),
+    ) {
+        let x: Vec<f64> = (0..len).map(|i| i as f64).collect();
+        let mut out = vec![MaybeUninit::new(-1.0); len];
+        let calls = AtomicUsize::new(0);
+        run(&mut out, &x, &calls);
+        // SAFETY: every element was initialized with the sentinel above.
+        let out: Vec<f64> = out.iter().map(|o| unsafe { o.assume_init() }).collect();
+        for (i, &o) in out.iter().enumerate() {
+            assert_eq!(o, (slice_of(i) * len + i) as f64, "element {i} of {len}");
+        }
+    }
+
+    #[test]
+    fn write_schedules_cover_every_element_once() {
+        for split in SPLITS {
+            let [outer, n, inner] = split;
+            let len = outer * n * inner;
+            let slice_of = |i: usize| (i / inner.max(1)) % n.max(1);
+            // Each call writes `j * len + x`, and counts; a second write of an element would be
+            // visible in the count, a missing one as the sentinel.
+            let write = |j: usize, o: &mut [MaybeUninit<f64>], x: &[f64], calls: &AtomicUsize| {
+                calls.fetch_add(o.len(), Ordering::Relaxed);
+                for (o, &x) in o.iter_mut().zip(x) {
+                    o.write((j * len) as f64 + x);
+                }
+            };
+            check_partition(len, slice_of, |out, x, calls| {
+                for_each_run(out, x, x, split, |j, o, x, _| write(j, o, x, calls));
+                assert_eq!(calls.load(Ordering::Relaxed), len);
+            });
+            if inner == 1 && len > 0 {
+                check_partition(len, slice_of, |out, x, calls| {
+                    for_each_row(out, x, x, n, |o, x, _| {
+                        calls.fetch_add(o.len(), Ordering::Relaxed);
+                        for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                            o.write((j * len) as f64 + x);
+                        }
+                    });
+                    assert_eq!(calls.load(Ordering::Relaxed), len);
+                });
+            }
+            if single_pass(split) {
+                check_partition(len, slice_of, |out, x, calls| {
+                    let js = map_slices(out, x, x, inner, |j, o, x, _| {
+                        write(j, o, x, calls);
+                        j
+                    });
+                    assert_eq!(js, (0..n).collect::<Vec<_>>());
+                    assert_eq!(calls.load(Ordering::Relaxed), len);
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn filled_returns_what_fill_wrote() {
+        for len in [0, 1, 9, CHUNK + 3] {
+            // SAFETY: the closure writes every element.
+            let v = unsafe {
+                filled::<u32>(len, |out| {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        o.write(i as u32 * 3);
+                    }
+                })
+            };
+            assert_eq!(v, (0..len as u32).map(|i| i * 3).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn avx2_and_plain_builds_agree_to_the_bit() {
+        for &len in &[0usize, 1, 7, 8, 9, 255, 257, 5000] {
+            let a = values(len, 9);
+            let b = values(len, 10);
+            let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+            let plain = (dot::<f32>(&a32, &b32), dot::<f64>(&a, &b));
+            let dispatched = simd(|| (dot::<f32>(&a32, &b32), dot::<f64>(&a, &b)));
+            assert_eq!(plain.0.to_bits(), dispatched.0.to_bits());
+            assert_eq!(plain.1.to_bits(), dispatched.1.to_bits());
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                let wide = unsafe { avx2(|| (dot::<f32>(&a32, &b32), dot::<f64>(&a, &b))) };
+                assert_eq!(plain.0.to_bits(), wide.0.to_bits());
+                assert_eq!(plain.1.to_bits(), wide.1.to_bits());
+                let mut acc_plain = vec![SqDot(0.0f32, 0.0); 1];
+                let mut acc_wide = acc_plain.clone();
+                accumulate_row::<f32, SqDot<f32>>(&mut acc_plain, &a32, &b32, len.max(1));
+                // SAFETY: as above.
+                unsafe {
+                    avx2(|| {
+                        accumulate_row::<f32, SqDot<f32>>(&mut acc_wide, &a32, &b32, len.max(1))
+                    })
+                };
+                assert_eq!(acc_plain[0].0.to_bits(), acc_wide[0].0.to_bits());
+                assert_eq!(acc_plain[0].1.to_bits(), acc_wide[0].1.to_bits());
+            }
+        }
+    }
+}
