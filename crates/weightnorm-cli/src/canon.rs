@@ -1,7 +1,7 @@
 //! `weightnorm canonicalize`: a checkpoint and its architecture file in, the canonical (or
 //! reconstituted) checkpoint and a report out, verified against the original.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,13 +11,21 @@ use serde_json::json;
 use weightnorm::canonical::{Agreement, Real, argmax, canonicalize, reconstitute};
 use weightnorm::torch::{
     ArchNetwork, CANONICAL_SCALE_KEY, FuseOptions, TensorEntry, TorchError, from_arch, fuse,
-    to_tensors, vector_entry, write_safetensors,
+    to_tensors, vector_entry,
 };
 
 use crate::Failure;
-use crate::ckpt::{Input, Output, check_output, open};
+use crate::ckpt::{Input, Output, open};
 use crate::data;
-use crate::output::write_json;
+use crate::output::Outputs;
+use crate::text::shown;
+
+/// The most random verification samples (`--samples`).
+pub const MAX_SAMPLES: usize = 65_536;
+
+/// The most values the random verification inputs may hold in all (samples times the
+/// architecture's input size): 2^24, 128 MiB of f64.
+pub const MAX_RANDOM_VALUES: usize = 1 << 24;
 
 /// What to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,8 +52,13 @@ OUT holds every layer's canonical tensors under the input's keys and the output 
 them; they are written as weight = multiplier, bias = shift, running_mean = 0,
 running_var = 1 - eps.
 
-Exit codes: 0 done, 2 bad input (files, architecture), 1 verification above --tolerance or a
-failed write (nothing is written then).
+OUT and R.json are written together or not at all: a command that fails (a report that cannot
+be written included) leaves neither. Neither may be an input (the checkpoint, the architecture
+file, --inputs, the data set), under any name, link or mount, even with --force, and without
+--force neither may exist.
+
+Exit codes: 0 done, 2 bad input (files, architecture, outputs), 1 a failed write (nothing is
+written then) or verification above --tolerance (then only the report is written).
 
 Examples:
   weightnorm canonicalize runs/wn/model.safetensors --arch runs/wn/arch.json -o canon.safetensors --report canon.json
@@ -73,7 +86,8 @@ pub struct CanonicalizeArgs {
     /// Where Fashion-MNIST is (with `--dataset fashion-mnist`).
     #[arg(long, default_value = data::FASHION_DEFAULT)]
     pub data: PathBuf,
-    /// Random inputs when neither `--inputs` nor `--dataset` is given: how many.
+    /// Random inputs when neither `--inputs` nor `--dataset` is given: how many (1 to 65536,
+    /// and at most 2^24 input values in all).
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
     /// Seed of the random inputs.
@@ -114,7 +128,7 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
             .ok_or_else(|| {
                 bad(format!(
                     "{}: no tensor `x` (and more than one tensor)",
-                    path.display()
+                    shown(path)
                 ))
             })?;
         let n = x.shape.first().copied().unwrap_or(0);
@@ -122,7 +136,7 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
         if x.shape.len() < 2 || rest != per || n == 0 {
             bail!(bad(format!(
                 "{}: `{}` has shape {:?}, expected [N, {}] with N > 0",
-                path.display(),
+                shown(path),
                 x.name,
                 x.shape,
                 shape
@@ -136,7 +150,7 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
         if xs.iter().any(|v| !v.is_finite()) {
             bail!(bad(format!(
                 "{}: the inputs hold NaN or infinity",
-                path.display()
+                shown(path)
             )));
         }
         let y = match ck.get("y") {
@@ -145,7 +159,7 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
             }
             Some(y) => bail!(bad(format!(
                 "{}: `y` has {} labels for {n} samples",
-                path.display(),
+                shown(path),
                 y.numel()
             ))),
             None => None,
@@ -153,7 +167,7 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
         return Ok(Inputs {
             x: split(xs),
             y,
-            what: format!("{} ({n} samples)", path.display()),
+            what: format!("{} ({n} samples)", shown(path)),
         });
     }
     if let Some(name) = &args.dataset {
@@ -179,12 +193,16 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
             what: format!("{} test split ({n} samples)", ds.name),
         });
     }
-    if args.samples == 0 {
-        bail!(bad("--samples must be at least 1"));
+    let values = args.samples.saturating_mul(per);
+    if args.samples == 0 || args.samples > MAX_SAMPLES || values > MAX_RANDOM_VALUES {
+        bail!(bad(format!(
+            "--samples must be 1 to {MAX_SAMPLES}, and at most {MAX_RANDOM_VALUES} values in all \
+             ({per} per sample here): give fewer, or verify on --inputs or --dataset"
+        )));
     }
     // Standard normal samples (Box-Muller).
     let mut rng = data::SplitMix64(args.seed);
-    let xs = (0..args.samples * per)
+    let xs = (0..values)
         .map(|_| {
             let (u, v) = (1.0 - rng.next_f64(), rng.next_f64());
             (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
@@ -213,13 +231,21 @@ fn range_json(r: (f64, f64)) -> serde_json::Value {
     json!([r.0, r.1])
 }
 
-pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
-    check_output(&args.input.input, &args.output)?;
-    if let Some(r) = &args.report
-        && (r == &args.output.output || r == &args.input.input)
-    {
-        bail!(bad("--report must name another file than the checkpoints"));
+/// The files `canonicalize` reads, which no output may be.
+fn input_files(args: &CanonicalizeArgs) -> Vec<PathBuf> {
+    let mut files = vec![args.input.input.clone(), args.arch.clone()];
+    files.extend(args.inputs.clone());
+    if args.dataset.as_deref() == Some("fashion-mnist") {
+        files.extend(data::fashion_files(&args.data));
     }
+    files
+}
+
+pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
+    let outputs = Outputs::new(input_files(&args));
+    let mut targets: Vec<&Path> = vec![&args.output.output];
+    targets.extend(args.report.as_deref());
+    outputs.check(&targets, args.output.force)?;
     let t0 = Instant::now();
     let ckpt = open(&args.input)?;
     let (tensors, pairs) = match fuse(&ckpt.tensors, &FuseOptions::default()) {
@@ -228,19 +254,39 @@ pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
         Err(e) => bail!(bad(e)),
     };
     let text = std::fs::read_to_string(&args.arch)
-        .map_err(|e| bad(format!("{}: {e}", args.arch.display())))?;
+        .map_err(|e| bad(format!("{}: {e}", shown(&args.arch))))?;
     let arch: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("{}: not JSON: {e}", args.arch.display())))?;
+        .map_err(|e| bad(format!("{}: not JSON: {e}", shown(&args.arch))))?;
     let wide = tensors.iter().any(|t| t.dtype == Dtype::F64);
     if wide {
-        run::<f64>(&args, &ckpt, &tensors, pairs, &arch, Dtype::F64, t0)
+        run::<f64>(
+            &args,
+            outputs,
+            &ckpt,
+            &tensors,
+            pairs,
+            &arch,
+            Dtype::F64,
+            t0,
+        )
     } else {
-        run::<f32>(&args, &ckpt, &tensors, pairs, &arch, Dtype::F32, t0)
+        run::<f32>(
+            &args,
+            outputs,
+            &ckpt,
+            &tensors,
+            pairs,
+            &arch,
+            Dtype::F32,
+            t0,
+        )
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run<T: Real>(
     args: &CanonicalizeArgs,
+    mut outputs: Outputs,
     ckpt: &weightnorm::torch::Checkpoint,
     tensors: &[TensorEntry],
     pairs: usize,
@@ -249,7 +295,7 @@ fn run<T: Real>(
     t0: Instant,
 ) -> Result<()> {
     let read: ArchNetwork<T> =
-        from_arch(arch, tensors).map_err(|e| bad(format!("{}: {e}", args.arch.display())))?;
+        from_arch(arch, tensors).map_err(|e| bad(format!("{}: {e}", shown(&args.arch))))?;
     let (net, bindings) = (read.network.clone(), &read.bindings);
     let parameters = net.parameters();
     let load_s = t0.elapsed().as_secs_f64();
@@ -299,10 +345,12 @@ fn run<T: Real>(
             }
             .into(),
         );
-        write_safetensors(&args.output.output, &entries, Some(&metadata)).map_err(|e| match e {
-            TorchError::Write { .. } => anyhow::Error::new(e),
-            other => bad(other),
-        })?;
+        outputs.safetensors(
+            &args.output.output,
+            args.output.force,
+            &entries,
+            Some(&metadata),
+        )?;
     }
     let write_s = t.elapsed().as_secs_f64();
     let carried: Vec<_> = layers
@@ -350,8 +398,10 @@ fn run<T: Real>(
             "max_rel_error": agreement.max_rel_error,
             "timings_s": {"load": load_s, "canonicalize": canon_s, "verify": verify_s, "write": write_s},
         });
-        write_json(path, &report)?;
+        outputs.json(path, args.output.force, &report)?;
     }
+    // The checkpoint and the report are put in place together, or neither is.
+    outputs.commit()?;
     println!(
         "{parameters} parameters, {} weighted layers{}: global gain {gain:.6e} over {} outputs",
         layers.len(),
@@ -395,6 +445,6 @@ fn run<T: Real>(
             args.tolerance
         );
     }
-    println!("wrote {}", args.output.output.display());
+    println!("wrote {}", shown(&args.output.output));
     Ok(())
 }

@@ -1,15 +1,20 @@
 //! `inspect`, `fuse`, `split`, `convert`: PyTorch weight-norm checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use weightnorm::torch::{
     Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError, convert,
     detect_pairs, fuse, pair_stats, split,
 };
 
 use crate::Failure;
-use crate::output::write_checkpoint;
+use crate::output::Outputs;
+use crate::text::{escape, hostile, shortened, shown};
+
+/// The widest tensor name `inspect` lays out in a column; longer names are shortened in the
+/// middle (`--json` gives them whole).
+const NAME_COLUMN: usize = 60;
 
 /// A key scheme of weight-norm pairs, on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -149,25 +154,6 @@ pub(crate) fn parse_dim(s: &str) -> Result<Option<i64>> {
     })
 }
 
-/// Refuses to overwrite the input, or an existing output without `--force`.
-pub(crate) fn check_output(input: &Path, out: &Output) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), out.output.canonicalize())
-        && a == b
-    {
-        bail!(Failure::input(anyhow::anyhow!(
-            "the output {} is the input: write to another file",
-            out.output.display()
-        )));
-    }
-    if out.output.exists() && !out.force {
-        bail!(Failure::input(anyhow::anyhow!(
-            "{} exists: pass --force to overwrite it",
-            out.output.display()
-        )));
-    }
-    Ok(())
-}
-
 fn json_stats(s: Option<Stats>) -> serde_json::Value {
     match s {
         Some(s) => serde_json::json!({"min": s.min, "max": s.max, "mean": s.mean}),
@@ -215,24 +201,28 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                 "v_norms": json_stats(*ns),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&doc)?));
         return Ok(());
     }
     println!(
         "{} ({format}{}, {} tensors, {} weight-norm pairs)",
-        ckpt.path.display(),
+        shown(&ckpt.path),
         ckpt.key
             .as_deref()
-            .map(|k| format!(", key `{k}`"))
+            .map(|k| format!(", key `{}`", escape(k)))
             .unwrap_or_default(),
         ckpt.tensors.len(),
         pairs.len()
     );
-    let width = ckpt.tensors.iter().map(|t| t.name.len()).max().unwrap_or(0);
-    for t in &ckpt.tensors {
+    let names: Vec<String> = ckpt
+        .tensors
+        .iter()
+        .map(|t| shortened(&t.name, NAME_COLUMN))
+        .collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    for (t, name) in ckpt.tensors.iter().zip(&names) {
         println!(
-            "  {:width$}  {:>5}  {:?}",
-            t.name,
+            "  {name:width$}  {:>5}  {:?}",
             format!("{:?}", t.dtype),
             t.shape
         );
@@ -244,12 +234,30 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                 .axis
                 .to_torch()
                 .map_or("None".to_string(), |d| d.to_string());
-            println!("  {} ({}, dim={dim})", p.name, p.scheme.as_str());
+            println!(
+                "  {} ({}, dim={dim})",
+                shortened(&p.name, 2 * NAME_COLUMN),
+                p.scheme.as_str()
+            );
             println!("    g:             {}", fmt_stats(gs));
             println!("    ||v|| slices:  {}", fmt_stats(ns));
         }
     }
     Ok(())
+}
+
+/// Pretty JSON with the characters it may hold raw that a terminal acts on (DEL, the C1
+/// controls, direction overrides) written as `\uXXXX` escapes: the same JSON document.
+fn json_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c != '\n' && hostile(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Reads the input checkpoint, transforms its tensors with `f` (which returns the new tensors
@@ -260,10 +268,17 @@ fn rewrite<P>(
     output: &Output,
     f: impl FnOnce(&[TensorEntry]) -> Result<(Vec<TensorEntry>, Vec<P>), TorchError>,
 ) -> Result<(usize, usize)> {
-    check_output(&input.input, output)?;
+    let mut outputs = Outputs::new([&input.input]);
+    outputs.check(&[&output.output], output.force)?;
     let ckpt = open(input)?;
     let (tensors, pairs) = f(&ckpt.tensors).map_err(Failure::input)?;
-    write_checkpoint(&output.output, &tensors, Some(&ckpt))?;
+    outputs.safetensors(
+        &output.output,
+        output.force,
+        &tensors,
+        ckpt.metadata.as_ref(),
+    )?;
+    outputs.commit()?;
     Ok((pairs.len(), tensors.len()))
 }
 
@@ -273,7 +288,7 @@ pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
     let (pairs, tensors) = rewrite(&args.input, &args.output, |t| fuse(t, &FuseOptions { dim }))?;
     eprintln!(
         "fused {pairs} pairs into {} ({tensors} tensors)",
-        args.output.output.display()
+        shown(&args.output.output)
     );
     Ok(())
 }
@@ -303,7 +318,7 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
     let (pairs, _) = rewrite(&args.input, &args.output, |t| split(t, &options))?;
     eprintln!(
         "split {pairs} weights into {} ({} scheme)",
-        args.output.output.display(),
+        shown(&args.output.output),
         scheme.as_str()
     );
     Ok(())
@@ -316,7 +331,7 @@ pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
     eprintln!(
         "renamed {pairs} pairs into the {} scheme in {}",
         scheme.as_str(),
-        args.output.output.display()
+        shown(&args.output.output)
     );
     Ok(())
 }

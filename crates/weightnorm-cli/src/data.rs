@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use crate::Failure;
+use crate::text::shown;
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): the generator behind the digits split (which
 /// `scripts/check_model.py` repeats) and the random verification inputs.
@@ -24,6 +25,28 @@ impl SplitMix64 {
     /// Uniform in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The four files of Fashion-MNIST (or any MNIST-layout data) in `dir`: training images and
+/// labels, test images and labels.
+pub fn fashion_files(dir: &Path) -> [PathBuf; 4] {
+    FASHION_FILES.map(|f| dir.join(f))
+}
+
+const FASHION_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+];
+
+/// The files a command reading the data set `name` from `dir` (as [`load`] does) reads.
+pub fn input_files(name: Option<DatasetName>, dir: &Path) -> Vec<PathBuf> {
+    match name {
+        Some(DatasetName::FashionMnist) => fashion_files(dir).to_vec(),
+        None if dir.is_dir() => fashion_files(dir).to_vec(),
+        _ => Vec::new(),
     }
 }
 
@@ -55,7 +78,7 @@ pub fn load(name: Option<DatasetName>, dir: &Path) -> Result<Dataset> {
             eprintln!(
                 "Fashion-MNIST is not at {}: using the UCI digits. To get Fashion-MNIST: \
                  apt-get install dataset-fashion-mnist (or pass --data DIR).",
-                dir.display()
+                shown(dir)
             );
             digits()
         }
@@ -85,7 +108,50 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Standardizes the pixels with the training set's mean and standard deviation.
+    /// Checks that the data set can be trained and tested on: images of at least one pixel,
+    /// at least one training and one test image, as many labels as images, every label a class.
+    ///
+    /// # Errors
+    ///
+    /// A [`Failure`] saying what is wrong, on one line.
+    pub fn validate(&self) -> Result<()> {
+        let f = self.features();
+        let name = self.name;
+        if f == 0 {
+            bail!(bad(anyhow::anyhow!(
+                "{name}: its images are {}x{} pixels: they need at least one",
+                self.shape[1],
+                self.shape[2]
+            )));
+        }
+        for (split, x, y) in [
+            ("training", &self.train_x, &self.train_y),
+            ("test", &self.test_x, &self.test_y),
+        ] {
+            if y.is_empty() {
+                bail!(bad(anyhow::anyhow!(
+                    "{name}: the {split} split has no images: a data set needs at least one training and one test image"
+                )));
+            }
+            if x.len() != y.len() * f {
+                bail!(bad(anyhow::anyhow!(
+                    "{name}: the {split} split has {} pixels for {} labels of {f}-pixel images",
+                    x.len(),
+                    y.len()
+                )));
+            }
+            if let Some(l) = y.iter().find(|&&l| usize::from(l) >= self.classes) {
+                bail!(bad(anyhow::anyhow!(
+                    "{name}: the {split} split has label {l}, not a class 0..{}",
+                    self.classes - 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Standardizes the pixels with the training set's mean and standard deviation (a
+    /// constant training set is only centred).
     pub fn standardize(mut self) -> Self {
         let n = self.train_x.len() as f64;
         let mean = self.train_x.iter().map(|&x| x as f64).sum::<f64>() / n;
@@ -96,6 +162,7 @@ impl Dataset {
             .sum::<f64>()
             / n;
         let (m, s) = (mean as f32, var.sqrt() as f32);
+        let s = if s > 0.0 && s.is_finite() { s } else { 1.0 };
         for x in self.train_x.iter_mut().chain(self.test_x.iter_mut()) {
             *x = (*x - m) / s;
         }
@@ -116,28 +183,28 @@ fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
 /// Reads one gzipped IDX file: unsigned bytes with `dims` dimensions, as the MNIST files are.
 pub fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let file = std::fs::File::open(path)
-        .map_err(|e| bad(anyhow::anyhow!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| bad(anyhow::anyhow!("cannot open {}: {e}", shown(path))))?;
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(file)
         .read_to_end(&mut raw)
         .map_err(|e| {
             bad(anyhow::anyhow!(
                 "{} is not a readable gzip file: {e}",
-                path.display()
+                shown(path)
             ))
         })?;
     let header = 4 + 4 * dims;
     if raw.len() < header {
         bail!(bad(anyhow::anyhow!(
             "{} is truncated: {} bytes, shorter than its {header}-byte IDX header",
-            path.display(),
+            shown(path),
             raw.len()
         )));
     }
     if raw[0] != 0 || raw[1] != 0 || raw[2] != 0x08 || raw[3] as usize != dims {
         bail!(bad(anyhow::anyhow!(
             "{} is not an IDX file of unsigned bytes with {dims} dimensions (magic {:02x}{:02x}{:02x}{:02x})",
-            path.display(),
+            shown(path),
             raw[0],
             raw[1],
             raw[2],
@@ -151,16 +218,11 @@ pub fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         .iter()
         .try_fold(1usize, |a, &s| a.checked_mul(s))
         .filter(|&n| n <= 1 << 32)
-        .ok_or_else(|| {
-            bad(anyhow::anyhow!(
-                "{}: absurd sizes {sizes:?}",
-                path.display()
-            ))
-        })?;
+        .ok_or_else(|| bad(anyhow::anyhow!("{}: absurd sizes {sizes:?}", shown(path))))?;
     if raw.len() != header + n {
         bail!(bad(anyhow::anyhow!(
             "{} is truncated or padded: its header says {sizes:?} ({n} bytes of data), it holds {}",
-            path.display(),
+            shown(path),
             raw.len() - header
         )));
     }
@@ -174,7 +236,7 @@ pub fn fashion_mnist(dir: &Path) -> Result<Dataset> {
     if !dir.is_dir() {
         bail!(bad(anyhow::anyhow!(
             "{} is not a directory with Fashion-MNIST (install the Debian package dataset-fashion-mnist, or pass --data DIR)",
-            dir.display()
+            shown(dir)
         )));
     }
     let images = |name: &str| -> Result<(usize, Vec<f32>, [usize; 2])> {
@@ -194,19 +256,30 @@ pub fn fashion_mnist(dir: &Path) -> Result<Dataset> {
         }
         Ok(data)
     };
-    let (n_train, train_x, hw) = images("train-images-idx3-ubyte.gz")?;
-    let train_y = labels("train-labels-idx1-ubyte.gz")?;
-    let (n_test, test_x, hw_test) = images("t10k-images-idx3-ubyte.gz")?;
-    let test_y = labels("t10k-labels-idx1-ubyte.gz")?;
-    if n_train != train_y.len() || n_test != test_y.len() || hw != hw_test {
+    let [train_images, train_labels, test_images, test_labels] = FASHION_FILES;
+    let (n_train, train_x, hw) = images(train_images)?;
+    let train_y = labels(train_labels)?;
+    let (n_test, test_x, hw_test) = images(test_images)?;
+    let test_y = labels(test_labels)?;
+    if hw != hw_test {
+        bail!(bad(anyhow::anyhow!(
+            "{}: the training images are {}x{} pixels, the test images {}x{}",
+            shown(dir),
+            hw[0],
+            hw[1],
+            hw_test[0],
+            hw_test[1]
+        )));
+    }
+    if n_train != train_y.len() || n_test != test_y.len() {
         bail!(bad(anyhow::anyhow!(
             "{}: images and labels disagree ({n_train} train images, {} labels; {n_test} test images, {} labels)",
-            dir.display(),
+            shown(dir),
             train_y.len(),
             test_y.len()
         )));
     }
-    Ok(Dataset {
+    let ds = Dataset {
         name: "fashion-mnist",
         shape: [1, hw[0], hw[1]],
         classes: 10,
@@ -215,7 +288,9 @@ pub fn fashion_mnist(dir: &Path) -> Result<Dataset> {
         test_x,
         test_y,
         norm: (0.0, 1.0),
-    })
+    };
+    ds.validate()?;
+    Ok(ds)
 }
 
 /// The UCI digits compiled into the binary: 8x8 images, 1437 for training and 360 for

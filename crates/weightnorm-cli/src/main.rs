@@ -10,6 +10,7 @@ mod op;
 mod output;
 mod plot;
 mod report;
+mod text;
 mod train;
 
 use std::process::ExitCode;
@@ -66,7 +67,11 @@ impl std::fmt::Display for Failure {
     }
 }
 
-impl std::error::Error for Failure {}
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// A clap usage error on one line: its lines joined with "; ", without the usage block and the
 /// pointer to `--help`, so that every error of the command is one line.
@@ -92,7 +97,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            eprintln!("{}", one_line(&e.render().to_string()));
+            eprintln!("{}", text::escape(&one_line(&e.render().to_string())));
             return ExitCode::from(2);
         }
         Err(e) => e.exit(), // --help and --version: printed as clap lays them out
@@ -111,8 +116,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The library's messages already say what their causes said: print one line.
-            eprintln!("error: {e}");
+            // One line: the causes a message does not already say appended, lines joined,
+            // control characters (from file names, tensor names) escaped.
+            eprintln!("error: {}", text::one_line_error(&e));
             if e.downcast_ref::<train::Interrupted>().is_some() {
                 ExitCode::from(130)
             } else if e.downcast_ref::<Failure>().is_some() {

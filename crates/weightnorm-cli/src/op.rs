@@ -16,7 +16,8 @@ use crate::{Failure, ckpt};
     after_help = "Example:\n  weightnorm op --shape 4096,4096 --dim 0\n  weightnorm op --shape 64,3,3,3 --dim none"
 )]
 pub struct OpArgs {
-    /// The weight's shape, comma-separated, in PyTorch's layout (rank 1 to 5).
+    /// The weight's shape, comma-separated, in PyTorch's layout (rank 1 to 5, sizes at least 1,
+    /// at most 2^28 elements).
     #[arg(
         long,
         default_value = "1024,1024",
@@ -35,9 +36,25 @@ pub struct OpArgs {
     pub seed: u64,
 }
 
+/// The most elements the random weight of `op` may have: 2^28 (1 GiB of f32).
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
 /// `weightnorm op`.
 pub fn op(args: OpArgs) -> Result<()> {
     let rank = args.shape.len();
+    let elements = args.shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
+    if args.shape.contains(&0) {
+        bail!(Failure::input(anyhow::anyhow!(
+            "--shape {:?} has a zero size: every size must be at least 1",
+            args.shape
+        )));
+    }
+    if elements.is_none_or(|n| n > MAX_ELEMENTS) {
+        bail!(Failure::input(anyhow::anyhow!(
+            "--shape {:?} has more than {MAX_ELEMENTS} elements: give a smaller weight",
+            args.shape
+        )));
+    }
     let axis = NormAxis::from_torch(ckpt::parse_dim(&args.dim)?, rank).map_err(Failure::input)?;
     match rank {
         1 => op_rank::<1>(&args, axis),

@@ -14,13 +14,15 @@ mod save;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+use crate::Failure;
 use crate::data::Dataset;
 use crate::metrics::RunMetrics;
-use crate::model::Param;
-use crate::output::write_bytes;
+use crate::model::{ModelKind, Param};
+use crate::output::{Outputs, write_bytes};
+use crate::text::shown;
 
 pub use args::{CompareArgs, DataModelArgs, TrainArgs};
 pub use run::Interrupted;
@@ -146,10 +148,21 @@ fn resume_alone(given: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Checks the options and loads the data set, before anything is loaded or trained.
-fn prepare(args: &DataModelArgs) -> Result<Dataset> {
+/// Checks the options and loads the data set, before anything is trained; returns it and the
+/// command's outputs (none of which may be one of the data set's files).
+fn prepare(args: &DataModelArgs) -> Result<(Dataset, Outputs)> {
     args::check(args)?;
-    crate::data::load(args.dataset, &args.data)
+    let outputs = Outputs::new(crate::data::input_files(args.dataset, &args.data));
+    let ds = crate::data::load(args.dataset, &args.data)?;
+    let [_, h, w] = ds.shape;
+    if args.model == ModelKind::Cnn && (h < 4 || w < 4 || h % 4 != 0 || w % 4 != 0) {
+        bail!(Failure::input(anyhow::anyhow!(
+            "the CNN needs images of at least 4x4 pixels with sides divisible by 4 (it pools \
+             twice by 2), {} images are {h}x{w}: use --model mlp",
+            ds.name
+        )));
+    }
+    Ok((ds, outputs))
 }
 
 /// The data set's name and sizes, as the commands announce it.
@@ -163,8 +176,9 @@ fn sizes(ds: &Dataset) -> String {
 }
 
 /// Trains one model with `param` (continuing from the checkpoint in `out` when `resume`) and
-/// writes its outputs and its `curves.png` to `out`; returns its metrics.
+/// stages its outputs and its `curves.png` under `out` in `outputs`; returns its metrics.
 fn train_and_save(
+    outputs: &mut Outputs,
     args: &DataModelArgs,
     ds: &Dataset,
     param: Param,
@@ -179,8 +193,8 @@ fn train_and_save(
         argv,
     };
     let (spec, model, metrics) = run::run(args, ds, param, &at)?;
-    save::save_run(out, &spec, &model, &metrics, &args.setup(ds))?;
-    crate::plot::curves(&out.join("curves.png"), &metrics)?;
+    save::save_run(outputs, out, &spec, &model, &metrics, &args.setup(ds))?;
+    crate::plot::curves(outputs, &out.join("curves.png"), &metrics)?;
     Ok(metrics)
 }
 
@@ -202,7 +216,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let param = args.param;
-    let ds = prepare(&args.common)?;
+    let (ds, mut outputs) = prepare(&args.common)?;
     run::catch_interrupts();
     eprintln!(
         "{} of {:?}; {} {}",
@@ -212,7 +226,16 @@ pub fn train(args: TrainArgs) -> Result<()> {
         param.name()
     );
     let resume = args.resume.is_some();
-    let metrics = train_and_save(&args.common, &ds, param, &args.out, resume, &argv)?;
+    let metrics = train_and_save(
+        &mut outputs,
+        &args.common,
+        &ds,
+        param,
+        &args.out,
+        resume,
+        &argv,
+    )?;
+    outputs.commit()?;
     let last = metrics.last().expect("at least one epoch");
     println!(
         "test accuracy {:.4}, test loss {:.4}, ECE {:.4}; {:.0} examples/s; outputs in {}",
@@ -220,7 +243,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         last.test_loss,
         last.ece,
         metrics.examples_per_s,
-        args.out.display()
+        shown(&args.out)
     );
     Ok(())
 }
@@ -259,7 +282,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         }
     };
     let params = &args.params;
-    let ds = prepare(&args.common)?;
+    let (ds, mut outputs) = prepare(&args.common)?;
     run::catch_interrupts();
     eprintln!(
         "{}; {} with {}",
@@ -275,13 +298,16 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         .iter()
         .map(|&p| {
             let dir = args.out.join(p.name());
-            train_and_save(&args.common, &ds, p, &dir, args.resume.is_some(), &argv)
+            let resume = args.resume.is_some();
+            train_and_save(&mut outputs, &args.common, &ds, p, &dir, resume, &argv)
         })
         .collect::<Result<Vec<_>>>()?;
-    crate::plot::comparison(&args.out, &runs)?;
+    crate::plot::comparison(&mut outputs, &args.out, &runs)?;
     let report = crate::report::report(&args.common.setup(&ds), &runs);
-    write_bytes(&args.out.join("report.md"), report.as_bytes())?;
+    outputs.bytes(&args.out.join("report.md"), true, report.as_bytes())?;
+    // Every run's files, the plots and the report are put in place together, or none is.
+    outputs.commit()?;
     println!("{report}");
-    println!("report: {}", args.out.join("report.md").display());
+    println!("report: {}", shown(&args.out.join("report.md")));
     Ok(())
 }

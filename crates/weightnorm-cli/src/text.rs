@@ -1,0 +1,113 @@
+//! Text from outside (tensor names, paths, library messages) made safe for a terminal: control
+//! characters and invisible direction overrides escaped, long names shortened, errors on one
+//! line.
+
+use std::fmt::Write;
+use std::path::Path;
+
+/// Whether `c` must not reach a terminal as it is: control characters (newlines and escape
+/// sequences included) and the invisible bidirectional overrides that reorder what is shown.
+pub fn hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every control character written as an escape (`\n`, `\t`, `\r`, `\u{1b}`), as Rust's
+/// `{:?}` writes them, and everything else as it is; a backslash stays a backslash.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(hostile) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if hostile(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A path as messages show it: lossy UTF-8, control characters escaped.
+pub fn shown(p: &Path) -> String {
+    escape(&p.to_string_lossy())
+}
+
+/// `s` escaped and, if longer than `max` characters, cut to `max` with the middle replaced by
+/// `…`, so that both ends of a long name stay visible.
+pub fn shortened(s: &str, max: usize) -> String {
+    let e = escape(s);
+    let n = e.chars().count();
+    if n <= max || max < 5 {
+        return e;
+    }
+    let head = (max - 1) / 2;
+    let tail = max - 1 - head;
+    let mut out: String = e.chars().take(head).collect();
+    out.push('…');
+    out.extend(e.chars().skip(n - tail));
+    out
+}
+
+/// An error and its causes on one line, as `main` prints it: each cause not already said by
+/// the message before it is appended after `: `, and control characters are escaped, line
+/// breaks included (`\n`: a message cannot tell a line break of its prose from one in a file
+/// or tensor name it quotes, and the escape shows both faithfully).
+pub fn one_line_error(e: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || said.contains(text) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(text);
+    }
+    escape(&said)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(escape("a.weight"), "a.weight");
+        assert_eq!(
+            escape("a\nb\x1b[31mc\u{202e}é"),
+            "a\\nb\\u{1b}[31mc\\u{202e}é"
+        );
+    }
+
+    #[test]
+    fn long_names_keep_both_ends() {
+        let s = "a".repeat(50) + &"b".repeat(50);
+        let t = shortened(&s, 21);
+        assert_eq!(t.chars().count(), 21);
+        assert!(
+            t.starts_with("aaaaaaaaaa…") && t.ends_with("bbbbbbbbbb"),
+            "{t}"
+        );
+        assert_eq!(shortened("short", 21), "short");
+    }
+
+    #[test]
+    fn errors_and_their_causes_make_one_line() {
+        let io = std::io::Error::other("No space left on device");
+        let e = anyhow::Error::new(io).context("cannot write x\ny");
+        assert_eq!(
+            one_line_error(&e),
+            "cannot write x\\ny: No space left on device"
+        );
+        let e = anyhow::anyhow!("read failed: boom").context("read failed: boom");
+        assert_eq!(one_line_error(&e), "read failed: boom");
+    }
+}
