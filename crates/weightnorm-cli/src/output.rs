@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use weightnorm::torch::{Checkpoint, TensorEntry, TorchError};
+use weightnorm::torch::{TensorEntry, TorchError};
 
 use crate::Failure;
 use crate::text::shown;
@@ -482,77 +482,35 @@ fn exists(target: &Path) -> anyhow::Error {
     .into()
 }
 
-/// Writes `path` alone, atomically, replacing it if it exists, with `write` given the temporary
-/// path to create.
-///
-/// # Errors
-///
-/// The error of `write`, or of flushing or renaming the file.
-#[allow(dead_code)] // For files written alone (a run's periodic checkpoints).
-pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let mut out = Outputs::default();
-    out.write_with(path, true, write)?;
-    out.commit()
-}
-
-/// Writes `bytes` to `path` alone, atomically, replacing it if it exists.
+/// Writes `bytes` to `path` alone, atomically, replacing it if it exists (a run's checkpoint,
+/// the options a comparison keeps for `--resume`).
 ///
 /// # Errors
 ///
 /// An I/O error, with the file's name.
-#[allow(dead_code)] // For files written alone (a run's periodic checkpoints).
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut out = Outputs::default();
     out.bytes(path, true, bytes)?;
     out.commit()
 }
 
-/// Writes pretty JSON, with a final newline, to `path` alone, atomically, replacing it.
-///
-/// # Errors
-///
-/// An I/O error, with the file's name.
-#[allow(dead_code)] // For files written alone (a run's periodic checkpoints).
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut out = Outputs::default();
-    out.json(path, true, value)?;
-    out.commit()
-}
-
-/// Writes tensors as a `.safetensors` file alone, atomically, replacing it.
-///
-/// # Errors
-///
-/// The library's error, as a [`Failure`] when the input is at fault.
-#[allow(dead_code)] // For files written alone (a run's periodic checkpoints).
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[TensorEntry],
-    metadata: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<()> {
-    let mut out = Outputs::default();
-    out.safetensors(path, true, tensors, metadata)?;
-    out.commit()
-}
-
-/// Writes tensors as a `.safetensors` file alone, atomically, replacing it, with the metadata
-/// of the checkpoint they came from, if any.
-///
-/// # Errors
-///
-/// The library's error, as a [`Failure`] when the input is at fault.
-#[allow(dead_code)] // For files written alone (a run's periodic checkpoints).
-pub fn write_checkpoint(
-    path: &Path,
-    tensors: &[TensorEntry],
-    source: Option<&Checkpoint>,
-) -> Result<()> {
-    write_safetensors(path, tensors, source.and_then(|c| c.metadata.as_ref()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One JSON file alone, through [`Outputs`].
+    fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+        let mut out = Outputs::default();
+        out.json(path, true, value)?;
+        out.commit()
+    }
+
+    /// One file alone, through [`Outputs`].
+    fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let mut out = Outputs::default();
+        out.write_with(path, true, write)?;
+        out.commit()
+    }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)

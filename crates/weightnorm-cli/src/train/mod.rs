@@ -215,8 +215,16 @@ pub fn train(args: TrainArgs) -> Result<()> {
             (args, argv())
         }
     };
+    let (ds, outputs) = prepare(&args.common)?;
+    let existed = args.out.exists();
+    let result = train_prepared(&args, &argv, &ds, outputs);
+    clean_up_after(&result, &args.out, existed, args.resume.is_some());
+    result
+}
+
+/// `train` once its options and data set are in hand.
+fn train_prepared(args: &TrainArgs, argv: &[String], ds: &Dataset, mut outputs: Outputs) -> Result<()> {
     let param = args.param;
-    let (ds, mut outputs) = prepare(&args.common)?;
     run::catch_interrupts();
     eprintln!(
         "{} of {:?}; {} {}",
@@ -229,11 +237,11 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let metrics = train_and_save(
         &mut outputs,
         &args.common,
-        &ds,
+        ds,
         param,
         &args.out,
         resume,
-        &argv,
+        argv,
     )?;
     outputs.commit()?;
     let last = metrics.last().expect("at least one epoch");
@@ -271,18 +279,57 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         }
         None => {
             claim_out(&args.out, args.force, "comparison")?;
-            let argv = argv();
-            std::fs::create_dir_all(&args.out)
-                .with_context(|| format!("cannot create {}", args.out.display()))?;
-            write_bytes(
-                &args.out.join(COMMAND_FILE),
-                serde_json::to_string(&argv)?.as_bytes(),
-            )?;
-            (args, argv)
+            (args, argv())
         }
     };
+    let (ds, outputs) = prepare(&args.common)?;
+    let existed = args.out.exists();
+    let result = compare_prepared(&args, &argv, &ds, outputs);
+    clean_up_after(&result, &args.out, existed, args.resume.is_some());
+    result
+}
+
+/// Removes what a failed `train` or `compare` wrote in `out` (its checkpoints and step logs; the
+/// outputs proper are put in place only at the end), unless it was interrupted (its checkpoint
+/// is for `--resume`) or resumed (the checkpoint it started from stays).
+fn clean_up_after(result: &Result<()>, out: &Path, existed: bool, resume: bool) {
+    let Err(e) = result else { return };
+    if resume || e.downcast_ref::<Interrupted>().is_some() {
+        return;
+    }
+    if !existed {
+        let _ = std::fs::remove_dir_all(out);
+        return;
+    }
+    let _ = clear_run_files(out);
+    if let Ok(dir) = std::fs::read_dir(out) {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let name = name.to_str().unwrap_or("");
+            if e.path().is_dir() && <Param as clap::ValueEnum>::from_str(name, false).is_ok() {
+                let _ = clear_run_files(&e.path());
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+}
+
+/// `compare` once its options and data set are in hand.
+fn compare_prepared(
+    args: &CompareArgs,
+    argv: &[String],
+    ds: &Dataset,
+    mut outputs: Outputs,
+) -> Result<()> {
     let params = &args.params;
-    let (ds, mut outputs) = prepare(&args.common)?;
+    if args.resume.is_none() {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        write_bytes(
+            &args.out.join(COMMAND_FILE),
+            serde_json::to_string(&argv)?.as_bytes(),
+        )?;
+    }
     run::catch_interrupts();
     eprintln!(
         "{}; {} with {}",
@@ -299,11 +346,11 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         .map(|&p| {
             let dir = args.out.join(p.name());
             let resume = args.resume.is_some();
-            train_and_save(&mut outputs, &args.common, &ds, p, &dir, resume, &argv)
+            train_and_save(&mut outputs, &args.common, ds, p, &dir, resume, argv)
         })
         .collect::<Result<Vec<_>>>()?;
     crate::plot::comparison(&mut outputs, &args.out, &runs)?;
-    let report = crate::report::report(&args.common.setup(&ds), &runs);
+    let report = crate::report::report(&args.common.setup(ds), &runs);
     outputs.bytes(&args.out.join("report.md"), true, report.as_bytes())?;
     // Every run's files, the plots and the report are put in place together, or none is.
     outputs.commit()?;
