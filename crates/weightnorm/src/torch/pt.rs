@@ -265,6 +265,9 @@ fn type_name(v: &Value) -> String {
     }
 }
 
+/// Where a storage key's bytes are: start, length, and the zip entry's name and CRC-32.
+type Locate = dyn Fn(&str) -> Option<(usize, usize, Option<(String, u32)>)>;
+
 /// Reads the state dict under `key` (see [`OpenOptions::key`](super::OpenOptions::key)) from
 /// the file mapped in `map`, which [`detect`] found to be a PyTorch checkpoint.
 pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtTensors> {
@@ -275,7 +278,7 @@ pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtTe
     let d: &[u8] = &map;
     let mut pickle = Pickle::default();
     // Where each storage key's bytes are.
-    let locate: Box<dyn Fn(&str) -> Option<(usize, usize, Option<(String, u32)>)>>;
+    let locate: Box<Locate>;
     let root = if d.starts_with(b"PK") {
         let archive = zipfile::read(d).map_err(pt)?;
         let root_dir = archive
