@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use pytorch_reader::{PickleValue, PytorchReader};
 use safetensors::{Dtype, SafeTensors};
 
+use super::pt::{Detected, HEAD_LEN, detect};
 use super::{Result, TorchError};
 
 /// The file formats this module reads.
@@ -29,8 +29,8 @@ type Producer = dyn Fn() -> Result<Vec<u8>> + Send + Sync;
 enum Source {
     /// A byte range of a memory-mapped file.
     Mapped(Arc<Mmap>, usize, usize),
-    /// A tensor of a PyTorch checkpoint, read on demand.
-    Pt(pytorch_reader::Tensor),
+    /// A tensor of a PyTorch checkpoint: a view of a memory-mapped storage.
+    Pt(super::pt::Stored),
     /// Bytes in memory.
     Owned(Arc<Vec<u8>>),
     /// Computed on demand (a fused or split tensor).
@@ -181,11 +181,10 @@ impl TensorEntry {
         let data: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(map, start, end) => Cow::Borrowed(&map[*start..*end]),
             Source::Owned(v) => Cow::Borrowed(v.as_slice()),
-            Source::Pt(t) => Cow::Owned(t.read().map_err(|e| TorchError::Invalid {
+            Source::Pt(t) => t.bytes().map_err(|source| TorchError::Pt {
                 path: self.name.clone(),
-                format: "PyTorch tensor",
-                reason: e.to_string(),
-            })?),
+                source,
+            })?,
             Source::Lazy(f) => Cow::Owned(f()?),
         };
         if data.len() != self.byte_len() {
@@ -207,6 +206,9 @@ impl TensorEntry {
     /// resident memory once it has been used (they are read again from the file if needed).
     /// Does nothing for other sources.
     pub fn release(&self) {
+        if let Source::Pt(t) = &self.source {
+            t.release();
+        }
         if let Source::Mapped(map, start, end) = &self.source {
             let page = 4096;
             let from = start.div_ceil(page) * page;
@@ -243,42 +245,108 @@ pub struct Checkpoint {
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
+/// Options of [`Checkpoint::open_with`].
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// For a PyTorch checkpoint, the state dict to read: a key of the top-level dict, or a
+    /// dotted path through nested dicts (`"model.generator"`). Without one, a file whose top
+    /// level is a single dict under one key is opened at that key.
+    pub key: Option<String>,
+    /// The most bytes one tensor may hold once read; `None` for the file's own length. A
+    /// PyTorch view can declare far more elements than its storage holds (an `expand` has
+    /// stride 0), so this is what bounds the memory a small hostile file can make us allocate.
+    pub max_tensor_bytes: Option<u64>,
+}
+
+impl OpenOptions {
+    /// The default options with `key` set.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The default options with `max_tensor_bytes` set.
+    pub fn with_max_tensor_bytes(mut self, bytes: u64) -> Self {
+        self.max_tensor_bytes = Some(bytes);
+        self
+    }
+}
+
 impl Checkpoint {
-    /// Opens a checkpoint, recognising its format from its first bytes (a zip archive is a
-    /// PyTorch checkpoint; anything else is read as safetensors).
+    /// Opens a checkpoint with the default [`OpenOptions`] and the given `key`: see
+    /// [`open_with`](Self::open_with).
     ///
-    /// For a PyTorch checkpoint, `key` picks a nested state dict (`"model"`,
-    /// `"state_dict"`, or a dotted path); without one, a file whose top level is a single dict
-    /// under one key is opened at that key.
+    /// # Errors
+    ///
+    /// As [`open_with`](Self::open_with).
+    pub fn open(path: &Path, key: Option<&str>) -> Result<Self> {
+        Self::open_with(
+            path,
+            &OpenOptions {
+                key: key.map(str::to_string),
+                ..OpenOptions::default()
+            },
+        )
+    }
+
+    /// Opens a checkpoint, recognising its format from its first bytes: a zip archive
+    /// (`torch.save` since PyTorch 1.6), the legacy pickle stream (`torch.save` before 1.6, or
+    /// with `_use_new_zipfile_serialization=False`) and the older tar archive are PyTorch
+    /// checkpoints; anything else is read as safetensors.
+    ///
+    /// For a PyTorch checkpoint, `options.key` picks a nested state dict (`"model"`,
+    /// `"state_dict"`, or a dotted path such as `"model.generator"`); without one, a file whose
+    /// top level is a single dict under one key is opened at that key. Tensors in nested dicts
+    /// and lists are named by their dotted path below the state dict.
     ///
     /// # Errors
     ///
     /// [`TorchError::Read`] when the file cannot be read, [`TorchError::Invalid`] when it is not a
     /// valid checkpoint (bad header, offsets out of bounds or overlapping, sizes that do not add
-    /// up, an archive that does not parse), [`TorchError::Key`] for a missing key.
-    pub fn open(path: &Path, key: Option<&str>) -> Result<Self> {
+    /// up, an archive or pickle that does not parse), [`TorchError::Key`] for a missing key,
+    /// [`TorchError::AmbiguousKey`] for a dotted key that names two places,
+    /// [`TorchError::NotADict`] for a key that names something other than a dict,
+    /// [`TorchError::DuplicateName`] when two entries of a nested checkpoint flatten to one
+    /// name, [`TorchError::TooLarge`] for a tensor larger than `options.max_tensor_bytes`.
+    pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Self> {
         let read_err = |source| TorchError::Read {
             path: path.display().to_string(),
             source,
         };
-        let mut magic = [0u8; 4];
         let mut file = File::open(path).map_err(read_err)?;
-        let n = file.read(&mut magic).map_err(read_err)?;
-        if n == 4 && magic == *b"PK\x03\x04" {
-            Self::open_pt(path, key)
-        } else {
-            if key.is_some() {
-                return Err(TorchError::Key {
-                    path: path.display().to_string(),
-                    key: key.unwrap_or_default().to_string(),
-                    reason: "--key applies to PyTorch checkpoints, and this is a safetensors file"
-                        .into(),
-                });
+        let file_len = file.metadata().map_err(read_err)?.len();
+        let mut head = Vec::with_capacity(HEAD_LEN);
+        (&mut file)
+            .take(HEAD_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(read_err)?;
+        let limit = options.max_tensor_bytes.unwrap_or(file_len);
+        let ckpt = match detect(&head) {
+            Detected::PyTorch => Self::open_pt(path, &file, options.key.as_deref())?,
+            Detected::SafeTensors => {
+                if let Some(key) = &options.key {
+                    return Err(TorchError::KeyInSafetensors {
+                        path: path.display().to_string(),
+                        key: key.clone(),
+                    });
+                }
+                Self::open_safetensors(path, file)?
             }
-            Self::open_safetensors(path, file)
+        };
+        if let Some(t) = ckpt
+            .tensors
+            .iter()
+            .find(|t| byte_len(t.dtype, &t.shape).is_none_or(|n| n as u64 > limit))
+        {
+            return Err(TorchError::TooLarge {
+                path: path.display().to_string(),
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                limit,
+            });
         }
+        Ok(ckpt)
     }
-
     fn open_safetensors(path: &Path, file: File) -> Result<Self> {
         let invalid = |reason: String| TorchError::Invalid {
             path: path.display().to_string(),
@@ -324,64 +392,27 @@ impl Checkpoint {
         })
     }
 
-    fn open_pt(path: &Path, key: Option<&str>) -> Result<Self> {
-        let invalid = |reason: String| TorchError::Invalid {
+    fn open_pt(path: &Path, file: &File, key: Option<&str>) -> Result<Self> {
+        // SAFETY: as for safetensors above.
+        let map = unsafe { Mmap::map(file) }.map_err(|source| TorchError::Read {
             path: path.display().to_string(),
-            format: "PyTorch checkpoint",
-            reason,
-        };
-        let key = match key {
-            Some(k) => Some(k.to_string()),
-            None => match PytorchReader::read_pickle_data(path, None) {
-                Ok(PickleValue::Dict(d)) if d.len() == 1 => d
-                    .into_iter()
-                    .next()
-                    .filter(|(_, v)| matches!(v, PickleValue::Dict(_)))
-                    .map(|(k, _)| k),
-                Ok(_) => None,
-                Err(e) => return Err(invalid(e.to_string())),
-            },
-        };
-        let reader = match &key {
-            Some(k) => PytorchReader::with_top_level_key(path, k).map_err(|e| match e {
-                pytorch_reader::PytorchError::KeyNotFound(reason) => TorchError::Key {
-                    path: path.display().to_string(),
-                    key: k.clone(),
-                    reason,
-                },
-                other => invalid(other.to_string()),
-            })?,
-            None => PytorchReader::new(path).map_err(|e| invalid(e.to_string()))?,
-        };
-        let mut tensors = Vec::new();
-        for (name, t) in reader.into_tensors() {
-            let dtype = match t.dtype() {
-                pytorch_reader::DType::F64 => Dtype::F64,
-                pytorch_reader::DType::F32 => Dtype::F32,
-                pytorch_reader::DType::F16 => Dtype::F16,
-                pytorch_reader::DType::BF16 => Dtype::BF16,
-                pytorch_reader::DType::I64 => Dtype::I64,
-                pytorch_reader::DType::I32 => Dtype::I32,
-                pytorch_reader::DType::I16 => Dtype::I16,
-                pytorch_reader::DType::I8 => Dtype::I8,
-                pytorch_reader::DType::U64 => Dtype::U64,
-                pytorch_reader::DType::U32 => Dtype::U32,
-                pytorch_reader::DType::U16 => Dtype::U16,
-                pytorch_reader::DType::U8 => Dtype::U8,
-                pytorch_reader::DType::Bool => Dtype::BOOL,
-            };
-            tensors.push(TensorEntry {
+            source,
+        })?;
+        let pt = super::pt::read(&path.display().to_string(), Arc::new(map), key)?;
+        let tensors = pt
+            .tensors
+            .into_iter()
+            .map(|(name, (dtype, shape, stored))| TensorEntry {
                 name,
                 dtype,
-                shape: t.shape().to_vec(),
-                source: Source::Pt(t),
-            });
-        }
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+                shape,
+                source: Source::Pt(stored),
+            })
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             format: Format::PyTorch,
-            key,
+            key: pt.key,
             tensors,
             metadata: None,
         })
@@ -429,21 +460,66 @@ fn dtype_name(d: Dtype) -> String {
     format!("{d:?}")
 }
 
-/// Writes tensors as a `.safetensors` file, atomically: into a temporary file beside `path`,
-/// flushed to disk (`fsync`, unless the environment variable `WEIGHTNORM_NO_FSYNC` is set, for
-/// scratch outputs) and renamed over `path` only when every tensor has been written. Tensors are produced (read or
-/// computed) and written one at a time, and a memory-mapped source is released after use, so
-/// memory holds one tensor at a time. On any error the temporary file is removed and `path` is
-/// untouched.
+/// The header key safetensors keeps its metadata under, which no tensor may take.
+const METADATA_KEY: &str = "__metadata__";
+
+/// Options of [`write_safetensors_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Flush the file to disk (`fsync`) before renaming it over the destination, so that a
+    /// crash cannot leave a renamed but incomplete file. Off only for scratch outputs.
+    pub fsync: bool,
+}
+
+impl Default for WriteOptions {
+    /// `fsync` on.
+    fn default() -> Self {
+        Self { fsync: true }
+    }
+}
+
+/// Writes tensors as a `.safetensors` file, atomically and flushed to disk: see
+/// [`write_safetensors_with`] with the default [`WriteOptions`].
 ///
 /// # Errors
 ///
-/// [`TorchError::Write`] for I/O errors, or the error of producing a tensor.
+/// As [`write_safetensors_with`].
 pub fn write_safetensors(
     path: &Path,
     tensors: &[TensorEntry],
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<()> {
+    write_safetensors_with(path, tensors, metadata, &WriteOptions::default())
+}
+
+/// Writes tensors as a `.safetensors` file, atomically: into a temporary file beside `path`,
+/// flushed to disk if `options.fsync`, and renamed over `path` only when every tensor has been
+/// written. Tensors are produced (read or computed) and written one at a time, and a
+/// memory-mapped source is released after use, so memory holds one tensor at a time. On any
+/// error the temporary file is removed and `path` is untouched.
+///
+/// # Errors
+///
+/// [`TorchError::DuplicateTensor`] when two tensors have one name, [`TorchError::Write`] for
+/// I/O errors, or the error of producing a tensor.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &[TensorEntry],
+    metadata: Option<&BTreeMap<String, String>>,
+    options: &WriteOptions,
+) -> Result<()> {
+    let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(TorchError::DuplicateTensor {
+            name: w[0].to_string(),
+        });
+    }
+    if names.binary_search(&METADATA_KEY).is_ok() {
+        return Err(TorchError::ReservedName {
+            name: METADATA_KEY.to_string(),
+        });
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -453,11 +529,17 @@ pub fn write_safetensors(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
-    let result = write_to(&tmp, tensors, metadata).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|source| TorchError::Write {
-            path: path.display().to_string(),
-            source,
-        })
+    let werr = |source| TorchError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let result = write_to(&tmp, tensors, metadata, options.fsync).and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(werr)?;
+        if options.fsync {
+            // The rename itself is durable only once the directory is flushed.
+            sync_dir(dir).map_err(werr)?;
+        }
+        Ok(())
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -465,10 +547,21 @@ pub fn write_safetensors(
     result
 }
 
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 fn write_to(
     tmp: &Path,
     tensors: &[TensorEntry],
     metadata: Option<&BTreeMap<String, String>>,
+    fsync: bool,
 ) -> Result<()> {
     let werr = |source| TorchError::Write {
         path: tmp.display().to_string(),
@@ -477,7 +570,7 @@ fn write_to(
     let mut header = serde_json::Map::new();
     if let Some(m) = metadata {
         header.insert(
-            "__metadata__".into(),
+            METADATA_KEY.into(),
             serde_json::Value::Object(
                 m.iter()
                     .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -519,7 +612,7 @@ fn write_to(
         t.release();
     }
     let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
-    if std::env::var_os("WEIGHTNORM_NO_FSYNC").is_none() {
+    if fsync {
         file.sync_all().map_err(werr)?;
     }
     Ok(())

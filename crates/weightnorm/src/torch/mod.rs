@@ -20,15 +20,22 @@
 
 pub mod arch;
 mod checkpoint;
+mod legacy;
 mod module_io;
 mod pairs;
+mod pickle;
+mod pt;
 mod transform;
+mod zipfile;
 
 pub use arch::{
     ArchError, ArchNetwork, Binding, BindingKind, CANONICAL_SCALE_KEY, from_arch, to_tensors,
     vector_entry,
 };
-pub use checkpoint::{Checkpoint, Format, TensorEntry, write_safetensors};
+pub use checkpoint::{
+    Checkpoint, Format, OpenOptions, TensorEntry, WriteOptions, write_safetensors,
+    write_safetensors_with,
+};
 
 /// PyTorch's names of a module's tensors: `<module>.<field>`.
 pub mod field {
@@ -96,15 +103,116 @@ pub enum TorchError {
         /// What is wrong.
         reason: String,
     },
-    /// `--key` names nothing in a `.pt` file.
+    /// The file is not a valid PyTorch checkpoint.
+    #[error("{path} is not a valid PyTorch checkpoint: {source}")]
+    Pt {
+        /// The file (or, once opened, the tensor being read).
+        path: String,
+        /// What is wrong.
+        source: PtError,
+    },
+    /// The key of a nested state dict names nothing in a PyTorch checkpoint.
     #[error("{path} has no key `{key}`: {reason}")]
     Key {
         /// The file.
         path: String,
         /// The key.
         key: String,
-        /// The reader's message.
+        /// What the file has instead.
         reason: String,
+    },
+    /// A key was given for a safetensors file, which holds no nested state dicts.
+    #[error(
+        "{path} is a safetensors file: it has no nested state dicts, so the key `{key}` does not apply"
+    )]
+    KeyInSafetensors {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+    },
+    /// A dotted key names two places of a PyTorch checkpoint (a key holding a dot, and a
+    /// path through nested dicts).
+    #[error(
+        "{path}: the key `{key}` is ambiguous: it names both {} and {}",
+        .first.iter().map(|k| format!("[{k:?}]")).collect::<String>(),
+        .second.iter().map(|k| format!("[{k:?}]")).collect::<String>()
+    )]
+    AmbiguousKey {
+        /// The file.
+        path: String,
+        /// The key as given.
+        key: String,
+        /// One path of dict keys it names.
+        first: Vec<String>,
+        /// Another.
+        second: Vec<String>,
+    },
+    /// The state dict (the file's root, or what the key names) is not a dict.
+    #[error("{path}: {} holds a {found}, not a dict of tensors", match .key {
+        Some(k) => format!("the key `{k}`"),
+        None => "the top level".to_string(),
+    })]
+    NotADict {
+        /// The file.
+        path: String,
+        /// The key, if one was given or picked.
+        key: Option<String>,
+        /// The Python type found there.
+        found: String,
+    },
+    /// Two entries of a nested PyTorch checkpoint flatten to one dotted name (`{"a.b": x}`
+    /// beside `{"a": {"b": y}}`): neither may silently win.
+    #[error("{path}: two entries are both named `{name}` once nested keys are joined with dots")]
+    DuplicateName {
+        /// The file.
+        path: String,
+        /// The flattened name.
+        name: String,
+    },
+    /// A tensor would take more memory than the limit (by default, the file's own size).
+    #[error(
+        "{path}: `{name}` of shape {shape:?} would hold more than {limit} bytes (the limit on one tensor read from this file)"
+    )]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// The tensor.
+        name: String,
+        /// Its declared shape.
+        shape: Vec<usize>,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A tensor list holds one name twice (a safetensors file cannot).
+    #[error("the tensor `{name}` appears twice")]
+    DuplicateTensor {
+        /// The name.
+        name: String,
+    },
+    /// A tensor takes the name safetensors reserves for its metadata.
+    #[error(
+        "a tensor cannot be called `{name}` in a safetensors file: the format reserves that name"
+    )]
+    ReservedName {
+        /// The name.
+        name: String,
+    },
+    /// One parameter has a weight-norm pair in both key schemes.
+    #[error(
+        "`{name}` has a weight-norm pair in both schemes (`{legacy_g}`/`{legacy_v}` and `{param_g}`/`{param_v}`): remove one of them"
+    )]
+    BothSchemes {
+        /// The parameter.
+        name: String,
+        /// The legacy `g` key.
+        legacy_g: String,
+        /// The legacy `v` key.
+        legacy_v: String,
+        /// The parametrizations `g` key.
+        param_g: String,
+        /// The parametrizations `v` key.
+        param_v: String,
     },
     /// A weight-norm tensor has no partner.
     #[error("`{present}` has no partner: `{missing}` is missing")]
@@ -243,6 +351,79 @@ pub enum TorchError {
         /// Its shape.
         shape: Vec<usize>,
     },
+}
+
+/// What is wrong with a PyTorch checkpoint (zip archive, legacy stream, or their pickles).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PtError {
+    /// A zip structure is malformed.
+    #[error("zip archive: {0}")]
+    Zip(&'static str),
+    /// A zip entry is compressed, which `torch.save` never does.
+    #[error("the entry `{0}` is compressed (torch.save stores entries uncompressed)")]
+    Compressed(String),
+    /// Two zip entries or legacy storages with one name.
+    #[error("`{0}` appears twice")]
+    DuplicateEntry(String),
+    /// A zip entry's bytes do not match its CRC-32.
+    #[error("the entry `{0}` does not match its CRC-32 (a damaged file?)")]
+    Crc(String),
+    /// The archive has no `data.pkl`.
+    #[error("no data.pkl entry (not a torch.save archive)")]
+    NoPickle,
+    /// The file was written on a big-endian machine.
+    #[error("it was written big-endian, and only little-endian checkpoints are read")]
+    BigEndian,
+    /// The tar container of PyTorch before 0.1.10.
+    #[error(
+        "the tar format of PyTorch before 0.1.10 is not supported (load and save it again with a newer PyTorch)"
+    )]
+    Tar,
+    /// The legacy stream's structure is wrong.
+    #[error("legacy format: {0}")]
+    Legacy(&'static str),
+    /// A legacy storage key no tensor declared.
+    #[error("legacy format: the storage `{0}` is not declared by any tensor")]
+    UnknownStorage(String),
+    /// A storage runs past the end of the file.
+    #[error("the storage `{0}` runs past the end of the file")]
+    StorageTruncated(String),
+    /// A tensor's storage is missing.
+    #[error("the storage `{0}` is missing")]
+    MissingStorage(String),
+    /// A tensor's view reaches outside its storage.
+    #[error("the tensor `{0}` reaches outside its storage")]
+    OutsideStorage(String),
+    /// Containers nest too deeply, or refer to each other too often.
+    #[error("the pickle nests containers too deeply or refers to them too often")]
+    TooDeep,
+    /// The pickle ends early or declares a length past its end.
+    #[error("the pickle ends early (or declares a length past its end)")]
+    PickleTruncated,
+    /// A pickle string is not UTF-8.
+    #[error("a pickle string is not valid UTF-8")]
+    PickleBadString,
+    /// The pickle pops more than it pushed.
+    #[error("the pickle pops more values than it pushed")]
+    PickleStackUnderflow,
+    /// A value of the wrong kind.
+    #[error("the pickle holds {0}")]
+    PickleType(&'static str),
+    /// An unknown pickle protocol.
+    #[error("pickle protocol {0} is not supported")]
+    PickleProtocol(u8),
+    /// An opcode the reader does not interpret.
+    #[error("pickle opcode 0x{0:02x} is not supported")]
+    PickleOpcode(u8),
+    /// A memo index that was never stored.
+    #[error("the pickle refers to memo entry {0}, which it never stored")]
+    PickleMemo(u32),
+    /// A global that a checkpoint of tensors does not need.
+    #[error(
+        "unsupported global: found {0} (only tensors, storages and containers are read; nothing is called)"
+    )]
+    Global(String),
 }
 
 /// What a checkpoint transform was doing, for [`TorchError::NothingTo`] and

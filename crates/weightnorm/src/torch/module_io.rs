@@ -183,6 +183,7 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
         .into_iter()
         .map(|p| (p.name.clone(), p))
         .collect();
+    let axes = collect_axes(&module);
     let mut used = std::collections::BTreeSet::new();
     let mut values = BTreeMap::new();
     for info in survey(&module) {
@@ -207,7 +208,11 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
                     NormAxis::Keep(k) => info.shape.get(k).copied().unwrap_or(0),
                     NormAxis::Whole => 1,
                 };
-                if g_len != expected {
+                // Equal lengths are not enough: a square weight has two axes of one size.
+                let same_slices = axes
+                    .get(&info.path)
+                    .is_none_or(|k| k.g_shape(&info.shape) == axis.g_shape(&info.shape));
+                if g_len != expected || !same_slices {
                     return Err(TorchError::AxisDiffers {
                         path: info.path.clone(),
                         dim: pair.axis.to_torch(),
@@ -269,6 +274,110 @@ pub fn load_into_module<M: Module>(module: M, tensors: &[TensorEntry]) -> Result
     }
 }
 
+/// The norm axis of every weight-normalized parameter, by path (in Burn's layout).
+///
+/// Burn's visitors hand a parameter over without its reparameterization, so
+/// [`WeightNorm::kept_axis`] cannot be read directly; it is read from what the
+/// reparameterization computes instead. The candidates are the axes of `v` as long as `g`
+/// (and the whole tensor for one `g`); where there are several (a square weight), the one whose
+/// `g * v / ||v||` is the weight the module computes ([`Module::materialize`]) is taken. Axes
+/// that give the same weight are equivalent; the output axis is preferred among them.
+fn collect_axes<M: Module>(module: &M) -> BTreeMap<String, NormAxis> {
+    let mut base = Collect::default();
+    module.visit(&mut base);
+    let mut effective: Option<Collect> = None;
+    let mut axes = BTreeMap::new();
+    for info in survey(module) {
+        if info.reparameterization.as_deref() != Some(WeightNorm::NAME) {
+            continue;
+        }
+        let Some(g) = base
+            .values
+            .get(&format!("{}.{}.g", info.path, WeightNorm::NAME))
+        else {
+            continue;
+        };
+        let n = g.num_elements();
+        let output = info.layer_kind().map(|k| k.unit_axes().output);
+        let mut candidates: Vec<NormAxis> = output
+            .filter(|&k| info.shape.get(k) == Some(&n))
+            .map(NormAxis::Keep)
+            .into_iter()
+            .chain(
+                (0..info.shape.len())
+                    .filter(|&k| info.shape[k] == n && Some(k) != output)
+                    .map(NormAxis::Keep),
+            )
+            .collect();
+        if n == 1 {
+            candidates.push(NormAxis::Whole);
+        }
+        let axis = if candidates.len() <= 1 {
+            candidates.first().copied()
+        } else {
+            let w = effective.get_or_insert_with(|| {
+                let mut c = Collect::default();
+                module.clone().materialize().visit(&mut c);
+                c
+            });
+            let vals = |d: &TensorData| -> Vec<f64> {
+                d.clone()
+                    .convert::<f64>()
+                    .try_to_vec::<f64>()
+                    .unwrap_or_default()
+            };
+            let (v, g, w) = (
+                vals(&base.values[&info.path]),
+                vals(g),
+                w.values.get(&info.path).map(vals).unwrap_or_default(),
+            );
+            let scale = w.iter().fold(f64::MIN_POSITIVE, |m, x| m.max(x.abs()));
+            let mut best: Option<(f64, NormAxis)> = None;
+            for &axis in &candidates {
+                let err = fused_error(&v, &g, &w, &info.shape, axis) / scale;
+                // Within rounding of the best so far: equivalent, keep the preferred one.
+                if best.is_none_or(|(e, _)| err < e - 1e-6) {
+                    best = Some((err, axis));
+                }
+            }
+            best.map(|(_, a)| a)
+        };
+        if let Some(axis) = axis {
+            axes.insert(info.path, axis);
+        }
+    }
+    axes
+}
+
+/// The largest difference between `g * v / ||v||` along `axis` and `w` (row-major values).
+fn fused_error(v: &[f64], g: &[f64], w: &[f64], shape: &[usize], axis: NormAxis) -> f64 {
+    if v.len() != w.len() {
+        return f64::INFINITY;
+    }
+    let [_, kept, inner] = axis.split_shape(shape);
+    let slice = |i: usize| match axis {
+        NormAxis::Whole => 0,
+        NormAxis::Keep(_) => (i / inner) % kept,
+    };
+    let mut norms = vec![0.0f64; g.len()];
+    for (i, x) in v.iter().enumerate() {
+        norms[slice(i)] += x * x;
+    }
+    v.iter()
+        .zip(w)
+        .enumerate()
+        .map(|(i, (x, y))| {
+            let j = slice(i);
+            let pred = if norms[j] > 0.0 {
+                g[j] * x / norms[j].sqrt()
+            } else {
+                0.0
+            };
+            (pred - y).abs()
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Collects every float parameter's value by path (reparameterization parameters too).
 #[derive(Default)]
 struct Collect {
@@ -303,16 +412,16 @@ fn entry(name: String, data: TensorData, shape: Vec<usize>) -> Result<TensorEntr
 /// each weight-normalized parameter as a pair in `scheme` with `g` shaped as PyTorch shapes it
 /// (0-dim for the whole tensor).
 ///
-/// The kept axis of a pair is read from `g`'s length: the layer's output axis when it matches,
-/// else the one axis of that size.
+/// The kept axis of each pair is the one its [`WeightNorm`] keeps (translated to PyTorch's
+/// layout), so a square weight normalized along its input axis is saved as such.
 ///
 /// # Errors
 ///
-/// [`TorchError::AmbiguousAxis`] when the axis of a weight norm cannot be told from `g`'s length
-/// (several axes of that size, none the output axis).
+/// The errors of building the tensors (none for a module's own float parameters).
 pub fn save_module<M: Module>(module: &M, scheme: Scheme) -> Result<Vec<TensorEntry>> {
     let mut collect = Collect::default();
     module.visit(&mut collect);
+    let axes = collect_axes(module);
     let mut out = Vec::new();
     for info in survey(module) {
         let transpose = transposed(&info);
@@ -335,29 +444,7 @@ pub fn save_module<M: Module>(module: &M, scheme: Scheme) -> Result<Vec<TensorEn
             .values
             .remove(&format!("{}.{}.g", info.path, WeightNorm::NAME))
             .expect("weight norm has g");
-        let n = g.num_elements();
-        let burn_axis = if n == 1 && info.shape.iter().all(|&s| s != 1) {
-            NormAxis::Whole
-        } else {
-            let output = info.layer_kind().map(|k| k.unit_axes().output);
-            match output {
-                Some(k) if info.shape.get(k) == Some(&n) => NormAxis::Keep(k),
-                _ => {
-                    let fits: Vec<usize> = (0..info.shape.len())
-                        .filter(|&k| info.shape[k] == n)
-                        .collect();
-                    match fits.as_slice() {
-                        [k] => NormAxis::Keep(*k),
-                        _ => {
-                            return Err(TorchError::AmbiguousAxis {
-                                path: info.path.clone(),
-                                norms: n,
-                            });
-                        }
-                    }
-                }
-            }
-        };
+        let burn_axis = axes[&info.path];
         let axis = torch_axis(&info, burn_axis);
         let g_shape = match axis {
             NormAxis::Whole => Vec::new(),

@@ -101,10 +101,12 @@ fn g_fits(g: &[usize], v: &[usize], axis: NormAxis) -> bool {
 /// A legacy pair is any `X_g` beside an `X_v`; a lone `*weight_g`/`*weight_v`, or a lone
 /// `original0`/`original1` of a parametrization, is an error.
 ///
+/// The pairs are returned sorted by parameter name.
+///
 /// # Errors
 ///
-/// [`TorchError::MissingPartner`], [`TorchError::ShapeMismatch`], or [`TorchError::Op`] for a
-/// `dim` out of range.
+/// [`TorchError::MissingPartner`], [`TorchError::ShapeMismatch`], [`TorchError::BothSchemes`]
+/// when one parameter has a pair in each scheme, or [`TorchError::Op`] for a `dim` out of range.
 pub fn detect_pairs(
     tensors: &[(String, Vec<usize>)],
     dim: Option<Option<i64>>,
@@ -169,6 +171,23 @@ pub fn detect_pairs(
                 });
             }
         }
+    }
+    // One parameter with a pair in each scheme: fusing would write its name twice, and
+    // neither pair may silently win.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+        let (legacy, param) = if w[0].1 == Scheme::Legacy {
+            (&w[0], &w[1])
+        } else {
+            (&w[1], &w[0])
+        };
+        return Err(TorchError::BothSchemes {
+            name: w[0].0.clone(),
+            legacy_g: legacy.2.clone(),
+            legacy_v: legacy.3.clone(),
+            param_g: param.2.clone(),
+            param_v: param.3.clone(),
+        });
     }
     pairs
         .into_iter()
@@ -276,6 +295,24 @@ mod tests {
                 ("emb.table", Scheme::Legacy, NormAxis::Whole),
                 ("enc.0.weight", Scheme::Legacy, NormAxis::Keep(0)),
             ]
+        );
+    }
+
+    #[test]
+    fn a_parameter_with_pairs_in_both_schemes_is_refused() {
+        let tensors = vec![
+            t("x.weight_g", &[2, 1]),
+            t("x.weight_v", &[2, 3]),
+            t("x.parametrizations.weight.original0", &[2, 1]),
+            t("x.parametrizations.weight.original1", &[2, 3]),
+        ];
+        let err = detect_pairs(&tensors, None).unwrap_err();
+        assert!(matches!(err, TorchError::BothSchemes { ref name, .. } if name == "x.weight"));
+        assert_eq!(
+            err.to_string(),
+            "`x.weight` has a weight-norm pair in both schemes (`x.weight_g`/`x.weight_v` and \
+             `x.parametrizations.weight.original0`/`x.parametrizations.weight.original1`): \
+             remove one of them"
         );
     }
 
