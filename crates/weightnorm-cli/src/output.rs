@@ -15,8 +15,8 @@
 //! An output that is the same file (device and inode) as one of the command's inputs, reached
 //! through any path, link or mount, is refused, `--force` or not.
 //!
-//! As in the library's `write_safetensors`, setting the environment variable
-//! `WEIGHTNORM_NO_FSYNC` skips the flushes, for scratch outputs.
+//! Setting the environment variable `WEIGHTNORM_NO_FSYNC` skips the flushes, for scratch
+//! outputs (the CLI's setting; the library takes it as an argument, `WriteOptions::fsync`).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -379,12 +379,17 @@ impl Outputs {
         self.write_with(target, replace, |tmp| {
             // The library's writer uses its own temporary beside `tmp`: inside the private
             // directory, where nothing else can be planted.
-            weightnorm::torch::write_safetensors(tmp, tensors, metadata).map_err(|e| match e {
-                TorchError::Write { source, .. } => {
-                    anyhow::anyhow!("cannot write {}: {source}", shown(target))
-                }
-                other => Failure::input(other).into(),
-            })
+            let options = weightnorm::torch::WriteOptions {
+                fsync: fsync_wanted(),
+            };
+            weightnorm::torch::write_safetensors_with(tmp, tensors, metadata, &options).map_err(
+                |e| match e {
+                    TorchError::Write { source, .. } => {
+                        anyhow::anyhow!("cannot write {}: {source}", shown(target))
+                    }
+                    other => Failure::input(other).into(),
+                },
+            )
         })
     }
 

@@ -375,7 +375,8 @@ fn train_leaves_nothing_when_a_write_fails() {
     assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
     assert!(!out.exists(), "{:?}", names(&out));
     assert!(names(tmp.path()).is_empty());
-    // An existing run's files are kept whole.
+    // An existing run's files are kept whole: a second run into it is refused (without
+    // --force, which would replace them) before anything is written.
     let ok = train_with_file_size_limit(&out, 1 << 30);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     let before: Vec<Vec<u8>> = names(&out)
@@ -386,13 +387,16 @@ fn train_leaves_nothing_when_a_write_fails() {
         names(&out),
         [
             "arch.json",
+            "checkpoint.bin",
             "curves.png",
             "metrics.json",
-            "model.safetensors"
+            "model.safetensors",
+            "steps.jsonl"
         ]
     );
     let o = train_with_file_size_limit(&out, 16 << 10);
-    refused_after_progress(&o, 1, "cannot write");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is not empty"), "{}", stderr(&o));
     let after: Vec<Vec<u8>> = names(&out)
         .iter()
         .map(|n| std::fs::read(out.join(n)).unwrap())

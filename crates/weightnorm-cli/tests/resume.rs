@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_weightnorm");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("the binary runs")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn ok(args: &[&str]) -> Output {
@@ -74,8 +77,14 @@ fn start_and_wait(out: &Path, steps: usize) -> Child {
 }
 
 fn same_run(resumed: &Path, whole: &Path) {
-    let (a, b) = (json(&resumed.join("metrics.json")), json(&whole.join("metrics.json")));
-    assert_eq!(a["step_loss"], b["step_loss"], "every step loss, bit for bit");
+    let (a, b) = (
+        json(&resumed.join("metrics.json")),
+        json(&whole.join("metrics.json")),
+    );
+    assert_eq!(
+        a["step_loss"], b["step_loss"],
+        "every step loss, bit for bit"
+    );
     assert_eq!(a["step_loss"].as_array().unwrap().len(), 360);
     assert_eq!(a["per_epoch"], b["per_epoch"]);
     assert_eq!(a["global_gain"], b["global_gain"]);
@@ -83,10 +92,18 @@ fn same_run(resumed: &Path, whole: &Path) {
         std::fs::read_to_string(dir.join("steps.jsonl"))
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
             .collect()
     };
-    assert_eq!(log(resumed), log(whole), "the step log holds the whole run once");
+    assert_eq!(
+        log(resumed),
+        log(whole),
+        "the step log holds the whole run once"
+    );
     assert_eq!(
         std::fs::read(resumed.join("model.safetensors")).unwrap(),
         std::fs::read(whole.join("model.safetensors")).unwrap()
@@ -105,7 +122,10 @@ fn a_killed_or_interrupted_run_resumes_to_the_uninterrupted_one() {
     let mut child = start_and_wait(&killed, 130);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!killed.join("metrics.json").exists(), "killed before the end");
+    assert!(
+        !killed.join("metrics.json").exists(),
+        "killed before the end"
+    );
     let o = ok(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("epoch 4:"), "{err}");
@@ -127,7 +147,15 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let out_s = out.to_str().unwrap();
-    let first = ok(&["train", "--dataset", "digits", "--epochs", "2", "--out", out_s]);
+    let first = ok(&[
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--out",
+        out_s,
+    ]);
     // Not a terminal: no bar, but one line per epoch.
     let err = String::from_utf8_lossy(&first.stderr);
     assert_eq!(err.matches(" epoch ").count(), 2, "{err}");
@@ -140,7 +168,15 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
         })
         .collect();
 
-    let again = run(&["train", "--dataset", "digits", "--epochs", "1", "--out", out_s]);
+    let again = run(&[
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--out",
+        out_s,
+    ]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert_eq!(again.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -151,11 +187,23 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
 
     // --force replaces the run's files: nothing of the first run is left.
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
-    ok(&["train", "--dataset", "digits", "--epochs", "1", "--out", out_s, "--force"]);
+    ok(&[
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--out",
+        out_s,
+        "--force",
+    ]);
     let m = json(&out.join("metrics.json"));
     assert_eq!(m["epochs"], 1);
     assert_eq!(lines(&out.join("steps.jsonl")), 12);
-    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
 
     // --resume takes no other options.
     let o = run(&["train", "--resume", out_s, "--epochs", "3"]);

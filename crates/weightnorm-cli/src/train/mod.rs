@@ -223,7 +223,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
 }
 
 /// `train` once its options and data set are in hand.
-fn train_prepared(args: &TrainArgs, argv: &[String], ds: &Dataset, mut outputs: Outputs) -> Result<()> {
+fn train_prepared(
+    args: &TrainArgs,
+    argv: &[String],
+    ds: &Dataset,
+    mut outputs: Outputs,
+) -> Result<()> {
     let param = args.param;
     run::catch_interrupts();
     eprintln!(

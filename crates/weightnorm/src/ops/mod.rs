@@ -130,7 +130,7 @@ pub fn norm_except_dim<const D: usize>(v: Tensor<D>, p: f64, axis: NormAxis) -> 
         let g_shape: [usize; D] = axis.g_shape(&x.dims()).try_into().expect("rank D");
         Tensor::zeros(g_shape, (&x.device(), x.dtype()))
     } else if p == 2.0 {
-        sum_except(x.clone() * x, axis).sqrt()
+        l2_except(x, axis)
     } else if p == 1.0 {
         sum_except(x.abs(), axis)
     } else if p.is_infinite() {
@@ -143,6 +143,30 @@ pub fn norm_except_dim<const D: usize>(v: Tensor<D>, p: f64, axis: NormAxis) -> 
     } else {
         norm
     })
+}
+
+/// The L2 norm over every axis but `axis`: `sqrt(sum(v^2))` (PyTorch's bits) where that is
+/// exact, and `m * sqrt(sum((v / m)^2))` with `m = max |v|` where the sum of squares overflows
+/// or underflows, so that every finite `v` has its finite norm.
+fn l2_except<const D: usize>(x: Tensor<D>, axis: NormAxis) -> Tensor<D> {
+    let plain = sum_except(x.clone() * x.clone(), axis).sqrt();
+    // Below this a sum of squares may have lost squares to underflow (see cpu::sums::Acc::TINY).
+    let tiny = if x.dtype() == DType::F64 {
+        1e-140
+    } else {
+        1e-15
+    };
+    let redo = plain
+        .clone()
+        .is_inf()
+        .bool_or(plain.clone().lower_elem(tiny));
+    let m = max_except(x.clone().abs(), axis);
+    let safe = m
+        .clone()
+        .mask_where(m.clone().equal_elem(0.0), m.ones_like());
+    let y = x / safe.clone();
+    let scaled = sum_except(y.clone() * y, axis).sqrt() * safe;
+    plain.mask_where(redo, scaled)
 }
 
 /// `w = g * v / ||v||` with the norm taken over every axis but `axis`: PyTorch's

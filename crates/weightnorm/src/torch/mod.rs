@@ -15,8 +15,9 @@
 //! `[out, in]`); [`load_into_module`] and [`save_module`] translate to and from Burn's.
 //!
 //! Readers never execute code: `.safetensors` is parsed and validated by the `safetensors`
-//! crate (memory-mapped), and PyTorch's zip checkpoints (`.pt`, `.pth`, `.bin`) by
-//! `pytorch-reader`, which interprets only the pickle opcodes that describe tensors.
+//! crate (memory-mapped); PyTorch's checkpoints (`.pt`, `.pth`, `.bin`), zip archives and the
+//! legacy stream of torch < 1.6, by this crate's own readers, whose restricted unpickler
+//! interprets only the pickle opcodes and globals that describe tensors and calls nothing.
 
 pub mod arch;
 mod checkpoint;

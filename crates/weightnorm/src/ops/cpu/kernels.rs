@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 use super::schedule::{
     filled, for_each_row, for_each_run, map_slices, simd, single_pass, slice_sums,
 };
-use super::sums::{Acc, Dot, Real, SqDot, dot, norm_of};
+use super::sums::{Acc, Dot, Real, SqDot, clamp_norm, dot, rescaled_norm, slice_norm};
 use crate::NormAxis;
 
 /// Checks the lengths every kernel relies on (and [`filled`]'s callers with them).
@@ -63,18 +63,51 @@ fn axpby_into<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: T::A, b:
 }
 
 /// The backward's per-slice coefficients `(dg, a = g / n, b = g s / n^3)` from the slice's
-/// `sumsq = sum(v * v)` and `s = sum(dw * v)`, with `n = max(||v||, eps)` and `b = 0` where the
-/// norm is clamped to `eps`.
+/// norm `raw = ||v||` and `s = sum(dw * v)`, with `n = max(raw, eps)` and `b = 0` where the
+/// norm is clamped to `eps`; and whether `n^3` leaves the type's range, so that `b` is not
+/// representable though `b * v` is (the slice is then redone by [`redo_extreme_slice`]).
 #[inline(always)]
-fn coefficients<A: Acc>(sumsq: A, s: A, g: A, eps: A) -> (A, A, A) {
-    let raw = sumsq.sqrt();
-    let norm = norm_of(sumsq, eps);
-    let b = if raw < eps {
-        A::ZERO
-    } else {
-        g * s / (norm * norm * norm)
-    };
-    (s / norm, g / norm, b)
+fn coefficients<A: Acc>(raw: A, s: A, g: A, eps: A) -> ((A, A, A), bool) {
+    let norm = clamp_norm(raw, eps);
+    let cube = norm * norm * norm;
+    let extreme = !(raw < eps) && !(cube.is_finite() && !(cube < A::TINY));
+    let b = if raw < eps { A::ZERO } else { g * s / cube };
+    ((s / norm, g / norm, b), extreme)
+}
+
+/// `dv = (g / n) (dw - ((s / n) / n) v)` for slice `j`, the form of the backward that neither
+/// overflows nor underflows where `n^3` would (huge or tiny but finite slices).
+#[cold]
+fn redo_extreme_slice<T: Real>(
+    dv: &mut [T],
+    vs: &[T],
+    ds: &[T],
+    [outer, n, inner]: [usize; 3],
+    j: usize,
+    g: T::A,
+) {
+    let at = |o: usize, i: usize| (o * n + j) * inner + i;
+    let idx = || (0..outer).flat_map(move |o| (0..inner).map(move |i| at(o, i)));
+    let norm = rescaled_norm(idx().map(|k| vs[k]));
+    let mut s = T::A::ZERO;
+    for k in idx() {
+        // (dw / n) * v: each factor of order 1 or below, so the sum cannot overflow.
+        s = s + ds[k].up() / norm * vs[k].up();
+    }
+    let k_coef = s / norm;
+    let a = g / norm;
+    for k in idx() {
+        dv[k] = T::down(a * (ds[k].up() - k_coef * vs[k].up()));
+    }
+}
+
+/// The elements of slice `j` of `vs` viewed as `[outer, n, inner]`.
+fn slice_elems<T: Real>(
+    vs: &[T],
+    [outer, n, inner]: [usize; 3],
+    j: usize,
+) -> impl Iterator<Item = T> + Clone + '_ {
+    (0..outer).flat_map(move |o| vs[(o * n + j) * inner..][..inner].iter().copied())
 }
 
 /// The fused forward `w = g * v / max(||v||, eps)` on contiguous `vs` viewed as
@@ -96,22 +129,35 @@ pub(crate) fn forward<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) 
         return unsafe {
             filled::<T>(vs.len(), |out| {
                 map_slices(out, vs, vs, inner, |j, o, x, _| {
-                    simd(|| scale_into(o, x, gs[j].up() / norm_of(dot(x, x), eps)))
+                    simd(|| {
+                        let norm = clamp_norm(slice_norm(dot(x, x), || x.iter().copied()), eps);
+                        let factor = gs[j].up() / norm;
+                        if factor.is_finite() {
+                            scale_into(o, x, factor);
+                        } else {
+                            divide_then_scale(o, x, norm, gs[j].up());
+                        }
+                    })
                 });
             })
         };
     }
 
     let sumsq = slice_sums::<T, Dot<T::A>>(vs, vs, split);
-    let factors: Vec<T::A> = sumsq
+    let norms: Vec<T::A> = sumsq
+        .iter()
+        .enumerate()
+        .map(|(j, s)| clamp_norm(slice_norm(s.0, || slice_elems(vs, split, j)), eps))
+        .collect();
+    let factors: Vec<T::A> = norms
         .iter()
         .zip(gs.iter())
-        .map(|(s, &gj)| gj.up() / norm_of(s.0, eps))
+        .map(|(&norm, &gj)| gj.up() / norm)
         .collect();
     // SAFETY: `for_each_row` and `for_each_run` hand out a partition of the buffer, in parts as
     // long as the parts of `vs` they come with; `scale_cols` writes all of a row (the rows and
     // `factors` are `n` long) and `scale_into` all of a run.
-    unsafe {
+    let mut w = unsafe {
         filled::<T>(vs.len(), |out| {
             if inner == 1 {
                 for_each_row(out, vs, vs, n, |o, x, _| {
@@ -123,6 +169,27 @@ pub(crate) fn forward<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) 
                 });
             }
         })
+    };
+    // A tiny slice whose `g / n` overflows: `g * (v / n)` instead.
+    for (j, f) in factors.iter().enumerate() {
+        if !f.is_finite() && norms[j].is_finite() {
+            let [outer, n, inner] = split;
+            for o in 0..outer {
+                for i in 0..inner {
+                    let k = (o * n + j) * inner + i;
+                    w[k] = T::down(gs[j].up() * (vs[k].up() / norms[j]));
+                }
+            }
+        }
+    }
+    w
+}
+
+/// `out[i] = g * (x[i] / norm)`: the forward of a slice whose `g / norm` overflows.
+#[cold]
+fn divide_then_scale<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], norm: T::A, g: T::A) {
+    for (o, &xv) in out.iter_mut().zip(x) {
+        o.write(T::down(g * (xv.up() / norm)));
     }
 }
 
@@ -144,40 +211,48 @@ pub(crate) fn backward<T: Real>(
     let eps = T::A::from_f64(eps);
 
     if single_pass(split) {
-        let mut dg = Vec::new();
+        let mut per_slice = Vec::new();
         // SAFETY: as in `forward`; `axpby_into` writes all of its output when its inputs are as
         // long.
-        let dv = unsafe {
+        let mut dv = unsafe {
             filled::<T>(vs.len(), |out| {
-                dg = map_slices(out, vs, ds, inner, |j, o, x, d| {
+                per_slice = map_slices(out, vs, ds, inner, |j, o, x, d| {
                     simd(|| {
-                        let (dgj, a, b) = coefficients(dot(x, x), dot(d, x), gs[j].up(), eps);
+                        let norm = slice_norm(dot(x, x), || x.iter().copied());
+                        let ((dgj, a, b), extreme) = coefficients(norm, dot(d, x), gs[j].up(), eps);
                         axpby_into(o, d, x, a, b);
-                        T::down(dgj)
+                        (T::down(dgj), extreme)
                     })
                 });
             })
         };
-        return (dv, dg);
+        for (j, &(_, extreme)) in per_slice.iter().enumerate() {
+            if extreme {
+                redo_extreme_slice(&mut dv, vs, ds, split, j, gs[j].up());
+            }
+        }
+        return (dv, per_slice.into_iter().map(|(dg, _)| dg).collect());
     }
 
     let empty_slices = outer == 0 || inner == 0;
     let sums = slice_sums::<T, SqDot<T::A>>(vs, ds, split);
-    let coef: Vec<(T::A, T::A, T::A)> = sums
+    let (coef, extreme): (Vec<(T::A, T::A, T::A)>, Vec<bool>) = sums
         .iter()
         .zip(gs.iter())
-        .map(|(s, gj)| {
+        .enumerate()
+        .map(|(j, (s, gj))| {
             if empty_slices {
-                (T::A::ZERO, T::A::ZERO, T::A::ZERO)
+                ((T::A::ZERO, T::A::ZERO, T::A::ZERO), false)
             } else {
-                coefficients(s.0, s.1, gj.up(), eps)
+                let norm = slice_norm(s.0, || slice_elems(vs, split, j));
+                coefficients(norm, s.1, gj.up(), eps)
             }
         })
-        .collect();
+        .unzip();
     let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
     // SAFETY: as in `forward`; `axpby_cols` writes all of a row (`a` and `b` are `n` long) and
     // `axpby_into` all of a run.
-    let dv = unsafe {
+    let mut dv = unsafe {
         filled::<T>(vs.len(), |out| {
             if inner == 1 {
                 let a: Vec<T::A> = coef.iter().map(|c| c.1).collect();
@@ -193,6 +268,11 @@ pub(crate) fn backward<T: Real>(
             }
         })
     };
+    for (j, &e) in extreme.iter().enumerate() {
+        if e {
+            redo_extreme_slice(&mut dv, vs, ds, split, j, gs[j].up());
+        }
+    }
     (dv, dg)
 }
 
@@ -211,9 +291,11 @@ pub(crate) fn weight_norm<T: Real>(
 /// The L2 norm of every slice of `v` along `axis`, in `v`'s type (accumulated in f32 for the
 /// half types).
 pub(crate) fn norms<T: Real>(v: &[T], shape: &[usize], axis: NormAxis) -> Vec<T> {
-    slice_sums::<T, Dot<T::A>>(v, v, axis.split_shape(shape))
+    let split = axis.split_shape(shape);
+    slice_sums::<T, Dot<T::A>>(v, v, split)
         .into_iter()
-        .map(|s| T::down(s.0.sqrt()))
+        .enumerate()
+        .map(|(j, s)| T::down(slice_norm(s.0, || slice_elems(v, split, j))))
         .collect()
 }
 
@@ -327,6 +409,49 @@ mod tests {
             let r = j * 5..(j + 1) * 5;
             let ip: f64 = dv[r.clone()].iter().zip(&v[r]).map(|(a, b)| a * b).sum();
             assert!(ip.abs() < 1e-13);
+        }
+    }
+
+    #[test]
+    fn huge_and_tiny_finite_slices_give_the_exact_finite_result() {
+        // Squares that overflow f32 (1e20^2) or underflow it (1e-30^2), on both kernel paths
+        // (one contiguous slice per row, and strided slices).
+        for scale in [1e20f64, 1e30, 1e-25, 1e-30, 1e-40] {
+            for split in [[1usize, 3, 4], [2, 3, 2], [4, 3, 1]] {
+                let len = split.iter().product();
+                let v64: Vec<f64> = values(len, 5).iter().map(|x| x * scale).collect();
+                let g64 = vec![0.5, 2.0, -1.5];
+                let dw64: Vec<f64> = values(len, 6);
+                let v: Vec<f32> = v64.iter().map(|&x| x as f32).collect();
+                let g: Vec<f32> = g64.iter().map(|&x| x as f32).collect();
+                let dw: Vec<f32> = dw64.iter().map(|&x| x as f32).collect();
+                let exact_v: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+                let (w, dv, dg) = naive(&exact_v, &g64, &dw64, split, 0.0);
+                let got = forward::<f32>(&v, &g, split, 0.0);
+                let up = |x: &[f32]| x.iter().map(|&y| f64::from(y)).collect::<Vec<_>>();
+                let what = format!("scale {scale:e}, split {split:?}");
+                assert!(max_err(&up(&got), &w) < 1e-5, "forward, {what}");
+                let (gdv, gdg) = backward::<f32>(&v, &g, &dw, split, 0.0);
+                assert!(max_err(&up(&gdg), &dg) < 1e-5, "dg, {what}");
+                if scale < 1e-38 {
+                    continue; // dv is of order g / n = 1e40: beyond f32, infinite by right
+                }
+                // dv scales as 1 / scale: compare relative to its largest term.
+                let big = dv.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                let err = up(&gdv)
+                    .iter()
+                    .zip(&dv)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= 1e-5 * big && big.is_finite(),
+                    "dv, {what}: {err} of {big}"
+                );
+                let n = norms::<f32>(&v, &split, NormAxis::Keep(1));
+                assert!(
+                    n.iter().all(|x| x.is_finite() && *x > 0.0),
+                    "norms, {what}: {n:?}"
+                );
+            }
         }
     }
 

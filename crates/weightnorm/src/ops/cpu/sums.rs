@@ -17,16 +17,27 @@ pub(crate) trait Acc:
     + core::ops::Div<Output = Self>
 {
     const ZERO: Self;
+    /// Below this, a sum of squares may have lost squares to underflow (and the norm bits).
+    const TINY: Self;
     fn sqrt(self) -> Self;
+    fn abs(self) -> Self;
+    fn is_finite(self) -> bool;
     fn from_f64(x: f64) -> Self;
 }
 
 macro_rules! acc {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $tiny:expr),*) => {$(
         impl Acc for $t {
             const ZERO: Self = 0.0;
+            const TINY: Self = $tiny;
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
             }
             fn from_f64(x: f64) -> Self {
                 x as $t
@@ -34,7 +45,9 @@ macro_rules! acc {
         }
     )*};
 }
-acc!(f32, f64);
+// Squares below the smallest normal number (1.2e-38 in f32, 2.2e-308 in f64) lose bits; in a
+// sum above TINY they are below the type's precision.
+acc!(f32 => 1e-30, f64 => 1e-280);
 
 /// A storage element and the type it is computed in.
 pub(crate) trait Real: Copy + Send + Sync + bytemuck::Pod + burn::tensor::Element {
@@ -130,11 +143,50 @@ fn dot_leaf<T: Real>(a: &[T], b: &[T]) -> T::A {
     s
 }
 
-/// `max(sqrt(sumsq), eps)`.
+/// `max(n, eps)`.
 #[inline(always)]
-pub(super) fn norm_of<A: Acc>(sumsq: A, eps: A) -> A {
-    let n = sumsq.sqrt();
+pub(super) fn clamp_norm<A: Acc>(n: A, eps: A) -> A {
     if n < eps { eps } else { n }
+}
+
+/// The L2 norm of a slice from its plain sum of squares `sumsq`: `sqrt(sumsq)` where that is
+/// exact, else the slice (its elements from `elems`) summed again scaled by its largest
+/// magnitude, so that every finite slice has its finite norm. The plain path is the one
+/// PyTorch takes (the same bits); the scaled one is taken only where PyTorch overflows to
+/// infinity or underflows (to zero).
+#[inline(always)]
+pub(super) fn slice_norm<T: Real, I: Iterator<Item = T> + Clone>(
+    sumsq: T::A,
+    elems: impl FnOnce() -> I,
+) -> T::A {
+    if sumsq.is_finite() && !(sumsq < T::A::TINY) {
+        return sumsq.sqrt();
+    }
+    rescaled_norm(elems())
+}
+
+/// `m * sqrt(sum((x / m)^2))` with `m = max |x|` (the norm, without overflow or underflow).
+#[cold]
+pub(super) fn rescaled_norm<T: Real, I: Iterator<Item = T> + Clone>(elems: I) -> T::A {
+    let mut m = T::A::ZERO;
+    for x in elems.clone() {
+        let a = x.up().abs();
+        if !a.is_finite() {
+            return a + a; // NaN or infinity: the norm is not finite
+        }
+        if a > m {
+            m = a;
+        }
+    }
+    if m == T::A::ZERO {
+        return m;
+    }
+    let mut s = T::A::ZERO;
+    for x in elems {
+        let y = x.up() / m;
+        s = s + y * y;
+    }
+    m * s.sqrt()
 }
 
 /// What a reduction accumulates per slice: one sum (`sum(a * b)`), or the pair
@@ -314,9 +366,34 @@ mod tests {
 
     #[test]
     fn norm_is_clamped_to_eps() {
-        assert_eq!(norm_of(25.0f64, 0.0), 5.0);
-        assert_eq!(norm_of(25.0f64, 6.0), 6.0);
-        assert_eq!(norm_of(0.0f32, 0.0), 0.0);
-        assert_eq!(norm_of(0.0f32, 1e-3), 1e-3);
+        assert_eq!(clamp_norm(5.0f64, 0.0), 5.0);
+        assert_eq!(clamp_norm(5.0f64, 6.0), 6.0);
+        assert_eq!(clamp_norm(0.0f32, 0.0), 0.0);
+        assert_eq!(clamp_norm(0.0f32, 1e-3), 1e-3);
+    }
+
+    #[test]
+    fn slice_norms_are_exact_for_every_finite_slice() {
+        // Plain where exact (PyTorch's bits), rescaled where the squares overflow or underflow.
+        let plain = [3.0f32, 4.0];
+        assert_eq!(slice_norm(25.0f32, || plain.iter().copied()), 5.0);
+        for scale in [1e20f32, 1e30, 6e37, 1e-20, 1e-30, 1e-44] {
+            let x = [3.0 * scale, 4.0 * scale];
+            let sumsq = x[0] * x[0] + x[1] * x[1];
+            let n = slice_norm(sumsq, || x.iter().copied());
+            let exact = 5.0 * f64::from(scale);
+            assert!(n.is_finite() && n > 0.0, "{scale}: {n}");
+            assert!(
+                (f64::from(n) / exact - 1.0).abs() < 1e-6,
+                "{scale}: {n} vs {exact}"
+            );
+        }
+        let x = [3e200f64, 4e200];
+        let n = slice_norm(f64::INFINITY, || x.iter().copied());
+        assert!((n / 5e200 - 1.0).abs() < 1e-15, "{n}");
+        // Zero stays zero; NaN and infinity give a norm that is not finite.
+        assert_eq!(slice_norm(0.0f32, || [0.0f32; 3].iter().copied()), 0.0);
+        assert!(!slice_norm(f32::NAN, || [f32::NAN].iter().copied()).is_finite());
+        assert!(!slice_norm(f32::INFINITY, || [f32::INFINITY].iter().copied()).is_finite());
     }
 }
