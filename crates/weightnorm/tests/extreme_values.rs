@@ -6,7 +6,7 @@ use weightnorm::NormAxis;
 use weightnorm::ops::{check_norms, norm_except_dim, weight_norm};
 
 fn values(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 #[test]

@@ -233,7 +233,7 @@ fn train_prepared(
     run::catch_interrupts();
     eprintln!(
         "{} of {:?}; {} {}",
-        sizes(&ds),
+        sizes(ds),
         ds.shape,
         args.common.model.name(),
         param.name()
@@ -338,7 +338,7 @@ fn compare_prepared(
     run::catch_interrupts();
     eprintln!(
         "{}; {} with {}",
-        sizes(&ds),
+        sizes(ds),
         args.common.model.name(),
         params
             .iter()

@@ -254,8 +254,8 @@ pub enum TorchError {
     Op {
         /// The tensor.
         name: String,
-        /// What the operation said.
-        source: crate::Error,
+        /// What the operation said (boxed: it is the largest variant).
+        source: Box<crate::Error>,
     },
     /// Nothing to do: no pair to fuse or convert, no tensor selected for split.
     #[error("{}", match .0 {

@@ -204,7 +204,7 @@ pub fn detect_pairs(
                     let axis =
                         NormAxis::from_torch(dim, v.len()).map_err(|source| TorchError::Op {
                             name: name.clone(),
-                            source,
+                            source: Box::new(source),
                         })?;
                     if !g_fits(g, v, axis) {
                         return Err(mismatch());
@@ -214,7 +214,7 @@ pub fn detect_pairs(
                 None => {
                     crate::axis::check_rank(v.len()).map_err(|source| TorchError::Op {
                         name: name.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                     infer_axis(g, v).ok_or_else(mismatch)?
                 }

@@ -80,9 +80,9 @@ fn check_zero_norms<T: slices::Element>(
         None => Ok(()),
         Some(j) => Err(TorchError::Op {
             name: name.to_string(),
-            source: crate::Error::ZeroNorm {
+            source: Box::new(crate::Error::ZeroNorm {
                 slice: axis.describe_slice(j),
-            },
+            }),
         }),
     }
 }
@@ -120,7 +120,7 @@ fn check_pair(name: &str, v: &TensorEntry, g: &TensorEntry, axis: NormAxis) -> R
     axis.validate(v.shape.len())
         .map_err(|source| TorchError::Op {
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     let g_ok = (axis == NormAxis::Whole && g.shape.is_empty()) || g.shape == axis.g_shape(&v.shape);
     if !g_ok {
@@ -188,7 +188,7 @@ fn split_g(name: &str, w: &TensorEntry, axis: NormAxis) -> Result<TensorEntry> {
     axis.validate(w.shape.len())
         .map_err(|source| TorchError::Op {
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     let g_shape = match axis {
         NormAxis::Whole => Vec::new(),
@@ -303,7 +303,7 @@ pub fn split(
         let axis =
             NormAxis::from_torch(options.dim, t.shape.len()).map_err(|source| TorchError::Op {
                 name: t.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let (g_key, v_key) = pair_keys(&t.name, options.scheme);
         out.push(split_g(&t.name, t, axis)?.renamed(&g_key));

@@ -62,15 +62,18 @@ fn axpby_into<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: T::A, b:
     }
 }
 
+/// A slice's `(dg, a, b)` in the backward `dv = a dw - b v`.
+type Coefficients<A> = (A, A, A);
+
 /// The backward's per-slice coefficients `(dg, a = g / n, b = g s / n^3)` from the slice's
 /// norm `raw = ||v||` and `s = sum(dw * v)`, with `n = max(raw, eps)` and `b = 0` where the
 /// norm is clamped to `eps`; and whether `n^3` leaves the type's range, so that `b` is not
 /// representable though `b * v` is (the slice is then redone by [`redo_extreme_slice`]).
 #[inline(always)]
-fn coefficients<A: Acc>(raw: A, s: A, g: A, eps: A) -> ((A, A, A), bool) {
+fn coefficients<A: Acc>(raw: A, s: A, g: A, eps: A) -> (Coefficients<A>, bool) {
     let norm = clamp_norm(raw, eps);
     let cube = norm * norm * norm;
-    let extreme = !(raw < eps) && !(cube.is_finite() && !(cube < A::TINY));
+    let extreme = raw >= eps && !(cube.is_finite() && cube >= A::TINY);
     let b = if raw < eps { A::ZERO } else { g * s / cube };
     ((s / norm, g / norm, b), extreme)
 }
@@ -236,7 +239,7 @@ pub(crate) fn backward<T: Real>(
 
     let empty_slices = outer == 0 || inner == 0;
     let sums = slice_sums::<T, SqDot<T::A>>(vs, ds, split);
-    let (coef, extreme): (Vec<(T::A, T::A, T::A)>, Vec<bool>) = sums
+    let (coef, extreme): (Vec<Coefficients<T::A>>, Vec<bool>) = sums
         .iter()
         .zip(gs.iter())
         .enumerate()

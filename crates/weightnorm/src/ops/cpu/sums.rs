@@ -159,7 +159,7 @@ pub(super) fn slice_norm<T: Real, I: Iterator<Item = T> + Clone>(
     sumsq: T::A,
     elems: impl FnOnce() -> I,
 ) -> T::A {
-    if sumsq.is_finite() && !(sumsq < T::A::TINY) {
+    if sumsq.is_finite() && sumsq >= T::A::TINY {
         return sumsq.sqrt();
     }
     rescaled_norm(elems())
