@@ -1,4 +1,26 @@
 //! The `weightnorm` command line.
+//!
+//! One concern per module (the library does the numerics; nothing here imports the other way):
+//!
+//! | module | holds |
+//! |---|---|
+//! | `main` | the command tree, [`Failure`] (exit 2 for bad input, 1 otherwise, 130 when interrupted), one-line errors |
+//! | `text` | how names and errors reach the terminal: escaped, one line |
+//! | `output` | every file a command writes: staged in private temporaries, put in place together (`RENAME_NOREPLACE` unless `--force`), never over an input |
+//! | `op` | `weightnorm op`: the operation on a random tensor, fused against composed |
+//! | `ckpt` | `inspect`, `fuse`, `split`, `convert` |
+//! | `canon` | `canonicalize` |
+//! | `data` | data sets (Fashion-MNIST IDX files, the built-in digits), validated at load |
+//! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
+//! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
+//! | `metrics` | what a run measured, and `metrics.json` |
+//! | `report` | `report.md` from run summaries |
+//! | `plot` | PNG plots from metrics only (no training, no clap) |
+//! | `demo` | `weightnorm demo` |
+//!
+//! Data flow of `train`: data set -> batches -> model -> loss -> gradients -> Adam ->
+//! (per step) `steps.jsonl`, (every N steps and epoch) `checkpoint.bin` -> metrics -> outputs
+//! staged -> put in place together.
 
 mod canon;
 mod ckpt;

@@ -2,29 +2,15 @@
 //! from its checkpoint gives exactly the step losses and metrics of an uninterrupted run; an
 //! existing run is never overwritten without `--force`; the step log grows while training.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{ok, run};
+
 const BIN: &str = env!("CARGO_BIN_EXE_weightnorm");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = run(args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -142,6 +128,17 @@ fn a_killed_or_interrupted_run_resumes_to_the_uninterrupted_one() {
     same_run(&stopped, &whole);
 }
 
+/// Every file of `dir` with its bytes, by name.
+fn contents(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.display().to_string(), std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
 #[test]
 fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
     let tmp = tempfile::tempdir().unwrap();
@@ -160,13 +157,7 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
     let err = String::from_utf8_lossy(&first.stderr);
     assert_eq!(err.matches(" epoch ").count(), 2, "{err}");
     assert_eq!(lines(&out.join("steps.jsonl")), 2 * 12, "one line per step");
-    let before: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            (p.display().to_string(), std::fs::read(&p).unwrap())
-        })
-        .collect();
+    let before = contents(&out);
 
     let again = run(&[
         "train",
@@ -181,9 +172,7 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
     assert_eq!(again.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("is not empty: use --force"), "{err}");
-    for (path, bytes) in &before {
-        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{path} unchanged");
-    }
+    assert_eq!(contents(&out), before, "nothing changed");
 
     // --force replaces the run's files: nothing of the first run is left.
     std::fs::write(out.join("notes.txt"), "mine").unwrap();

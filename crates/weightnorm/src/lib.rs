@@ -12,12 +12,12 @@
 //! |---|---|---|
 //! | [`axis`] | [`NormAxis`], PyTorch's `dim` rule ([`NormAxis::from_torch`]), the one table of layer layouts ([`LayerKind::unit_axes`], [`LayerKind::torch_unit_axes`]) | nothing |
 //! | [`error`] | [`Error`]: what the operations refuse | nothing |
-//! | [`ops`] | [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm): the [`WeightNormBackend`](ops::WeightNormBackend) extension with a composed default (every backend), the fused CPU kernels on slices and their Flex adapter, and the autodiff node with the analytic backward | `axis` |
+//! | [`ops`] | [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm): the [`WeightNormBackend`](ops::WeightNormBackend) extension with a composed default (every backend, `ops/backend.rs`), backend-free CPU kernels on slices (`ops/cpu/`: `sums` (accumulators, pairwise sums, norms exact for every finite slice), `schedule` (chunking, rayon, the AVX2 clones, the one `unsafe` buffer fill), `kernels` (forward, backward, norms)), the thin Flex adapter (`ops/flex.rs`), and the autodiff node with the analytic backward (`ops/autodiff.rs`) | `axis` |
 //! | [`reparam`] | [`WeightNorm`] as a Burn `Reparameterization`, [`WeightNormConfig`] (a Burn `Config`), [`apply_weight_norm`], [`remove_weight_norm`] | `ops`, `axis` |
 //! | [`init`] | the paper's data-dependent initialisation | `reparam`, `axis` |
 //! | [`nn`] | mean-only batch norm, the WaveNet block, the weight-normalized CNN | `reparam`, `init` |
 //! | [`canonical`] | the calculus: networks in output and input units ([`canonical::Network`]), the three transforms, batch-norm folding, canonicalize, reconstitute, verify, gains. No file format, no framework names: layers are known by position | nothing |
-//! | [`torch`] | everything that knows PyTorch: checkpoints (`.safetensors`, `.pt`), key schemes, weight-norm pairs, fuse/split/convert, Burn modules to and from checkpoints, and the architecture-file front-end of the calculus ([`torch::arch`]: schema, reader, writer) | `ops`, `reparam`, `canonical`, `axis` |
+//! | [`torch`] | everything that knows PyTorch: checkpoints (`checkpoint.rs`: `.safetensors` memory-mapped, `.pt` through this crate's own zip reader (`zipfile.rs`), the legacy stream of torch < 1.6 (`legacy.rs`) and a restricted unpickler that calls nothing (`pickle.rs`, `pt.rs`)), key schemes and weight-norm pairs (`pairs.rs`), fuse/split/convert (`transform.rs`), Burn modules to and from checkpoints (`module_io.rs`), and the architecture-file front-end of the calculus ([`torch::arch`]: `spec` the serde schema, `read`, `write`) | `ops`, `reparam`, `canonical`, `axis` |
 //!
 //! ## How data flows
 //!
@@ -25,8 +25,9 @@
 //! training     Burn module --apply_weight_norm--> parameters v (+ g in the reparameterization)
 //!              forward: param.val() = ops::weight_norm(v, g) (fused on the CPU, composed elsewhere)
 //!              backward: the autodiff node's analytic gradients for v and g
-//! checkpoints  file --torch::Checkpoint--> TensorEntry list --detect_pairs--> fuse | split | convert
-//!              --write_safetensors--> file;  Burn module <--load_into_module / save_module--> tensors
+//! checkpoints  file --torch::Checkpoint (bounded, typed errors)--> TensorEntry list --detect_pairs-->
+//!              fuse | split | convert --write_safetensors(_with)--> file (atomic)
+//!              Burn module <--load_into_module / save_module--> tensors
 //! canonical    arch JSON --torch::arch::parse_arch--> ArchSpec --from_spec(+ tensors)--> Network + Bindings
 //!              Network --canonicalize--> Canonical (unit rows, one output scale, reports)
 //!              --verify--> Agreement;  --to_tensors(Bindings)--> checkpoint tensors
