@@ -74,6 +74,14 @@ pub fn load(name: Option<DatasetName>, dir: &Path) -> Result<Dataset> {
         Some(DatasetName::FashionMnist) => fashion_mnist(dir)?,
         Some(DatasetName::Digits) => digits(),
         None if dir.is_dir() => fashion_mnist(dir)?,
+        None if dir != Path::new(FASHION_DEFAULT) => {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--data {} is not a directory (give the directory of Fashion-MNIST's IDX files, \
+                 or --dataset digits)",
+                shown(dir)
+            ))
+            .into());
+        }
         None => {
             eprintln!(
                 "Fashion-MNIST is not at {}: using the UCI digits. To get Fashion-MNIST: \

@@ -36,7 +36,8 @@ impl Param {
         }
     }
 
-    fn weight_norm(self) -> bool {
+    /// Whether the parameterization normalizes weights (wn, wn-mobn).
+    pub fn weight_norm(self) -> bool {
         matches!(self, Self::Wn | Self::WnMobn)
     }
 }

@@ -255,3 +255,42 @@ fn compare_writes_a_report_and_plots() {
         assert!(out.join(f).is_file(), "{f}");
     }
 }
+
+#[test]
+fn options_that_cannot_apply_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "train",
+                "--dataset",
+                "digits",
+                "--param",
+                "plain",
+                "--init",
+                "ddi",
+            ],
+            "--init ddi initialises weight-normalized models",
+        ),
+        (
+            vec!["compare", "--dataset", "digits", "--params", "wn,plain,wn"],
+            "--params names wn twice",
+        ),
+        (
+            vec!["train", "--data", "/nonexistent/fashion"],
+            "--data /nonexistent/fashion is not a directory",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut all = args.clone();
+        all.extend(["--quiet", "--out", o]);
+        let r = run(&all);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: nothing written");
+    }
+}

@@ -215,6 +215,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
             (args, argv())
         }
     };
+    if args.common.init == args::Init::Ddi && !args.param.weight_norm() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--init ddi initialises weight-normalized models (--param wn or wn-mobn), not {}",
+            args.param.name()
+        ))
+        .into());
+    }
     let (ds, outputs) = prepare(&args.common)?;
     let existed = args.out.exists();
     let result = train_prepared(&args, &argv, &ds, outputs);
@@ -287,6 +294,24 @@ pub fn compare(args: CompareArgs) -> Result<()> {
             (args, argv())
         }
     };
+    if let Some(p) = args
+        .params
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| args.params[..i].contains(p).then_some(p))
+    {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--params names {} twice: each parameterization is trained once",
+            p.name()
+        ))
+        .into());
+    }
+    if args.common.init == args::Init::Ddi && args.params.iter().any(|p| !p.weight_norm()) {
+        eprintln!(
+            "note: --init ddi initialises the weight-normalized runs (wn, wn-mobn); plain and bn \
+             start from their default initialisation"
+        );
+    }
     let (ds, outputs) = prepare(&args.common)?;
     let existed = args.out.exists();
     let result = compare_prepared(&args, &argv, &ds, outputs);

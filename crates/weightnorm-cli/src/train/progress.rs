@@ -1,10 +1,12 @@
 //! The progress bar of a run and its per-epoch lines.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use crate::metrics::EpochMetrics;
 
-/// A progress bar over `steps` steps prefixed with the run's name, hidden when `quiet`.
+/// A progress bar over `steps` steps prefixed with the run's name: the epoch and the running
+/// mean of its training loss, elapsed time, steps per second and time left; drawn only on a
+/// terminal, and hidden when `quiet`.
 pub fn bar(name: &str, steps: usize, quiet: bool) -> ProgressBar {
     let bar = if quiet {
         ProgressBar::hidden()
@@ -13,9 +15,12 @@ pub fn bar(name: &str, steps: usize, quiet: bool) -> ProgressBar {
     };
     bar.set_style(
         ProgressStyle::with_template(
-            "{prefix:>8} [{bar:30}] {pos}/{len} steps  {msg}  ({per_sec}, eta {eta})",
+            "{prefix:>8} [{bar:30}] {pos}/{len} steps  {msg}  {elapsed_precise} elapsed, {rate}, eta {eta}",
         )
         .expect("template")
+        .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.1} steps/s", state.per_sec());
+        })
         .progress_chars("=> "),
     );
     bar.set_prefix(name.to_string());

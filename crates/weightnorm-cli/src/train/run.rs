@@ -235,7 +235,16 @@ impl<'a> Trainer<'a> {
             let (next, loss) = self.step(model, idx, epoch, started)?;
             model = next;
             loss_sum += loss * idx.len() as f64;
-            bar.set_message(format!("epoch {}/{epochs} loss {loss:.4}", epoch + 1));
+            let seen: usize = order
+                .chunks(self.batch_size)
+                .take(self.state.step_in_epoch)
+                .map(<[usize]>::len)
+                .sum();
+            bar.set_message(format!(
+                "epoch {}/{epochs}, mean loss {:.4}",
+                epoch + 1,
+                loss_sum / seen.max(1) as f64
+            ));
             bar.inc(1);
             let steps = self.state.steps.len();
             if self
