@@ -224,26 +224,23 @@ impl<'a> Trainer<'a> {
         let done = self.state.step_in_epoch;
         // The loss sum of the steps done before a resume, added in the same order.
         let losses = &self.state.metrics.step_losses;
-        let mut loss_sum = 0.0;
+        let (mut loss_sum, mut seen) = (0.0, 0usize);
         for (idx, loss) in order
             .chunks(self.batch_size)
             .zip(&losses[losses.len() - done..])
         {
             loss_sum += loss * idx.len() as f64;
+            seen += idx.len();
         }
         for idx in order.chunks(self.batch_size).skip(done) {
             let (next, loss) = self.step(model, idx, epoch, started)?;
             model = next;
             loss_sum += loss * idx.len() as f64;
-            let seen: usize = order
-                .chunks(self.batch_size)
-                .take(self.state.step_in_epoch)
-                .map(<[usize]>::len)
-                .sum();
+            seen += idx.len();
             bar.set_message(format!(
                 "epoch {}/{epochs}, mean loss {:.4}",
                 epoch + 1,
-                loss_sum / seen.max(1) as f64
+                loss_sum / seen as f64
             ));
             bar.inc(1);
             let steps = self.state.steps.len();
