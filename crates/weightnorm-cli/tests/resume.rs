@@ -198,6 +198,15 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
     let o = run(&["train", "--resume", out_s, "--epochs", "3"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("give no others"));
+    // Nor a damaged checkpoint: one line, exit 2.
+    let ck = out.join("checkpoint.bin");
+    let bytes = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&["train", "--resume", out_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is not a weightnorm checkpoint"), "{err}");
     // Nor a directory without a checkpoint.
     let o = run(&["train", "--resume", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));

@@ -162,8 +162,19 @@ impl Checkpoint {
         let optim = optim
             .from_bytes(self.optim)
             .map_err(|e| anyhow::anyhow!("the checkpoint's optimizer state: {e}"))?;
-        if self.state.steps.len() != self.state.metrics.step_losses.len() {
-            bail!("the checkpoint's step log and metrics disagree");
+        let state = &self.state;
+        if state.steps.len() != state.metrics.step_losses.len()
+            || state.step_in_epoch > state.steps.len()
+            || state.metrics.epochs.len() != state.epoch
+        {
+            bail!(crate::Failure::input(anyhow::anyhow!(
+                "the checkpoint's position (epoch {}, step {} of the epoch) disagrees with its \
+                 {} steps and {} epochs of metrics",
+                state.epoch,
+                state.step_in_epoch,
+                state.steps.len(),
+                state.metrics.epochs.len()
+            )));
         }
         Ok((model, optim, self.state))
     }

@@ -165,6 +165,51 @@ fn scaled_norm<T: Real>(row: &[T], scales: Option<&[f64]>, taps: usize) -> f64 {
     m * sum.sqrt()
 }
 
+/// `(||row||, ||row * s||)` in one read of the row (eight running sums each, as in
+/// [`scaled_norm`]); either is summed again by [`scaled_norm`] only where its plain sum of
+/// squares overflowed or may have underflowed.
+fn both_norms<T: Real>(row: &[T], scales: &[f64], taps: usize) -> (f64, f64) {
+    let taps = taps.max(1);
+    let (mut before, mut after) = ([0.0f64; 8], [0.0f64; 8]);
+    if taps == 1 {
+        for (xs, gs) in row.chunks_exact(8).zip(scales.chunks_exact(8)) {
+            for k in 0..8 {
+                let v = xs[k].to_f64();
+                before[k] += v * v;
+                let t = v * gs[k];
+                after[k] += t * t;
+            }
+        }
+        let done = row.len() / 8 * 8;
+        for (x, s) in row[done..].iter().zip(&scales[done..]) {
+            let v = x.to_f64();
+            before[0] += v * v;
+            after[0] += (v * s) * (v * s);
+        }
+    } else {
+        for (k, x) in row.iter().enumerate() {
+            let v = x.to_f64();
+            before[k % 8] += v * v;
+            let t = v * scales[k / taps];
+            after[k % 8] += t * t;
+        }
+    }
+    let exact = |sum: f64| sum.is_finite() && sum >= 1e-280;
+    let (b, a): (f64, f64) = (before.iter().sum(), after.iter().sum());
+    (
+        if exact(b) {
+            b.sqrt()
+        } else {
+            scaled_norm(row, None, taps)
+        },
+        if exact(a) {
+            a.sqrt()
+        } else {
+            scaled_norm(row, Some(scales), taps)
+        },
+    )
+}
+
 /// Transforms I and III in place, on the rows of a weight and its bias: every row is multiplied
 /// by the scale of the input units it reads (`W_temp`), measured (`g_out`), then divided by
 /// `divisor(g_out)` (`g_out` itself for the canonical form, so that rows have unit norm; a
@@ -215,12 +260,7 @@ pub fn absorb_in_place<T: Real>(
         .data
         .par_chunks(row_len)
         .enumerate()
-        .map(|(i, row)| {
-            (
-                scaled_norm(row, None, taps),
-                scaled_norm(row, Some(scales_of(i)), taps),
-            )
-        })
+        .map(|(i, row)| both_norms(row, scales_of(i), taps))
         .collect();
     let norms_before: Vec<f64> = sums.iter().map(|s| s.0).collect();
     if let Some(i) = sums.iter().position(|s| !s.1.is_finite()) {
