@@ -7,6 +7,7 @@
 //! | `main` | the command tree, [`Failure`] (exit 2 for bad input, 1 otherwise, 130 when interrupted), one-line errors |
 //! | `text` | how names and errors reach the terminal: escaped, one line |
 //! | `output` | every file a command writes: staged in private temporaries, put in place together (`RENAME_NOREPLACE` unless `--force`), never over an input |
+//! | `device` | `--device cpu\|cuda[:N]\|wgpu[:N]` and the global `--threads N` |
 //! | `op` | `weightnorm op`: the operation on a random tensor, fused against composed |
 //! | `ckpt` | `inspect`, `fuse`, `split`, `convert` |
 //! | `canon` | `canonicalize` |
@@ -14,7 +15,8 @@
 //! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
 //! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
 //! | `metrics` | what a run measured, and `metrics.json` |
-//! | `report` | `report.md` from run summaries |
+//! | `summary` | runs grouped by parameterization: means and spreads over seeds, bands of curves |
+//! | `report` | `report.md` (a conclusion computed from the numbers) and the terminal table |
 //! | `plot` | PNG plots from metrics only (no training, no clap) |
 //! | `demo` | `weightnorm demo` |
 //!
@@ -26,12 +28,14 @@ mod canon;
 mod ckpt;
 mod data;
 mod demo;
+mod device;
 mod metrics;
 mod model;
 mod op;
 mod output;
 mod plot;
 mod report;
+mod summary;
 mod text;
 mod train;
 
@@ -45,6 +49,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Worker threads of the CPU kernels and Burn's CPU backend (default: one per core, or
+    /// RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +132,7 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(), // --help and --version: printed as clap lays them out
     };
-    let result = match cli.command {
+    let result = device::set_threads(cli.threads).and_then(|()| match cli.command {
         Command::Op(args) => op::op(args),
         Command::Inspect(args) => ckpt::inspect(args),
         Command::Fuse(args) => ckpt::fuse_cmd(args),
@@ -134,7 +142,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => train::compare(args),
         Command::Canonicalize(args) => canon::canonicalize_cmd(args),
         Command::Demo(args) => demo::demo(args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -22,6 +22,10 @@ pub struct RunSetup {
     pub lr: f64,
     /// Seed of the initialisation and the data order.
     pub seed: u64,
+    /// Where it computed (`cpu`, `cuda:0`, ...).
+    pub device: String,
+    /// Worker threads of the CPU backend.
+    pub threads: usize,
 }
 
 /// What one training run measured.
@@ -29,8 +33,18 @@ pub struct RunSetup {
 pub struct RunMetrics {
     /// The parameterization's name (`plain`, `wn`, `wn-mobn`, `bn`).
     pub param: String,
+    /// The seed of the run.
+    #[serde(default)]
+    pub seed: u64,
     /// The training loss of every step, in order.
     pub step_losses: Vec<f64>,
+    /// The wall time of every step (forward, backward, optimizer), in milliseconds.
+    #[serde(default)]
+    pub step_ms: Vec<f64>,
+    /// The wall-clock seconds since the run began (over all its sessions, evaluations
+    /// included) at the end of every step.
+    #[serde(default)]
+    pub step_seconds: Vec<f64>,
     /// One entry per finished epoch.
     pub epochs: Vec<EpochMetrics>,
     /// Mean wall time of a training step, in milliseconds.
@@ -56,10 +70,13 @@ pub struct EpochMetrics {
 
 impl RunMetrics {
     /// Empty metrics for a run of `param`, to be filled as it trains.
-    pub fn new(param: &str) -> Self {
+    pub fn new(param: &str, seed: u64) -> Self {
         Self {
             param: param.into(),
+            seed,
             step_losses: Vec::new(),
+            step_ms: Vec::new(),
+            step_seconds: Vec::new(),
             epochs: Vec::new(),
             mean_step_ms: 0.0,
             examples_per_s: 0.0,
@@ -70,6 +87,22 @@ impl RunMetrics {
     /// The last epoch's scores, if an epoch finished.
     pub fn last(&self) -> Option<&EpochMetrics> {
         self.epochs.last()
+    }
+
+    /// The median step time in milliseconds (the mean step time for metrics from before step
+    /// times were kept).
+    pub fn median_step_ms(&self) -> f64 {
+        let mut t: Vec<f64> = self
+            .step_ms
+            .iter()
+            .copied()
+            .filter(|t| t.is_finite())
+            .collect();
+        if t.is_empty() {
+            return self.mean_step_ms;
+        }
+        t.sort_by(f64::total_cmp);
+        crate::summary::quantile(&t, 0.5)
     }
 
     /// One per-epoch quantity, in epoch order.
@@ -92,6 +125,8 @@ impl RunMetrics {
             "batch_size": setup.batch_size,
             "lr": setup.lr,
             "seed": setup.seed,
+            "device": setup.device,
+            "threads": setup.threads,
             "test_accuracy": last.map(|e| e.test_accuracy),
             "test_loss": last.map(|e| e.test_loss),
             "ece": last.map(|e| e.ece),
@@ -102,7 +137,10 @@ impl RunMetrics {
                 "ece": self.per_epoch(|e| e.ece),
             },
             "step_loss": self.step_losses,
+            "step_ms": self.step_ms,
+            "step_seconds": self.step_seconds,
             "mean_step_ms": self.mean_step_ms,
+            "median_step_ms": self.median_step_ms(),
             "examples_per_s": self.examples_per_s,
             "seconds": self.seconds,
         })
@@ -124,8 +162,10 @@ pub(crate) mod tests {
             batch_size: 32,
             lr: 0.01,
             seed: 7,
+            device: "cpu".into(),
+            threads: 2,
         };
-        let mut m = RunMetrics::new("wn");
+        let mut m = RunMetrics::new("wn", 7);
         m.step_losses = vec![2.0, 1.5, 1.0];
         for (i, acc) in [0.5, 0.75].into_iter().enumerate() {
             m.epochs.push(EpochMetrics {
@@ -161,7 +201,7 @@ pub(crate) mod tests {
     #[test]
     fn a_run_without_epochs_has_null_scores() {
         let (setup, _) = sample();
-        let j = RunMetrics::new("plain").json(&setup);
+        let j = RunMetrics::new("plain", 0).json(&setup);
         assert!(j["test_accuracy"].is_null() && j["ece"].is_null());
         assert_eq!(j["per_epoch"]["ece"], json!([]));
     }

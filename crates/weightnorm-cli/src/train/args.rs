@@ -38,9 +38,14 @@ pub struct DataModelArgs {
     /// Adam's learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// Seed of the initialisation and the data order.
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the initialisation and the data order (`train --seed`; `compare` sets it per
+    /// run from `--seeds`).
+    #[arg(skip)]
     pub seed: u64,
+    /// Where to compute: cpu (the default), cuda or wgpu, with an index for a GPU (cuda:1);
+    /// a backend needs the cargo feature of the same name.
+    #[arg(long, value_parser = crate::device::DeviceParser, default_value = "cpu")]
+    pub device: crate::device::DeviceArg,
     /// Hide the progress bar (the per-epoch lines are always printed, on stderr).
     #[arg(long)]
     pub quiet: bool,
@@ -63,6 +68,9 @@ weightnorm train --resume runs/wn"
 pub struct TrainArgs {
     #[command(flatten)]
     pub common: DataModelArgs,
+    /// Seed of the initialisation and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// The parameterization.
     #[arg(long, value_enum, default_value_t = Param::Wn)]
     pub param: Param,
@@ -83,8 +91,9 @@ pub struct TrainArgs {
 #[derive(clap::Args)]
 #[command(
     after_help = "Trains each parameterization with the same seed and data order and writes\n\
-report.md, loss.png and accuracy.png to --out (and each run under --out/<param>/).\n\n\
-Example:\n  weightnorm compare\n  weightnorm compare --dataset digits --params plain,wn --epochs 10\n  \
+report.md and its plots to --out (loss.png, test.png, loss_time.png, step_time.png), and each
+run under --out/<param>/seed-<k>/. The summary table is printed when it is done.\n\n\
+Example:\n  weightnorm compare\n  weightnorm compare --dataset digits --params plain,wn --seeds 0,1 --epochs 10\n  \
 weightnorm compare --resume runs/compare"
 )]
 pub struct CompareArgs {
@@ -98,6 +107,15 @@ pub struct CompareArgs {
         value_parser = Trimmed::<Param>::new()
     )]
     pub params: Vec<Param>,
+    /// Comma-separated seeds: every parameterization is trained once per seed, and the report
+    /// gives the mean and the spread over them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,1,2",
+        value_name = "SEEDS"
+    )]
+    pub seeds: Vec<u64>,
     /// Output directory (an existing comparison there is refused unless --force or --resume).
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
@@ -128,6 +146,8 @@ impl DataModelArgs {
             batch_size: self.batch_size,
             lr: self.lr,
             seed: self.seed,
+            device: self.device.to_string(),
+            threads: crate::device::threads(),
         }
     }
 

@@ -39,6 +39,9 @@ pub struct StepRecord {
     pub lr: f64,
     /// Seconds since the run began (over all its sessions) when the step ended.
     pub seconds: f64,
+    /// The step's own wall time (forward, backward, optimizer), in milliseconds.
+    #[serde(default)]
+    pub ms: f64,
 }
 
 /// Where a run is and what it has measured.

@@ -38,6 +38,9 @@ const RUN_FILES: &[&str] = &[
     checkpoint::FILE,
     "report.md",
     "loss.png",
+    "test.png",
+    "loss_time.png",
+    "step_time.png",
     "accuracy.png",
     COMMAND_FILE,
 ];
@@ -80,7 +83,7 @@ fn claim_out(out: &Path, force: bool, what: &str) -> Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if path.is_dir() && <crate::model::Param as clap::ValueEnum>::from_str(name, false).is_ok()
         {
-            clear_run_files(&path)?;
+            clear_param_dir(&path)?;
         } else if RUN_FILES.contains(&name) {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -101,6 +104,29 @@ fn clear_run_files(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes the run files of a comparison's parameterization directory `dir`: its own (a
+/// comparison of one seed before seeds had directories) and those of its `seed-<k>`
+/// directories, which are removed when that leaves them empty.
+fn clear_param_dir(dir: &Path) -> Result<()> {
+    clear_run_files(dir)?;
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+    {
+        let name = e.file_name();
+        if e.path().is_dir() && name.to_str().is_some_and(|n| n.starts_with("seed-")) {
+            clear_run_files(&e.path())?;
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// The directory of the run of `param` with `seed` in a comparison's `out`.
+fn run_dir(out: &Path, param: Param, seed: u64) -> PathBuf {
+    out.join(param.name()).join(format!("seed-{seed}"))
 }
 
 /// The options stored for `--resume`, parsed again as the subcommand's.
@@ -152,6 +178,7 @@ fn resume_alone(given: &[String]) -> Result<()> {
 /// command's outputs (none of which may be one of the data set's files).
 fn prepare(args: &DataModelArgs) -> Result<(Dataset, Outputs)> {
     args::check(args)?;
+    args.device.device()?;
     let outputs = Outputs::new(crate::data::input_files(args.dataset, &args.data));
     let ds = crate::data::load(args.dataset, &args.data)?;
     let [_, h, w] = ds.shape;
@@ -200,7 +227,7 @@ fn train_and_save(
 
 /// `weightnorm train`: one run, its outputs in `--out`; or `--resume DIR`.
 pub fn train(args: TrainArgs) -> Result<()> {
-    let (args, argv) = match &args.resume {
+    let (mut args, argv) = match &args.resume {
         Some(dir) => {
             resume_alone(&argv())?;
             let state = checkpoint::load(dir)?.state;
@@ -215,6 +242,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             (args, argv())
         }
     };
+    args.common.seed = args.seed;
     if args.common.init == args::Init::Ddi && !args.param.weight_norm() {
         return Err(Failure::input(anyhow::anyhow!(
             "--init ddi initialises weight-normalized models (--param wn or wn-mobn), not {}",
@@ -306,6 +334,17 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         ))
         .into());
     }
+    if let Some(s) = args
+        .seeds
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| args.seeds[..i].contains(s).then_some(s))
+    {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--seeds names {s} twice: each seed is trained once"
+        ))
+        .into());
+    }
     if args.common.init == args::Init::Ddi && args.params.iter().any(|p| !p.weight_norm()) {
         eprintln!(
             "note: --init ddi initialises the weight-normalized runs (wn, wn-mobn); plain and bn \
@@ -337,7 +376,7 @@ fn clean_up_after(result: &Result<()>, out: &Path, existed: bool, resume: bool) 
             let name = e.file_name();
             let name = name.to_str().unwrap_or("");
             if e.path().is_dir() && <Param as clap::ValueEnum>::from_str(name, false).is_ok() {
-                let _ = clear_run_files(&e.path());
+                let _ = clear_param_dir(&e.path());
                 let _ = std::fs::remove_dir(e.path());
             }
         }
@@ -361,30 +400,46 @@ fn compare_prepared(
         )?;
     }
     run::catch_interrupts();
+    let names: Vec<&str> = params.iter().map(|p| p.name()).collect();
+    let seeds: Vec<String> = args.seeds.iter().map(u64::to_string).collect();
     eprintln!(
-        "{}; {} with {}",
+        "{}; {} with {}, seeds {}",
         sizes(ds),
         args.common.model.name(),
-        params
-            .iter()
-            .map(|p| p.name())
-            .collect::<Vec<_>>()
-            .join(",")
+        names.join(","),
+        seeds.join(",")
     );
-    let runs = params
-        .iter()
-        .map(|&p| {
-            let dir = args.out.join(p.name());
+    let mut runs = Vec::new();
+    for &seed in &args.seeds {
+        let mut common = args.common.clone();
+        common.seed = seed;
+        for &p in params {
+            let dir = run_dir(&args.out, p, seed);
             let resume = args.resume.is_some();
-            train_and_save(&mut outputs, &args.common, ds, p, &dir, resume, argv)
-        })
-        .collect::<Result<Vec<_>>>()?;
+            runs.push(train_and_save(
+                &mut outputs,
+                &common,
+                ds,
+                p,
+                &dir,
+                resume,
+                argv,
+            )?);
+        }
+    }
     crate::plot::comparison(&mut outputs, &args.out, &runs)?;
-    let report = crate::report::report(&args.common.setup(ds), &runs);
+    let command = crate::text::command_line(argv);
+    let report = crate::report::report(&args.common.setup(ds), &runs, &command);
     outputs.bytes(&args.out.join("report.md"), true, report.as_bytes())?;
     // Every run's files, the plots and the report are put in place together, or none is.
     outputs.commit()?;
-    println!("{report}");
+    let conclusion = report
+        .lines()
+        .find_map(|l| l.strip_prefix("**Conclusion.** "))
+        .unwrap_or("")
+        .replace("**", "");
+    println!("{conclusion}\n");
+    print!("{}", crate::report::table(&runs));
     println!("report: {}", shown(&args.out.join("report.md")));
     Ok(())
 }

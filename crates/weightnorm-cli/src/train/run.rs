@@ -67,7 +67,7 @@ pub fn run(
     param: Param,
     at: &RunDir<'_>,
 ) -> Result<(Spec, Model, RunMetrics)> {
-    let device = Device::default().autodiff();
+    let device = args.device.device()?.autodiff();
     device.seed(args.seed);
     let spec = args.spec(ds, param);
     std::fs::create_dir_all(at.dir)
@@ -165,7 +165,7 @@ impl<'a> Trainer<'a> {
                 epoch: 0,
                 step_in_epoch: 0,
                 steps: Vec::new(),
-                metrics: RunMetrics::new(spec.param.name()),
+                metrics: RunMetrics::new(spec.param.name(), args.seed),
                 step_time: 0.0,
                 seconds: 0.0,
                 finished: false,
@@ -299,7 +299,8 @@ impl<'a> Trainer<'a> {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = self.optim.step(self.lr, model, grads);
         let l = loss.into_scalar::<f64>();
-        self.state.step_time += t0.elapsed().as_secs_f64();
+        let took = t0.elapsed().as_secs_f64();
+        self.state.step_time += took;
         let step = self.state.steps.len();
         if !l.is_finite() {
             bail!("the loss became {l} at step {step}: try a smaller --lr");
@@ -310,13 +311,16 @@ impl<'a> Trainer<'a> {
             loss: l,
             lr: self.lr,
             seconds: self.state.seconds + started.elapsed().as_secs_f64(),
+            ms: took * 1e3,
         };
         if let Some(log) = &mut self.log {
             writeln!(log, "{}", serde_json::to_string(&record)?)?;
             log.flush()?;
         }
-        self.state.steps.push(record);
         self.state.metrics.step_losses.push(l);
+        self.state.metrics.step_ms.push(record.ms);
+        self.state.metrics.step_seconds.push(record.seconds);
+        self.state.steps.push(record);
         self.state.step_in_epoch += 1;
         Ok((model, l))
     }
