@@ -286,3 +286,69 @@ fn a_killed_comparison_resumes_to_the_uninterrupted_one() {
     assert_eq!(table(&killed), table(&whole));
     assert_eq!(table(&whole).len(), 6);
 }
+
+/// Where the Debian package `dataset-fashion-mnist` puts the data set (`scripts/setup.sh`
+/// installs it).
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+#[test]
+fn a_killed_fashion_mnist_run_resumes_to_the_uninterrupted_one() {
+    assert!(
+        Path::new(FASHION)
+            .join("train-images-idx3-ubyte.gz")
+            .is_file(),
+        "Fashion-MNIST is missing from {FASHION}: run scripts/setup.sh (it installs the Debian \
+         package dataset-fashion-mnist)"
+    );
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--checkpoint-every",
+            "40",
+            "--quiet",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(BIN)
+        .args(args(&killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while lines(&killed.join("steps.jsonl")) < 150 {
+        assert!(child.try_wait().unwrap().is_none(), "ended too soon");
+        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
+    let (a, b) = (
+        json(&killed.join("metrics.json")),
+        json(&whole.join("metrics.json")),
+    );
+    assert_eq!(a["dataset"], "fashion-mnist");
+    assert_eq!(a["step_loss"].as_array().unwrap().len(), 469);
+    assert_eq!(
+        a["step_loss"], b["step_loss"],
+        "every step loss, bit for bit"
+    );
+    assert_eq!(a["per_epoch"], b["per_epoch"]);
+    assert_eq!(
+        std::fs::read(killed.join("model.safetensors")).unwrap(),
+        std::fs::read(whole.join("model.safetensors")).unwrap()
+    );
+}
