@@ -17,6 +17,9 @@ use weightnorm::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
 pub enum Param {
     /// Plain weights.
     Plain,
+    /// Plain weights trained with AdamW's decoupled weight decay (`--weight-decay`): the
+    /// usual way to keep weights small, the baseline of Periodic Canonical Regularization.
+    PlainWd,
     /// Weight normalization.
     Wn,
     /// Weight normalization and mean-only batch normalization (the paper's best).
@@ -26,14 +29,21 @@ pub enum Param {
 }
 
 impl Param {
-    /// The name on the command line and in outputs: `plain`, `wn`, `wn-mobn` or `bn`.
+    /// The name on the command line and in outputs: `plain`, `plain-wd`, `wn`, `wn-mobn` or
+    /// `bn`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",
+            Self::PlainWd => "plain-wd",
             Self::Wn => "wn",
             Self::WnMobn => "wn-mobn",
             Self::Bn => "bn",
         }
+    }
+
+    /// Whether the optimizer decays the weights (AdamW rather than Adam).
+    pub fn decays(self) -> bool {
+        self == Self::PlainWd
     }
 
     /// Whether the parameterization normalizes weights (wn, wn-mobn).
@@ -87,7 +97,8 @@ impl Mlp {
             .enumerate()
             .map(|(i, w)| {
                 // Before a batch norm the bias is redundant: the norm's shift replaces it.
-                let bias = i == hidden || matches!(param, Param::Plain | Param::Wn);
+                let bias =
+                    i == hidden || matches!(param, Param::Plain | Param::PlainWd | Param::Wn);
                 LinearConfig::new(w[0], w[1]).with_bias(bias).init(device)
             })
             .collect();
@@ -221,7 +232,7 @@ impl Spec {
             }
             ModelKind::Cnn => {
                 let norm = match self.param {
-                    Param::Plain | Param::Wn => CnnNorm::None,
+                    Param::Plain | Param::PlainWd | Param::Wn => CnnNorm::None,
                     Param::WnMobn => CnnNorm::MeanOnly,
                     Param::Bn => CnnNorm::Batch,
                 };
@@ -316,7 +327,7 @@ impl Spec {
                 |param| LayerSpec::MeanOnlyBatchNorm { param },
                 format!("mobns.{i}"),
             ),
-            Param::Plain | Param::Wn => {}
+            Param::Plain | Param::PlainWd | Param::Wn => {}
         }
     }
 

@@ -277,6 +277,8 @@ fn compare_writes_a_report_and_plots() {
         serde_json::from_str(&std::fs::read_to_string(out.join("wn/seed-5/metrics.json")).unwrap())
             .unwrap();
     assert_eq!(m["seed"], 5);
+    assert!(m["seconds"].as_f64().unwrap() > 0.0, "the run's wall time");
+    assert_eq!(m["step_ms"].as_array().unwrap().len(), 2 * 12); // 1437 examples, batch 128
     let single = tmp.path().join("single");
     ok(&[
         "train",

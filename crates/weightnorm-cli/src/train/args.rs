@@ -35,9 +35,12 @@ pub struct DataModelArgs {
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Adam's learning rate.
+    /// Adam's (and AdamW's) learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// AdamW's decoupled weight decay, for --param plain-wd (PyTorch's AdamW default).
+    #[arg(long, default_value_t = 1e-2, value_name = "W")]
+    pub weight_decay: f64,
     /// Seed of the initialisation and the data order (`train --seed`; `compare` sets it per
     /// run from `--seeds`).
     #[arg(skip)]
@@ -175,6 +178,13 @@ pub fn check(args: &DataModelArgs) -> Result<()> {
     if args.epochs == Some(0) || args.batch_size == 0 || !(args.lr > 0.0 && args.lr.is_finite()) {
         return Err(Failure::input(anyhow::anyhow!(
             "--epochs and --batch-size must be positive, and --lr a positive number"
+        ))
+        .into());
+    }
+    if !(args.weight_decay >= 0.0 && args.weight_decay.is_finite()) {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--weight-decay must be a number >= 0, not {}",
+            args.weight_decay
         ))
         .into());
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
 
@@ -91,7 +91,7 @@ pub fn run(
     let model = result?;
     trainer.state.finished = true;
     trainer.save(&model, started)?;
-    Ok((spec, model, trainer.finish(epochs)))
+    Ok((spec, model, trainer.finish(epochs, started)))
 }
 
 /// Applies the initialisation `args.init` asks for: the paper's data-dependent initialisation
@@ -120,6 +120,18 @@ fn initialise(
             _ => unreachable!("batches are built for the model"),
         },
     )
+}
+
+/// The optimizer of `param`: Adam, or AdamW with decoupled weight decay `weight_decay` for
+/// `plain-wd`.
+fn optimizer(param: Param, weight_decay: f64) -> ModuleOptimizer {
+    if param.decays() {
+        AdamWConfig::new()
+            .with_weight_decay(weight_decay as f32)
+            .init()
+    } else {
+        AdamConfig::new().init()
+    }
 }
 
 /// The state of a run between steps, apart from the model: the optimizer, the loss, the
@@ -151,7 +163,7 @@ impl<'a> Trainer<'a> {
     ) -> Self {
         Self {
             ds,
-            optim: AdamConfig::new().init(),
+            optim: optimizer(spec.param, args.weight_decay),
             loss: CrossEntropyLossConfig::new().init(&device),
             device,
             lr: args.lr,
@@ -177,6 +189,7 @@ impl<'a> Trainer<'a> {
     /// The model and the optimizer as the checkpoint left them, and its state.
     fn restore(&mut self, built: Model, ck: checkpoint::Checkpoint) -> Result<Model> {
         let optim = std::mem::replace(&mut self.optim, AdamConfig::new().init());
+        // A placeholder while the run's own optimizer (Adam or AdamW) takes the state saved.
         let (model, optim, state) = ck.restore(built, optim)?;
         self.optim = optim;
         self.state = state;
@@ -325,13 +338,14 @@ impl<'a> Trainer<'a> {
         Ok((model, l))
     }
 
-    /// The metrics of the finished run of `epochs` epochs.
-    fn finish(self, epochs: usize) -> RunMetrics {
+    /// The metrics of the finished run of `epochs` epochs, this session of which began at
+    /// `started`.
+    fn finish(self, epochs: usize, started: Instant) -> RunMetrics {
         let mut metrics = self.state.metrics;
         let steps = metrics.step_losses.len() as f64;
         metrics.mean_step_ms = self.state.step_time / steps * 1e3;
         metrics.examples_per_s = (self.ds.train_y.len() * epochs) as f64 / self.state.step_time;
-        metrics.seconds = self.state.seconds;
+        metrics.seconds = self.state.seconds + started.elapsed().as_secs_f64();
         metrics
     }
 }
