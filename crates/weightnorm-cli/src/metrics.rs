@@ -47,12 +47,38 @@ pub struct RunMetrics {
     pub step_seconds: Vec<f64>,
     /// One entry per finished epoch.
     pub epochs: Vec<EpochMetrics>,
+    /// PCR's setup (`every C, penalty, transport`), for PCR runs.
+    #[serde(default)]
+    pub pcr: Option<String>,
+    /// Every canonicalization of a PCR run.
+    #[serde(default)]
+    pub pcr_events: Vec<PcrEvent>,
+    /// The global gain over training, `(step, value)`: at every canonicalization of a PCR run
+    /// (before it) and at the end of every epoch of every run whose network the canonical form
+    /// describes.
+    #[serde(default)]
+    pub global_gain: Vec<(usize, f64)>,
     /// Mean wall time of a training step, in milliseconds.
     pub mean_step_ms: f64,
     /// Training throughput over the time spent in steps.
     pub examples_per_s: f64,
     /// Wall time of the whole run, evaluation included.
     pub seconds: f64,
+}
+
+/// One canonicalization of Periodic Canonical Regularization, as `metrics.json` records it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PcrEvent {
+    /// Optimizer steps taken when it ran (`C`, `2C`, ...).
+    pub step: usize,
+    /// The global gain just before.
+    pub gain_before: f64,
+    /// The global gain just after.
+    pub gain_after: f64,
+    /// The loss of the step's batch just before the rescaling (penalty excluded).
+    pub loss_before: f64,
+    /// The same batch's loss just after.
+    pub loss_after: f64,
 }
 
 /// What one epoch measured: its mean training loss and the test split's scores after it.
@@ -78,6 +104,9 @@ impl RunMetrics {
             step_ms: Vec::new(),
             step_seconds: Vec::new(),
             epochs: Vec::new(),
+            pcr: None,
+            pcr_events: Vec::new(),
+            global_gain: Vec::new(),
             mean_step_ms: 0.0,
             examples_per_s: 0.0,
             seconds: 0.0,
@@ -136,6 +165,9 @@ impl RunMetrics {
                 "test_accuracy": self.per_epoch(|e| e.test_accuracy),
                 "ece": self.per_epoch(|e| e.ece),
             },
+            "pcr": self.pcr,
+            "pcr_events": self.pcr_events,
+            "global_gain": self.global_gain,
             "step_loss": self.step_losses,
             "step_ms": self.step_ms,
             "step_seconds": self.step_seconds,

@@ -559,6 +559,65 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
     })?;
     png(outputs, &out.join("step_time.png"), (900, 500), |root| {
         step_times(root, &groups)
+    })?;
+    let gains: Vec<Curve> = groups
+        .iter()
+        .map(|g| {
+            let (steps, b) = g.gain_band();
+            step_curve(&g.param, &b, Some(&steps))
+        })
+        .collect();
+    png(outputs, &out.join("gain.png"), (1000, 600), |root| {
+        chart(
+            root,
+            &format!("global gain over training{band_note}"),
+            "step",
+            "global gain (log scale)",
+            Axis::Linear,
+            Axis::Log,
+            &gains,
+            Legend::UpperRight,
+        )
+    })?;
+    let pcr: Vec<&Group> = groups.iter().filter(|g| g.is_pcr()).collect();
+    if pcr.is_empty() {
+        return Ok(());
+    }
+    // The window: up to 20 steps before and 60 after, within the period.
+    let period = pcr
+        .iter()
+        .flat_map(|g| g.runs.iter())
+        .filter_map(|r| r.pcr_events.first().map(|e| e.step))
+        .min()
+        .unwrap_or(1);
+    let (before, after) = (
+        (period / 2).clamp(crate::summary::BEFORE, 20),
+        period.saturating_sub(1).clamp(1, 60),
+    );
+    let around: Vec<Curve> = pcr
+        .iter()
+        .map(|g| Curve {
+            name: g.param.clone(),
+            pts: g
+                .around_events(before, after)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(x, y)| (x as f64, y))
+                .collect(),
+            band: vec![],
+        })
+        .collect();
+    png(outputs, &out.join("pcr_loss.png"), (1000, 600), |root| {
+        chart(
+            root,
+            "training loss around the canonicalizations (relative to the 10 steps before)",
+            "steps from the canonicalization",
+            "loss / mean loss of the 10 steps before",
+            Axis::Integer,
+            Axis::Linear,
+            &around,
+            Legend::UpperRight,
+        )
     })
 }
 
@@ -749,9 +808,13 @@ mod tests {
         let mut out = Outputs::default();
         comparison(&mut out, dir.path(), &runs).unwrap();
         out.commit().unwrap();
-        for (file, _) in crate::report::PLOTS {
+        for file in crate::report::PLOTS.iter().map(|p| p.0).chain(["gain.png"]) {
             let bytes = std::fs::read(dir.path().join(file)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{file}");
         }
+        assert!(
+            !dir.path().join("pcr_loss.png").exists(),
+            "no PCR run, no PCR plot"
+        );
     }
 }

@@ -71,11 +71,98 @@ pub fn report(setup: &RunSetup, runs: &[RunMetrics], command: &str) -> String {
             );
         }
     }
+    s += &pcr_section(&scored);
     s += "\n## Plots\n\n";
     for (file, what) in PLOTS {
         s += &format!("{what}:\n\n![{file}]({file})\n\n");
     }
+    s += &format!("{GAIN_PLOT}:\n\n![gain.png](gain.png)\n\n");
     s += &definitions();
+    s
+}
+
+/// What `gain.png` shows.
+pub const GAIN_PLOT: &str = "The global gain over training (log scale; at every epoch's end, and \
+     before every canonicalization of PCR runs)";
+
+/// What `pcr_loss.png` shows.
+pub const PCR_PLOT: &str = "Training loss around the canonicalizations, relative to the mean loss \
+     of the 10 steps before each (mean over canonicalizations and seeds; offset 0 is the first \
+     step after the rescaling)";
+
+/// The section on Periodic Canonical Regularization, when a run used it: its setup, the
+/// smoothness of training across canonicalizations per transport policy, and the PCR runs
+/// against plain, plain-wd and wn.
+fn pcr_section(scored: &[(&Group, Scores)]) -> String {
+    let pcr: Vec<&(&Group, Scores)> = scored.iter().filter(|(g, _)| g.is_pcr()).collect();
+    if pcr.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## Periodic Canonical Regularization\n\n");
+    let setups: Vec<String> = pcr
+        .iter()
+        .filter_map(|(g, _)| g.runs[0].pcr.clone().map(|p| format!("{}: {p}", g.param)))
+        .collect();
+    s += &format!("Setup: {}.\n\n", setups.join("; "));
+    s += "| run | test accuracy | test loss | ECE | canonicalizations | largest change of a batch's loss across one | loss jump after | final global gain |\n|---|---|---|---|---|---|---|---|\n";
+    for (g, sc) in &pcr {
+        let events = g.runs.iter().map(|r| r.pcr_events.len()).sum::<usize>() / g.runs.len();
+        let gain = Stat::of(
+            &g.runs
+                .iter()
+                .filter_map(|r| r.global_gain.last().map(|x| x.1))
+                .collect::<Vec<_>>(),
+        );
+        s += &format!(
+            "| {} | {} | {} | {} | {events} | {:.2e} | {:+.2}% | {} |\n",
+            g.param,
+            sc.accuracy.show(4),
+            sc.loss.show(4),
+            sc.ece.show(4),
+            g.max_event_change(),
+            g.loss_jump() * 100.0,
+            if gain.n > 0 { gain.show(3) } else { "-".into() }
+        );
+    }
+    let smoothest = pcr
+        .iter()
+        .filter(|(g, _)| g.loss_jump().is_finite())
+        .min_by(|a, b| a.0.loss_jump().abs().total_cmp(&b.0.loss_jump().abs()));
+    if let Some((g, _)) = smoothest {
+        s += &format!(
+            "\nThe smoothest across canonicalizations is **{}**: the mean loss of the {} steps \
+             after a canonicalization is {:+.2}% from that of the {} steps before (the loss \
+             jump; the other policies: {}).\n",
+            g.param,
+            crate::summary::BEFORE,
+            g.loss_jump() * 100.0,
+            crate::summary::BEFORE,
+            pcr.iter()
+                .filter(|(o, _)| o.param != g.param)
+                .map(|(o, _)| format!("{} {:+.2}%", o.param, o.loss_jump() * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for base in ["plain-wd", "plain", "wn"] {
+        let Some((_, b)) = scored.iter().find(|(g, _)| g.param == base) else {
+            continue;
+        };
+        let lines: Vec<String> = pcr
+            .iter()
+            .map(|(g, sc)| {
+                format!(
+                    "{}: test loss {}, ECE {}, accuracy {}",
+                    g.param,
+                    delta(&sc.loss, &b.loss, 1.0, 4, ""),
+                    delta(&sc.ece, &b.ece, 1.0, 4, ""),
+                    delta(&sc.accuracy, &b.accuracy, 100.0, 2, " points"),
+                )
+            })
+            .collect();
+        s += &format!("\nAgainst {base}: {}.\n", lines.join("; "));
+    }
+    s += &format!("\n{PCR_PLOT}:\n\n![pcr_loss.png](pcr_loss.png)\n");
     s
 }
 
@@ -220,6 +307,10 @@ fn definitions() -> String {
      - **step time**: the median wall time of one optimizer step (forward, backward, Adam \
      update; batches are built from memory, evaluation is not included); the overhead is \
      relative to plain's.\n\
+     - **global gain**: the norm of the canonical form's output scale: every weighted layer \
+     rescaled to unit-norm rows, the scales pushed through ReLUs and pooling into the next layer, \
+     until one scale per output remains. **Loss jump** (PCR): the mean training loss of the 10 \
+     steps after a canonicalization over that of the 10 steps before, minus 1.\n\
      - **smoothing**: training losses are per batch, averaged over a moving window of \
      steps (its length is in the plot's title).\n\n\
      Each run's metrics (`metrics.json`, `steps.jsonl`), model (`model.safetensors`, PyTorch \
@@ -357,6 +448,52 @@ mod tests {
         let wn_only: Vec<RunMetrics> = runs.into_iter().filter(|r| r.param == "wn").collect();
         let r = report(&setup, &wn_only, "c");
         assert!(!r.contains("Against plain"), "{r}");
+    }
+
+    #[test]
+    fn pcr_runs_get_their_section_with_the_smoothest_policy_and_the_baselines() {
+        let (setup, mut runs) = runs();
+        assert!(!report(&setup, &runs, "c").contains("## Periodic Canonical Regularization"));
+        for (i, r) in runs.iter_mut().enumerate() {
+            r.param = if i % 2 == 0 {
+                "plain-wd"
+            } else {
+                "pcr-covariant"
+            }
+            .into();
+            r.step_losses = vec![1.0; 40];
+            if r.param == "pcr-covariant" {
+                r.pcr = Some("every 20 steps, penalty none, transport covariant".into());
+                r.pcr_events.push(crate::metrics::PcrEvent {
+                    step: 20,
+                    gain_before: 3.0,
+                    gain_after: 3.0,
+                    loss_before: 1.0,
+                    loss_after: 1.0 + 1e-7,
+                });
+                r.global_gain = vec![(20, 3.0), (40, 4.0)];
+            }
+        }
+        let r = report(&setup, &runs, "c");
+        assert!(r.contains("## Periodic Canonical Regularization"), "{r}");
+        assert!(r.contains("Setup: pcr-covariant: every 20 steps"), "{r}");
+        assert!(
+            r.contains("| pcr-covariant | 0.7500 ± 0.0100 | 0.5100 ± 0.0100 |"),
+            "{r}"
+        );
+        assert!(
+            r.contains("| 1 | 1.00e-7 | +0.00% | 4.000 ± 0.000 |"),
+            "{r}"
+        );
+        assert!(
+            r.contains("The smoothest across canonicalizations is **pcr-covariant**"),
+            "{r}"
+        );
+        assert!(
+            r.contains("Against plain-wd: pcr-covariant: test loss -0.1000 (beyond noise)"),
+            "{r}"
+        );
+        assert!(r.contains("![pcr_loss.png](pcr_loss.png)"));
     }
 
     #[test]

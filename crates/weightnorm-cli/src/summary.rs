@@ -158,6 +158,80 @@ impl Group<'_> {
     }
 }
 
+/// The steps before and after a canonicalization that [`Group::around_events`] looks at.
+pub const BEFORE: usize = 10;
+
+impl Group<'_> {
+    /// Whether the group's runs used Periodic Canonical Regularization.
+    pub fn is_pcr(&self) -> bool {
+        self.runs.iter().any(|r| r.pcr.is_some())
+    }
+
+    /// The training loss around the canonicalizations, relative to the mean loss of the
+    /// [`BEFORE`] steps before each: for offsets `-before..after` from the step that follows a
+    /// canonicalization, the mean over every canonicalization (of every seed) that has the whole
+    /// window. `None` when no canonicalization has it.
+    pub fn around_events(&self, before: usize, after: usize) -> Option<Vec<(i64, f64)>> {
+        let mut sums = vec![0.0; before + after];
+        let mut count = 0usize;
+        for r in &self.runs {
+            let l = &r.step_losses;
+            for e in &r.pcr_events {
+                let k = e.step;
+                if k < before.max(BEFORE) || k + after > l.len() {
+                    continue;
+                }
+                let base = l[k - BEFORE..k].iter().sum::<f64>() / BEFORE as f64;
+                if !(base > 0.0 && base.is_finite()) {
+                    continue;
+                }
+                for (i, s) in sums.iter_mut().enumerate() {
+                    *s += l[k - before + i] / base;
+                }
+                count += 1;
+            }
+        }
+        (count > 0).then(|| {
+            sums.iter()
+                .enumerate()
+                .map(|(i, s)| (i as i64 - before as i64, s / count as f64))
+                .collect()
+        })
+    }
+
+    /// The mean relative jump of the training loss at a canonicalization: the mean loss of the
+    /// [`BEFORE`] steps after it over that of the [`BEFORE`] steps before, minus 1, averaged
+    /// over the canonicalizations of every seed (NaN without any).
+    pub fn loss_jump(&self) -> f64 {
+        self.around_events(BEFORE, BEFORE).map_or(f64::NAN, |c| {
+            c[BEFORE..].iter().map(|p| p.1).sum::<f64>() / BEFORE as f64 - 1.0
+        })
+    }
+
+    /// The largest relative change of a batch's loss across a canonicalization (`loss_after`
+    /// against `loss_before`, the same batch), over every event of every seed (NaN without).
+    pub fn max_event_change(&self) -> f64 {
+        self.runs
+            .iter()
+            .flat_map(|r| r.pcr_events.iter())
+            .map(|e| ((e.loss_after - e.loss_before) / e.loss_before).abs())
+            .fold(f64::NAN, f64::max)
+    }
+
+    /// The global gain over training across seeds: the steps of the first run and the band.
+    pub fn gain_band(&self) -> (Vec<f64>, Band) {
+        let steps = self.runs.first().map_or(Vec::new(), |r| {
+            r.global_gain.iter().map(|g| g.0 as f64).collect()
+        });
+        let curves: Vec<Vec<f64>> = self
+            .runs
+            .iter()
+            .map(|r| r.global_gain.iter().map(|g| g.1).collect())
+            .collect();
+        (steps, Band::of(&curves))
+    }
+}
+
 /// Curves across seeds, point by point, over the length all of them reach.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Band {
@@ -253,6 +327,36 @@ mod tests {
         assert_eq!(b.lo, vec![0.0; 4]);
         assert_eq!(b.hi, vec![2.0; 4]);
         assert_eq!(g[0].mean_seconds(), vec![2.0, 4.0, 6.0, 8.0]);
+    }
+
+    #[test]
+    fn the_loss_around_canonicalizations_is_relative_to_the_steps_before() {
+        let mut r = RunMetrics::new("pcr-covariant", 0);
+        r.pcr = Some("every 20".into());
+        // Loss 1 until step 20, 1.5 for the 10 steps after, then 1 again.
+        r.step_losses = (0..60)
+            .map(|i| if (20..30).contains(&i) { 1.5 } else { 1.0 })
+            .collect();
+        for step in [20, 40, 60] {
+            r.pcr_events.push(crate::metrics::PcrEvent {
+                step,
+                gain_before: 2.0,
+                gain_after: 2.0,
+                loss_before: 1.0,
+                loss_after: if step == 20 { 1.25 } else { 1.0 },
+            });
+        }
+        let runs = [r];
+        let g = &groups(&runs)[0];
+        assert!(g.is_pcr());
+        // Step 60 has no steps after it: only 20 and 40 count.
+        let c = g.around_events(2, 3).unwrap();
+        assert_eq!(
+            c,
+            vec![(-2, 1.0), (-1, 1.0), (0, 1.25), (1, 1.25), (2, 1.25)]
+        );
+        assert!((g.loss_jump() - 0.25).abs() < 1e-12);
+        assert_eq!(g.max_event_change(), 0.25);
     }
 
     #[test]

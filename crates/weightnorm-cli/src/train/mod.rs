@@ -41,6 +41,8 @@ const RUN_FILES: &[&str] = &[
     "test.png",
     "loss_time.png",
     "step_time.png",
+    "gain.png",
+    "pcr_loss.png",
     "accuracy.png",
     COMMAND_FILE,
 ];

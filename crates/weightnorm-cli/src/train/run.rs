@@ -138,6 +138,7 @@ fn optimizer(param: Param, weight_decay: f64) -> ModuleOptimizer {
 /// settings, where the run is and what has been measured so far.
 struct Trainer<'a> {
     ds: &'a Dataset,
+    spec: Spec,
     optim: ModuleOptimizer,
     loss: CrossEntropyLoss,
     device: Device,
@@ -163,6 +164,7 @@ impl<'a> Trainer<'a> {
     ) -> Self {
         Self {
             ds,
+            spec: spec.clone(),
             optim: optimizer(spec.param, args.weight_decay),
             loss: CrossEntropyLossConfig::new().init(&device),
             device,
@@ -285,6 +287,12 @@ impl<'a> Trainer<'a> {
             ece: scores.ece,
         };
         progress::epoch_line(bar, &self.state.metrics.param, epoch + 1, &e);
+        let gain = weightnorm::canonical::canonicalize(self.spec.network(&model.valid())?)?;
+        let steps = self.state.steps.len();
+        self.state
+            .metrics
+            .global_gain
+            .push((steps, gain.global_gain()));
         self.state.metrics.epochs.push(e);
         self.state.epoch = epoch + 1;
         self.state.step_in_epoch = 0;
