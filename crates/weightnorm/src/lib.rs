@@ -57,8 +57,10 @@ pub mod axis;
 pub mod canonical;
 pub mod error;
 pub mod init;
+pub mod live;
 pub mod nn;
 pub mod ops;
+pub mod pcr;
 pub mod reparam;
 pub mod torch;
 

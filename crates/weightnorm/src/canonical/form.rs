@@ -33,6 +33,22 @@ pub struct LayerReport {
     pub carries: Option<String>,
 }
 
+/// The per-unit factors a rescaling applied to one weighted layer (or batch norm): the element
+/// of output unit `i`'s row that reads input unit (or channel) `j` was multiplied by
+/// `input[j] / output[i]`, and bias entry `i` by `1 / output[i]`.
+///
+/// With `groups > 1`, `input` covers every input channel of the layer and row `i` reads the
+/// block of `input.len() / groups` channels of its group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerFactors {
+    /// The layer's position (`"3"`, `"4.body.0"`), as in [`LayerReport::layer`].
+    pub layer: String,
+    /// `s_j`: the scale the layer received, one entry per input unit or channel.
+    pub input: Vec<f64>,
+    /// `d_i`: what each output unit's row (and bias) was divided by.
+    pub output: Vec<f64>,
+}
+
 /// A network in canonical form: unit-norm layers and one output scale vector.
 ///
 /// Made by [`canonicalize`]; the scale always has one entry per output channel of the network.
@@ -42,6 +58,7 @@ pub struct Canonical<T: Real = f64> {
     pub(crate) scale: Vec<f64>,
     pub(crate) reports: Vec<LayerReport>,
     pub(crate) notes: Vec<String>,
+    pub(crate) factors: Vec<LayerFactors>,
 }
 
 impl<T: Real> Canonical<T> {
@@ -63,6 +80,12 @@ impl<T: Real> Canonical<T> {
     /// Folded normalizations and other remarks.
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// The factors applied to every weighted layer and batch norm, in order (after folding:
+    /// a folded batch norm's factors are those of the layer it was folded into).
+    pub fn factors(&self) -> &[LayerFactors] {
+        &self.factors
     }
 
     /// The canonical network and the output scale, giving the rest up.
@@ -171,6 +194,7 @@ pub fn canonicalize<T: Real>(mut network: Network<T>) -> Result<Canonical<T>, Ca
         scale: end.scale,
         reports: run.reports,
         notes,
+        factors: run.factors,
     })
 }
 
@@ -186,6 +210,30 @@ pub fn reconstitute<T: Real>(
     network: Network<T>,
     scale: &[f64],
 ) -> Result<(Network<T>, Vec<LayerReport>), CanonicalError> {
+    reconstitute_with_factors(network, scale).map(|r| (r.network, r.reports))
+}
+
+/// What [`reconstitute_with_factors`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reconstituted<T: Real = f64> {
+    /// The network, computing `scale * canonical(x)`.
+    pub network: Network<T>,
+    /// One entry per weighted layer and batch norm, in order.
+    pub reports: Vec<LayerReport>,
+    /// The factors applied to every weighted layer and batch norm, in order.
+    pub factors: Vec<LayerFactors>,
+}
+
+/// [`reconstitute`], also returning the factors it applied to every weighted layer (as
+/// [`Canonical::factors`] does for [`canonicalize`]).
+///
+/// # Errors
+///
+/// As [`reconstitute`].
+pub fn reconstitute_with_factors<T: Real>(
+    network: Network<T>,
+    scale: &[f64],
+) -> Result<Reconstituted<T>, CanonicalError> {
     let mut network = network;
     let out = network.output_shape();
     let bad = |reason: String| CanonicalError::Layer {
@@ -214,7 +262,11 @@ pub fn reconstitute<T: Real>(
         &Target::To(inverse, "all of the gain (reconstituted)".into()),
         "",
     )?;
-    Ok((network, run.reports))
+    Ok(Reconstituted {
+        network,
+        reports: run.reports,
+        factors: run.factors,
+    })
 }
 
 /// The scale at a point of the network and the activation's shape there.
@@ -247,6 +299,7 @@ enum Target {
 #[derive(Default)]
 struct Run {
     reports: Vec<LayerReport>,
+    factors: Vec<LayerFactors>,
 }
 
 fn is_owner<T: Real>(l: &Layer<T>) -> bool {
@@ -413,6 +466,7 @@ impl Run {
             Target::Unit(_) => vec![1.0; g.len()],
             Target::To(t, _) => t.clone(),
         };
+        let received = st.scale.clone();
         let (absorbed, d) = match layer {
             Layer::Weighted(l) => {
                 let groups = l.groups();
@@ -447,6 +501,11 @@ impl Run {
             Target::Free => None,
             Target::Unit(why) | Target::To(_, why) => Some(why.clone()),
         };
+        self.factors.push(LayerFactors {
+            layer: name.to_string(),
+            input: received,
+            output: d.clone(),
+        });
         self.reports.push(LayerReport {
             layer: name.to_string(),
             op: layer.op().into(),

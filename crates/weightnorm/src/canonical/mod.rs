@@ -72,7 +72,10 @@ pub use calculus::{
     flatten_scale, gain_direction, global_gain, hadamard_norm,
 };
 pub use fold::NormError;
-pub use form::{Agreement, Canonical, LayerReport, argmax, canonicalize, reconstitute, verify};
+pub use form::{
+    Agreement, Canonical, LayerFactors, LayerReport, Reconstituted, argmax, canonicalize,
+    reconstitute, reconstitute_with_factors, verify,
+};
 pub use network::{
     Barrier, ConvGeometry, Layer, LayerPath, MAX_VALUES, Network, Norm, NormKind, Pool, Weighted,
     child, path_name, shapes_through,
