@@ -45,6 +45,23 @@ pub struct DataModelArgs {
     /// run from `--seeds`).
     #[arg(skip)]
     pub seed: u64,
+    /// PCR (--param pcr): canonicalize after every C optimizer steps.
+    #[arg(long, default_value_t = 100, value_name = "C")]
+    pub pcr_every: u64,
+    /// PCR's penalty on the global gain G: none; cap:G (at each canonicalization the output
+    /// scale is shrunk to norm at most G); soft:L (L * G^2 added to the loss at every step).
+    #[arg(long, default_value = "none", value_name = "PENALTY", value_parser = parse_penalty)]
+    pub pcr_penalty: weightnorm::pcr::Penalty,
+    /// PCR's transport of Adam's moments across each canonicalization (compare: a
+    /// comma-separated list, one PCR run per policy, named pcr-<policy>).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "covariant",
+        value_name = "POLICY"
+    )]
+    pub pcr_transport: Vec<PcrTransport>,
     /// Where to compute: cpu (the default), cuda or wgpu, with an index for a GPU (cuda:1);
     /// a backend needs the cargo feature of the same name.
     #[arg(long, value_parser = crate::device::DeviceParser, default_value = "cpu")]
@@ -106,7 +123,7 @@ pub struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "plain,wn,wn-mobn,bn",
+        default_value = "plain,plain-wd,wn,wn-mobn,bn,pcr",
         value_parser = Trimmed::<Param>::new()
     )]
     pub params: Vec<Param>,
@@ -168,6 +185,48 @@ impl DataModelArgs {
     }
 }
 
+/// How PCR carries Adam's moments across a rescaling that multiplies a weight by `a`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PcrTransport {
+    /// m/a and v/a^2: the moments Adam would hold had it trained in the new coordinates.
+    Covariant,
+    /// a*m and a^2*v.
+    WeightScaled,
+    /// Zeros: the rescaled parameters' moments start afresh.
+    Reset,
+    /// Untouched.
+    Keep,
+}
+
+impl PcrTransport {
+    /// The library's policy.
+    pub fn policy(self) -> weightnorm::pcr::Transport {
+        use weightnorm::pcr::Transport;
+        match self {
+            Self::Covariant => Transport::Covariant,
+            Self::WeightScaled => Transport::WeightScaled,
+            Self::Reset => Transport::Reset,
+            Self::Keep => Transport::Keep,
+        }
+    }
+}
+
+/// `--pcr-penalty`: `none`, `cap:G` or `soft:L`.
+fn parse_penalty(s: &str) -> Result<weightnorm::pcr::Penalty, String> {
+    s.parse().map_err(|_| {
+        "expected none, cap:G (G > 0) or soft:L (L >= 0), e.g. cap:10 or soft:1e-4".to_string()
+    })
+}
+
+impl DataModelArgs {
+    /// PCR's configuration with the transport `transport`.
+    pub fn pcr(&self, transport: PcrTransport) -> weightnorm::pcr::PcrConfig {
+        weightnorm::pcr::PcrConfig::new(self.pcr_every)
+            .with_penalty(self.pcr_penalty)
+            .with_transport(transport.policy())
+    }
+}
+
 /// Checks the numeric options before anything is loaded or printed (clap checks the
 /// enumerated ones).
 ///
@@ -180,6 +239,9 @@ pub fn check(args: &DataModelArgs) -> Result<()> {
             "--epochs and --batch-size must be positive, and --lr a positive number"
         ))
         .into());
+    }
+    if args.pcr_every == 0 {
+        return Err(Failure::input(anyhow::anyhow!("--pcr-every must be at least 1")).into());
     }
     if !(args.weight_decay >= 0.0 && args.weight_decay.is_finite()) {
         return Err(Failure::input(anyhow::anyhow!(

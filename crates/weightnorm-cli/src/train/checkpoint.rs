@@ -64,6 +64,9 @@ pub struct State {
     pub seconds: f64,
     /// Whether the run has finished all its epochs.
     pub finished: bool,
+    /// Periodic Canonical Regularization's state (its step count and events), for PCR runs.
+    #[serde(default)]
+    pub pcr: Option<weightnorm::pcr::PcrState>,
 }
 
 /// A checkpoint read back: the model's and the optimizer's records, and the state.

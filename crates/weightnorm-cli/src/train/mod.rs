@@ -83,8 +83,7 @@ fn claim_out(out: &Path, force: bool, what: &str) -> Result<()> {
     }
     for path in entries {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.is_dir() && <crate::model::Param as clap::ValueEnum>::from_str(name, false).is_ok()
-        {
+        if path.is_dir() && is_run_name(name) {
             clear_param_dir(&path)?;
         } else if RUN_FILES.contains(&name) {
             std::fs::remove_file(&path)
@@ -126,9 +125,30 @@ fn clear_param_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The directory of the run of `param` with `seed` in a comparison's `out`.
-fn run_dir(out: &Path, param: Param, seed: u64) -> PathBuf {
-    out.join(param.name()).join(format!("seed-{seed}"))
+/// The name of a run of `param` (of a PCR run in a comparison, with its transport policy:
+/// `pcr-covariant`).
+fn run_name(param: Param, transport: Option<args::PcrTransport>) -> String {
+    match (param, transport) {
+        (Param::Pcr, Some(t)) => format!(
+            "pcr-{}",
+            clap::ValueEnum::to_possible_value(&t)
+                .map_or(String::new(), |v| v.get_name().to_string())
+        ),
+        _ => param.name().to_string(),
+    }
+}
+
+/// Whether `name` is the directory of a parameterization's runs in a comparison.
+fn is_run_name(name: &str) -> bool {
+    <Param as clap::ValueEnum>::from_str(name, false).is_ok()
+        || name
+            .strip_prefix("pcr-")
+            .is_some_and(|t| <args::PcrTransport as clap::ValueEnum>::from_str(t, false).is_ok())
+}
+
+/// The directory of the run named `name` with `seed` in a comparison's `out`.
+fn run_dir(out: &Path, name: &str, seed: u64) -> PathBuf {
+    out.join(name).join(format!("seed-{seed}"))
 }
 
 /// The options stored for `--resume`, parsed again as the subcommand's.
@@ -206,20 +226,26 @@ fn sizes(ds: &Dataset) -> String {
 
 /// Trains one model with `param` (continuing from the checkpoint in `out` when `resume`) and
 /// stages its outputs and its `curves.png` under `out` in `outputs`; returns its metrics.
+#[allow(clippy::too_many_arguments)]
 fn train_and_save(
     outputs: &mut Outputs,
     args: &DataModelArgs,
     ds: &Dataset,
     param: Param,
+    transport: Option<args::PcrTransport>,
     out: &Path,
     resume: bool,
     argv: &[String],
 ) -> Result<RunMetrics> {
+    let name = run_name(param, transport);
     let at = run::RunDir {
         dir: out,
         checkpoint_every: args.checkpoint_every,
         resume,
         argv,
+        name: &name,
+        pcr: (param == Param::Pcr)
+            .then(|| args.pcr(transport.unwrap_or(args::PcrTransport::Covariant))),
     };
     let (spec, model, metrics) = run::run(args, ds, param, &at)?;
     save::save_run(outputs, out, &spec, &model, &metrics, &args.setup(ds))?;
@@ -245,6 +271,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     args.common.seed = args.seed;
+    if args.common.pcr_transport.len() != 1 {
+        return Err(Failure::input(anyhow::anyhow!(
+            "train takes one --pcr-transport (compare takes a list)"
+        ))
+        .into());
+    }
     if args.common.init == args::Init::Ddi && !args.param.weight_norm() {
         return Err(Failure::input(anyhow::anyhow!(
             "--init ddi initialises weight-normalized models (--param wn or wn-mobn), not {}",
@@ -281,6 +313,7 @@ fn train_prepared(
         &args.common,
         ds,
         param,
+        args.common.pcr_transport.first().copied(),
         &args.out,
         resume,
         argv,
@@ -336,6 +369,18 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         ))
         .into());
     }
+    let transports = &args.common.pcr_transport;
+    if let Some(t) = transports
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| transports[..i].contains(t).then_some(t))
+    {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--pcr-transport names {} twice",
+            run_name(Param::Pcr, Some(*t)).trim_start_matches("pcr-")
+        ))
+        .into());
+    }
     if let Some(s) = args
         .seeds
         .iter()
@@ -377,7 +422,7 @@ fn clean_up_after(result: &Result<()>, out: &Path, existed: bool, resume: bool) 
         for e in dir.flatten() {
             let name = e.file_name();
             let name = name.to_str().unwrap_or("");
-            if e.path().is_dir() && <Param as clap::ValueEnum>::from_str(name, false).is_ok() {
+            if e.path().is_dir() && is_run_name(name) {
                 let _ = clear_param_dir(&e.path());
                 let _ = std::fs::remove_dir(e.path());
             }
@@ -416,17 +461,30 @@ fn compare_prepared(
         let mut common = args.common.clone();
         common.seed = seed;
         for &p in params {
-            let dir = run_dir(&args.out, p, seed);
-            let resume = args.resume.is_some();
-            runs.push(train_and_save(
-                &mut outputs,
-                &common,
-                ds,
-                p,
-                &dir,
-                resume,
-                argv,
-            )?);
+            let transports: Vec<Option<args::PcrTransport>> = if p == Param::Pcr {
+                args.common
+                    .pcr_transport
+                    .iter()
+                    .copied()
+                    .map(Some)
+                    .collect()
+            } else {
+                vec![None]
+            };
+            for t in transports {
+                let dir = run_dir(&args.out, &run_name(p, t), seed);
+                let resume = args.resume.is_some();
+                runs.push(train_and_save(
+                    &mut outputs,
+                    &common,
+                    ds,
+                    p,
+                    t,
+                    &dir,
+                    resume,
+                    argv,
+                )?);
+            }
         }
     }
     crate::plot::comparison(&mut outputs, &args.out, &runs)?;

@@ -14,6 +14,9 @@ use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
 
+use weightnorm::pcr::{Pcr, PcrConfig};
+
+use crate::Failure;
 use crate::data::Dataset;
 use crate::metrics::{EpochMetrics, RunMetrics};
 use crate::model::{Model, ModelKind, Param, Spec};
@@ -34,6 +37,10 @@ pub struct RunDir<'a> {
     pub resume: bool,
     /// The command-line options of the run, kept in the checkpoint.
     pub argv: &'a [String],
+    /// The run's name in its metrics (the parameterization's, or `pcr-<policy>`).
+    pub name: &'a str,
+    /// Periodic Canonical Regularization's configuration, for `--param pcr`.
+    pub pcr: Option<PcrConfig>,
 }
 
 /// Set by SIGINT (Ctrl-C): the run writes a checkpoint after the step in progress and stops.
@@ -78,6 +85,20 @@ pub fn run(
         Some(_) => trainer.restore(built, checkpoint::load(at.dir)?)?,
         None => initialise(built, args, ds, &spec, &device)?,
     };
+    if let Some(config) = &at.pcr {
+        let state = trainer.state.pcr.take().unwrap_or_default();
+        let pcr = Pcr::resume(config.clone(), state)
+            .map_err(|e| Failure::input(anyhow::anyhow!("--param pcr: {e}")))?;
+        pcr.check(&model)
+            .map_err(|e| Failure::input(anyhow::anyhow!("--param pcr: {e}")))?;
+        trainer.state.metrics.pcr = Some(format!(
+            "every {} steps, penalty {}, transport {}",
+            config.every,
+            config.penalty,
+            config.transport.name()
+        ));
+        trainer.pcr = Some(pcr);
+    }
     trainer.open_log()?;
     let epochs = args.epochs(ds);
     let bar = progress::bar(param.name(), trainer.steps_per_epoch() * epochs, args.quiet);
@@ -152,6 +173,8 @@ struct Trainer<'a> {
     state: State,
     /// The streamed step log (`steps.jsonl`).
     log: Option<BufWriter<File>>,
+    /// Periodic Canonical Regularization, for PCR runs.
+    pcr: Option<Pcr>,
 }
 
 impl<'a> Trainer<'a> {
@@ -179,12 +202,14 @@ impl<'a> Trainer<'a> {
                 epoch: 0,
                 step_in_epoch: 0,
                 steps: Vec::new(),
-                metrics: RunMetrics::new(spec.param.name(), args.seed),
+                metrics: RunMetrics::new(at.name, args.seed),
                 step_time: 0.0,
                 seconds: 0.0,
                 finished: false,
+                pcr: None,
             },
             log: None,
+            pcr: None,
         }
     }
 
@@ -217,6 +242,7 @@ impl<'a> Trainer<'a> {
     fn save(&mut self, model: &Model, started: Instant) -> Result<()> {
         let mut state = self.state.clone();
         state.seconds += started.elapsed().as_secs_f64();
+        state.pcr = self.pcr.as_ref().map(|p| p.state().clone());
         checkpoint::save(self.dir, model, &self.optim, &state)
     }
 
@@ -317,8 +343,34 @@ impl<'a> Trainer<'a> {
         let x = batch(self.ds, &self.ds.train_x, idx, self.image, &self.device);
         let y = labels(self.ds, idx, &self.device);
         let loss = self.loss.forward(forward(&model, x), y);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = self.optim.step(self.lr, model, grads);
+        let total = match &self.pcr {
+            Some(pcr) => match pcr.penalty(&model)? {
+                Some(penalty) => loss.clone() + penalty,
+                None => loss.clone(),
+            },
+            None => loss.clone(),
+        };
+        let grads = GradientsParams::from_grads(total.backward(), &model);
+        let (model, event) = match &mut self.pcr {
+            None => (self.optim.step(self.lr, model, grads), None),
+            Some(pcr) => {
+                // The loss of this batch just before and just after a canonicalization, on
+                // the inference model (no graph), penalty excluded.
+                let inner = self.device.clone().inner();
+                let (ds, image, loss_fn) = (self.ds, self.image, &self.loss);
+                let measure = |m: &Model| {
+                    let x = batch(ds, &ds.train_x, idx, image, &inner);
+                    let y = labels(ds, idx, &inner);
+                    loss_fn
+                        .forward(forward(&m.valid(), x), y)
+                        .into_scalar::<f64>()
+                };
+                pcr.step_measured(&mut self.optim, self.lr, model, grads, Some(measure))
+                    .map_err(|e| {
+                        anyhow::anyhow!("PCR at step {}: {e}", self.state.steps.len() + 1)
+                    })?
+            }
+        };
         let l = loss.into_scalar::<f64>();
         let took = t0.elapsed().as_secs_f64();
         self.state.step_time += took;
@@ -341,6 +393,22 @@ impl<'a> Trainer<'a> {
         self.state.metrics.step_losses.push(l);
         self.state.metrics.step_ms.push(record.ms);
         self.state.metrics.step_seconds.push(record.seconds);
+        if let Some(e) = event {
+            self.state
+                .metrics
+                .global_gain
+                .push((e.step as usize, e.gain_before));
+            self.state
+                .metrics
+                .pcr_events
+                .push(crate::metrics::PcrEvent {
+                    step: e.step as usize,
+                    gain_before: e.gain_before,
+                    gain_after: e.gain_after,
+                    loss_before: e.loss_before.unwrap_or(f64::NAN),
+                    loss_after: e.loss_after.unwrap_or(f64::NAN),
+                });
+        }
         self.state.steps.push(record);
         self.state.step_in_epoch += 1;
         Ok((model, l))
