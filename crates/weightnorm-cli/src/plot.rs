@@ -115,20 +115,20 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Integer ticks in `lo..=hi`, every one when there are few, else every k-th.
+/// Integer ticks in `lo..=hi`: every integer when there are few, else round multiples
+/// (5, 10, 20, 50, ...).
 fn integer_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let (a, b) = (lo.ceil(), hi.floor());
     if !(b - a).is_finite() || b < a {
         return vec![];
     }
-    let every = ((b - a) / 10.0).ceil().max(1.0);
-    let mut t = Vec::new();
-    let mut x = a;
-    while x <= b && t.len() < 100 {
-        t.push(x);
-        x += every;
+    if b - a <= 12.0 {
+        return (a as i64..=b as i64).map(|k| k as f64).collect();
     }
-    t
+    nice_ticks(lo, hi, 8)
+        .into_iter()
+        .filter(|t| t.fract() == 0.0)
+        .collect()
 }
 
 /// Ticks of a log axis given in log10 units: 1, 2 and 5 times powers of ten when the range
@@ -777,7 +777,11 @@ mod tests {
         );
         assert_eq!(integer_ticks(0.9, 3.1), vec![1.0, 2.0, 3.0]);
         assert!(integer_ticks(0.1, 0.9).is_empty());
-        assert_eq!(integer_ticks(0.5, 30.5).len(), 10); // every 3rd epoch of 30
+        assert_eq!(
+            integer_ticks(0.5, 30.5),
+            vec![5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+        );
+        assert_eq!(integer_ticks(-23.5, 60.0)[..3], [-20.0, -10.0, 0.0]);
         // 0.2 .. 3 in log10 units: 0.2, 0.5, 1, 2
         let t: Vec<String> = log_ticks(0.15f64.log10(), 3f64.log10())
             .iter()
