@@ -58,6 +58,7 @@ pub mod canonical;
 pub mod error;
 pub mod init;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod reparam;
 pub mod torch;

@@ -339,9 +339,7 @@ impl<T: Real> Layer<T> {
             }
             Self::Barrier(Barrier::Softmax) => {
                 if shape.len() != 1 {
-                    return Err(err(format!(
-                        "takes a flat input, receives shape {shape:?}"
-                    )));
+                    return Err(err(format!("takes a flat input, receives shape {shape:?}")));
                 }
                 Ok(shape.to_vec())
             }
@@ -452,7 +450,13 @@ impl<T: Real> Layer<T> {
             Self::PRelu(slopes) => x
                 .iter()
                 .enumerate()
-                .map(|(i, &v)| if v >= 0.0 { v } else { slopes[i / positions] * v })
+                .map(|(i, &v)| {
+                    if v >= 0.0 {
+                        v
+                    } else {
+                        slopes[i / positions] * v
+                    }
+                })
                 .collect(),
             Self::Pool(p) => pool(p, x, shape),
             Self::Flatten => x.to_vec(),

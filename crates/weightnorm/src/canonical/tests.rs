@@ -267,9 +267,7 @@ fn random_network<T: Real>(rng: &mut Rng) -> Network<T> {
             6 | 9 if shape.len() > 1 => Layer::Flatten,
             7 if rng.chance(2) => Layer::Residual(body(rng, &shape, 0)),
             7 => shortcut(rng, &shape),
-            8 if rng.chance(4) => {
-                Layer::PRelu((0..shape[0]).map(|_| rng.next() * 1.5).collect())
-            }
+            8 if rng.chance(4) => Layer::PRelu((0..shape[0]).map(|_| rng.next() * 1.5).collect()),
             8 if shape.len() == 1 && rng.chance(3) => Layer::Barrier(Barrier::Softmax),
             8 => norm(rng, shape[0]),
             _ => {
@@ -645,7 +643,12 @@ fn a_projection_shortcut_brings_the_body_to_the_skip_scale() {
         vec![
             Layer::Shortcut {
                 body: vec![
-                    dense(3, 2, vec![1.0, 2.0, -1.0, 0.5, 3.0, 1.0], Some(vec![0.1, 0.2, 0.3])),
+                    dense(
+                        3,
+                        2,
+                        vec![1.0, 2.0, -1.0, 0.5, 3.0, 1.0],
+                        Some(vec![0.1, 0.2, 0.3]),
+                    ),
                     Layer::Act(Activation::Relu),
                     dense(2, 3, vec![2.0, 0.0, 1.0, -1.0, 1.0, 0.5], None),
                 ],
@@ -663,7 +666,10 @@ fn a_projection_shortcut_brings_the_body_to_the_skip_scale() {
     assert_eq!(c.network.layer_name(&[0, 3]).as_deref(), Some("0.skip.0"));
     assert_eq!(c.network.layer_name(&[0, 1]).as_deref(), Some("0.body.1"));
     assert_eq!(c.network.layer_name(&[0, 4]), None);
-    assert_eq!(net.parameter_layers(), vec![vec![0, 0], vec![0, 2], vec![0, 3]]);
+    assert_eq!(
+        net.parameter_layers(),
+        vec![vec![0, 0], vec![0, 2], vec![0, 3]]
+    );
     let Some(Layer::Weighted(skip)) = c.network.layer(&[0, 3]) else {
         panic!()
     };
@@ -673,7 +679,11 @@ fn a_projection_shortcut_brings_the_body_to_the_skip_scale() {
     assert!(verify(&net, &c, &xs).max_rel_error < 1e-12);
     // Reconstituted with another scale: both branches carry it.
     let (back, reports) = reconstitute(c.network.clone(), &[1.0, 4.0]).unwrap();
-    assert!(reports.iter().any(|r| r.layer == "0.skip.0" && r.carries.is_some()));
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.layer == "0.skip.0" && r.carries.is_some())
+    );
     let want: Vec<Vec<f64>> = c
         .network
         .forward(&xs)
@@ -722,7 +732,10 @@ fn prelu_and_a_multiplier_pass_or_absorb_a_positive_scale() {
     assert!(verify(&net, &c, &inputs(&mut rng, &[2, 3], 8)).max_rel_error < 1e-12);
     // A PReLU takes one slope per channel.
     let e = Network::<f64>::new(vec![3], vec![Layer::PRelu(vec![0.1, 0.2])]).unwrap_err();
-    assert_eq!(e.to_string(), "layer 0 (prelu): has 2 slopes for 3 channels");
+    assert_eq!(
+        e.to_string(),
+        "layer 0 (prelu): has 2 slopes for 3 channels"
+    );
 }
 
 #[test]
