@@ -59,6 +59,7 @@ pub mod error;
 pub mod init;
 pub mod live;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod pcr;
 pub mod reparam;

@@ -117,12 +117,20 @@ impl<T: Real> Norm<T> {
 /// Folds every batch norm and mean-only batch norm that directly follows a weighted layer with
 /// as many output channels into it: the rows are multiplied by the norm's multiplier, and the
 /// combined shift (`a * b + c`) is kept by the norm as a shift (the layer's bias, if it has one,
-/// becomes zero).
+/// becomes zero). A [`NormKind::Scale`] is left alone.
 pub(crate) fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &mut Vec<String>) {
     for i in 0..layers.len() {
-        if let Layer::Residual(body) = &mut layers[i] {
-            fold_norms(body, &child(path, i), notes);
-            continue;
+        match &mut layers[i] {
+            Layer::Residual(body) => {
+                fold_norms(body, &format!("{}.body", child(path, i)), notes);
+                continue;
+            }
+            Layer::Shortcut { body, skip } => {
+                fold_norms(body, &format!("{}.body", child(path, i)), notes);
+                fold_norms(skip, &format!("{}.skip", child(path, i)), notes);
+                continue;
+            }
+            _ => {}
         }
         if i == 0 {
             continue;
@@ -131,7 +139,7 @@ pub(crate) fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &m
         let (Layer::Weighted(w), Layer::Norm(n)) = (&mut before[i - 1], &mut after[0]) else {
             continue;
         };
-        if n.c.len() != w.w.out {
+        if n.c.len() != w.w.out || n.kind == NormKind::Scale {
             continue;
         }
         let bias = w.b.clone();

@@ -305,18 +305,49 @@ struct Run {
 fn is_owner<T: Real>(l: &Layer<T>) -> bool {
     matches!(
         l,
-        Layer::Weighted(_) | Layer::Residual(_) | Layer::Norm(Norm { a: Some(_), .. })
+        Layer::Weighted(_)
+            | Layer::Residual(_)
+            | Layer::Shortcut { .. }
+            | Layer::Norm(Norm { a: Some(_), .. })
     )
 }
 
-/// Whether a residual body needs its input as it is: a barrier (or such a residual) comes
+/// Whether a branch can bring its output to a prescribed scale: a layer that can carry one
+/// follows its last barrier.
+fn can_carry<T: Real>(layers: &[Layer<T>]) -> bool {
+    let start = layers
+        .iter()
+        .rposition(|l| matches!(l, Layer::Barrier(_)))
+        .map_or(0, |i| i + 1);
+    layers[start..].iter().any(is_owner)
+}
+
+/// Whether a residual block (or shortcut) needs its input as it is: a barrier comes before any
+/// layer that could absorb the scale, in its body or its skip; or neither branch of a shortcut
+/// can carry a scale and one of them holds a barrier (which hands on 1, so the other must too).
+fn block_needs_unit_input<T: Real>(l: &Layer<T>) -> bool {
+    match l {
+        Layer::Residual(body) => needs_unit_input(body),
+        Layer::Shortcut { body, skip } => {
+            let barrier = |ls: &[Layer<T>]| ls.iter().any(|l| matches!(l, Layer::Barrier(_)));
+            needs_unit_input(body)
+                || needs_unit_input(skip)
+                || (!can_carry(body) && !can_carry(skip) && (barrier(body) || barrier(skip)))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a stretch of layers needs its input as it is: a barrier (or a block that does) comes
 /// before any layer that could absorb the scale.
 fn needs_unit_input<T: Real>(layers: &[Layer<T>]) -> bool {
     for l in layers {
         match l {
             Layer::Barrier(_) => return true,
-            Layer::Residual(body) if needs_unit_input(body) => return true,
-            Layer::Residual(_) => {}
+            Layer::Residual(_) | Layer::Shortcut { .. } if block_needs_unit_input(l) => {
+                return true;
+            }
+            Layer::Residual(_) | Layer::Shortcut { .. } => {}
             l if is_owner(l) => return false,
             _ => {}
         }
@@ -366,12 +397,7 @@ impl Run {
         let Some(j) = layers.iter().rposition(is_owner) else {
             let start_name = child(path, offset);
             let st = self.pass(layers, st, path, offset)?;
-            let ok = match target {
-                Target::Unit(_) => st.scale.iter().all(|&g| g == 1.0),
-                Target::To(t, _) => &st.scale == t,
-                Target::Free => true,
-            };
-            if !ok {
+            if !reaches(&st.scale, target) {
                 return Err(CanonicalError::Layer {
                     layer: start_name,
                     op: "scale".into(),
@@ -383,14 +409,57 @@ impl Run {
         // The target at the owner's output: back through the homogeneous layers after it.
         let shape_j = shapes_through(&layers[..=j], &st.shape, "")?;
         let t_owner = map_back(&layers[j + 1..], &shape_j, target, &child(path, offset + j))?;
-        let st = if let Layer::Residual(_) = layers[j] {
-            let st = self.segment(&mut layers[..j], st, &t_owner, path, offset)?;
-            self.residual(&mut layers[j], st, &child(path, offset + j))?
-        } else {
-            let st = self.free(&mut layers[..j], st, path, offset)?;
-            self.owner(&mut layers[j], st, &t_owner, &child(path, offset + j))?
+        let name = child(path, offset + j);
+        let st = match &layers[j] {
+            Layer::Shortcut { body, skip } if can_carry(body) && can_carry(skip) => {
+                // Both branches can carry the target themselves.
+                let st = if block_needs_unit_input(&layers[j]) {
+                    let why = format!(
+                        "the scale, multiplied back before the shortcut {name} (a branch starts \
+                         with a barrier)"
+                    );
+                    self.segment(&mut layers[..j], st, &Target::Unit(why), path, offset)?
+                } else {
+                    self.free(&mut layers[..j], st, path, offset)?
+                };
+                self.shortcut_to(&mut layers[j], st, &t_owner, &name)?
+            }
+            Layer::Residual(_) | Layer::Shortcut { .. } => {
+                // The skip passes its input's scale on: the layers before carry the target.
+                let st = self.segment(&mut layers[..j], st, &t_owner, path, offset)?;
+                let st = self.residual(&mut layers[j], st, &name)?;
+                if !reaches(&st.scale, &t_owner) {
+                    return Err(CanonicalError::Layer {
+                        layer: name,
+                        op: "scale".into(),
+                        reason: "neither branch of this shortcut can carry the scale it must \
+                                 hand on"
+                            .into(),
+                    });
+                }
+                st
+            }
+            _ => {
+                let st = self.free(&mut layers[..j], st, path, offset)?;
+                self.owner(&mut layers[j], st, &t_owner, &name)?
+            }
         };
         self.pass(&mut layers[j + 1..], st, path, offset + j + 1)
+    }
+
+    /// A shortcut whose branches both carry `target`.
+    fn shortcut_to<T: Real>(
+        &mut self,
+        layer: &mut Layer<T>,
+        st: State,
+        target: &Target,
+        name: &str,
+    ) -> Result<State, CanonicalError> {
+        let Layer::Shortcut { body, skip } = layer else {
+            unreachable!("a shortcut")
+        };
+        self.seq(body, st.clone(), target, &format!("{name}.body"))?;
+        self.seq(skip, st, target, &format!("{name}.skip"))
     }
 
     /// A stretch that hands on its own scale.
@@ -402,9 +471,7 @@ impl Run {
         offset: usize,
     ) -> Result<State, CanonicalError> {
         // A residual whose body needs its input as it is: everything before it hands on 1.
-        let k = layers
-            .iter()
-            .rposition(|l| matches!(l, Layer::Residual(body) if needs_unit_input(body)));
+        let k = layers.iter().rposition(block_needs_unit_input);
         let (mut st, from) = match k {
             Some(k) => {
                 let why = format!(
@@ -422,7 +489,7 @@ impl Run {
         for (i, l) in layers.iter_mut().enumerate().skip(from) {
             let name = child(path, offset + i);
             st = match l {
-                Layer::Residual(_) => self.residual(l, st, &name)?,
+                Layer::Residual(_) | Layer::Shortcut { .. } => self.residual(l, st, &name)?,
                 l if is_owner(l) => self.owner(l, st, &Target::Free, &name)?,
                 l => self.pass_one(l, st, &name)?,
             };
@@ -430,25 +497,59 @@ impl Run {
         Ok(st)
     }
 
-    /// `y = x + body(x)`: the body is brought to the skip path's scale.
+    /// `y = x + body(x)`: the body is brought to the skip path's scale. `y = skip(x) +
+    /// body(x)`: the skip hands on its own scale and the body is brought to it (or, where the
+    /// body has no layer to carry a scale, the other way round).
     fn residual<T: Real>(
         &mut self,
         layer: &mut Layer<T>,
         st: State,
         name: &str,
     ) -> Result<State, CanonicalError> {
-        let Layer::Residual(body) = layer else {
-            unreachable!("a residual")
-        };
         let why =
             format!("the ratio of the residual body's scale to the skip path's (block {name})");
-        self.seq(
-            body,
-            st.clone(),
-            &Target::To(st.scale.clone(), why),
-            &format!("{name}.body"),
-        )?;
-        Ok(st)
+        let (body_path, skip_path) = (format!("{name}.body"), format!("{name}.skip"));
+        match layer {
+            Layer::Residual(body) => {
+                self.seq(
+                    body,
+                    st.clone(),
+                    &Target::To(st.scale.clone(), why),
+                    &body_path,
+                )?;
+                Ok(st)
+            }
+            Layer::Shortcut { body, skip } if can_carry(body) => {
+                let out = self.seq(skip, st.clone(), &Target::Free, &skip_path)?;
+                self.seq(body, st, &Target::To(out.scale.clone(), why), &body_path)?;
+                Ok(out)
+            }
+            Layer::Shortcut { body, skip } if can_carry(skip) => {
+                let why = format!(
+                    "the ratio of the shortcut's scale to the residual body's (block {name})"
+                );
+                let out = self.seq(body, st.clone(), &Target::Free, &body_path)?;
+                self.seq(skip, st, &Target::To(out.scale.clone(), why), &skip_path)?;
+                Ok(out)
+            }
+            Layer::Shortcut { body, skip } => {
+                // Neither branch can carry a scale: both hand on what they receive (1 after a
+                // barrier, which their input then is too), and they must agree.
+                let out = self.seq(body, st.clone(), &Target::Free, &body_path)?;
+                let short = self.seq(skip, st, &Target::Free, &skip_path)?;
+                if out.scale != short.scale {
+                    return Err(CanonicalError::Layer {
+                        layer: name.to_string(),
+                        op: "scale".into(),
+                        reason: "the branches of this shortcut hand on different scales and \
+                                 neither has a layer to carry the other's"
+                            .into(),
+                    });
+                }
+                Ok(out)
+            }
+            _ => unreachable!("a residual block"),
+        }
     }
 
     /// Transform III on a weighted layer or a batch norm, handing on its own scale (`Free`) or
@@ -541,7 +642,7 @@ impl Run {
         let shape = layer.out_shape(&st.shape, name)?;
         let scale = match layer {
             Layer::Act(a) => a.commute(st.scale, name)?,
-            Layer::Pool(_) => {
+            Layer::Pool(_) | Layer::PRelu(_) => {
                 if st.scale.iter().any(|&g| g < 0.0) {
                     return Err(CanonicalError::NegativeScale {
                         layer: name.into(),
@@ -558,11 +659,23 @@ impl Run {
                 st.scale
             }
             Layer::Flatten => flatten_scale(&st.scale, st.shape[1..].iter().product()),
-            Layer::Weighted(_) | Layer::Residual(_) | Layer::Barrier(_) => {
+            Layer::Weighted(_)
+            | Layer::Residual(_)
+            | Layer::Shortcut { .. }
+            | Layer::Barrier(_) => {
                 unreachable!("not a pass-through layer")
             }
         };
         Ok(State { scale, shape })
+    }
+}
+
+/// Whether `scale` is what `target` asks for.
+fn reaches(scale: &[f64], target: &Target) -> bool {
+    match target {
+        Target::Free => true,
+        Target::Unit(_) => scale.iter().all(|&g| g == 1.0),
+        Target::To(t, _) => scale == t.as_slice(),
     }
 }
 
