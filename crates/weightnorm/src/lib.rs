@@ -17,6 +17,8 @@
 //! | [`init`] | the paper's data-dependent initialisation | `reparam`, `axis` |
 //! | [`nn`] | mean-only batch norm, the WaveNet block, the weight-normalized CNN | `reparam`, `init` |
 //! | [`canonical`] | the calculus: networks in output and input units ([`canonical::Network`]), the three transforms, batch-norm folding, canonicalize, reconstitute, verify, gains. No file format, no framework names: layers are known by position | nothing |
+//! | [`live`] | the live-module front-end of the calculus: [`live::Canonicalizable`] (a module names its layers, [`live::LiveLayer`], borrowing Burn's), [`live::describe`] (module to network, keyed by `ParamId`), [`live::write`] (network back into the module, every `ParamId` kept), [`live::canonicalize_module`] (in place, function kept or gain capped, with the per-element factors applied) | `canonical`, `axis` |
+//! | [`pcr`] | Periodic Canonical Regularization: [`pcr::PcrConfig`] (every C steps, [`pcr::Penalty`] none/cap/soft, [`pcr::Transport`]), the differentiable global gain ([`pcr::gain`]), the optimizer-state transport through Burn's optimizer record ([`pcr::transport`]), the driver [`pcr::Pcr`] for hand-written loops and [`pcr::PcrSlot`] / [`pcr::optimize`] for burn-train's `Learner` | `live`, `canonical` |
 //! | [`torch`] | everything that knows PyTorch: checkpoints (`checkpoint.rs`: `.safetensors` memory-mapped, `.pt` through this crate's own zip reader (`zipfile.rs`), the legacy stream of torch < 1.6 (`legacy.rs`) and a restricted unpickler that calls nothing (`pickle.rs`, `pt.rs`)), key schemes and weight-norm pairs (`pairs.rs`), fuse/split/convert (`transform.rs`), Burn modules to and from checkpoints (`module_io.rs`), and the architecture-file front-end of the calculus ([`torch::arch`]: `spec` the serde schema, `read`, `write`) | `ops`, `reparam`, `canonical`, `axis` |
 //!
 //! ## How data flows
@@ -31,10 +33,15 @@
 //! canonical    arch JSON --torch::arch::parse_arch--> ArchSpec --from_spec(+ tensors)--> Network + Bindings
 //!              Network --canonicalize--> Canonical (unit rows, one output scale, reports)
 //!              --verify--> Agreement;  --to_tensors(Bindings)--> checkpoint tensors
+//!              Burn module (Canonicalizable) --live::describe--> Network + LiveBindings (ParamIds)
+//!              --canonicalize, reconstitute--> --live::write--> the module, rewritten in place
+//! pcr          every C optimizer steps: live::canonicalize_module (factors a per element)
+//!              --pcr::transport(a)--> the optimizer's record rewritten (m / a, v / a^2, ...)
 //! ```
 //!
-//! The calculus sits in the middle and speaks of networks only; each file format is a front-end
-//! that keeps its own names beside the layers' positions ([`torch::arch::Binding`]).
+//! The calculus sits in the middle and speaks of networks only; each front-end keeps its own
+//! names beside the layers' positions (a file's keys in [`torch::arch::Binding`], a live module's
+//! parameter ids in [`live::LiveBinding`]).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};

@@ -17,9 +17,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::models::{Mlp, cnn, rel_diff, uniform, values};
 use common::{ad_device, device};
 use weightnorm::canonical::canonicalize;
-use weightnorm::live::{Canonicalizable, canonicalize_module, describe};
+use weightnorm::live::{Canonicalizable, LiveError, canonicalize_module, describe};
 use weightnorm::nn::WnCnnClassifier;
 use weightnorm::pcr::{Pcr, PcrConfig, PcrError, PcrState, Penalty, Transport, gain, transport};
+use weightnorm::{WeightNorm, WeightNormConfig, apply_weight_norm};
 
 const LR: f64 = 1e-2;
 
@@ -552,4 +553,40 @@ fn a_run_resumed_from_its_checkpoint_takes_the_same_steps() {
     for (a, b) in straight.linears.iter().zip(&resumed.linears) {
         assert_eq!(values(a.weight.val()), values(b.weight.val()));
     }
+}
+
+/// A weight-normalized model under PCR: refused with a typed error before training (and at a
+/// canonicalization); the soft penalty's gain works on it, through `g` and `v`.
+#[test]
+fn pcr_refuses_weight_norm_and_its_gain_reaches_g_and_v() {
+    let d = ad_device();
+    d.seed(13);
+    let wn = apply_weight_norm(Mlp::new(&[6, 5, 3], &d), &WeightNormConfig::new()).unwrap();
+    let mut pcr = Pcr::new(PcrConfig::new(1)).unwrap();
+    let e = pcr.check(&wn).unwrap_err();
+    assert!(
+        matches!(&e, PcrError::Live(LiveError::Reparameterized { reparameterization, .. })
+            if reparameterization == "weight_norm"),
+        "{e}"
+    );
+    let mut optim = AdamConfig::new().init();
+    let (x, y) = batch2(4, 6, 3, 1);
+    let grads = GradientsParams::from_grads(mlp_loss(&wn, x, y).backward(), &wn);
+    assert_eq!(pcr.step(&mut optim, LR, wn.clone(), grads).unwrap_err(), e);
+    assert!(pcr.state().events.is_empty());
+
+    let soft = Pcr::new(PcrConfig::new(1).with_penalty(Penalty::Soft { lambda: 1.0 })).unwrap();
+    let grads = soft.penalty(&wn).unwrap().unwrap().backward();
+    let layer = &wn.linears[0].weight;
+    let g = &layer.reparameterization::<WeightNorm>().unwrap().g;
+    assert!(
+        values(g.grad(&grads).unwrap())
+            .iter()
+            .any(|v| v.abs() > 0.0)
+    );
+    assert!(
+        values(layer.base().grad(&grads).unwrap())
+            .iter()
+            .any(|v| v.abs() > 0.0)
+    );
 }

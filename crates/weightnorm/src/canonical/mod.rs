@@ -32,7 +32,9 @@
 //! around it: an architecture file and a checkpoint are read by
 //! [`torch::from_arch`](crate::torch::from_arch) and written back by
 //! [`torch::to_tensors`](crate::torch::to_tensors), which keep the checkpoint keys beside the
-//! layers' positions.
+//! layers' positions; a live Burn module is read by [`live::describe`](crate::live::describe)
+//! and rewritten in place by [`live::write`](crate::live::write), which keep its parameter ids.
+//! Every rescaling reports the per-unit factors it applied ([`LayerFactors`]).
 //!
 //! ```
 //! use weightnorm::canonical::{Activation, Layer, Network, Rows, Weighted, canonicalize, verify};

@@ -8,7 +8,7 @@
 //! itself, by implementing [`Canonicalizable`]: one input sample's shape and its layers in the
 //! order its forward pass applies them ([`LiveLayer`]), borrowing Burn's own layer modules. The
 //! calculus ([`crate::canonical`]) never sees a Burn type: [`describe`] reads the module into a
-//! [`Network`] (host memory, `f64`), [`write`] puts a network's weights back.
+//! [`Network`] (host memory, `f64`), [`write`](fn@write) puts a network's weights back.
 //!
 //! ```
 //! use burn::module::Module;
@@ -61,7 +61,7 @@
 //! with one reports it as [`LiveLayer::Unsupported`] and is refused.
 //!
 //! Reparameterized weights (weight norm, LoRA) are read through their effective value, so
-//! [`describe`] and the gain work on them; [`write`] refuses them
+//! [`describe`] and the gain work on them; [`write`](fn@write) refuses them
 //! ([`LiveError::Reparameterized`]): see [`crate::pcr`] for why PCR does not act on weight norm.
 
 mod write;

@@ -157,18 +157,27 @@ impl LiveFactors {
     /// weight's [`LiveBinding::shape`]).
     pub fn weight(&self) -> Vec<f64> {
         let b = &self.binding;
-        let out = self.output.len();
+        let inverse: Vec<f64> = self.output.iter().map(|d| 1.0 / d).collect();
         let n: usize = b.shape.iter().product();
-        let row_len = n / out.max(1);
-        let per_group = self.input.len() / b.groups.max(1);
-        let taps = (row_len / per_group.max(1)).max(1);
-        let rows_per_group = (out / b.groups.max(1)).max(1);
-        let mut rows = Vec::with_capacity(n);
-        for (i, d) in self.output.iter().enumerate() {
-            let first = (i / rows_per_group) * per_group;
-            rows.extend((0..row_len).map(|k| self.input[first + k / taps] / d));
+        let mut out = Vec::with_capacity(n);
+        if b.kind.unit_axes().output == 0 {
+            // One row per output unit: row i reads its group's block of input channels, each
+            // for `taps` consecutive elements.
+            let row_len = n / inverse.len().max(1);
+            let per_group = self.input.len() / b.groups.max(1);
+            let taps = (row_len / per_group.max(1)).max(1);
+            let rows_per_group = (inverse.len() / b.groups.max(1)).max(1);
+            for (i, inv) in inverse.iter().enumerate() {
+                let first = (i / rows_per_group) * per_group;
+                out.extend((0..row_len).map(|k| self.input[first + k / taps] * inv));
+            }
+        } else {
+            // `[in, out]` (Linear): element (j, i) is s_j / d_i.
+            for s in &self.input {
+                out.extend(inverse.iter().map(|inv| s * inv));
+            }
         }
-        from_rows(b.kind, &b.shape, &rows)
+        out
     }
 
     /// The factor of every bias entry: `1 / output[i]`.
@@ -221,7 +230,7 @@ impl Rescaling {
 /// # Errors
 ///
 /// [`LiveError::MaxGain`] for a `max_gain` that is not positive and finite; those of
-/// [`describe`] and [`write`] (a reparameterized weight is refused); [`LiveError::Calculus`]
+/// [`describe`] and [`write`](fn@write) (a reparameterized weight is refused); [`LiveError::Calculus`]
 /// if the canonical form overflows.
 pub fn canonicalize_module<M: Canonicalizable>(
     module: &M,

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use burn::module::ParamId;
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 
 use super::{PcrError, Transport};
 
@@ -82,25 +82,37 @@ pub fn transport_record(
             return Err(PcrError::UnknownState { field });
         };
         let data = TensorData::from_bytes(bytes, shape.clone(), dtype);
-        let values = data.try_into_vec_as::<f64>().map_err(record_error)?;
-        if values.len() != a.len() {
+        if data.num_elements() != a.len() {
             return Err(PcrError::StateShape {
                 field,
-                got: values.len(),
+                got: data.num_elements(),
                 expected: a.len(),
             });
         }
-        let moved: Vec<f64> = values
-            .iter()
-            .zip(a.iter())
-            .map(|(x, &f)| match policy {
-                Transport::Covariant => x / f.powi(k),
-                _ => x * f.powi(k),
-            })
-            .collect();
-        let (bytes, _, _) = TensorData::new(moved, shape.clone())
-            .convert_dtype(dtype)
-            .into_parts();
+        let by = |f: f64| match policy {
+            Transport::Covariant => f.powi(-k),
+            _ => f.powi(k),
+        };
+        let moved = if dtype == DType::F32 {
+            // The common case without a round trip through f64 vectors: each value times its
+            // factor in f64, rounded once.
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(data.as_bytes());
+            let out: Vec<f32> = values
+                .iter()
+                .zip(a.iter())
+                .map(|(&x, &f)| (f64::from(x) * by(f)) as f32)
+                .collect();
+            TensorData::new(out, shape.clone())
+        } else {
+            let values = data.try_into_vec_as::<f64>().map_err(record_error)?;
+            let out: Vec<f64> = values
+                .iter()
+                .zip(a.iter())
+                .map(|(x, &f)| x * by(f))
+                .collect();
+            TensorData::new(out, shape.clone()).convert_dtype(dtype)
+        };
+        let (bytes, _, _) = moved.into_parts();
         tensors.push(burn_pack::Tensor::new(name, dtype, shape, param_id, bytes));
     }
     let mut writer = burn_pack::Writer::new(tensors);
