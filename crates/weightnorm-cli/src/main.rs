@@ -19,16 +19,20 @@
 //! | `report` | `report.md` (a conclusion computed from the numbers) and the terminal table |
 //! | `plot` | PNG plots from metrics only (no training, no clap) |
 //! | `demo` | `weightnorm demo` |
+//! | `bench` | `weightnorm bench`: the operation, copies, training steps and canonicalization timed |
+//! | `malloc` | the allocator settings every command runs with (set first thing in `main`) |
 //!
 //! Data flow of `train`: data set -> batches -> model -> loss -> gradients -> Adam ->
 //! (per step) `steps.jsonl`, (every N steps and epoch) `checkpoint.bin` -> metrics -> outputs
 //! staged -> put in place together.
 
+mod bench;
 mod canon;
 mod ckpt;
 mod data;
 mod demo;
 mod device;
+mod malloc;
 mod metrics;
 mod model;
 mod op;
@@ -77,6 +81,9 @@ enum Command {
     Canonicalize(canon::CanonicalizeArgs),
     /// Demonstrations: decoupling, batch-independence, wn-vs-bn.
     Demo(demo::DemoArgs),
+    /// Time the operation (fused and composed) beside copies of the same bytes, a training
+    /// step plain and weight-normalized, and canonicalization.
+    Bench(bench::BenchArgs),
 }
 
 /// An error caused by the user's input (arguments, files): exit code 2. Anything else (a
@@ -117,6 +124,8 @@ fn one_line(rendered: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: the allocator keeps large freed blocks (see `malloc`).
+    malloc::configure();
     // Die quietly when stdout is closed early (`weightnorm inspect f | head`), as Unix tools do,
     // rather than panicking on the failed write.
     #[cfg(unix)]
@@ -142,6 +151,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => train::compare(args),
         Command::Canonicalize(args) => canon::canonicalize_cmd(args),
         Command::Demo(args) => demo::demo(args),
+        Command::Bench(args) => bench::bench(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

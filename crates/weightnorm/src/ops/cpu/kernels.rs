@@ -631,4 +631,133 @@ mod tests {
     fn v_of_the_wrong_length_panics() {
         forward::<f32>(&[1.0; 5], &[1.0; 3], [1, 3, 2], 0.0);
     }
+
+    /// `write` for each operation, store and type gives, element by element, the rounded
+    /// value of the definition, wherever the output starts (streaming needs aligned lines).
+    fn check_write<T: Real>(to: impl Fn(f64) -> T) {
+        let n = 2 * BLOCK + 77;
+        let x: Vec<T> = values(n, 61).into_iter().map(&to).collect();
+        let d: Vec<T> = values(n, 62).into_iter().map(&to).collect();
+        let up = |v: f64| to(v).up();
+        let (ca, cb): (Vec<T::A>, Vec<T::A>) = (
+            values(n, 63).into_iter().map(up).collect(),
+            values(n, 64).into_iter().map(up).collect(),
+        );
+        let (fa, fb) = (up(0.75), up(-1.25));
+        let ops = [
+            Op::Scale(fa),
+            Op::ScaleCols(&ca),
+            Op::Axpby(fa, fb),
+            Op::AxpbyCols(&ca, &cb),
+        ];
+        for (k, op) in ops.into_iter().enumerate() {
+            for store in [Store::Cached, Store::Streaming] {
+                for (start, len) in [(0, n), (1, n - 1), (3, 40), (5, BLOCK + 9), (7, 0)] {
+                    let r = start..start + len;
+                    let mut out = vec![MaybeUninit::new(to(-9.0)); n];
+                    let part = op.part(r.clone());
+                    write(
+                        &mut out[r.clone()],
+                        &x[r.clone()],
+                        &d[r.clone()],
+                        part,
+                        store,
+                    );
+                    super::super::sums::fence();
+                    for i in r.clone() {
+                        let (xv, dv, j) = (x[i].up(), d[i].up(), i - start);
+                        let expected = T::down(match k {
+                            0 => xv * fa,
+                            1 => xv * ca[start + j],
+                            2 => fa * dv - fb * xv,
+                            _ => ca[start + j] * dv - cb[start + j] * xv,
+                        });
+                        // SAFETY: every element was initialized above.
+                        let got = unsafe { out[i].assume_init() };
+                        assert_eq!(
+                            bytemuck::bytes_of(&got),
+                            bytemuck::bytes_of(&expected),
+                            "{} op {k} {store:?} at {i} of {start}..{}",
+                            std::any::type_name::<T>(),
+                            start + len
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_store_writes_the_definitions_bits() {
+        check_write::<f32>(|x| x as f32);
+        check_write::<f64>(|x| x);
+        check_write::<f16>(f16::from_f64);
+        check_write::<bf16>(bf16::from_f64);
+    }
+
+    /// Outputs of 16 MiB and more are streamed: every schedule still writes every element
+    /// right (against the f64 definition).
+    #[test]
+    fn large_outputs_are_written_whole_and_right() {
+        let len = super::super::schedule::STREAM_MIN_BYTES / 4 + 2049;
+        for split in [
+            [1, 2051, len / 2051],
+            [1, 1, len],
+            [len / 2051, 2051, 1],
+            [7, 3, len / 21],
+        ] {
+            let len: usize = split.iter().product();
+            assert_eq!(Store::for_output::<f32>(len), Store::Streaming);
+            let (v, dw) = (values(len, 65), values(len, 66));
+            let g: Vec<f64> = values(split[1], 67).iter().map(|x| x + 1.5).collect();
+            let (v32, dw32, g32): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+                v.iter().map(|&x| x as f32).collect(),
+                dw.iter().map(|&x| x as f32).collect(),
+                g.iter().map(|&x| x as f32).collect(),
+            );
+            let f = |xs: &[f32]| xs.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+            let (w, dv, dg) = naive(&f(&v32), &f(&g32), &f(&dw32), split, 0.0);
+            let got_w = forward::<f32>(&v32, &g32, split, 0.0);
+            let (got_dv, got_dg) = backward::<f32>(&v32, &g32, &dw32, split, 0.0);
+            assert!(max_err(&f(&got_w), &w) <= 1e-5, "w {split:?}");
+            assert!(max_err(&f(&got_dv), &dv) <= 1e-5, "dv {split:?}");
+            assert!(max_err(&f(&got_dg), &dg) <= 1e-5, "dg {split:?}");
+        }
+    }
+
+    /// Above the size where threads are used, one thread and several give the same bits, and
+    /// the same as below it (the chunks do not depend on the threads).
+    #[test]
+    fn one_thread_and_several_give_the_same_bits() {
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let (one, four) = (pool(1), pool(4));
+        let big = super::super::schedule::PARALLEL_MIN + 1000;
+        for split in [
+            [1, 600, big / 600],
+            [1, 1, big],
+            [1, 3, big / 3],
+            [big / 700, 700, 1],
+            [big / 1200, 40, 30],
+        ] {
+            let len: usize = split.iter().product();
+            let v: Vec<f32> = values(len, 71).iter().map(|&x| x as f32).collect();
+            let dw: Vec<f32> = values(len, 72).iter().map(|&x| x as f32).collect();
+            let g: Vec<f32> = values(split[1], 73)
+                .iter()
+                .map(|&x| x as f32 + 2.0)
+                .collect();
+            let run = || {
+                let w = forward::<f32>(&v, &g, split, 0.0);
+                let (dv, dg) = backward::<f32>(&v, &g, &dw, split, 0.0);
+                let bits = |x: &[f32]| x.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+                (bits(&w), bits(&dv), bits(&dg))
+            };
+            assert!(one.install(run) == four.install(run), "{split:?}");
+        }
+    }
 }

@@ -222,18 +222,23 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
     let row = n * inner;
     let rows_per_task = (CHUNK / row).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
     let tasks = outer.div_ceil(rows_per_task);
-    let mut partials: Vec<Vec<S>> = a
+    let tasks = a
         .par_chunks(row * rows_per_task)
         .zip(b.par_chunks(row * rows_per_task))
-        .with_min_len(min_items(a.len(), tasks, 1))
+        .with_min_len(min_items(a.len(), tasks, 1));
+    if inner == 1 {
+        // The kept axis is the last: column sums, kept column-wise until the end.
+        let mut partials: Vec<Vec<T::A>> = tasks
+            .map(|(xa, xb)| column_sums::<T, S>(xa, xb, n, BLOCK_ROWS))
+            .collect();
+        let total = pairwise_columns(&mut partials);
+        return (0..n).map(|j| S::column(&total, n, j)).collect();
+    }
+    let mut partials: Vec<Vec<S>> = tasks
         .map(|(xa, xb)| {
-            let blocks = xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS));
-            if inner == 1 {
-                return column_sums::<T, S>(blocks, n);
-            }
             let mut total = vec![S::ZERO; n];
             let mut block = vec![S::ZERO; n];
-            for (ba, bb) in blocks {
+            for (ba, bb) in xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS)) {
                 block.fill(S::ZERO);
                 for (ra, rb) in ba.chunks_exact(row).zip(bb.chunks_exact(row)) {
                     simd(
@@ -251,45 +256,54 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
     pairwise_vecs::<T, S>(&mut partials)
 }
 
-/// The last-axis case of [`slice_sums`] for one task: blocks of rows of `n` elements, each row
-/// one element of every slice; the same additions as [`accumulate_row`] (each block summed from
-/// zero row by row, then added to the total), with the sums kept column-wise
-/// ([`Sums::add_row`]) so that they vectorize over the columns. Half types are widened a row at
-/// a time.
-fn column_sums<'a, T: Real, S: Sums<T>>(
-    blocks: impl Iterator<Item = (&'a [T], &'a [T])>,
-    n: usize,
-) -> Vec<S> {
+/// The last-axis case of [`slice_sums`] for one task: rows of `n` elements, each row one element
+/// of every slice, in blocks of `block_rows` rows; the same additions as [`accumulate_row`]
+/// (each block summed from zero row by row, then added to the total, which starts at zero), with
+/// the sums kept column-wise ([`Sums::add_block`]) so that they vectorize over the columns. Half
+/// types are widened a block at a time.
+fn column_sums<T: Real, S: Sums<T>>(a: &[T], b: &[T], n: usize, block_rows: usize) -> Vec<T::A> {
     let mut total = vec![T::A::ZERO; S::COUNT * n];
-    let mut block = total.clone();
     let (mut wa, mut wb) = (Vec::new(), Vec::new());
-    for (ba, bb) in blocks {
-        block.fill(T::A::ZERO);
-        for (ra, rb) in ba.chunks_exact(n).zip(bb.chunks_exact(n)) {
-            simd(
-                #[inline(always)]
-                || match (T::as_acc(ra), T::as_acc(rb)) {
-                    (Some(ra), Some(rb)) => S::add_row(&mut block, ra, rb),
-                    _ => {
-                        wa.resize(n, T::A::ZERO);
-                        wb.resize(n, T::A::ZERO);
-                        T::up_slice(ra, &mut wa);
-                        T::up_slice(rb, &mut wb);
-                        S::add_row(&mut block, &wa, &wb);
-                    }
-                },
-            );
-        }
+    for (ba, bb) in a.chunks(n * block_rows).zip(b.chunks(n * block_rows)) {
+        let rows = ba.len() / n;
         simd(
             #[inline(always)]
-            || {
-                for (t, &s) in total.iter_mut().zip(&block) {
-                    *t = *t + s;
+            || match (T::as_acc(ba), T::as_acc(bb)) {
+                (Some(ba), Some(bb)) => S::add_block(&mut total, ba, bb, n, rows),
+                _ => {
+                    wa.resize(ba.len(), T::A::ZERO);
+                    wb.resize(ba.len(), T::A::ZERO);
+                    T::up_slice(ba, &mut wa);
+                    T::up_slice(bb, &mut wb);
+                    S::add_block(&mut total, &wa, &wb, n, rows);
                 }
             },
         );
     }
-    (0..n).map(|j| S::column(&total, n, j)).collect()
+    total
+}
+
+/// Pairwise elementwise sum of column-wise partial sums (all of one length), split as
+/// [`pairwise_vecs`] splits: the same additions, on the arrays.
+fn pairwise_columns<A: Acc>(parts: &mut [Vec<A>]) -> Vec<A> {
+    match parts.len() {
+        0 => Vec::new(),
+        1 => std::mem::take(&mut parts[0]),
+        len => {
+            let (lo, hi) = parts.split_at_mut(len / 2);
+            let mut a = pairwise_columns(lo);
+            let b = pairwise_columns(hi);
+            simd(
+                #[inline(always)]
+                || {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x = *x + y;
+                    }
+                },
+            );
+            a
+        }
+    }
 }
 
 /// Adds one row's terms to the per-slice sums.
@@ -550,5 +564,106 @@ mod tests {
                 assert_eq!(acc_plain[0].1.to_bits(), acc_wide[0].1.to_bits());
             }
         }
+    }
+
+    /// The last-axis sums as [`accumulate_row`] gives them row by row (the schedule as it was
+    /// written before the sums were kept column-wise).
+    fn reference_rows<T: Real, S: Sums<T>>(a: &[T], b: &[T], n: usize) -> Vec<S> {
+        const BLOCK_ROWS: usize = 32;
+        let rows_per_task = (CHUNK / n).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
+        let mut partials: Vec<Vec<S>> = a
+            .chunks(n * rows_per_task)
+            .zip(b.chunks(n * rows_per_task))
+            .map(|(xa, xb)| {
+                let (mut total, mut block) = (vec![S::ZERO; n], vec![S::ZERO; n]);
+                for (ba, bb) in xa.chunks(n * BLOCK_ROWS).zip(xb.chunks(n * BLOCK_ROWS)) {
+                    block.fill(S::ZERO);
+                    for (ra, rb) in ba.chunks_exact(n).zip(bb.chunks_exact(n)) {
+                        accumulate_row::<T, S>(&mut block, ra, rb, 1);
+                    }
+                    for (t, s) in total.iter_mut().zip(&block) {
+                        *t = t.add(*s);
+                    }
+                }
+                total
+            })
+            .collect();
+        pairwise_vecs::<T, S>(&mut partials)
+    }
+
+    #[test]
+    fn column_sums_give_the_bits_of_row_accumulation() {
+        for [outer, n] in [
+            [3000, 21],
+            [9, 5],
+            [700, 40],
+            [100, 33],
+            [40, 64],
+            [17, 1000],
+        ] {
+            let len = outer * n;
+            let (a, b) = (values(len, 81), values(len, 82));
+            let (a32, b32): (Vec<f32>, Vec<f32>) = (
+                a.iter().map(|&x| x as f32).collect(),
+                b.iter().map(|&x| x as f32).collect(),
+            );
+            let split = [outer, n, 1];
+            assert_eq!(
+                slice_sums::<f32, SqDot<f32>>(&a32, &b32, split),
+                reference_rows::<f32, SqDot<f32>>(&a32, &b32, n),
+                "{split:?}"
+            );
+            assert_eq!(
+                slice_sums::<f32, Dot<f32>>(&a32, &a32, split),
+                reference_rows::<f32, Dot<f32>>(&a32, &a32, n),
+                "{split:?}"
+            );
+            assert_eq!(
+                slice_sums::<f64, SqDot<f64>>(&a, &b, split),
+                reference_rows::<f64, SqDot<f64>>(&a, &b, n),
+                "{split:?}"
+            );
+            // Half types: summed as their f32 values.
+            let h: Vec<burn::tensor::f16> =
+                a.iter().map(|&x| burn::tensor::f16::from_f64(x)).collect();
+            let w: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
+            assert_eq!(
+                slice_sums::<burn::tensor::f16, Dot<f32>>(&h, &h, split),
+                reference_rows::<f32, Dot<f32>>(&w, &w, n),
+                "{split:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_work_stays_on_the_calling_thread() {
+        let here = std::thread::current().id();
+        let x = vec![1.0f64; 261_900]; // just below PARALLEL_MIN, 100 and 3 dividing it
+        assert!(x.len() < PARALLEL_MIN);
+        let mut out = vec![MaybeUninit::new(0.0); x.len()];
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        map_slices(&mut out, &x, &x, 100, |_, _, _, _| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+        });
+        for_each_run(&mut out, &x, &x, [3, 1, x.len() / 3], |_, o, _, _| {
+            o.fill(MaybeUninit::new(1.0));
+            threads.lock().unwrap().insert(std::thread::current().id());
+        });
+        assert_eq!(
+            threads
+                .into_inner()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![here]
+        );
+        assert_eq!(
+            Store::for_output::<f32>(STREAM_MIN_BYTES / 4 - 1),
+            Store::Cached
+        );
+        assert_eq!(
+            Store::for_output::<f64>(STREAM_MIN_BYTES / 8),
+            Store::Streaming
+        );
     }
 }

@@ -152,7 +152,7 @@ mod avx {
     /// eight elements, and `src` as many.
     #[target_feature(enable = "avx")]
     pub(super) unsafe fn stream_f32(out: &mut [MaybeUninit<f32>], src: &[f32]) {
-        debug_assert!(out.len() == src.len() && out.len() % 8 == 0);
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(8));
         for i in (0..out.len()).step_by(8) {
             // SAFETY: `i + 8 <= len` for both; `out + i` is 32-byte aligned (the start is, and
             // steps are 32 bytes); `MaybeUninit<f32>` has the layout of `f32`.
@@ -173,7 +173,7 @@ mod avx {
     /// four elements, and `src` as many.
     #[target_feature(enable = "avx")]
     pub(super) unsafe fn stream_f64(out: &mut [MaybeUninit<f64>], src: &[f64]) {
-        debug_assert!(out.len() == src.len() && out.len() % 4 == 0);
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(4));
         for i in (0..out.len()).step_by(4) {
             // SAFETY: as in `stream_f32`, with four f64 per 32 bytes.
             unsafe {
@@ -316,7 +316,7 @@ mod sse {
     /// `out` must start on a 16-byte boundary and hold a multiple of four elements, and `src`
     /// as many.
     pub(super) unsafe fn stream_f32(out: &mut [MaybeUninit<f32>], src: &[f32]) {
-        debug_assert!(out.len() == src.len() && out.len() % 4 == 0);
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(4));
         for i in (0..out.len()).step_by(4) {
             // SAFETY: `i + 4 <= len` for both; `out + i` is 16-byte aligned; `MaybeUninit<f32>`
             // has the layout of `f32`.
@@ -336,7 +336,7 @@ mod sse {
     /// `out` must start on a 16-byte boundary and hold a multiple of two elements, and `src`
     /// as many.
     pub(super) unsafe fn stream_f64(out: &mut [MaybeUninit<f64>], src: &[f64]) {
-        debug_assert!(out.len() == src.len() && out.len() % 2 == 0);
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(2));
         for i in (0..out.len()).step_by(2) {
             // SAFETY: as in `stream_f32`, with two f64 per 16 bytes.
             unsafe {
@@ -821,12 +821,30 @@ pub(super) trait Sums<T: Real>: Copy + Send + Sync {
     fn run(a: &[T], b: &[T]) -> Self;
     /// The sums' terms for one element of each.
     fn elem(a: T, b: T) -> Self;
-    /// Adds one row's terms `elem(ra[j], rb[j])` to column `j`'s sums (the last-axis case), the
-    /// sums kept as [`Sums::COUNT`] arrays of `n` one after the other in `cols`: each exactly
-    /// `s.add(elem(..))`, vectorized over the columns.
-    fn add_row(cols: &mut [T::A], ra: &[T::A], rb: &[T::A]);
-    /// Column `j` of `cols` laid out as in [`Sums::add_row`].
+    /// Adds a block of `rows` rows of `n` elements (the last-axis case: column `j` is slice
+    /// `j`) to the column sums in `total`, kept as [`Sums::COUNT`] arrays of `n` one after the
+    /// other: for each column, the rows' terms `elem(a, b)` summed in row order from zero, then
+    /// that block sum added to the total, exactly as `s.add(elem(..))` row by row into a zeroed
+    /// block would. Strips of columns are summed in registers, vectorized over the columns.
+    fn add_block(total: &mut [T::A], a: &[T::A], b: &[T::A], n: usize, rows: usize);
+    /// Column `j` of `cols` laid out as in [`Sums::add_block`].
     fn column(cols: &[T::A], n: usize, j: usize) -> Self;
+}
+
+/// Columns summed at once in [`Sums::add_block`]: 32 (four AVX registers of f32 per sum).
+const STRIP: usize = 32;
+
+/// Calls `f(j0, width)` for the strips of at most [`STRIP`] columns of `0..n`, in order: the
+/// full strips with the constant width (so that `f`, inlined, has loops of a known length).
+#[inline(always)]
+fn for_strips(n: usize, mut f: impl FnMut(usize, usize)) {
+    let full = n / STRIP * STRIP;
+    for j0 in (0..full).step_by(STRIP) {
+        f(j0, STRIP);
+    }
+    if full < n {
+        f(full, n - full);
+    }
 }
 
 /// `sum(a * b)`.
@@ -853,10 +871,24 @@ impl<T: Real> Sums<T> for Dot<T::A> {
         Dot(a.up() * b.up())
     }
     #[inline(always)]
-    fn add_row(cols: &mut [T::A], ra: &[T::A], rb: &[T::A]) {
-        for ((s, &x), &y) in cols.iter_mut().zip(ra).zip(rb) {
-            *s = *s + x * y;
-        }
+    fn add_block(total: &mut [T::A], a: &[T::A], b: &[T::A], n: usize, rows: usize) {
+        for_strips(
+            n,
+            #[inline(always)]
+            |j0, w| {
+                let mut acc = [T::A::ZERO; STRIP];
+                let acc = &mut acc[..w];
+                for r in 0..rows {
+                    let (x, y) = (&a[r * n + j0..][..w], &b[r * n + j0..][..w]);
+                    for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+                        *s = *s + x * y;
+                    }
+                }
+                for (t, &s) in total[j0..j0 + w].iter_mut().zip(acc.iter()) {
+                    *t = *t + s;
+                }
+            },
+        );
     }
     fn column(cols: &[T::A], _: usize, j: usize) -> Self {
         Dot(cols[j])
@@ -881,12 +913,29 @@ impl<T: Real> Sums<T> for SqDot<T::A> {
         SqDot(x * x, b.up() * x)
     }
     #[inline(always)]
-    fn add_row(cols: &mut [T::A], ra: &[T::A], rb: &[T::A]) {
-        let (sq, dt) = cols.split_at_mut(ra.len());
-        for (((s, d), &x), &y) in sq.iter_mut().zip(dt.iter_mut()).zip(ra).zip(rb) {
-            *s = *s + x * x;
-            *d = *d + y * x;
-        }
+    fn add_block(total: &mut [T::A], a: &[T::A], b: &[T::A], n: usize, rows: usize) {
+        for_strips(
+            n,
+            #[inline(always)]
+            |j0, w| {
+                let (mut sq, mut dt) = ([T::A::ZERO; STRIP], [T::A::ZERO; STRIP]);
+                let (sq, dt) = (&mut sq[..w], &mut dt[..w]);
+                for r in 0..rows {
+                    let (x, y) = (&a[r * n + j0..][..w], &b[r * n + j0..][..w]);
+                    for ((s, d), (&x, &y)) in sq.iter_mut().zip(dt.iter_mut()).zip(x.iter().zip(y))
+                    {
+                        *s = *s + x * x;
+                        *d = *d + y * x;
+                    }
+                }
+                for (t, &s) in total[j0..j0 + w].iter_mut().zip(sq.iter()) {
+                    *t = *t + s;
+                }
+                for (t, &d) in total[n + j0..n + j0 + w].iter_mut().zip(dt.iter()) {
+                    *t = *t + d;
+                }
+            },
+        );
     }
     fn column(cols: &[T::A], n: usize, j: usize) -> Self {
         SqDot(cols[j], cols[n + j])
@@ -1046,5 +1095,218 @@ mod tests {
         assert_eq!(slice_norm(0.0f32, || [0.0f32; 3].iter().copied()), 0.0);
         assert!(!slice_norm(f32::NAN, || [f32::NAN].iter().copied()).is_finite());
         assert!(!slice_norm(f32::INFINITY, || [f32::INFINITY].iter().copied()).is_finite());
+    }
+
+    /// The summation as it was written before the leaves were interleaved and vectorized:
+    /// leaf after leaf, eight lanes each, combined by the binary counter.
+    fn reference_dot<A: Acc>(a: &[A], b: &[A]) -> A {
+        fn one_leaf<A: Acc>(a: &[A], b: &[A]) -> A {
+            let mut lanes = [A::ZERO; 8];
+            let mut ca = a.chunks_exact(8);
+            let mut cb = b.chunks_exact(8);
+            for (x, y) in (&mut ca).zip(&mut cb) {
+                for l in 0..8 {
+                    lanes[l] = lanes[l] + x[l] * y[l];
+                }
+            }
+            let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+                s = s + *x * *y;
+            }
+            s
+        }
+        if a.len() <= LEAF {
+            return one_leaf(a, b);
+        }
+        let mut stack = vec![];
+        for (ca, cb) in a.chunks(LEAF).zip(b.chunks(LEAF)) {
+            let (mut s, mut level) = (one_leaf(ca, cb), 0u32);
+            while let Some(&(t, l)) = stack.last() {
+                if l != level {
+                    break;
+                }
+                s = t + s;
+                stack.pop();
+                level += 1;
+            }
+            stack.push((s, level));
+        }
+        let mut s = stack.pop().expect("at least one leaf").0;
+        while let Some((t, _)) = stack.pop() {
+            s = t + s;
+        }
+        s
+    }
+
+    /// Lengths around every boundary of the summation: lanes, leaves, groups of leaves, and
+    /// groups followed by one, two or three full leaves and a partial one.
+    const EDGES: [usize; 22] = [
+        0,
+        1,
+        7,
+        8,
+        9,
+        255,
+        256,
+        257,
+        511,
+        512,
+        513,
+        767,
+        768,
+        1023,
+        1024,
+        1025,
+        1280,
+        1536 + 17,
+        1792,
+        2048,
+        3 * 1024 + 3 * 256 + 13,
+        70_001,
+    ];
+
+    #[test]
+    fn vectorized_sums_give_the_bits_of_one_leaf_at_a_time() {
+        for &n in &EDGES {
+            let (a, b) = (values(n, 41), values(n, 42));
+            assert_eq!(
+                dot::<f64>(&a, &b).to_bits(),
+                reference_dot(&a, &b).to_bits(),
+                "{n}"
+            );
+            let (sq, dt) = sq_dot::<f64>(&a, &b);
+            assert_eq!(sq.to_bits(), reference_dot(&a, &a).to_bits(), "{n}");
+            assert_eq!(dt.to_bits(), reference_dot(&b, &a).to_bits(), "{n}");
+            let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let b32: Vec<f32> = b.iter().map(|&x| (x * 3.0) as f32).collect();
+            let r = reference_dot(&a32, &b32);
+            assert_eq!(dot::<f32>(&a32, &b32).to_bits(), r.to_bits(), "{n}");
+            // Inside the AVX2 clone too.
+            let wide = super::super::schedule::simd(
+                #[inline(always)]
+                || dot::<f32>(&a32, &b32),
+            );
+            assert_eq!(wide.to_bits(), r.to_bits(), "{n}");
+            let (sq, dt) = sq_dot::<f32>(&a32, &b32);
+            assert_eq!(sq.to_bits(), reference_dot(&a32, &a32).to_bits(), "{n}");
+            assert_eq!(dt.to_bits(), reference_dot(&b32, &a32).to_bits(), "{n}");
+        }
+    }
+
+    #[test]
+    fn avx_and_portable_leaves_agree_to_the_bit() {
+        let (a, b) = (values(BLOCK, 43), values(BLOCK, 44));
+        let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+        let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+        let bits32 = |l: &[[f32; 8]]| l.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let bits64 = |l: &[[f64; 8]]| l.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let p32 = leaf_lanes_portable::<f32, GROUP>(&a32, &b32);
+        let p64 = leaf_lanes_portable::<f64, GROUP>(&a, &b);
+        assert_eq!(bits32(&f32::leaf_lanes::<GROUP>(&a32, &b32)), bits32(&p32));
+        assert_eq!(bits64(&f64::leaf_lanes::<GROUP>(&a, &b)), bits64(&p64));
+        let (s, d) = sq_dot_leaf_lanes_portable::<f32, GROUP>(&a32, &b32);
+        let (vs, vd) = f32::sq_dot_leaf_lanes::<GROUP>(&a32, &b32);
+        assert_eq!((bits32(&vs), bits32(&vd)), (bits32(&s), bits32(&d)));
+        let (s, d) = sq_dot_leaf_lanes_portable::<f64, GROUP>(&a, &b);
+        let (vs, vd) = f64::sq_dot_leaf_lanes::<GROUP>(&a, &b);
+        assert_eq!((bits64(&vs), bits64(&vd)), (bits64(&s), bits64(&d)));
+        for len in [0, 5, 8, 13, 64, 255, 256] {
+            assert_eq!(
+                f32::lanes(&a32[..len], &b32[..len]).map(f32::to_bits),
+                lanes(&a32[..len], &b32[..len]).map(f32::to_bits),
+                "{len}"
+            );
+            assert_eq!(
+                f64::lanes(&a[..len], &b[..len]).map(f64::to_bits),
+                lanes(&a[..len], &b[..len]).map(f64::to_bits),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn half_types_are_summed_as_their_f32_values() {
+        for &n in &EDGES {
+            let (a, b) = (values(n, 45), values(n, 46));
+            let (a16, b16): (Vec<f16>, Vec<f16>) = (
+                a.iter().map(|&x| f16::from_f64(x)).collect(),
+                b.iter().map(|&x| f16::from_f64(x)).collect(),
+            );
+            let up = |x: &[f16]| x.iter().map(|h| h.to_f32()).collect::<Vec<f32>>();
+            let (wa, wb) = (up(&a16), up(&b16));
+            assert_eq!(
+                dot::<f16>(&a16, &b16).to_bits(),
+                reference_dot(&wa, &wb).to_bits()
+            );
+            let (sq, dt) = sq_dot::<f16>(&a16, &b16);
+            assert_eq!(sq.to_bits(), reference_dot(&wa, &wa).to_bits(), "{n}");
+            assert_eq!(dt.to_bits(), reference_dot(&wb, &wa).to_bits(), "{n}");
+            let abf: Vec<bf16> = a.iter().map(|&x| bf16::from_f64(x)).collect();
+            let wbf: Vec<f32> = abf.iter().map(|h| h.to_f32()).collect();
+            assert_eq!(
+                dot::<bf16>(&abf, &abf).to_bits(),
+                reference_dot(&wbf, &wbf).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn slice_conversions_are_the_element_conversions() {
+        let mut xs: Vec<f32> = values(3000, 47).iter().map(|&x| (x * 7e4) as f32).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-7,
+            -3e-8,
+            6.1e-5,
+            65504.0,
+            7e4,
+            f32::INFINITY,
+            f32::MIN,
+        ]);
+        let mut h16 = vec![MaybeUninit::new(f16::ZERO); xs.len()];
+        f16::down_slice(&xs, &mut h16);
+        let mut hbf = vec![MaybeUninit::new(bf16::ZERO); xs.len()];
+        bf16::down_slice(&xs, &mut hbf);
+        for (i, &x) in xs.iter().enumerate() {
+            // SAFETY: every element was initialized above.
+            let (a, b) = unsafe { (h16[i].assume_init(), hbf[i].assume_init()) };
+            assert_eq!(a.to_bits(), f16::from_f32(x).to_bits(), "{x}");
+            assert_eq!(b.to_bits(), bf16::from_f32(x).to_bits(), "{x}");
+        }
+        // SAFETY: as above.
+        let h16: Vec<f16> = h16.iter().map(|h| unsafe { h.assume_init() }).collect();
+        let mut back = vec![0f32; xs.len()];
+        f16::up_slice(&h16, &mut back);
+        for (h, b) in h16.iter().zip(&back) {
+            assert_eq!(h.to_f32().to_bits(), b.to_bits());
+        }
+    }
+
+    #[test]
+    fn streaming_stores_write_every_element_wherever_the_slice_starts() {
+        let src64 = values(300, 48);
+        let src32: Vec<f32> = src64.iter().map(|&x| x as f32).collect();
+        for start in 0..9 {
+            for len in [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 33, 64, 100, 291] {
+                let mut out = vec![MaybeUninit::new(-9.0f32); 300];
+                f32::stream(&mut out[start..start + len], &src32[..len]);
+                let mut out64 = vec![MaybeUninit::new(-9.0f64); 300];
+                f64::stream(&mut out64[start..start + len], &src64[..len]);
+                fence();
+                for i in 0..300 {
+                    let inside = (start..start + len).contains(&i);
+                    // SAFETY: every element was initialized above.
+                    let (o, o64) = unsafe { (out[i].assume_init(), out64[i].assume_init()) };
+                    let (e, e64) = if inside {
+                        (src32[i - start], src64[i - start])
+                    } else {
+                        (-9.0, -9.0)
+                    };
+                    assert_eq!((o, o64), (e, e64), "start {start}, len {len}, element {i}");
+                }
+            }
+        }
     }
 }
