@@ -177,10 +177,16 @@ def _(name):
     save(name, model(n, [w("W", (2, 3, 3, 3))], inputs=[inp(shape=("N", 3, 8, 8))]))
 
 
-@case("conv3d.onnx", "1-D and 2-D convolutions are read")
+@case("conv3d.onnx", "has rank 5")
 def _(name):
     n = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")]
     save(name, model(n, [w("W", (2, 3, 1, 1, 1))], inputs=[inp(shape=("N", 3, 4, 4, 4))]))
+
+
+@case("conv_weight_rank.onnx", "node conv (Conv): a weight `W` of shape [2, 3, 1, 1, 1]: 1-D and 2-D convolutions are read")
+def _(name):
+    n = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")]
+    save(name, model(n, [w("W", (2, 3, 1, 1, 1))], inputs=[inp(shape=("N", 3, 4, 4))]))
 
 
 @case("weight_from_input.onnx", "is computed from the graph's input, not a constant")

@@ -10,7 +10,8 @@
 //! | `device` | `--device cpu\|cuda[:N]\|wgpu[:N]` and the global `--threads N` |
 //! | `op` | `weightnorm op`: the operation on a random tensor, fused against composed |
 //! | `ckpt` | `inspect`, `fuse`, `split`, `convert` |
-//! | `canon` | `canonicalize` |
+//! | `canon` | `canonicalize`: its options, the verification inputs, a checkpoint and its architecture file |
+//! | `canon_onnx` | `canonicalize MODEL.onnx`: the ONNX model read, canonicalized, written back and verified |
 //! | `data` | data sets (Fashion-MNIST IDX files, the built-in digits), validated at load |
 //! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
 //! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
@@ -28,6 +29,7 @@
 
 mod bench;
 mod canon;
+mod canon_onnx;
 mod ckpt;
 mod data;
 mod demo;

@@ -98,7 +98,7 @@ fn exports_canonicalize(exporter: &str) {
         assert!(e <= 1e-5, "{case}: the graph as read differs by {e:e}");
 
         let c = canonicalize(read.network.clone()).unwrap();
-        let out = write_model(&model, &read, c.network(), Some(c.scale())).unwrap();
+        let out = write_model(&model, &read.graph, c.network(), Some(c.scale())).unwrap();
         assert_eq!(nodes(&out), nodes(&model.proto) + 1, "{case}");
         let back = OnnxModel::decode(
             encode(&out).unwrap().into(),
@@ -138,7 +138,7 @@ fn exports_canonicalize(exporter: &str) {
         assert!(unit >= 1, "{case}: {unit} unit layers");
 
         let (plain, _) = reconstitute(c.network().clone(), c.scale()).unwrap();
-        let out = write_model(&model, &read, &plain, None).unwrap();
+        let out = write_model(&model, &read.graph, &plain, None).unwrap();
         assert_eq!(nodes(&out), nodes(&model.proto), "{case}");
         assert!(initializer(&out, CANONICAL_SCALE).is_none());
         let back = OnnxModel::decode(encode(&out).unwrap().into(), None).unwrap();
@@ -271,7 +271,7 @@ fn external_data_is_read() {
     assert_eq!(a.network, b.network);
     // Written back, the weights are inline: the file stands on its own.
     let c = canonicalize(a.network.clone()).unwrap();
-    let out = write_model(&ext, &a, c.network(), Some(c.scale())).unwrap();
+    let out = write_model(&ext, &a.graph, c.network(), Some(c.scale())).unwrap();
     let inline = OnnxModel::decode(encode(&out).unwrap().into(), None).unwrap();
     assert!(inline.external_files().unwrap().is_empty());
     let x = &io("mlp_leaky")["x"];

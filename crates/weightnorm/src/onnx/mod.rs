@@ -45,7 +45,7 @@
 //! let model = OnnxModel::open("model.onnx".as_ref()).unwrap();
 //! let read = model.network::<f32>().unwrap();
 //! let c = canonicalize(read.network.clone()).unwrap();
-//! let out = write_model(&model, &read, c.network(), Some(c.scale())).unwrap();
+//! let out = write_model(&model, &read.graph, c.network(), Some(c.scale())).unwrap();
 //! std::fs::write("canonical.onnx", weightnorm::onnx::encode(&out)).unwrap();
 //! ```
 
@@ -61,6 +61,8 @@ use thiserror::Error;
 
 use crate::canonical::{CanonicalError, Network, Real};
 
+/// The bytes a model is decoded from (views of one buffer, cheap to clone).
+pub use bytes::Bytes;
 pub use read::Head;
 pub use write::{CANONICAL_SCALE, encode, write_model};
 
@@ -119,13 +121,15 @@ pub struct Binding {
     pub(crate) slots: Vec<read::Slot>,
 }
 
-/// A network read from an ONNX graph, with the places of its parameters.
+/// Where a network's layers live in its ONNX graph: the nodes, the initializers of their
+/// parameters, the head, and the place for the output scale.
 #[derive(Clone, Debug, PartialEq)]
-pub struct OnnxNetwork<T: Real = f64> {
-    /// The network (one sample's shape, without the batch axis).
-    pub network: Network<T>,
+pub struct GraphMap {
     /// One binding per layer with parameters, in the order of the graph.
     pub bindings: Vec<Binding>,
+    /// The node of every layer (by position; a residual block's is its `Add`, a barrier's the
+    /// last node of its cluster).
+    pub nodes: Vec<(Vec<usize>, String)>,
     /// A trailing `Softmax` or `LogSoftmax`, which the network leaves out.
     pub head: Option<Head>,
     /// The name of the graph's input.
@@ -135,27 +139,46 @@ pub struct OnnxNetwork<T: Real = f64> {
     pub(crate) site: read::Site,
 }
 
-impl<T: Real> OnnxNetwork<T> {
-    /// The binding of the layer named `layer` (`"3"`, `"4.body.0"`, `"2.skip.0"`, as
-    /// [`Network::layer_name`] names it), if it has parameters.
-    pub fn binding(&self, layer: &str) -> Option<&Binding> {
-        self.bindings
+impl GraphMap {
+    /// The node of the layer at `path`.
+    pub fn node_at(&self, path: &[usize]) -> Option<&str> {
+        self.nodes
             .iter()
-            .find(|b| self.network.layer_name(&b.path).as_deref() == Some(layer))
+            .find(|(p, _)| p == path)
+            .map(|(_, n)| n.as_str())
     }
 
-    /// The graph's outputs for a batch of samples: `network`'s outputs (such as a canonical
-    /// network's times its scale, or this network's own) with the head applied.
-    pub fn with_head(&self, mut outputs: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
+    /// The binding of the layer at `path`, if it has parameters.
+    pub fn binding_at(&self, path: &[usize]) -> Option<&Binding> {
+        self.bindings.iter().find(|b| b.path == path)
+    }
+
+    /// The graph's outputs from a network's outputs of one sample's shape `shape`: the head
+    /// applied, where there is one.
+    ///
+    /// # Panics
+    ///
+    /// If an output does not have `shape`'s size.
+    pub fn with_head(&self, mut outputs: Vec<Vec<f64>>, shape: &[usize]) -> Vec<Vec<f64>> {
         if let Some(h) = &self.head {
-            let shape = self.network.output_shape();
             for y in &mut outputs {
-                h.apply(y, &shape);
+                h.apply(y, shape);
             }
         }
         outputs
     }
+}
 
+/// A network read from an ONNX graph, and where its layers live in the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnnxNetwork<T: Real = f64> {
+    /// The network (one sample's shape, without the batch axis).
+    pub network: Network<T>,
+    /// Its nodes and parameters in the graph.
+    pub graph: GraphMap,
+}
+
+impl<T: Real> OnnxNetwork<T> {
     /// What the graph computes on a batch of samples (each flattened, of the input's size):
     /// the network, then the head.
     ///
@@ -163,7 +186,8 @@ impl<T: Real> OnnxNetwork<T> {
     ///
     /// If a sample does not have the input's size.
     pub fn forward(&self, inputs: &[Vec<f64>]) -> Vec<Vec<f64>> {
-        self.with_head(self.network.forward(inputs))
+        let shape = self.network.output_shape();
+        self.graph.with_head(self.network.forward(inputs), &shape)
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::consts::{Const, Data, MAX_CONST, axis};
 use super::proto::{AttributeProto, NodeProto, TensorProto, data_type, type_proto};
 use super::tensor::{External, dtype_name, float_values, is_float};
-use super::{Binding, OnnxError, OnnxModel, OnnxNetwork};
+use super::{Binding, GraphMap, OnnxError, OnnxModel, OnnxNetwork};
 use crate::canonical::{
     Activation, Barrier, CanonicalError, ConvGeometry, Layer, Network, Norm, NormKind, Pool, Real,
     Rows, Weighted,
@@ -614,26 +614,75 @@ enum End {
     Merge(usize, String),
 }
 
-/// Layers read from the graph, with bindings relative to them.
+/// Layers read from the graph, with their bindings and nodes (positions relative to them).
 struct Chain<T: Real> {
     layers: Vec<Layer<T>>,
     bindings: Vec<Binding>,
+    nodes: Vec<(Vec<usize>, String)>,
 }
 
 impl<T: Real> Chain<T> {
-    fn push(&mut self, layer: Layer<T>, binding: Option<Binding>) {
+    fn new() -> Self {
+        Self {
+            layers: Vec::new(),
+            bindings: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Pushes a layer computed by the node `node`.
+    fn push(&mut self, layer: Layer<T>, binding: Option<Binding>, node: String) {
+        let at = self.layers.len();
         if let Some(mut b) = binding {
-            b.path = vec![self.layers.len()];
+            b.path = vec![at];
             self.bindings.push(b);
         }
+        self.nodes.push((vec![at], node));
         self.layers.push(layer);
+    }
+
+    /// Appends the layers of `other`, moving its positions behind this chain's.
+    fn append(&mut self, other: Chain<T>) {
+        let at = self.layers.len();
+        self.bindings
+            .extend(other.bindings.into_iter().map(|mut b| {
+                b.path[0] += at;
+                b
+            }));
+        self.nodes.extend(other.nodes.into_iter().map(|(mut p, n)| {
+            p[0] += at;
+            (p, n)
+        }));
+        self.layers.extend(other.layers);
+    }
+
+    /// This chain as the children of a block at position 0, starting at child `offset`.
+    #[allow(clippy::type_complexity)]
+    fn nest(self, offset: usize) -> (Vec<Layer<T>>, Vec<Binding>, Vec<(Vec<usize>, String)>) {
+        let inner = |mut p: Vec<usize>| {
+            p[0] += offset;
+            p.insert(0, 0);
+            p
+        };
+        let bindings = self
+            .bindings
+            .into_iter()
+            .map(|mut b| {
+                b.path = inner(b.path);
+                b
+            })
+            .collect();
+        let nodes = self.nodes.into_iter().map(|(p, n)| (inner(p), n)).collect();
+        (self.layers, bindings, nodes)
     }
 }
 
-/// One step of a chain: layers, their bindings, and where the chain goes on.
+/// One step of a chain: layers, their bindings, the node they stand for, and where the chain
+/// goes on.
 struct Step<T: Real> {
     layers: Vec<(Layer<T>, Option<Binding>)>,
     value: String,
+    node: String,
 }
 
 /// A parameter's values.
@@ -672,10 +721,7 @@ impl Walker<'_, '_> {
         depth: usize,
     ) -> R<(Chain<T>, End)> {
         let g = self.g;
-        let mut chain = Chain {
-            layers: Vec::new(),
-            bindings: Vec::new(),
-        };
+        let mut chain = Chain::new();
         loop {
             let i = match first.take() {
                 Some(i) => i,
@@ -698,10 +744,8 @@ impl Walker<'_, '_> {
                         }
                         [one] => *one,
                         _ => {
-                            let (layers, next) = self.fork::<T>(&v, depth)?;
-                            for (l, b) in layers {
-                                chain.push_nested(l, b);
-                            }
+                            let (block, next) = self.fork::<T>(&v, depth)?;
+                            chain.append(block);
                             v = next;
                             continue;
                         }
@@ -724,7 +768,7 @@ impl Walker<'_, '_> {
                     let shape = self.shape(&v);
                     let out = n.output.first().cloned().unwrap_or_default();
                     self.set_shape(&out, shape);
-                    chain.push(Layer::Residual(Vec::new()), None);
+                    chain.push(Layer::Residual(Vec::new()), None, g.name(i));
                     v = out;
                     continue;
                 }
@@ -738,8 +782,8 @@ impl Walker<'_, '_> {
                 return Ok((chain, End::Head(head, i)));
             }
             if op(n) == "Split" {
-                let (layer, next) = self.gate::<T>(&v, &[i])?;
-                chain.push(layer, None);
+                let (layer, next, node) = self.gate::<T>(&v, &[i])?;
+                chain.push(layer, None, node);
                 v = next;
                 continue;
             }
@@ -749,7 +793,7 @@ impl Walker<'_, '_> {
                 shape = layer
                     .out_shape(&shape, &g.name(i))
                     .map_err(|e| self.layer_err(i, e))?;
-                chain.push(layer, binding);
+                chain.push(layer, binding, step.node.clone());
             }
             self.set_shape(&step.value, shape);
             v = step.value;
@@ -783,9 +827,8 @@ impl Walker<'_, '_> {
     }
 
     /// A value with several consumers: a residual block or shortcut, a barrier's cluster of
-    /// elementwise ops, or WaveNet's gate.
-    #[allow(clippy::type_complexity)]
-    fn fork<T: Real>(&self, v: &str, depth: usize) -> R<(Vec<(Layer<T>, Vec<Binding>)>, String)> {
+    /// elementwise ops, or WaveNet's gate; as a chain of one layer, and the value after it.
+    fn fork<T: Real>(&self, v: &str, depth: usize) -> R<(Chain<T>, String)> {
         let g = self.g;
         if depth >= MAX_DEPTH {
             return Err(OnnxError::Model(format!(
@@ -797,28 +840,27 @@ impl Walker<'_, '_> {
             .iter()
             .any(|&c| matches!(op(&g.nodes[c]), "Split" | "Slice"))
         {
-            let (layer, out) = self.gate::<T>(v, &cons)?;
-            return Ok((vec![(layer, Vec::new())], out));
+            let (layer, out, node) = self.gate::<T>(v, &cons)?;
+            let mut c = Chain::new();
+            c.push(layer, None, node);
+            return Ok((c, out));
         }
         let residual = self.residual::<T>(v, &cons, depth);
         if residual.is_ok() {
             return residual;
         }
-        if let Some((b, out)) = self.region(v) {
+        if let Some((b, out, node)) = self.region(v) {
             let shape = self.shape(v);
             self.set_shape(&out, shape);
-            return Ok((vec![(Layer::Barrier(b), Vec::new())], out));
+            let mut c = Chain::new();
+            c.push(Layer::Barrier(b), None, node);
+            return Ok((c, out));
         }
         residual
     }
 
-    #[allow(clippy::type_complexity)]
-    fn residual<T: Real>(
-        &self,
-        v: &str,
-        cons: &[usize],
-        depth: usize,
-    ) -> R<(Vec<(Layer<T>, Vec<Binding>)>, String)> {
+    /// Two branches from `v` joined by an `Add`: a residual block, or a shortcut.
+    fn residual<T: Real>(&self, v: &str, cons: &[usize], depth: usize) -> R<(Chain<T>, String)> {
         let g = self.g;
         if cons.len() != 2 {
             return Err(OnnxError::Model(format!(
@@ -833,14 +875,7 @@ impl Walker<'_, '_> {
         let mut branches = Vec::new();
         for &c in cons {
             if g.is_merge(c) {
-                branches.push((
-                    Chain {
-                        layers: Vec::new(),
-                        bindings: Vec::new(),
-                    },
-                    c,
-                    v.to_string(),
-                ));
+                branches.push((Chain::new(), c, v.to_string()));
                 continue;
             }
             let (chain, end) = self.chain::<T>(v.to_string(), Some(c), depth + 1)?;
@@ -891,17 +926,16 @@ impl Walker<'_, '_> {
             _ => (b.0, Some(a.0)),
         };
         let n_body = body.layers.len();
-        let mut bindings = body.bindings;
+        let (body_layers, mut bindings, mut nodes) = body.nest(0);
         let layer = match skip {
-            None => Layer::Residual(body.layers),
+            None => Layer::Residual(body_layers),
             Some(skip) => {
-                bindings.extend(skip.bindings.into_iter().map(|mut b| {
-                    b.path[0] += n_body;
-                    b
-                }));
+                let (skip_layers, b, n) = skip.nest(n_body);
+                bindings.extend(b);
+                nodes.extend(n);
                 Layer::Shortcut {
-                    body: body.layers,
-                    skip: skip.layers,
+                    body: body_layers,
+                    skip: skip_layers,
                 }
             }
         };
@@ -910,12 +944,18 @@ impl Walker<'_, '_> {
             .map_err(|e| self.layer_err(m, e))?;
         let out = n.output.first().cloned().unwrap_or_default();
         self.set_shape(&out, shape);
-        Ok((vec![(layer, bindings)], out))
+        nodes.push((vec![0], g.name(m)));
+        let block = Chain {
+            layers: vec![layer],
+            bindings,
+            nodes,
+        };
+        Ok((block, out))
     }
 
     /// A cluster of elementwise ops from `v` (its only input) to one value, computing a
     /// barrier the calculus knows: the barrier and that value.
-    fn region(&self, v: &str) -> Option<(Barrier, String)> {
+    fn region(&self, v: &str) -> Option<(Barrier, String, String)> {
         let g = self.g;
         let mut nodes: BTreeSet<usize> = BTreeSet::new();
         let mut values: Vec<&str> = vec![v];
@@ -948,7 +988,8 @@ impl Walker<'_, '_> {
                 && *only != v
                 && let Some(b) = self.identify(v, &nodes, only)
             {
-                return Some((b, only.to_string()));
+                let last = *nodes.last().expect("a node");
+                return Some((b, only.to_string(), g.name(last)));
             }
         }
         None
@@ -1014,7 +1055,7 @@ impl Walker<'_, '_> {
 
     /// WaveNet's gate: `v` split in halves along the channels (one `Split`, or two `Slice`s),
     /// `Tanh` of the first, `Sigmoid` of the second, their product.
-    fn gate<T: Real>(&self, v: &str, cons: &[usize]) -> R<(Layer<T>, String)> {
+    fn gate<T: Real>(&self, v: &str, cons: &[usize]) -> R<(Layer<T>, String, String)> {
         let g = self.g;
         let shape = self.shape(v);
         let rank = shape.len() + 1;
@@ -1124,7 +1165,7 @@ impl Walker<'_, '_> {
         let mut half = shape.clone();
         half[0] = c / 2;
         self.set_shape(&out, half);
-        Ok((Layer::Barrier(Barrier::Gate), out))
+        Ok((Layer::Barrier(Barrier::Gate), out, g.name(m)))
     }
 
     /// A parameter: the values of node `i`'s input `k`, which must be a floating-point
@@ -1220,6 +1261,7 @@ impl Walker<'_, '_> {
         let out = n.output.first().cloned().unwrap_or_default();
         let one = |layer: Layer<T>| -> R<Step<T>> {
             Ok(Step {
+                node: g.name(i),
                 layers: vec![(layer, None)],
                 value: out.clone(),
             })
@@ -1337,6 +1379,7 @@ impl Walker<'_, '_> {
                     layers.push((Layer::Flatten, None));
                 }
                 Ok(Step {
+                    node: g.name(i),
                     layers,
                     value: out.clone(),
                 })
@@ -1479,6 +1522,7 @@ impl Walker<'_, '_> {
                     dims,
                 };
                 Ok(Step {
+                    node: g.name(i),
                     layers: vec![(
                         Layer::Norm(layer),
                         Some(binding(op(n), Some(p.name), vec![slot])),
@@ -1488,10 +1532,11 @@ impl Walker<'_, '_> {
             }
             other => {
                 if ELEMENTWISE.contains(&other)
-                    && let Some((b, out)) = self.region(v)
+                    && let Some((b, out, node)) = self.region(v)
                 {
                     return one(Layer::Barrier(b)).map(|mut s| {
                         s.value = out;
+                        s.node = node;
                         s
                     });
                 }
@@ -1621,6 +1666,7 @@ impl Walker<'_, '_> {
             conv: None,
         });
         Ok(Step {
+            node: g.name(i),
             layers: vec![(
                 layer,
                 Some(Binding {
@@ -1772,6 +1818,7 @@ impl Walker<'_, '_> {
             }),
         });
         Ok(Step {
+            node: g.name(i),
             layers: vec![(
                 layer,
                 Some(Binding {
@@ -1882,6 +1929,7 @@ impl Walker<'_, '_> {
             })
             .collect();
         Ok(Step {
+            node: g.name(i),
             layers: vec![(
                 Layer::Norm(norm),
                 Some(Binding {
@@ -1894,18 +1942,6 @@ impl Walker<'_, '_> {
             )],
             value: n.output.first().cloned().unwrap_or_default(),
         })
-    }
-}
-
-impl<T: Real> Chain<T> {
-    /// Pushes a layer whose bindings are relative to it (a block's, or none).
-    fn push_nested(&mut self, layer: Layer<T>, bindings: Vec<Binding>) {
-        let at = self.layers.len();
-        for mut b in bindings {
-            b.path.insert(0, at);
-            self.bindings.push(b);
-        }
-        self.layers.push(layer);
     }
 }
 
@@ -1954,16 +1990,19 @@ pub(crate) fn read<T: Real>(model: &OnnxModel) -> R<OnnxNetwork<T>> {
         .unwrap_or(elem);
     Ok(OnnxNetwork {
         network,
-        bindings: chain.bindings,
-        head,
-        input_name: g.input.to_string(),
-        output_name: g.output.to_string(),
-        site: Site {
-            value: site_value,
-            node,
-            output,
-            dtype,
-            shape,
+        graph: GraphMap {
+            bindings: chain.bindings,
+            nodes: chain.nodes,
+            head,
+            input_name: g.input.to_string(),
+            output_name: g.output.to_string(),
+            site: Site {
+                value: site_value,
+                node,
+                output,
+                dtype,
+                shape,
+            },
         },
     })
 }

@@ -177,12 +177,12 @@ fn gemm_without_transposed_weight_with_alpha_and_beta() {
         })
         .collect();
     assert!(Agreement::between(&want, &r.forward(&xs)).max_rel_error < 1e-12);
-    assert_eq!(r.bindings[0].node, "fc");
-    assert_eq!(r.bindings[0].param.as_deref(), Some("W"));
+    assert_eq!(r.graph.bindings[0].node, "fc");
+    assert_eq!(r.graph.bindings[0].param.as_deref(), Some("W"));
     // Written back in the layout and with the alpha and beta of the file: W stays [4, 3], and
     // the model computes the original outputs times nothing (the reconstituted form).
     let c_ = canonicalize(r.network.clone()).unwrap();
-    let out = write::write_model(&m, &r, c_.network(), Some(c_.scale())).unwrap();
+    let out = write::write_model(&m, &r.graph, c_.network(), Some(c_.scale())).unwrap();
     let g = out.graph.as_ref().unwrap();
     let w2 = g
         .initializer
@@ -237,7 +237,7 @@ fn a_shared_initializer_is_written_under_a_fresh_name_for_each_node() {
     );
     let r = m.network::<f32>().unwrap();
     let c = canonicalize(r.network.clone()).unwrap();
-    let out = write::write_model(&m, &r, c.network(), Some(c.scale())).unwrap();
+    let out = write::write_model(&m, &r.graph, c.network(), Some(c.scale())).unwrap();
     let g = out.graph.as_ref().unwrap();
     assert_eq!(g.node[0].input[2], "B.fc1");
     assert_eq!(g.node[2].input[2], "B.fc2");
@@ -262,7 +262,7 @@ fn a_shared_initializer_is_written_under_a_fresh_name_for_each_node() {
     let r2 = back.network::<f32>().unwrap();
     let c2 = canonicalize(r2.network.clone()).unwrap();
     assert!((c2.global_gain() - c.global_gain()).abs() <= 1e-6 * c.global_gain());
-    let out2 = write::write_model(&back, &r2, c2.network(), Some(c2.scale())).unwrap();
+    let out2 = write::write_model(&back, &r2.graph, c2.network(), Some(c2.scale())).unwrap();
     let g2 = out2.graph.as_ref().unwrap();
     let scales = g2
         .initializer
@@ -412,7 +412,7 @@ fn conv_batch_norm_and_a_residual_block_with_a_computed_flatten() {
     let a = Agreement::between(&want, &r.forward(&xs));
     assert!(a.max_rel_error < 1e-6, "{a:?}");
     let c = canonicalize(r.network.clone()).unwrap();
-    let out = write::write_model(&m, &r, c.network(), Some(c.scale())).unwrap();
+    let out = write::write_model(&m, &r.graph, c.network(), Some(c.scale())).unwrap();
     let back = OnnxModel::decode(Bytes::from(encode(&out).unwrap()), None).unwrap();
     let got = back.network::<f64>().unwrap().forward(&xs);
     assert!(Agreement::between(&want, &got).max_rel_error < 1e-6);

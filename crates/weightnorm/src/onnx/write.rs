@@ -8,7 +8,7 @@ use prost::Message;
 use super::proto::{ModelProto, NodeProto, StringStringEntryProto, TensorProto};
 use super::read::{Role, Slot};
 use super::tensor::{encode_floats, inlined};
-use super::{OnnxError, OnnxModel, OnnxNetwork};
+use super::{GraphMap, OnnxError, OnnxModel};
 use crate::canonical::{Layer, Network, Real};
 
 /// The initializer that holds the output scale of a canonical model.
@@ -94,8 +94,8 @@ fn unique(taken: &mut HashSet<String>, base: &str) -> String {
     name
 }
 
-/// The model with `network`'s weights (a canonical or reconstituted form of `read.network`)
-/// written into the initializers its bindings name, and, given a `scale` (one entry per
+/// The model with `network`'s weights (a canonical or reconstituted form of the network read
+/// with `read`) written into the initializers its bindings name, and, given a `scale` (one entry per
 /// output channel), the graph's output rewired through `Mul(.., canonical.scale)`, before the
 /// head where there is one, so that the model computes `scale * network(x)` (then the head).
 ///
@@ -112,7 +112,7 @@ fn unique(taken: &mut HashSet<String>, base: &str) -> String {
 /// type it is written in (a global gain beyond `f32`, written in `f32`, included).
 pub fn write_model<T: Real>(
     model: &OnnxModel,
-    read: &OnnxNetwork<T>,
+    read: &GraphMap,
     network: &Network<T>,
     scale: Option<&[f64]>,
 ) -> Result<ModelProto, OnnxError> {
