@@ -179,7 +179,7 @@ fn bad_input_exits_2_with_one_line() {
         (
             vec!["--dataset", "digits", "--param", "batchnorm"],
             "invalid value 'batchnorm' for '--param <PARAM>'",
-            "[possible values: plain, plain-wd, wn, wn-mobn, bn]",
+            "[possible values: plain, plain-wd, wn, pcr, wn-mobn, bn]",
         ),
         (
             vec!["--dataset", "mnist"],
