@@ -46,7 +46,7 @@
 //! let read = model.network::<f32>().unwrap();
 //! let c = canonicalize(read.network.clone()).unwrap();
 //! let out = write_model(&model, &read.graph, c.network(), Some(c.scale())).unwrap();
-//! std::fs::write("canonical.onnx", weightnorm::onnx::encode(&out)).unwrap();
+//! std::fs::write("canonical.onnx", weightnorm::onnx::encode(&out).unwrap()).unwrap();
 //! ```
 
 mod consts;

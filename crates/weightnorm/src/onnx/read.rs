@@ -1076,7 +1076,7 @@ impl Walker<'_, '_> {
                 };
                 let h = (c / 2) as i64;
                 let even = sizes.as_ref().is_none_or(|z| z == &[h, h]);
-                if ax != 1 || n.output.len() != 2 || !even || c % 2 != 0 {
+                if ax != 1 || n.output.len() != 2 || !even || !c.is_multiple_of(2) {
                     return Err(fail(*s, "not two equal halves of the channels"));
                 }
                 [n.output[0].clone(), n.output[1].clone()]
@@ -1132,7 +1132,7 @@ impl Walker<'_, '_> {
                         ));
                     }
                 };
-                if c % 2 != 0 {
+                if !c.is_multiple_of(2) {
                     return Err(fail(*a, "an odd number of channels"));
                 }
                 [
@@ -1986,7 +1986,7 @@ pub(crate) fn read<T: Real>(model: &OnnxModel) -> R<OnnxNetwork<T>> {
         .iter()
         .flat_map(|b| b.slots.first())
         .map(|s| s.dtype)
-        .last()
+        .next_back()
         .unwrap_or(elem);
     Ok(OnnxNetwork {
         network,
