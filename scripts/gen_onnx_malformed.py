@@ -376,6 +376,25 @@ def _(name):
     save(name, model(n, i))
 
 
+@case("batch_norm_overflow.onnx", "node bn (BatchNormalization): the multiplier or shift of channel 1 exceeds the range of its type")
+def _(name):
+    # Found by the fuzzer: a running mean near the largest float32 times a multiplier above 1.
+    n, i = gemm(out="h")
+    n.append(helper.make_node("BatchNormalization", ["h", "s", "b", "m", "v"], ["y"], name="bn"))
+    i += [numpy_helper.from_array(np.array([1.0, 3.0, 1.0], dtype=np.float32), "s"), w("b", (3,)),
+          numpy_helper.from_array(np.array([0.0, -3.19e38, 0.0], dtype=np.float32), "m"),
+          numpy_helper.from_array(np.full(3, 0.6, dtype=np.float32), "v")]
+    save(name, model(n, i))
+
+
+@case("scale_overflow.onnx", "node div (Div): a parameter (times alpha, beta, or inverted) exceeds the range of its type")
+def _(name):
+    n, i = gemm(out="h")
+    n.append(helper.make_node("Div", ["h", "d"], ["y"], name="div"))
+    i.append(numpy_helper.from_array(np.array([1.0, 1e-45, 1.0], dtype=np.float32), "d"))
+    save(name, model(n, i))
+
+
 @case("huge_constant.onnx", "is more than a constant may have")
 def _(name):
     shape = TensorProto(name="S", data_type=TensorProto.INT64, dims=[1 << 30], raw_data=b"")

@@ -17,6 +17,7 @@
 //! | [`init`] | the paper's data-dependent initialisation | `reparam`, `axis` |
 //! | [`nn`] | mean-only batch norm, the WaveNet block, the weight-normalized CNN | `reparam`, `init` |
 //! | [`canonical`] | the calculus: networks in output and input units ([`canonical::Network`]), the three transforms, batch-norm folding, canonicalize, reconstitute, verify, gains. No file format, no framework names: layers are known by position | nothing |
+//! | [`onnx`] | ONNX models: the messages of `onnx.proto` for `prost` ([`onnx::proto`]), tensors inline or external (`tensor.rs`), constants and shape arithmetic (`consts.rs`), the graph read onto the calculus (`read.rs`: chains, forks as residual blocks and shortcuts, barrier clusters, the gate, the head) and canonical weights written back with a `Mul` by `canonical.scale` (`write.rs`) | `canonical` |
 //! | [`torch`] | everything that knows PyTorch: checkpoints (`checkpoint.rs`: `.safetensors` memory-mapped, `.pt` through this crate's own zip reader (`zipfile.rs`), the legacy stream of torch < 1.6 (`legacy.rs`) and a restricted unpickler that calls nothing (`pickle.rs`, `pt.rs`)), key schemes and weight-norm pairs (`pairs.rs`), fuse/split/convert (`transform.rs`), Burn modules to and from checkpoints (`module_io.rs`), and the architecture-file front-end of the calculus ([`torch::arch`]: `spec` the serde schema, `read`, `write`) | `ops`, `reparam`, `canonical`, `axis` |
 //!
 //! ## How data flows
@@ -31,10 +32,13 @@
 //! canonical    arch JSON --torch::arch::parse_arch--> ArchSpec --from_spec(+ tensors)--> Network + Bindings
 //!              Network --canonicalize--> Canonical (unit rows, one output scale, reports)
 //!              --verify--> Agreement;  --to_tensors(Bindings)--> checkpoint tensors
+//!              ONNX file --onnx::OnnxModel::open--> ModelProto --network--> Network + GraphMap
+//!              canonical Network --onnx::write_model(GraphMap)--> ModelProto --encode--> ONNX file
 //! ```
 //!
 //! The calculus sits in the middle and speaks of networks only; each file format is a front-end
-//! that keeps its own names beside the layers' positions ([`torch::arch::Binding`]).
+//! that keeps its own names beside the layers' positions ([`torch::arch::Binding`],
+//! [`onnx::Binding`]).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
