@@ -395,13 +395,31 @@ def _(name):
     save(name, model(n, i))
 
 
-@case("huge_constant.onnx", "is more than a constant may have")
+@case("huge_constant.onnx", "0 bytes of data for 1073741824 elements of int64")
 def _(name):
     shape = TensorProto(name="S", data_type=TensorProto.INT64, dims=[1 << 30], raw_data=b"")
     n = [helper.make_node("Constant", [], ["S"], value=shape),
          helper.make_node("Reshape", ["x", "S"], ["h"], name="reshape"),
          helper.make_node("Gemm", ["h", "W"], ["y"], name="fc", transB=1)]
     save(name, model(n, [w("W", (3, 4))]))
+
+
+@case("huge_computed_constant.onnx", "is more than 16777216 elements")
+def _(name):
+    # 16 zeros squared by broadcasting, three times over: 16^2, 256^2, then 65536^2 elements,
+    # which the evaluator refuses before allocating them.
+    i64 = lambda v, n: numpy_helper.from_array(np.array(v, dtype=np.int64), n)  # noqa: E731
+    n, v = [], "Z"
+    for k in range(3):
+        n += [helper.make_node("Unsqueeze", [v, "ax1"], [f"a{k}"]),
+              helper.make_node("Unsqueeze", [v, "ax0"], [f"b{k}"]),
+              helper.make_node("Add", [f"a{k}", f"b{k}"], [f"s{k}"]),
+              helper.make_node("Reshape", [f"s{k}", "flat"], [f"f{k}"])]
+        v = f"f{k}"
+    n += [helper.make_node("Reshape", ["x", v], ["h"], name="reshape"),
+          helper.make_node("Gemm", ["h", "W"], ["y"], name="fc", transB=1)]
+    save(name, model(n, [i64(np.zeros(16), "Z"), i64([0], "ax0"), i64([1], "ax1"), i64([-1], "flat"),
+                         w("W", (3, 4))]))
 
 
 @case("output_used_inside.onnx", "it must be the last value")
