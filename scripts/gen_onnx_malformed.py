@@ -376,13 +376,50 @@ def _(name):
     save(name, model(n, i))
 
 
-@case("huge_constant.onnx", "is more than a constant may have")
+@case("batch_norm_overflow.onnx", "node bn (BatchNormalization): the multiplier or shift of channel 1 exceeds the range of its type")
+def _(name):
+    # Found by the fuzzer: a running mean near the largest float32 times a multiplier above 1.
+    n, i = gemm(out="h")
+    n.append(helper.make_node("BatchNormalization", ["h", "s", "b", "m", "v"], ["y"], name="bn"))
+    i += [numpy_helper.from_array(np.array([1.0, 3.0, 1.0], dtype=np.float32), "s"), w("b", (3,)),
+          numpy_helper.from_array(np.array([0.0, -3.19e38, 0.0], dtype=np.float32), "m"),
+          numpy_helper.from_array(np.full(3, 0.6, dtype=np.float32), "v")]
+    save(name, model(n, i))
+
+
+@case("scale_overflow.onnx", "node div (Div): a parameter (times alpha, beta, or inverted) exceeds the range of its type")
+def _(name):
+    n, i = gemm(out="h")
+    n.append(helper.make_node("Div", ["h", "d"], ["y"], name="div"))
+    i.append(numpy_helper.from_array(np.array([1.0, 1e-45, 1.0], dtype=np.float32), "d"))
+    save(name, model(n, i))
+
+
+@case("huge_constant.onnx", "0 bytes of data for 1073741824 elements of int64")
 def _(name):
     shape = TensorProto(name="S", data_type=TensorProto.INT64, dims=[1 << 30], raw_data=b"")
     n = [helper.make_node("Constant", [], ["S"], value=shape),
          helper.make_node("Reshape", ["x", "S"], ["h"], name="reshape"),
          helper.make_node("Gemm", ["h", "W"], ["y"], name="fc", transB=1)]
     save(name, model(n, [w("W", (3, 4))]))
+
+
+@case("huge_computed_constant.onnx", "is more than 16777216 elements")
+def _(name):
+    # 16 zeros squared by broadcasting, three times over: 16^2, 256^2, then 65536^2 elements,
+    # which the evaluator refuses before allocating them.
+    i64 = lambda v, n: numpy_helper.from_array(np.array(v, dtype=np.int64), n)  # noqa: E731
+    n, v = [], "Z"
+    for k in range(3):
+        n += [helper.make_node("Unsqueeze", [v, "ax1"], [f"a{k}"]),
+              helper.make_node("Unsqueeze", [v, "ax0"], [f"b{k}"]),
+              helper.make_node("Add", [f"a{k}", f"b{k}"], [f"s{k}"]),
+              helper.make_node("Reshape", [f"s{k}", "flat"], [f"f{k}"])]
+        v = f"f{k}"
+    n += [helper.make_node("Reshape", ["x", v], ["h"], name="reshape"),
+          helper.make_node("Gemm", ["h", "W"], ["y"], name="fc", transB=1)]
+    save(name, model(n, [i64(np.zeros(16), "Z"), i64([0], "ax0"), i64([1], "ax1"), i64([-1], "flat"),
+                         w("W", (3, 4))]))
 
 
 @case("output_used_inside.onnx", "it must be the last value")

@@ -91,12 +91,19 @@ fn run<T: Real>(
         })
         .collect();
     let t = Instant::now();
+    // Each form of the network is dropped once written, before the model is encoded.
     let proto = match args.form {
-        Form::Canonical => write_model(model, &graph, c.network(), Some(&scale)),
+        Form::Canonical => {
+            let proto = write_model(model, &graph, c.network(), Some(&scale));
+            drop(c);
+            proto
+        }
         Form::Reconstituted => {
             let (canonical, scale) = c.into_parts();
             let (back, _) = reconstitute(canonical, &scale).map_err(|e| in_model(&e))?;
-            write_model(model, &graph, &back, None)
+            let proto = write_model(model, &graph, &back, None);
+            drop(back);
+            proto
         }
     }
     .map_err(|e| in_model(&e))?;

@@ -19,6 +19,7 @@
 //! | [`canonical`] | the calculus: networks in output and input units ([`canonical::Network`]), the three transforms, batch-norm folding, canonicalize, reconstitute, verify, gains. No file format, no framework names: layers are known by position | nothing |
 //! | [`live`] | the live-module front-end of the calculus: [`live::Canonicalizable`] (a module names its layers, [`live::LiveLayer`], borrowing Burn's), [`live::describe`] (module to network, keyed by `ParamId`), [`live::write`] (network back into the module, every `ParamId` kept), [`live::canonicalize_module`] (in place, function kept or gain capped, with the per-element factors applied) | `canonical`, `axis` |
 //! | [`pcr`] | Periodic Canonical Regularization: [`pcr::PcrConfig`] (every C steps, [`pcr::Penalty`] none/cap/soft, [`pcr::Transport`]), the differentiable global gain ([`pcr::gain`]), the optimizer-state transport through Burn's optimizer record ([`pcr::transport`]), the driver [`pcr::Pcr`] for hand-written loops and [`pcr::PcrSlot`] / [`pcr::optimize`] for burn-train's `Learner` | `live`, `canonical` |
+//! | [`onnx`] | ONNX models: the messages of `onnx.proto` for `prost` ([`onnx::proto`]), tensors inline or external (`tensor.rs`), constants and shape arithmetic (`consts.rs`), the graph read onto the calculus (`read.rs`: chains, forks as residual blocks and shortcuts, barrier clusters, the gate, the head) and canonical weights written back with a `Mul` by `canonical.scale` (`write.rs`) | `canonical` |
 //! | [`torch`] | everything that knows PyTorch: checkpoints (`checkpoint.rs`: `.safetensors` memory-mapped, `.pt` through this crate's own zip reader (`zipfile.rs`), the legacy stream of torch < 1.6 (`legacy.rs`) and a restricted unpickler that calls nothing (`pickle.rs`, `pt.rs`)), key schemes and weight-norm pairs (`pairs.rs`), fuse/split/convert (`transform.rs`), Burn modules to and from checkpoints (`module_io.rs`), and the architecture-file front-end of the calculus ([`torch::arch`]: `spec` the serde schema, `read`, `write`) | `ops`, `reparam`, `canonical`, `axis` |
 //!
 //! ## How data flows
@@ -35,13 +36,16 @@
 //!              --verify--> Agreement;  --to_tensors(Bindings)--> checkpoint tensors
 //!              Burn module (Canonicalizable) --live::describe--> Network + LiveBindings (ParamIds)
 //!              --canonicalize, reconstitute--> --live::write--> the module, rewritten in place
+//!              ONNX file --onnx::OnnxModel::open--> ModelProto --network--> Network + GraphMap
+//!              canonical Network --onnx::write_model(GraphMap)--> ModelProto --encode--> ONNX file
 //! pcr          every C optimizer steps: live::canonicalize_module (factors a per element)
 //!              --pcr::transport(a)--> the optimizer's record rewritten (m / a, v / a^2, ...)
 //! ```
 //!
 //! The calculus sits in the middle and speaks of networks only; each front-end keeps its own
-//! names beside the layers' positions (a file's keys in [`torch::arch::Binding`], a live module's
-//! parameter ids in [`live::LiveBinding`]).
+//! names beside the layers' positions (a file's keys in [`torch::arch::Binding`], an ONNX graph's
+//! nodes and initializers in [`onnx::Binding`], a live module's parameter ids in
+//! [`live::LiveBinding`]).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};

@@ -185,7 +185,7 @@ pub fn verify<T: Real>(original: &Network<T>, c: &Canonical<T>, inputs: &[Vec<f6
 /// [`CanonicalError`] if a layer does not fit (a network built with [`Network::new`] fits).
 pub fn canonicalize<T: Real>(mut network: Network<T>) -> Result<Canonical<T>, CanonicalError> {
     let mut notes = Vec::new();
-    fold_norms(&mut network.layers, "", &mut notes);
+    fold_norms(&mut network.layers, "", &mut notes)?;
     let mut run = Run::default();
     let start = State::unit(&network.input);
     let end = run.seq(&mut network.layers, start, &Target::Free, "")?;
@@ -653,8 +653,17 @@ impl Run {
             }
             Layer::Norm(n) => {
                 // A shift: g * x + c = g * (x + c / g).
-                for (c, g) in n.c.iter_mut().zip(&st.scale) {
+                for (k, (c, g)) in n.c.iter_mut().zip(&st.scale).enumerate() {
                     *c = T::from_f64(c.to_f64() / g);
+                    if !c.to_f64().is_finite() {
+                        return Err(CanonicalError::Overflow {
+                            layer: name.into(),
+                            what: format!(
+                                "the shift of channel {k} divided by its scale exceeds the range \
+                                 of its type"
+                            ),
+                        });
+                    }
                 }
                 st.scale
             }

@@ -1,8 +1,9 @@
 //! Constants of a graph and the ops that compute them: the shape arithmetic exporters write
 //! (`Shape`, `Gather`, `Unsqueeze`, `Concat`, `Slice`, `Reshape`, arithmetic, `Cast`) and the
 //! reshaping of parameters (a PReLU slope unsqueezed to `[C, 1, 1]`). Integers may be unknown
-//! (the batch size of a shape); sizes are bounded, so that a hostile graph cannot make one
-//! huge.
+//! (the batch size of a shape). What an op computes is bounded in size ([`MAX_CONST`]), so
+//! that a hostile graph cannot make a constant huge; a tensor stored in the file is as large as
+//! its data.
 
 use super::OnnxError;
 use super::proto::{TensorProto, data_type};
@@ -61,20 +62,9 @@ impl Const {
         }
     }
 
-    /// A tensor's values.
+    /// A tensor's values (of any size: its data is in the file, checked against its shape
+    /// before anything is allocated).
     pub(crate) fn from_tensor(t: &TensorProto, ext: &External) -> Result<Self, OnnxError> {
-        let too_big = |n: usize| OnnxError::Tensor {
-            name: t.name.clone().unwrap_or_default(),
-            reason: format!("{n} elements is more than a constant may have ({MAX_CONST})"),
-        };
-        let n = t
-            .dims
-            .iter()
-            .try_fold(1usize, |a, &x| a.checked_mul(usize::try_from(x).ok()?))
-            .unwrap_or(usize::MAX);
-        if n > MAX_CONST {
-            return Err(too_big(n));
-        }
         let dtype = t.data_type.unwrap_or(0);
         if is_float(dtype) {
             let (shape, v) = float_values::<f64>(t, ext)?;

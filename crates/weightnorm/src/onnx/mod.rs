@@ -192,12 +192,26 @@ impl<T: Real> OnnxNetwork<T> {
 }
 
 /// An ONNX model, decoded, with the directory its external data is read from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OnnxModel {
     /// The model.
     pub proto: proto::ModelProto,
     dir: Option<PathBuf>,
     external: tensor::External,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    /// A summary: the producer, the sizes of the graph, the directory (not the weights).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.proto.graph.as_ref();
+        f.debug_struct("OnnxModel")
+            .field("ir_version", &self.proto.ir_version)
+            .field("producer_name", &self.proto.producer_name)
+            .field("nodes", &g.map_or(0, |g| g.node.len()))
+            .field("initializers", &g.map_or(0, |g| g.initializer.len()))
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 impl OnnxModel {

@@ -32,13 +32,14 @@ pub(crate) enum Role {
     Weight { transposed: bool, alpha: f64 },
     /// A bias: `beta` times the tensor.
     Bias { beta: f64 },
-    /// A batch norm's `scale`.
-    BnScale,
+    /// A batch norm's `scale` (times `sqrt(1 + eps)` where `eps >= 1`: see `BnVar`).
+    BnScale { eps: f64 },
     /// A batch norm's `B`.
     BnBias,
     /// A batch norm's `mean`.
     BnMean,
-    /// A batch norm's `var`.
+    /// A batch norm's `var`: `1 - eps`, so that `var + eps = 1`; or, for an `eps` of 1 or
+    /// more, 1 (and the scale times `sqrt(1 + eps)`).
     BnVar { eps: f64 },
     /// A shift: added (`Add`), or subtracted (`Sub`, `negate`).
     Shift { negate: bool },
@@ -790,6 +791,12 @@ impl Walker<'_, '_> {
             let step = self.step::<T>(i, &v)?;
             let mut shape = self.shape(&v);
             for (layer, binding) in step.layers {
+                if !finite(&layer) {
+                    return Err(g.err(
+                        i,
+                        "a parameter (times alpha, beta, or inverted) exceeds the range of its type",
+                    ));
+                }
                 shape = layer
                     .out_shape(&shape, &g.name(i))
                     .map_err(|e| self.layer_err(i, e))?;
@@ -1911,7 +1918,7 @@ impl Walker<'_, '_> {
         )
         .map_err(|e| g.err(i, e.to_string()))?;
         let roles = [
-            Role::BnScale,
+            Role::BnScale { eps },
             Role::BnBias,
             Role::BnMean,
             Role::BnVar { eps },
@@ -1984,9 +1991,9 @@ pub(crate) fn read<T: Real>(model: &OnnxModel) -> R<OnnxNetwork<T>> {
     let dtype = chain
         .bindings
         .iter()
-        .flat_map(|b| b.slots.first())
+        .rev()
+        .find_map(|b| b.slots.first())
         .map(|s| s.dtype)
-        .next_back()
         .unwrap_or(elem);
     Ok(OnnxNetwork {
         network,
@@ -2005,6 +2012,18 @@ pub(crate) fn read<T: Real>(model: &OnnxModel) -> R<OnnxNetwork<T>> {
             },
         },
     })
+}
+
+/// Whether every parameter of a (non-block) layer is finite.
+fn finite<T: Real>(l: &Layer<T>) -> bool {
+    let all = |v: &[T]| v.iter().all(|x| x.to_f64().is_finite());
+    match l {
+        Layer::Weighted(w) => all(&w.w.data) && w.b.as_deref().is_none_or(all),
+        Layer::Norm(n) => all(&n.c) && n.a.as_deref().is_none_or(all),
+        Layer::PRelu(s) => s.iter().all(|x| x.is_finite()),
+        Layer::Act(Activation::LeakyRelu(s)) => s.is_finite(),
+        _ => true,
+    }
 }
 
 fn has_weights<T: Real>(l: &Layer<T>) -> bool {

@@ -457,7 +457,7 @@ pub(crate) fn encode_floats(
                 h.is_finite()
             }
         };
-        if !finite && x.is_finite() {
+        if !finite || !x.is_finite() {
             return Err(OnnxError::Tensor {
                 name: what.to_string(),
                 reason: format!(

@@ -40,10 +40,19 @@ fn slot_values<T: Real>(layer: &Layer<T>, slot: &Slot) -> Option<Vec<f64>> {
             Some(b) => b.iter().map(|x| x.to_f64() / beta).collect(),
             None => vec![0.0; w.w.out],
         },
-        (Layer::Norm(n), Role::BnScale) => n.a.as_deref().map_or(vec![1.0; n.c.len()], f),
+        (Layer::Norm(n), Role::BnScale { eps }) => {
+            let root = if *eps < 1.0 { 1.0 } else { (1.0 + eps).sqrt() };
+            n.a.as_deref()
+                .map_or(vec![1.0; n.c.len()], f)
+                .iter()
+                .map(|a| a * root)
+                .collect()
+        }
         (Layer::Norm(n), Role::BnBias) => f(&n.c),
         (Layer::Norm(n), Role::BnMean) => vec![0.0; n.c.len()],
-        (Layer::Norm(n), Role::BnVar { eps }) => vec![1.0 - eps; n.c.len()],
+        (Layer::Norm(n), Role::BnVar { eps }) => {
+            vec![if *eps < 1.0 { 1.0 - eps } else { 1.0 }; n.c.len()]
+        }
         (Layer::Norm(n), Role::Shift { negate }) => {
             n.c.iter()
                 .map(|x| if *negate { -x.to_f64() } else { x.to_f64() })
