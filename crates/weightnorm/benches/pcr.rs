@@ -3,7 +3,9 @@
 //! canonicalization with the covariant transport of Adam's state (what PCR adds every C steps:
 //! its overhead at C = 100 is `canonicalize / (100 * step)`); and the soft penalty's extra cost
 //! per step (a step with `lambda * G^2` added to the loss against one without). The CLI's CNN
-//! (widths 64-128-256, 28 x 28 images, flattened head) is canonicalized too.
+//! (widths 64-128-256, 28 x 28 images, flattened head) is canonicalized too; and the two
+//! halves of the canonicalization apart (`mlp/rescale`: the module; `mlp/transport`: Adam's
+//! state). glibc's allocator is set as the `weightnorm` binary sets it.
 //!
 //! Run: `cargo bench -p weightnorm --bench pcr`
 
@@ -18,7 +20,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use weightnorm::live::{Canonicalizable, LiveLayer};
 use weightnorm::nn::WnCnnClassifierConfig;
-use weightnorm::pcr::{Pcr, PcrConfig, Penalty};
+use weightnorm::pcr::{Pcr, PcrConfig, Penalty, Transport, transport};
 
 #[derive(Module, Debug)]
 struct Mlp {
@@ -81,6 +83,14 @@ fn warmed(device: &Device, steps: usize) -> (Mlp, ModuleOptimizer, Tensor<2>, Te
 }
 
 fn bench(c: &mut Criterion) {
+    // The allocator as the `weightnorm` binary sets it (see `weightnorm::ops`): freed blocks
+    // stay mapped, so that a step does not fault its buffers in again.
+    // SAFETY: mallopt only sets two numbers in glibc's allocator; any value is valid.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
     let device = Device::default().autodiff();
     device.seed(0);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -118,6 +128,18 @@ fn bench(c: &mut Criterion) {
             let mut o = optim.clone();
             pcr.canonicalize(&mut o, &model, None::<fn(&Mlp) -> f64>)
                 .unwrap()
+        })
+    });
+
+    // The two halves of it: the module rescaled, and the optimizer's state transported.
+    group.bench_function("mlp/rescale", |b| b.iter(|| pcr.rescale(&model).unwrap()));
+    let (_, rescaling) = pcr.rescale(&model).unwrap();
+    let factors = rescaling.by_param();
+    group.bench_function("mlp/transport", |b| {
+        b.iter(|| {
+            let mut o = optim.clone();
+            transport(&mut o, &factors, Transport::Covariant).unwrap();
+            o
         })
     });
 

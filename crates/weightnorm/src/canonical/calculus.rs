@@ -187,11 +187,15 @@ fn both_norms<T: Real>(row: &[T], scales: &[f64], taps: usize) -> (f64, f64) {
             after[0] += (v * s) * (v * s);
         }
     } else {
-        for (k, x) in row.iter().enumerate() {
-            let v = x.to_f64();
-            before[k % 8] += v * v;
-            let t = v * scales[k / taps];
-            after[k % 8] += t * t;
+        let mut k = 0usize;
+        for (chunk, &s) in row.chunks(taps).zip(scales) {
+            for x in chunk {
+                let v = x.to_f64();
+                before[k & 7] += v * v;
+                let t = v * s;
+                after[k & 7] += t * t;
+                k += 1;
+            }
         }
     }
     let exact = |sum: f64| sum.is_finite() && sum >= 1e-280;
@@ -255,10 +259,14 @@ pub fn absorb_in_place<T: Real>(
     let rows_per_group = w.out / groups;
     let row_len = w.row_len.max(1);
     let scales_of = |i: usize| &g_in[(i / rows_per_group) * per_group..][..per_group];
+    // Rows handed to a worker at a time: about 64 Ki elements, so that a small layer runs on
+    // one thread rather than paying for rayon's hand-offs.
+    let min_rows = ((1 << 16) / row_len).max(1);
     // Pass 1 (read only): the norm of every row before and after multiplying by g_in.
     let sums: Vec<(f64, f64)> = w
         .data
         .par_chunks(row_len)
+        .with_min_len(min_rows)
         .enumerate()
         .map(|(i, row)| both_norms(row, scales_of(i), taps))
         .collect();
@@ -283,22 +291,46 @@ pub fn absorb_in_place<T: Real>(
         })
         .collect();
     let d = divisor(&g_out);
-    // Pass 2: V = W * g_in / d, measuring the rows again. Where `W * g_in` overflows `f64`,
-    // the ratio `g_in / d` is taken first.
+    // Pass 2: V = W * g_in / d, measuring the rows again.
     let norms_after: Vec<f64> = w
         .data
         .par_chunks_mut(row_len)
+        .with_min_len(min_rows)
         .zip(d.par_iter())
         .enumerate()
         .map(|(i, (row, &di))| {
             let g = scales_of(i);
             let mut acc = [0.0f64; 8];
-            for (k, x) in row.iter_mut().enumerate() {
-                let (v, s) = (x.to_f64(), g[k / taps.max(1)]);
-                let t = v * s;
-                let y = T::from_f64(if t.is_finite() { t / di } else { v * (s / di) });
-                *x = y;
-                acc[k % 8] += y.to_f64() * y.to_f64();
+            // `(w * s) / d_i`, correctly rounded like the division it is. Pass 1 found the
+            // norm of `w * s` finite, so no product overflows: `|w_k s_k| <= ||w * s||`.
+            if taps <= 1 {
+                // One scale per element (a Linear layer): eight lanes at a time, which the
+                // compiler vectorizes.
+                let mut xs = row.chunks_exact_mut(8);
+                let mut ss = g.chunks_exact(8);
+                for (x, s) in (&mut xs).zip(&mut ss) {
+                    for k in 0..8 {
+                        let y = T::from_f64(x[k].to_f64() * s[k] / di);
+                        x[k] = y;
+                        acc[k] += y.to_f64() * y.to_f64();
+                    }
+                }
+                for (x, &s) in xs.into_remainder().iter_mut().zip(ss.remainder()) {
+                    let y = T::from_f64(x.to_f64() * s / di);
+                    *x = y;
+                    acc[0] += y.to_f64() * y.to_f64();
+                }
+                return acc.iter().sum::<f64>().sqrt();
+            }
+            let mut k = 0usize;
+            // One input channel's `taps` elements at a time, all sharing the scale `s`.
+            for (chunk, &s) in row.chunks_mut(taps).zip(g) {
+                for x in chunk {
+                    let y = T::from_f64(x.to_f64() * s / di);
+                    *x = y;
+                    acc[k & 7] += y.to_f64() * y.to_f64();
+                    k += 1;
+                }
             }
             acc.iter().sum::<f64>().sqrt()
         })

@@ -107,6 +107,15 @@ pub fn write<M: Module>(
     bindings: &[LiveBinding],
 ) -> Result<M, LiveError> {
     check_writable(&module, bindings)?;
+    write_checked(module, network, bindings)
+}
+
+/// [`write`](fn@write) for bindings [`check_writable`] has accepted for this module.
+fn write_checked<M: Module>(
+    module: M,
+    network: &Network<f64>,
+    bindings: &[LiveBinding],
+) -> Result<M, LiveError> {
     let mut values = HashMap::new();
     for b in bindings {
         let name = path_name(&b.path);
@@ -256,7 +265,7 @@ pub fn canonicalize_module<M: Canonicalizable>(
     let (network, _) = c.into_parts();
     let back = reconstitute_with_factors(network, &target)?;
     let (network, second) = (back.network, back.factors);
-    let module = write(module.clone(), &network, &live.bindings)?;
+    let module = write_checked(module.clone(), &network, &live.bindings)?;
     let factors = live
         .bindings
         .into_iter()

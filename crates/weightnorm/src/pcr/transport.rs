@@ -89,14 +89,22 @@ pub fn transport_record(
                 expected: a.len(),
             });
         }
-        let by = |f: f64| match policy {
-            Transport::Covariant => f.powi(-k),
-            _ => f.powi(k),
+        // What each value is multiplied by: a^k (weight-scaled) or a^-k (covariant), k = 1, 2;
+        // one division per element at most, and no call to `powi`.
+        let covariant = policy == Transport::Covariant;
+        let by = |f: f64| {
+            let b = if covariant { 1.0 / f } else { f };
+            if k == 2 { b * b } else { b }
         };
         let moved = if dtype == DType::F32 {
             // The common case without a round trip through f64 vectors: each value times its
             // factor in f64, rounded once.
-            let values: Vec<f32> = bytemuck::pod_collect_to_vec(data.as_bytes());
+            // Read in place where the bytes are aligned for f32, copied where they are not.
+            let values: std::borrow::Cow<'_, [f32]> =
+                match bytemuck::try_cast_slice(data.as_bytes()) {
+                    Ok(v) => v.into(),
+                    Err(_) => bytemuck::pod_collect_to_vec(data.as_bytes()).into(),
+                };
             let out: Vec<f32> = values
                 .iter()
                 .zip(a.iter())
