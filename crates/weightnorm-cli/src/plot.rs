@@ -152,8 +152,14 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
         }
     }
     if t.len() < 3 {
-        // A narrow range: evenly spaced ticks in log units, labelled with their values.
-        return nice_ticks(lo, hi, 5);
+        // A narrow range: round values (1, 2 or 5 times a power of ten apart), placed at
+        // their logarithms, so that labels read 1.2, 1.4 rather than 10^0.1, 10^0.2.
+        let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
+        return nice_ticks(a, b, 5)
+            .into_iter()
+            .filter(|v| *v > 0.0)
+            .map(f64::log10)
+            .collect();
     }
     t
 }
@@ -788,6 +794,12 @@ mod tests {
             .map(|v| label(10f64.powf(*v)))
             .collect();
         assert_eq!(t, vec!["0.2", "0.5", "1", "2"]);
+        // Less than a decade (a global gain from 1.3 to 2.9): round values, not 10^0.2.
+        let t: Vec<String> = log_ticks(1.3f64.log10(), 2.9f64.log10())
+            .iter()
+            .map(|v| label(10f64.powf(*v)))
+            .collect();
+        assert_eq!(t, vec!["1.5", "2", "2.5"]);
         assert_eq!(label(0.30000000000000004), "0.3");
         assert_eq!(label(1234.0), "1234");
         assert_eq!(label(12.5), "12.5");

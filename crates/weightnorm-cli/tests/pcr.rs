@@ -6,16 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ok, run};
-
-const BIN: &str = env!("CARGO_BIN_EXE_weightnorm");
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use common::{json, kill_at, ok, run, with_out};
 
 fn f(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap()
@@ -159,51 +152,41 @@ fn bad_pcr_options_are_one_line_errors() {
 
 #[test]
 fn a_killed_pcr_run_resumes_with_its_schedule_and_optimizer_state() {
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--dataset",
-            "digits",
-            "--param",
-            "pcr",
-            "--epochs",
-            "3",
-            "--batch-size",
-            "16",
-            "--pcr-every",
-            "9",
-            "--pcr-transport",
-            "weight-scaled",
-            "--checkpoint-every",
-            "4",
-            "--quiet",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.to_str().unwrap().to_string()])
-        .collect()
+    let args = |out: &Path| {
+        with_out(
+            &[
+                "train",
+                "--dataset",
+                "digits",
+                "--param",
+                "pcr",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "16",
+                "--pcr-every",
+                "9",
+                "--pcr-transport",
+                "weight-scaled",
+                "--checkpoint-every",
+                "4",
+                "--quiet",
+                "--out",
+            ],
+            out,
+        )
     };
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
     ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
     let killed = tmp.path().join("killed");
-    let mut child = Command::new(BIN)
-        .args(args(&killed))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
-    let t0 = Instant::now();
     // Mid-epoch 2 (90 steps an epoch), between two canonicalizations.
-    while lines(&killed.join("steps.jsonl")) < 131 {
-        assert!(child.try_wait().unwrap().is_none(), "ended too soon");
-        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at(
+        &args(&killed),
+        &killed.join("steps.jsonl"),
+        131,
+        Duration::from_secs(120),
+    );
     ok(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
     let (a, b) = (
         json(&killed.join("metrics.json")),

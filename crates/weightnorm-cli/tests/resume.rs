@@ -8,37 +8,28 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, run};
+use common::{json, kill_at, lines, ok, run, with_out};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightnorm");
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
-}
-
 /// A digits run long enough to be stopped mid-epoch (90 steps an epoch).
 fn args(out: &Path) -> Vec<String> {
-    [
-        "train",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "4",
-        "--batch-size",
-        "16",
-        "--checkpoint-every",
-        "7",
-        "--quiet",
-        "--out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([out.to_str().unwrap().to_string()])
-    .collect()
+    with_out(
+        &[
+            "train",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "7",
+            "--quiet",
+            "--out",
+        ],
+        out,
+    )
 }
 
 /// Starts a run and waits until its step log holds `steps` lines (the run is then mid-epoch
@@ -214,27 +205,26 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
 
 /// A comparison of two parameterizations over two seeds on the digits.
 fn compare_args(out: &Path) -> Vec<String> {
-    [
-        "compare",
-        "--dataset",
-        "digits",
-        "--params",
-        "plain,wn",
-        "--seeds",
-        "0,1",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--checkpoint-every",
-        "5",
-        "--quiet",
-        "--out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([out.to_str().unwrap().to_string()])
-    .collect()
+    with_out(
+        &[
+            "compare",
+            "--dataset",
+            "digits",
+            "--params",
+            "plain,wn",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "5",
+            "--quiet",
+            "--out",
+        ],
+        out,
+    )
 }
 
 #[test]
@@ -248,21 +238,12 @@ fn a_killed_comparison_resumes_to_the_uninterrupted_one() {
 
     // SIGKILL in the third run (plain, seed 1), mid-epoch 1.
     let killed = tmp.path().join("killed");
-    let mut child = Command::new(BIN)
-        .args(compare_args(&killed))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = killed.join("plain/seed-1/steps.jsonl");
-    let t0 = Instant::now();
-    while lines(&log) < 40 {
-        assert!(child.try_wait().unwrap().is_none(), "ended too soon");
-        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at(
+        &compare_args(&killed),
+        &killed.join("plain/seed-1/steps.jsonl"),
+        40,
+        Duration::from_secs(120),
+    );
     assert!(!killed.join("report.md").exists());
     let o = ok(&["compare", "--resume", killed.to_str().unwrap(), "--quiet"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("parameterization"));
@@ -301,40 +282,31 @@ fn a_killed_fashion_mnist_run_resumes_to_the_uninterrupted_one() {
          package dataset-fashion-mnist)"
     );
     let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--dataset",
-            "fashion-mnist",
-            "--epochs",
-            "1",
-            "--checkpoint-every",
-            "40",
-            "--quiet",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.to_str().unwrap().to_string()])
-        .collect()
+        with_out(
+            &[
+                "train",
+                "--dataset",
+                "fashion-mnist",
+                "--epochs",
+                "1",
+                "--checkpoint-every",
+                "40",
+                "--quiet",
+                "--out",
+            ],
+            out,
+        )
     };
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
     ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
     let killed = tmp.path().join("killed");
-    let mut child = Command::new(BIN)
-        .args(args(&killed))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while lines(&killed.join("steps.jsonl")) < 150 {
-        assert!(child.try_wait().unwrap().is_none(), "ended too soon");
-        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at(
+        &args(&killed),
+        &killed.join("steps.jsonl"),
+        150,
+        Duration::from_secs(300),
+    );
     ok(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
     let (a, b) = (
         json(&killed.join("metrics.json")),

@@ -21,3 +21,48 @@ pub fn ok(args: &[&str]) -> Output {
     );
     o
 }
+
+/// A JSON file, parsed.
+#[allow(dead_code)]
+pub fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The number of lines of a file (0 while it does not exist).
+#[allow(dead_code)]
+pub fn lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// `args` followed by `out`, as owned strings.
+#[allow(dead_code)]
+pub fn with_out(args: &[&str], out: &std::path::Path) -> Vec<String> {
+    args.iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+}
+
+/// Starts the binary with `args`, waits until the step log `log` holds `steps` lines (the run
+/// must not end first, and must get there within `limit`), and kills it (SIGKILL: no
+/// handler runs, as after a crash or a power cut).
+#[allow(dead_code)]
+pub fn kill_at(args: &[String], log: &std::path::Path, steps: usize, limit: std::time::Duration) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weightnorm"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while lines(log) < steps {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be stopped"
+        );
+        assert!(t0.elapsed() < limit, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
