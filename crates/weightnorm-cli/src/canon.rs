@@ -462,9 +462,30 @@ fn run<T: Real>(
     for w in &carried {
         println!("  {w}");
     }
+    finish(
+        args,
+        &format!("verified on {}", inputs.what),
+        &agreement,
+        accuracies,
+        [load_s, canon_s, verify_s, write_s],
+        ok,
+    )
+}
+
+/// The verification line (`verified`, then the errors and, with labels, the accuracies), the
+/// timings of the four stages, and the verdict (`ok`: the largest relative error is within
+/// `--tolerance`): an error when it is not (the caller then wrote nothing), else
+/// the line naming the written model. Shared by the architecture-file and ONNX front-ends.
+pub(crate) fn finish(
+    args: &CanonicalizeArgs,
+    verified: &str,
+    agreement: &Agreement,
+    accuracies: Option<(f64, f64)>,
+    [load_s, canon_s, verify_s, write_s]: [f64; 4],
+    ok: bool,
+) -> Result<()> {
     println!(
-        "verified on {}: max abs error {:.3e}, max rel error {:.3e}{}{}",
-        inputs.what,
+        "{verified}: max abs error {:.3e}, max rel error {:.3e}{}{}",
         agreement.max_abs_error,
         agreement.max_rel_error,
         agreement

@@ -7,13 +7,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use regex::Regex;
 use serde_json::json;
 use weightnorm::canonical::{Agreement, Real, canonicalize, reconstitute};
 use weightnorm::onnx::{Bytes, OnnxModel, OnnxNetwork, encode, write_model};
 
-use crate::canon::{CanonicalizeArgs, Form, accuracy, bad, input_files, load_inputs, range_json};
+use crate::canon::{
+    CanonicalizeArgs, Form, accuracy, bad, finish, input_files, load_inputs, range_json,
+};
 use crate::output::Outputs;
 use crate::text::shown;
 
@@ -190,35 +192,14 @@ fn run<T: Real>(
     for n in notes.iter().chain(&carried) {
         println!("  {n}");
     }
-    println!(
-        "verified the model written on {}: max abs error {:.3e}, max rel error {:.3e}{}{}",
-        inputs.what,
-        agreement.max_abs_error,
-        agreement.max_rel_error,
-        agreement
-            .argmax_agreement
-            .map_or(String::new(), |a| format!(", argmax agreement {a:.6}")),
-        accuracies.map_or(String::new(), |(a, b)| format!(
-            ", accuracy {a:.4} original / {b:.4} {}",
-            if args.form == Form::Canonical {
-                "canonical"
-            } else {
-                "reconstituted"
-            }
-        ))
-    );
-    println!(
-        "time: load {load_s:.3} s, canonicalize {canon_s:.3} s, verify {verify_s:.3} s, write {write_s:.3} s"
-    );
-    if !ok {
-        bail!(
-            "verification failed: max rel error {:.3e} exceeds --tolerance {:.1e}; nothing written",
-            agreement.max_rel_error,
-            args.tolerance
-        );
-    }
-    println!("wrote {}", shown(&args.output.output));
-    Ok(())
+    finish(
+        args,
+        &format!("verified the model written on {}", inputs.what),
+        &agreement,
+        accuracies,
+        [load_s, canon_s, verify_s, write_s],
+        ok,
+    )
 }
 
 #[cfg(test)]
