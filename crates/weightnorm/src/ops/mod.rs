@@ -2,8 +2,9 @@
 //!
 //! - [`norm_except_dim`]: PyTorch's `torch.norm_except_dim`, for any order `p >= 1`.
 //! - [`weight_norm`]: PyTorch's `torch._weight_norm`, through the [`WeightNormBackend`]
-//!   extension: fused kernels on the CPU (`Flex`) backend, a composition of primitive operations
-//!   on every other backend, and one autodiff node with the analytic backward.
+//!   extension: fused kernels on the CPU (`Flex`) backend and, with the `cuda` or `wgpu` feature,
+//!   on the GPU (CubeCL), a composition of primitive operations on every other backend, and one
+//!   autodiff node with the analytic backward.
 //! - [`weight_norm_eps`]: the same with an opt-in epsilon, `w = g * v / max(||v||, eps)`.
 //! - [`weight_norm_checked`]: the entry point for module code, which also refuses a zero-norm
 //!   slice (where PyTorch would silently produce NaN).
@@ -22,6 +23,8 @@
 mod autodiff;
 mod backend;
 pub(crate) mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
 mod flex;
 
 /// The CPU kernels on plain slices, for code that holds bytes rather than Burn tensors (the
