@@ -1,15 +1,15 @@
-//! The fused weight norm on the GPU (CubeCL over wgpu): forward and both gradients against the
-//! exact values (the CPU kernel in f64, itself checked against PyTorch's f64 fixtures), the
-//! CPU kernel in the same dtype, and PyTorch's own results; every axis and the whole tensor,
-//! odd sizes, every launch plan (one pass per slice; slices cut into chunks; long runs and
-//! columns), f16 and bf16, extreme magnitudes, the epsilon, strided input, and a
-//! weight-normalized module.
+//! The fused weight norm on the GPU (CubeCL): forward and both gradients against the exact
+//! values (the CPU kernel in f64, itself checked against PyTorch's f64 fixtures), the CPU kernel
+//! in the same dtype, and PyTorch's own results; every axis and the whole tensor, odd sizes,
+//! every launch plan (one pass per slice; slices cut into chunks; long runs and columns), f16
+//! and bf16, extreme magnitudes, the epsilon, strided input, and a weight-normalized module.
 //!
-//! Compiled only with the `wgpu` feature:
-//! `cargo test --release -p weightnorm --features wgpu --test gpu`. On a machine without a GPU
-//! it runs on Mesa's software Vulkan driver (lavapipe, Debian package `mesa-vulkan-drivers`),
-//! which wgpu's default adapter selection finds like any other adapter.
-#![cfg(feature = "wgpu")]
+//! Compiled only with a GPU feature. With `wgpu`
+//! (`cargo test --release -p weightnorm --features wgpu --test gpu`) it runs on wgpu's default
+//! adapter; on a machine without a GPU that is Mesa's software Vulkan driver (lavapipe, Debian
+//! package `mesa-vulkan-drivers`), a CPU-type adapter that wgpu's selection takes where it is
+//! the only one. With `cuda` (`--features cuda`) it runs on the first CUDA device.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
 
@@ -22,15 +22,19 @@ use common::*;
 use weightnorm::ops::{weight_norm, weight_norm_composed, weight_norm_eps};
 use weightnorm::{NormAxis, WeightNormConfig, apply_weight_norm};
 
-/// The wgpu device: wgpu's default adapter (a GPU where there is one, lavapipe otherwise).
+/// The GPU: the first CUDA device with the `cuda` feature, else wgpu's default adapter (a GPU
+/// where there is one, lavapipe otherwise).
 fn gpu() -> Device {
     static DEVICE: OnceLock<Device> = OnceLock::new();
     DEVICE
         .get_or_init(|| {
+            #[cfg(feature = "cuda")]
+            let device = Device::cuda(0);
+            #[cfg(not(feature = "cuda"))]
             let device = Device::wgpu_options().init().expect(
                 "no wgpu adapter: install a Vulkan driver (mesa-vulkan-drivers for the CPU one)",
             );
-            println!("wgpu adapter: {:?}", device.identity());
+            println!("GPU: {:?}", device.identity());
             device
         })
         .clone()
@@ -249,10 +253,10 @@ fn every_axis(shape: &[usize]) -> Vec<NormAxis> {
 const F32_TOL: f64 = 2e-6;
 
 #[test]
-fn the_gpu_is_a_wgpu_device_and_the_cpu_stays_the_default() {
+fn the_gpu_is_not_the_cpu_and_the_cpu_stays_the_default() {
     let device = gpu();
     assert_ne!(device, cpu());
-    let identity = device.identity().expect("a wgpu device says what it is");
+    let identity = device.identity().expect("a CubeCL device says what it is");
     println!("{identity:?}");
     // The project's own tests and the CLI run on the CPU with the feature on, as without it.
     assert_eq!(common::device(), cpu());
@@ -261,19 +265,24 @@ fn the_gpu_is_a_wgpu_device_and_the_cpu_stays_the_default() {
 
 #[test]
 fn every_pytorch_fixture_on_the_gpu() {
-    let mut seen = [0usize; 3];
+    let mut seen = [0usize; 4];
     for fx in load_fixtures("ops") {
         let dtype = fx.get("g").dtype();
-        if dtype == DType::F64 {
-            continue; // not a wgpu type; the CPU tests hold the f64 fixtures to 1e-12
-        }
         if !gpu().supports_dtype(dtype) {
-            println!("{}: {dtype:?} is not supported by this adapter", fx.name);
+            // wgpu has no f64 and (WGSL) no bf16; CUDA has both.
+            println!("{}: {dtype:?} is not supported by this device", fx.name);
             continue;
         }
         let rank = fixture_shape(&fx).len();
         let case = fixture_case(&fx, rank);
         match dtype {
+            DType::F64 => {
+                // The composed path (the kernels are f32-accumulating), against the CPU's f64.
+                seen[3] += 1;
+                let err = errors(&case, &case.run(&gpu(), false), &case.run(&cpu(), false));
+                println!("{}: from the CPU kernel {}", fx.name, sci(&err));
+                assert!(err.iter().all(|&e| e <= 1e-12), "{}: {err:?}", fx.name);
+            }
             DType::F32 => {
                 seen[0] += 1;
                 check_f32(&case, F32_TOL);
@@ -327,7 +336,7 @@ fn every_pytorch_fixture_on_the_gpu() {
             }
         }
     }
-    println!("fixtures checked (f32, f16, bf16): {seen:?}");
+    println!("fixtures checked (f32, f16, bf16, f64): {seen:?}");
     assert!(seen[0] >= 15, "only {} f32 fixtures", seen[0]);
     assert!(seen[1] >= 5, "only {} f16 fixtures", seen[1]);
 }
@@ -400,17 +409,21 @@ fn every_axis_and_the_whole_tensor_at_odd_sizes_in_f32() {
     }
 }
 
-/// Shapes that take each launch plan: one pass per slice over long runs ([20000, 40] per row)
-/// and over columns ([20000, 8] per column of 8 rows... kept axis last), and slices cut into
-/// chunks (a few long slices, the whole tensor, a few columns of many rows).
+/// Shapes that take each launch plan: one pass per slice over long runs and over columns
+/// (tiles of whole slices), each long enough for the four-loads-at-a-time loops; and slices
+/// cut into chunks (a few long slices, the whole tensor, a few columns of many rows).
 #[test]
 fn every_launch_plan_in_f32() {
     let cases: &[(&[usize], NormAxis)] = &[
-        // Many long runs: one cube per slice, one launch.
+        // Many slices of long runs: one cube per slice, one launch.
         (&[20_000, 40], NormAxis::Keep(0)),
+        (&[33, 3001], NormAxis::Keep(0)),
+        // Runs that continue on the next row (outer > 1).
+        (&[7, 5, 300], NormAxis::Keep(1)),
         // Many short columns: tiles of whole slices, one launch.
         (&[8, 20_000], NormAxis::Keep(1)),
         (&[4, 20_000, 3], NormAxis::Keep(1)),
+        (&[300, 784], NormAxis::Keep(1)),
         // Few long slices: chunks, three launches.
         (&[3, 100_003], NormAxis::Keep(0)),
         (&[300_007], NormAxis::Whole),
@@ -432,7 +445,7 @@ fn half_types_are_computed_in_f32_and_rounded_once() {
     let shapes: &[&[usize]] = &[&[7], &[33, 17], &[5, 1, 9], &[65, 40, 3], &[3, 20_001]];
     for dtype in [DType::F16, DType::BF16] {
         if !gpu().supports_dtype(dtype) {
-            println!("{dtype:?} is not supported by this adapter");
+            println!("{dtype:?} is not supported by this device");
             continue;
         }
         for (i, shape) in shapes.iter().enumerate() {

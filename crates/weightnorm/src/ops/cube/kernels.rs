@@ -78,7 +78,7 @@ fn needs_rescale(ss: f32, mx: f32) -> bool {
 fn plain_norm(ss: f32, mx: f32) -> f32 {
     let mut norm = ss.sqrt();
     if !(ss >= tiny() && ss <= f32_max()) {
-        if !(mx <= f32_max()) {
+        if !finite(mx) {
             norm = mx + mx;
         } else if mx == 0.0f32 {
             norm = 0.0f32;
@@ -188,6 +188,19 @@ fn tree_reduce_groups(
     }
 }
 
+/// The index of element `k` of the slice that starts at `base`: `k`'s run `k / inner` is one
+/// row (`row` elements) further than the last; `one_run` (a comptime `outer == 1`) spares the
+/// division.
+#[cube]
+fn run_index(k: usize, inner: usize, row: usize, base: usize, #[comptime] one_run: bool) -> usize {
+    let mut at = base + k;
+    if comptime!(!one_run) {
+        let o = k / inner;
+        at = o * row + base + (k - o * inner);
+    }
+    at
+}
+
 /// The index of the cube's slice (runs) or tile (columns): cubes are laid out over x and y
 /// because one grid dimension holds at most 65535 cubes on some devices.
 #[cube]
@@ -196,7 +209,7 @@ fn cube_index() -> usize {
 }
 
 /// The fused weight norm for long runs: one cube per slice `j` (and chunk `q`), `threads`
-/// units. `v`, `dw` (backward) and `out` hold `outer * n * inner` values, `g` and `dg`
+/// units; `one_run` where each slice is one run (`outer == 1`). `v`, `dw` (backward) and `out` hold `outer * n * inner` values, `g` and `dg`
 /// (backward) `n`; `partial` and `scaled` hold the chunked launches' sums (unused by
 /// [`FUSED`]).
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -216,6 +229,7 @@ pub(super) fn runs_kernel<F: Float>(
     chunks: usize,
     eps: f32,
     #[comptime] threads: usize,
+    #[comptime] one_run: bool,
     #[comptime] backward: bool,
     #[comptime] phase: u32,
     #[define(F)] _dtype: ElemType,
@@ -244,9 +258,29 @@ pub(super) fn runs_kernel<F: Float>(
     let mut mx = 0.0f32;
     if comptime!(phase == FUSED || phase == PARTIAL) {
         let mut k = start + t;
+        // Four loads in flight per unit, then the rest one by one.
+        while k + 3 * threads < end {
+            let a0 = run_index(k, inner, row, base, one_run);
+            let a1 = run_index(k + threads, inner, row, base, one_run);
+            let a2 = run_index(k + 2 * threads, inner, row, base, one_run);
+            let a3 = run_index(k + 3 * threads, inner, row, base, one_run);
+            let x0 = f32::cast_from(v[a0]);
+            let x1 = f32::cast_from(v[a1]);
+            let x2 = f32::cast_from(v[a2]);
+            let x3 = f32::cast_from(v[a3]);
+            ss += (x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3);
+            mx = mx.max(x0.abs().max(x1.abs()).max(x2.abs().max(x3.abs())));
+            if comptime!(backward) {
+                let d0 = f32::cast_from(dw[a0]);
+                let d1 = f32::cast_from(dw[a1]);
+                let d2 = f32::cast_from(dw[a2]);
+                let d3 = f32::cast_from(dw[a3]);
+                sd += (d0 * x0 + d1 * x1) + (d2 * x2 + d3 * x3);
+            }
+            k += 4 * threads;
+        }
         while k < end {
-            let o = k / inner;
-            let at = o * row + base + (k - o * inner);
+            let at = run_index(k, inner, row, base, one_run);
             let x = f32::cast_from(v[at]);
             ss += x * x;
             mx = mx.max(x.abs());
@@ -294,8 +328,7 @@ pub(super) fn runs_kernel<F: Float>(
         if comptime!(phase == FUSED || phase == RESCALE) {
             let mut k = start + t;
             while k < end {
-                let o = k / inner;
-                let at = o * row + base + (k - o * inner);
+                let at = run_index(k, inner, row, base, one_run);
                 let y = f32::cast_from(v[at]) / mx;
                 s2 += y * y;
                 if comptime!(backward) {
@@ -346,21 +379,39 @@ pub(super) fn runs_kernel<F: Float>(
             let kc = ((mx / norm) * t2) / norm;
             let mut k = start + t;
             while k < end {
-                let o = k / inner;
-                let at = o * row + base + (k - o * inner);
+                let at = run_index(k, inner, row, base, one_run);
                 let x = f32::cast_from(v[at]);
                 out[at] = F::cast_from(a * (f32::cast_from(dw[at]) - kc * x));
                 k += threads;
             }
         } else {
+            let clamped = norm < eps;
             let mut b = 0.0f32;
-            if !(norm < eps) {
+            if !clamped {
                 b = gj * sd / (nrm * nrm * nrm);
             }
             let mut k = start + t;
+            while k + 3 * threads < end {
+                let a0 = run_index(k, inner, row, base, one_run);
+                let a1 = run_index(k + threads, inner, row, base, one_run);
+                let a2 = run_index(k + 2 * threads, inner, row, base, one_run);
+                let a3 = run_index(k + 3 * threads, inner, row, base, one_run);
+                let x0 = f32::cast_from(v[a0]);
+                let x1 = f32::cast_from(v[a1]);
+                let x2 = f32::cast_from(v[a2]);
+                let x3 = f32::cast_from(v[a3]);
+                let d0 = f32::cast_from(dw[a0]);
+                let d1 = f32::cast_from(dw[a1]);
+                let d2 = f32::cast_from(dw[a2]);
+                let d3 = f32::cast_from(dw[a3]);
+                out[a0] = F::cast_from(a * d0 - b * x0);
+                out[a1] = F::cast_from(a * d1 - b * x1);
+                out[a2] = F::cast_from(a * d2 - b * x2);
+                out[a3] = F::cast_from(a * d3 - b * x3);
+                k += 4 * threads;
+            }
             while k < end {
-                let o = k / inner;
-                let at = o * row + base + (k - o * inner);
+                let at = run_index(k, inner, row, base, one_run);
                 let x = f32::cast_from(v[at]);
                 out[at] = F::cast_from(a * f32::cast_from(dw[at]) - b * x);
                 k += threads;
@@ -371,16 +422,29 @@ pub(super) fn runs_kernel<F: Float>(
         if !finite(factor) && finite(nrm) {
             let mut k = start + t;
             while k < end {
-                let o = k / inner;
-                let at = o * row + base + (k - o * inner);
+                let at = run_index(k, inner, row, base, one_run);
                 out[at] = F::cast_from(gj * (f32::cast_from(v[at]) / nrm));
                 k += threads;
             }
         } else {
             let mut k = start + t;
+            while k + 3 * threads < end {
+                let a0 = run_index(k, inner, row, base, one_run);
+                let a1 = run_index(k + threads, inner, row, base, one_run);
+                let a2 = run_index(k + 2 * threads, inner, row, base, one_run);
+                let a3 = run_index(k + 3 * threads, inner, row, base, one_run);
+                let x0 = f32::cast_from(v[a0]);
+                let x1 = f32::cast_from(v[a1]);
+                let x2 = f32::cast_from(v[a2]);
+                let x3 = f32::cast_from(v[a3]);
+                out[a0] = F::cast_from(x0 * factor);
+                out[a1] = F::cast_from(x1 * factor);
+                out[a2] = F::cast_from(x2 * factor);
+                out[a3] = F::cast_from(x3 * factor);
+                k += 4 * threads;
+            }
             while k < end {
-                let o = k / inner;
-                let at = o * row + base + (k - o * inner);
+                let at = run_index(k, inner, row, base, one_run);
                 out[at] = F::cast_from(f32::cast_from(v[at]) * factor);
                 k += threads;
             }
@@ -450,6 +514,27 @@ pub(super) fn columns_kernel<F: Float>(
     if comptime!(phase == FUSED || phase == PARTIAL) {
         if valid {
             let mut o = start + y;
+            // Four loads in flight per unit, then the rest one by one.
+            while o + 3 * groups < end {
+                let a0 = o * row + col;
+                let a1 = (o + groups) * row + col;
+                let a2 = (o + 2 * groups) * row + col;
+                let a3 = (o + 3 * groups) * row + col;
+                let e0 = f32::cast_from(v[a0]);
+                let e1 = f32::cast_from(v[a1]);
+                let e2 = f32::cast_from(v[a2]);
+                let e3 = f32::cast_from(v[a3]);
+                ss += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3);
+                mx = mx.max(e0.abs().max(e1.abs()).max(e2.abs().max(e3.abs())));
+                if comptime!(backward) {
+                    let d0 = f32::cast_from(dw[a0]);
+                    let d1 = f32::cast_from(dw[a1]);
+                    let d2 = f32::cast_from(dw[a2]);
+                    let d3 = f32::cast_from(dw[a3]);
+                    sd += (d0 * e0 + d1 * e1) + (d2 * e2 + d3 * e3);
+                }
+                o += 4 * groups;
+            }
             while o < end {
                 let at = o * row + col;
                 let e = f32::cast_from(v[at]);
@@ -615,8 +700,9 @@ pub(super) fn columns_kernel<F: Float>(
         let a = gj / nrm;
         let ext = extreme(norm, eps);
         let kc = ((mx / norm) * t2) / norm;
+        let clamped = norm < eps;
         let mut b = 0.0f32;
-        if !(norm < eps) {
+        if !clamped {
             b = gj * sd / (nrm * nrm * nrm);
         }
         let mut o = start + y;
@@ -633,17 +719,34 @@ pub(super) fn columns_kernel<F: Float>(
         }
     } else {
         let factor = gj / nrm;
-        let divide = !finite(factor) && finite(nrm);
         let mut o = start + y;
-        while o < end {
-            let at = o * row + col;
-            let e = f32::cast_from(v[at]);
-            if divide {
-                out[at] = F::cast_from(gj * (e / nrm));
-            } else {
-                out[at] = F::cast_from(e * factor);
+        if !finite(factor) && finite(nrm) {
+            while o < end {
+                let at = o * row + col;
+                out[at] = F::cast_from(gj * (f32::cast_from(v[at]) / nrm));
+                o += groups;
             }
-            o += groups;
+        } else {
+            while o + 3 * groups < end {
+                let a0 = o * row + col;
+                let a1 = (o + groups) * row + col;
+                let a2 = (o + 2 * groups) * row + col;
+                let a3 = (o + 3 * groups) * row + col;
+                let e0 = f32::cast_from(v[a0]);
+                let e1 = f32::cast_from(v[a1]);
+                let e2 = f32::cast_from(v[a2]);
+                let e3 = f32::cast_from(v[a3]);
+                out[a0] = F::cast_from(e0 * factor);
+                out[a1] = F::cast_from(e1 * factor);
+                out[a2] = F::cast_from(e2 * factor);
+                out[a3] = F::cast_from(e3 * factor);
+                o += 4 * groups;
+            }
+            while o < end {
+                let at = o * row + col;
+                out[at] = F::cast_from(f32::cast_from(v[at]) * factor);
+                o += groups;
+            }
         }
     }
 }

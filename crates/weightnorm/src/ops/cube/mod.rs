@@ -271,6 +271,7 @@ fn run(
                         chunks,
                         eps,
                         units,
+                        outer == 1,
                         backward,
                         phase,
                         elem,
