@@ -1,63 +1,317 @@
 #!/usr/bin/env python3
-"""Times torch._weight_norm on the shapes of `cargo bench -p weightnorm --bench weight_norm`.
+"""The cases of `weightnorm bench` in PyTorch, with the same names, shapes and JSON, so that the
+two tables can be put side by side (`--table`, or scripts/bench_side_by_side.sh).
 
-forward:           w = torch._weight_norm(v, g, dim)           (no autograd)
-forward+backward:  the same with v, g requiring grad, then torch.autograd.grad(w, (v, g), dw)
-copy:              v.clone(), the memory-copy baseline
+Cases (f32; medians of several runs after a warm-up run):
 
-Usage:  python scripts/bench_torch.py [--threads N]   (default: all cores, as rayon uses)
-Prints one line per measurement: the median of the repeats, in milliseconds.
+  For each weight: 4096x4096 (dim 0, per row; dim 1, per column; and the whole tensor, dim -1
+  in torch._weight_norm), 512x256x3x3, 512x512x7 and 784x128 (dim 0):
+    copy warm                  dst.copy_(v): a copy into an existing buffer
+    copy fresh                 v.clone(): a copy into a fresh allocation
+    fused forward              torch._weight_norm(v, g, dim), no autograd
+    fused forward+backward     the same with v, g requiring grad, then
+                               torch.autograd.grad(w, (v, g), dw)
+    composed forward           v * (g / torch.norm_except_dim(v, 2, dim)), no autograd
+    composed forward+backward  the same through autograd
+  train step plain bB, train step wn bB (B = 16, 128)
+                               one step (zero_grad, forward, cross-entropy, backward, Adam) of an
+                               MLP 784-1024-1024-10 (nn.Linear), plain or with
+                               torch.nn.utils.parametrizations.weight_norm on every Linear
+  canonicalize 10M, canonicalize 100M
+                               PyTorch has no canonical form: the same calculus on the same MLPs
+                               (6 hidden layers of 1280 or 4096 units) written with torch tensor
+                               ops, for scale: each layer's incoming scale multiplied into its
+                               columns, its row norms taken out, the bias divided by them
+
+bytes and GB/s as in `weightnorm bench`: 2x the weight for a copy and a forward, 5x for forward +
+backward, 2x the parameters for canonicalization, none for the training steps.
+
+The allocator: PyTorch as a user runs it is glibc malloc with its defaults. --same-allocator
+re-executes this script with glibc's thresholds set as `weightnorm` sets them (environment
+MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, read by glibc at start-up), so both tables
+come from the same allocator behaviour.
+
+Usage:
+  python scripts/bench_torch.py [--json] [--quick] [--threads N] [--runs N] [--filter TEXT]
+                                [--same-allocator [BYTES]]
+  python scripts/bench_torch.py --table RUST.json TORCH.json [TORCH_SAME.json]
 """
 
 import argparse
+import json
 import os
 import statistics
+import sys
 import time
 
-import torch
+# The thresholds `weightnorm` sets (crates/weightnorm-cli/src/malloc.rs, THRESHOLD): 1 GiB.
+WEIGHTNORM_THRESHOLD = 1 << 30
+SAME_MARK = "WEIGHTNORM_BENCH_SAME_ALLOCATOR"
 
-CASES = [
-    ("4096x4096/axis0", (4096, 4096), 0),
-    ("4096x4096/whole", (4096, 4096), -1),  # -1: the whole tensor in _weight_norm
-    ("512x256x3x3/axis0", (512, 256, 3, 3), 0),
-    ("512x512x7/axis0", (512, 512, 7), 0),
+WEIGHTS = [
+    ("4096x4096 axis0", (4096, 4096), 0),
+    ("4096x4096 axis1", (4096, 4096), 1),
+    ("4096x4096 whole", (4096, 4096), -1),
+    ("512x256x3x3 axis0", (512, 256, 3, 3), 0),
+    ("512x512x7 axis0", (512, 512, 7), 0),
+    ("784x128 axis0", (784, 128), 0),
 ]
+MLP = [784, 1024, 1024, 10]
+BUDGET_S, MIN_RUNS, MAX_RUNS = 3.0, 3, 15
 
 
-def median_ms(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+class Bench:
+    def __init__(self, args):
+        self.quick = args.quick
+        self.runs = 1 if args.quick else (args.runs or MAX_RUNS)
+        self.adaptive = not args.quick and args.runs is None
+        self.filter = args.filter
+        self.json = args.json
+        self.cases = []
+
+    def wanted(self, name, shape):
+        return self.filter is None or self.filter in "%s %s" % (name, shape)
+
+    def case(self, name, shape, nbytes, run, setup=lambda: None):
+        if not self.wanted(name, shape):
+            return
+        if not self.quick:
+            run(setup())
+        times = []
+        start = time.perf_counter()
+        while len(times) < self.runs and not (
+            self.adaptive and len(times) >= MIN_RUNS and time.perf_counter() - start > BUDGET_S
+        ):
+            s = setup()
+            t0 = time.perf_counter()
+            run(s)
+            times.append((time.perf_counter() - t0) * 1e3)
+        med = statistics.median(times)
+        c = {
+            "name": name,
+            "shape": shape,
+            "median_ms": med,
+            "runs": len(times),
+            "bytes": nbytes,
+            "gbps": None if nbytes is None else nbytes / (med * 1e-3) / 1e9,
+        }
+        self.cases.append(c)
+        if not self.json:
+            print(row(c), flush=True)
+
+
+def row(c):
+    gbps = "" if c["gbps"] is None else "%8.2f" % c["gbps"]
+    return "%-28s %-24s %11.4f %8s %5d" % (c["name"], c["shape"], c["median_ms"], gbps, c["runs"])
+
+
+def weight_cases(b, torch, label, dims, dim, copies):
+    names = ["copy warm", "copy fresh", "fused forward", "fused forward+backward",
+             "composed forward", "composed forward+backward"]
+    if not any(b.wanted(n, label) for n in names):
+        return
+    torch.manual_seed(0)
+    v = torch.rand(dims) * 2 - 1
+    dw = torch.rand(dims) * 2 - 1
+    g = torch.norm_except_dim(v, 2, dim)
+    size = v.numel() * 4
+    if copies:
+        short = label.split(" ")[0]
+        dst = torch.empty_like(v)
+        b.case("copy warm", short, 2 * size, lambda _: dst.copy_(v))
+        b.case("copy fresh", short, 2 * size, lambda _: v.clone())
+    vr = v.clone().requires_grad_(True)
+    gr = g.clone().requires_grad_(True)
+
+    def fused():
+        with torch.no_grad():
+            return torch._weight_norm(v, g, dim)
+
+    def fused_both():
+        w = torch._weight_norm(vr, gr, dim)
+        return torch.autograd.grad(w, (vr, gr), dw)
+
+    def composed(v, g):
+        return v * (g / torch.norm_except_dim(v, 2, dim))
+
+    def composed_fwd():
+        with torch.no_grad():
+            return composed(v, g)
+
+    def composed_both():
+        return torch.autograd.grad(composed(vr, gr), (vr, gr), dw)
+
+    b.case("fused forward", label, 2 * size, lambda _: fused())
+    b.case("fused forward+backward", label, 5 * size, lambda _: fused_both())
+    b.case("composed forward", label, 2 * size, lambda _: composed_fwd())
+    b.case("composed forward+backward", label, 5 * size, lambda _: composed_both())
+
+
+def train_cases(b, torch):
+    nn = torch.nn
+    from torch.nn.utils.parametrizations import weight_norm
+
+    shape = "mlp " + "-".join(map(str, MLP))
+    for batch in (16, 128):
+        for param in ("plain", "wn"):
+            name = "train step %s b%d" % (param, batch)
+            if not b.wanted(name, shape):
+                continue
+            torch.manual_seed(0)
+            layers = []
+            for i in range(len(MLP) - 1):
+                lin = nn.Linear(MLP[i], MLP[i + 1])
+                layers.append(weight_norm(lin) if param == "wn" else lin)
+                if i < len(MLP) - 2:
+                    layers.append(nn.ReLU())
+            model = nn.Sequential(*layers)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            loss_fn = nn.CrossEntropyLoss()
+            x = torch.randn(batch, MLP[0])
+            y = torch.arange(batch) % 10
+
+            def step(_):
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(x), y).backward()
+                opt.step()
+
+            b.case(name, shape, None, step)
+
+
+def canonicalize_cases(b, torch):
+    for name, width in (("canonicalize 10M", 1280), ("canonicalize 100M", 4096)):
+        hidden = 6
+        if not b.wanted(name, "mlp %dx%d" % (hidden, width)):
+            continue
+        torch.manual_seed(0)
+        layers, params = [], 0
+        for l in range(hidden + 1):
+            out = 10 if l == hidden else width
+            s = 1.7 / width ** 0.5
+            w = (torch.rand(out, width) * 2 - 1) * s * (1 + torch.arange(out).unsqueeze(1) / out)
+            bias = 0.01 * (torch.arange(out) % 7).float()
+            layers.append((w, bias))
+            params += w.numel() + bias.numel()
+
+        def canon(_):
+            scale = None
+            result = []
+            with torch.no_grad():
+                for w, bias in layers:
+                    wt = w if scale is None else w * scale.unsqueeze(0)
+                    g = torch.linalg.vector_norm(wt.double(), dim=1)
+                    safe = torch.where(g > 0, g, torch.ones_like(g))
+                    result.append(((wt.double() / safe.unsqueeze(1)).float(), (bias / safe).float()))
+                    scale = safe.float()
+            return result, scale
+
+        shape = "mlp %dx%d (%.1fM)" % (hidden, width, params / 1e6)
+        b.case(name, shape, 2 * 4 * params, canon)
+
+
+def allocator_settings():
+    mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    if mmap is None and trim is None:
+        return {"kind": "default", "mmap_threshold": None, "trim_threshold": None,
+                "text": "glibc malloc defaults (PyTorch as a user runs it)"}
+    return {"kind": "tuned", "mmap_threshold": int(mmap or 0), "trim_threshold": int(trim or 0),
+            "text": "glibc malloc, mmap_threshold %s and trim_threshold %s bytes (environment)"
+            % (mmap, trim)}
+
+
+def same_allocator(value):
+    """Re-executes this script with glibc's thresholds set to `value`, unless already done."""
+    if os.environ.get(SAME_MARK) == str(value):
+        return
+    env = dict(os.environ)
+    env["MALLOC_MMAP_THRESHOLD_"] = str(value)
+    env["MALLOC_TRIM_THRESHOLD_"] = str(value)
+    env[SAME_MARK] = str(value)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def table(paths):
+    runs = [json.load(open(p)) for p in paths]
+    titles = ["weightnorm"] + ["torch (%s)" % r.get("allocator", {}).get("kind", "?") for r in runs[1:]]
+    index = [{(c["name"], c["shape"]): c for c in r["cases"]} for r in runs]
+    print("threads: " + ", ".join("%s %s" % (t, r["threads"]) for t, r in zip(titles, runs)))
+    for t, r in zip(titles, runs):
+        print("allocator, %s: %s" % (t, r.get("allocator", {}).get("text", "?")))
+    head = "%-27s %-24s" % ("case", "shape") + "".join("%18s" % t for t in titles)
+    if len(runs) > 1:
+        head += "%12s" % "torch/ours"
+    print(head)
+    print("-" * len(head))
+    for c in runs[0]["cases"]:
+        key = (c["name"], c["shape"])
+        line = "%-27s %-24s" % key
+        ms = []
+        for ix in index:
+            other = ix.get(key)
+            ms.append(other["median_ms"] if other else None)
+            line += "%18s" % ("-" if other is None else "%.4f ms" % other["median_ms"])
+        if len(ms) > 1 and ms[1]:
+            line += "%12.2f" % (ms[1] / ms[0])
+        print(line)
+    print()
+    # The figures the issue asks for.
+    ours = index[0]
+
+    def get(ix, name, shape):
+        c = ix.get((name, shape))
+        return None if c is None else c["median_ms"]
+
+    copy = get(ours, "copy warm", "4096x4096")
+    for shape in ("4096x4096 axis0", "4096x4096 axis1", "4096x4096 whole"):
+        f, fb = get(ours, "fused forward", shape), get(ours, "fused forward+backward", shape)
+        if copy and f and fb:
+            print("%s: fused forward %.2fx the warm copy, forward+backward %.2fx" % (shape, f / copy, fb / copy))
+    for t, ix in zip(titles, index):
+        for b in (16, 128):
+            p = get(ix, "train step plain b%d" % b, "mlp 784-1024-1024-10")
+            w = get(ix, "train step wn b%d" % b, "mlp 784-1024-1024-10")
+            if p and w:
+                print("%s: weight-norm training-step overhead at batch %d: %+.1f%%" % (t, b, 100 * (w / p - 1)))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--quick", action="store_true", help="one run per case, no warm-up")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: one per core, as rayon)")
+    ap.add_argument("--runs", type=int, default=None, help="exactly this many runs per case")
+    ap.add_argument("--filter", default=None, help="only cases whose 'NAME SHAPE' contains this")
+    ap.add_argument("--same-allocator", nargs="?", const=WEIGHTNORM_THRESHOLD, type=int, default=None,
+                    metavar="BYTES", help="re-execute with glibc's mmap and trim thresholds at BYTES "
+                    "(default %d, what weightnorm sets)" % WEIGHTNORM_THRESHOLD)
+    ap.add_argument("--table", nargs="+", metavar="JSON",
+                    help="print the side-by-side table of a weightnorm bench JSON and torch JSONs")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    print("torch %s, %d threads" % (torch.__version__, torch.get_num_threads()))
-    for name, shape, dim in CASES:
-        torch.manual_seed(0)
-        v = torch.randn(shape)
-        dw = torch.randn(shape)
-        g = torch.norm_except_dim(v, 2, dim)
-        with torch.no_grad():
-            fwd = median_ms(lambda: torch._weight_norm(v, g, dim), args.repeats)
-            copy = median_ms(lambda: v.clone(), args.repeats)
-        vr = v.clone().requires_grad_(True)
-        gr = g.clone().requires_grad_(True)
+    if args.table:
+        table(args.table)
+        return
+    if args.same_allocator is not None:
+        same_allocator(args.same_allocator)
+    import torch
 
-        def fwd_bwd():
-            w = torch._weight_norm(vr, gr, dim)
-            return torch.autograd.grad(w, (vr, gr), dw)
-
-        both = median_ms(fwd_bwd, args.repeats)
-        print("%-20s copy %8.3f ms   forward %8.3f ms   forward+backward %8.3f ms" % (name, copy, fwd, both))
+    threads = args.threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    b = Bench(args)
+    alloc = allocator_settings()
+    if not args.json:
+        print("torch %s: %d threads; allocator: %s" % (torch.__version__, torch.get_num_threads(), alloc["text"]))
+        print("%-28s %-24s %11s %8s %5s" % ("case", "shape", "median ms", "GB/s", "runs"))
+    for i, (label, dims, dim) in enumerate(WEIGHTS):
+        copies = all(d != dims for _, d, _ in WEIGHTS[:i])
+        weight_cases(b, torch, label, dims, dim, copies)
+    train_cases(b, torch)
+    canonicalize_cases(b, torch)
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "allocator": alloc, "cases": b.cases}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 //! `weightnorm canonicalize`: a checkpoint and its architecture file in, the canonical (or
-//! reconstituted) checkpoint and a report out, verified against the original.
+//! reconstituted) checkpoint and a report out, verified against the original; or an ONNX model
+//! in and out (`canon_onnx`). The options, the verification inputs and the report's pieces are
+//! shared.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +40,17 @@ pub enum Form {
 
 #[derive(clap::Args)]
 #[command(after_help = "\
+An ONNX model (MODEL.onnx) carries its own graph: no --arch. OUT is the same graph with the
+canonical weights and one added Mul by the initializer `canonical.scale` (per output unit or
+channel) before the output, or before a trailing Softmax/LogSoftmax, so that any ONNX runtime
+computes the original outputs from it; the report names layers by their ONNX nodes. The graph
+may hold Gemm, MatMul (+ Add), Conv (1-D, 2-D), Relu, LeakyRelu, PRelu, Identity, Dropout,
+MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Flatten, a flatten's Reshape,
+BatchNormalization (folded), Add/Sub/Mul/Div by per-channel constants, residual Adds (projection
+shortcuts included), Tanh, Sigmoid, Gelu (or its Erf form), WaveNet's gate and Softmax as
+barriers; any other op on the way is refused, naming its node. External data is read from
+beside the model; OUT holds every weight inline.
+
 The architecture file names the checkpoint's modules in PyTorch nn.Sequential style:
   {\"input\": [784], \"layers\": [{\"op\": \"linear\", \"param\": \"0\"}, {\"op\": \"relu\"},
                              {\"op\": \"linear\", \"param\": \"2\"}]}
@@ -63,13 +76,15 @@ written then) or verification above --tolerance (then only the report is written
 Examples:
   weightnorm canonicalize runs/wn/model.safetensors --arch runs/wn/arch.json -o canon.safetensors --report canon.json
   weightnorm canonicalize runs/wn/model.safetensors --arch runs/wn/arch.json -o canon.safetensors --dataset digits
-  weightnorm canonicalize model.pt --arch arch.json -o plain.safetensors --form reconstituted")]
+  weightnorm canonicalize model.pt --arch arch.json -o plain.safetensors --form reconstituted
+  weightnorm canonicalize resnet.onnx -o resnet.canonical.onnx --report canon.json --inputs x.safetensors")]
 pub struct CanonicalizeArgs {
     #[command(flatten)]
     pub input: Input,
-    /// The architecture file (JSON; see below).
+    /// The architecture file (JSON; see below). Required for a checkpoint; an ONNX model
+    /// (`.onnx`) carries its own graph.
     #[arg(long, value_name = "ARCH.json")]
-    pub arch: PathBuf,
+    pub arch: Option<PathBuf>,
     #[command(flatten)]
     pub output: Output,
     /// Write a JSON report: global gain and direction, per-layer statistics, verification.
@@ -102,22 +117,22 @@ pub struct CanonicalizeArgs {
     pub tolerance: f64,
 }
 
-fn bad(e: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn bad(e: impl std::fmt::Display) -> anyhow::Error {
     Failure::input(anyhow::anyhow!("{e}")).into()
 }
 
 /// Inputs for the verification, with labels when known, and where they came from.
-struct Inputs {
-    x: Vec<Vec<f64>>,
-    y: Option<Vec<usize>>,
-    what: String,
+pub(crate) struct Inputs {
+    pub x: Vec<Vec<f64>>,
+    pub y: Option<Vec<usize>>,
+    pub what: String,
 }
 
 fn decode_f64(t: &TensorEntry) -> Result<Vec<f64>> {
     t.values_f64().map_err(bad)
 }
 
-fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
+pub(crate) fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
     let per: usize = shape.iter().product();
     let split = |flat: Vec<f64>| flat.chunks(per).map(<[f64]>::to_vec).collect::<Vec<_>>();
     if let Some(path) = &args.inputs {
@@ -218,7 +233,7 @@ fn load_inputs(args: &CanonicalizeArgs, shape: &[usize]) -> Result<Inputs> {
     })
 }
 
-fn accuracy(outputs: &[Vec<f64>], labels: &[usize]) -> f64 {
+pub(crate) fn accuracy(outputs: &[Vec<f64>], labels: &[usize]) -> f64 {
     let right = outputs
         .iter()
         .zip(labels)
@@ -227,13 +242,14 @@ fn accuracy(outputs: &[Vec<f64>], labels: &[usize]) -> f64 {
     right as f64 / labels.len().max(1) as f64
 }
 
-fn range_json(r: (f64, f64)) -> serde_json::Value {
+pub(crate) fn range_json(r: (f64, f64)) -> serde_json::Value {
     json!([r.0, r.1])
 }
 
 /// The files `canonicalize` reads, which no output may be.
-fn input_files(args: &CanonicalizeArgs) -> Vec<PathBuf> {
-    let mut files = vec![args.input.input.clone(), args.arch.clone()];
+pub(crate) fn input_files(args: &CanonicalizeArgs) -> Vec<PathBuf> {
+    let mut files = vec![args.input.input.clone()];
+    files.extend(args.arch.clone());
     files.extend(args.inputs.clone());
     if args.dataset.as_deref() == Some("fashion-mnist") {
         files.extend(data::fashion_files(&args.data));
@@ -241,7 +257,34 @@ fn input_files(args: &CanonicalizeArgs) -> Vec<PathBuf> {
     files
 }
 
+/// Whether `path` names an ONNX model (by its extension, `.onnx` in any case).
+pub(crate) fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
 pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
+    if is_onnx(&args.input.input) {
+        if args.arch.is_some() {
+            bail!(bad(format!(
+                "{} is an ONNX model, which carries its own graph: drop --arch",
+                shown(&args.input.input)
+            )));
+        }
+        if args.input.key.is_some() {
+            bail!(bad(
+                "--key selects a state dict in a PyTorch checkpoint, not in an ONNX model"
+            ));
+        }
+        return crate::canon_onnx::canonicalize_onnx(&args);
+    }
+    let Some(arch_path) = args.arch.clone() else {
+        bail!(bad(format!(
+            "--arch ARCH.json is required for the checkpoint {} (an ONNX model, MODEL.onnx, \
+             carries its own graph)",
+            shown(&args.input.input)
+        )));
+    };
     let outputs = Outputs::new(input_files(&args));
     let mut targets: Vec<&Path> = vec![&args.output.output];
     targets.extend(args.report.as_deref());
@@ -253,10 +296,10 @@ pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
         Err(TorchError::NothingTo(_)) => (ckpt.tensors.clone(), 0),
         Err(e) => bail!(bad(e)),
     };
-    let text = std::fs::read_to_string(&args.arch)
-        .map_err(|e| bad(format!("{}: {e}", shown(&args.arch))))?;
+    let text = std::fs::read_to_string(&arch_path)
+        .map_err(|e| bad(format!("{}: {e}", shown(&arch_path))))?;
     let arch: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("{}: not JSON: {e}", shown(&args.arch))))?;
+        .map_err(|e| bad(format!("{}: not JSON: {e}", shown(&arch_path))))?;
     let wide = tensors.iter().any(|t| t.dtype == Dtype::F64);
     if wide {
         run::<f64>(
@@ -294,8 +337,9 @@ fn run<T: Real>(
     dtype: Dtype,
     t0: Instant,
 ) -> Result<()> {
+    let arch_path = args.arch.as_deref().expect("checked by canonicalize_cmd");
     let read: ArchNetwork<T> =
-        from_arch(arch, tensors).map_err(|e| bad(format!("{}: {e}", shown(&args.arch))))?;
+        from_arch(arch, tensors).map_err(|e| bad(format!("{}: {e}", shown(arch_path))))?;
     let (net, bindings) = (read.network.clone(), &read.bindings);
     let parameters = net.parameters();
     let load_s = t0.elapsed().as_secs_f64();
@@ -364,7 +408,7 @@ fn run<T: Real>(
     if let Some(path) = &args.report {
         let report = json!({
             "checkpoint": args.input.input.display().to_string(),
-            "arch": args.arch.display().to_string(),
+            "arch": arch_path.display().to_string(),
             "form": format!("{:?}", args.form).to_lowercase(),
             "dtype": format!("{dtype:?}").to_lowercase(),
             "parameters": parameters,

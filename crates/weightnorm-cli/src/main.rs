@@ -7,31 +7,41 @@
 //! | `main` | the command tree, [`Failure`] (exit 2 for bad input, 1 otherwise, 130 when interrupted), one-line errors |
 //! | `text` | how names and errors reach the terminal: escaped, one line |
 //! | `output` | every file a command writes: staged in private temporaries, put in place together (`RENAME_NOREPLACE` unless `--force`), never over an input |
+//! | `device` | `--device cpu\|cuda[:N]\|wgpu[:N]` and the global `--threads N` |
 //! | `op` | `weightnorm op`: the operation on a random tensor, fused against composed |
 //! | `ckpt` | `inspect`, `fuse`, `split`, `convert` |
-//! | `canon` | `canonicalize` |
+//! | `canon` | `canonicalize`: its options, the verification inputs, a checkpoint and its architecture file |
+//! | `canon_onnx` | `canonicalize MODEL.onnx`: the ONNX model read, canonicalized, written back and verified |
 //! | `data` | data sets (Fashion-MNIST IDX files, the built-in digits), validated at load |
 //! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
 //! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
 //! | `metrics` | what a run measured, and `metrics.json` |
-//! | `report` | `report.md` from run summaries |
+//! | `summary` | runs grouped by parameterization: means and spreads over seeds, bands of curves |
+//! | `report` | `report.md` (a conclusion computed from the numbers) and the terminal table |
 //! | `plot` | PNG plots from metrics only (no training, no clap) |
 //! | `demo` | `weightnorm demo` |
+//! | `bench` | `weightnorm bench`: the operation, copies, training steps and canonicalization timed |
+//! | `malloc` | the allocator settings every command runs with (set first thing in `main`) |
 //!
 //! Data flow of `train`: data set -> batches -> model -> loss -> gradients -> Adam ->
 //! (per step) `steps.jsonl`, (every N steps and epoch) `checkpoint.bin` -> metrics -> outputs
 //! staged -> put in place together.
 
+mod bench;
 mod canon;
+mod canon_onnx;
 mod ckpt;
 mod data;
 mod demo;
+mod device;
+mod malloc;
 mod metrics;
 mod model;
 mod op;
 mod output;
 mod plot;
 mod report;
+mod summary;
 mod text;
 mod train;
 
@@ -45,6 +55,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Worker threads of the CPU kernels and Burn's CPU backend (default: one per core, or
+    /// RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +83,9 @@ enum Command {
     Canonicalize(canon::CanonicalizeArgs),
     /// Demonstrations: decoupling, batch-independence, wn-vs-bn.
     Demo(demo::DemoArgs),
+    /// Time the operation (fused and composed) beside copies of the same bytes, a training
+    /// step plain and weight-normalized, and canonicalization.
+    Bench(bench::BenchArgs),
 }
 
 /// An error caused by the user's input (arguments, files): exit code 2. Anything else (a
@@ -109,6 +126,8 @@ fn one_line(rendered: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: the allocator keeps large freed blocks (see `malloc`).
+    malloc::configure();
     // Die quietly when stdout is closed early (`weightnorm inspect f | head`), as Unix tools do,
     // rather than panicking on the failed write.
     #[cfg(unix)]
@@ -124,7 +143,7 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(), // --help and --version: printed as clap lays them out
     };
-    let result = match cli.command {
+    let result = device::set_threads(cli.threads).and_then(|()| match cli.command {
         Command::Op(args) => op::op(args),
         Command::Inspect(args) => ckpt::inspect(args),
         Command::Fuse(args) => ckpt::fuse_cmd(args),
@@ -134,7 +153,8 @@ fn main() -> ExitCode {
         Command::Compare(args) => train::compare(args),
         Command::Canonicalize(args) => canon::canonicalize_cmd(args),
         Command::Demo(args) => demo::demo(args),
-    };
+        Command::Bench(args) => bench::bench(args),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

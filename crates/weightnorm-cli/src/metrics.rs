@@ -22,6 +22,10 @@ pub struct RunSetup {
     pub lr: f64,
     /// Seed of the initialisation and the data order.
     pub seed: u64,
+    /// Where it computed (`cpu`, `cuda:0`, ...).
+    pub device: String,
+    /// Worker threads of the CPU backend.
+    pub threads: usize,
 }
 
 /// What one training run measured.
@@ -29,16 +33,52 @@ pub struct RunSetup {
 pub struct RunMetrics {
     /// The parameterization's name (`plain`, `wn`, `wn-mobn`, `bn`).
     pub param: String,
+    /// The seed of the run.
+    #[serde(default)]
+    pub seed: u64,
     /// The training loss of every step, in order.
     pub step_losses: Vec<f64>,
+    /// The wall time of every step (forward, backward, optimizer), in milliseconds.
+    #[serde(default)]
+    pub step_ms: Vec<f64>,
+    /// The wall-clock seconds since the run began (over all its sessions, evaluations
+    /// included) at the end of every step.
+    #[serde(default)]
+    pub step_seconds: Vec<f64>,
     /// One entry per finished epoch.
     pub epochs: Vec<EpochMetrics>,
+    /// PCR's setup (`every C, penalty, transport`), for PCR runs.
+    #[serde(default)]
+    pub pcr: Option<String>,
+    /// Every canonicalization of a PCR run.
+    #[serde(default)]
+    pub pcr_events: Vec<PcrEvent>,
+    /// The global gain over training, `(step, value)`: at every canonicalization of a PCR run
+    /// (before it) and at the end of every epoch of every run whose network the canonical form
+    /// describes.
+    #[serde(default)]
+    pub global_gain: Vec<(usize, f64)>,
     /// Mean wall time of a training step, in milliseconds.
     pub mean_step_ms: f64,
     /// Training throughput over the time spent in steps.
     pub examples_per_s: f64,
     /// Wall time of the whole run, evaluation included.
     pub seconds: f64,
+}
+
+/// One canonicalization of Periodic Canonical Regularization, as `metrics.json` records it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PcrEvent {
+    /// Optimizer steps taken when it ran (`C`, `2C`, ...).
+    pub step: usize,
+    /// The global gain just before.
+    pub gain_before: f64,
+    /// The global gain just after.
+    pub gain_after: f64,
+    /// The loss of the step's batch just before the rescaling (penalty excluded).
+    pub loss_before: f64,
+    /// The same batch's loss just after.
+    pub loss_after: f64,
 }
 
 /// What one epoch measured: its mean training loss and the test split's scores after it.
@@ -56,11 +96,17 @@ pub struct EpochMetrics {
 
 impl RunMetrics {
     /// Empty metrics for a run of `param`, to be filled as it trains.
-    pub fn new(param: &str) -> Self {
+    pub fn new(param: &str, seed: u64) -> Self {
         Self {
             param: param.into(),
+            seed,
             step_losses: Vec::new(),
+            step_ms: Vec::new(),
+            step_seconds: Vec::new(),
             epochs: Vec::new(),
+            pcr: None,
+            pcr_events: Vec::new(),
+            global_gain: Vec::new(),
             mean_step_ms: 0.0,
             examples_per_s: 0.0,
             seconds: 0.0,
@@ -70,6 +116,22 @@ impl RunMetrics {
     /// The last epoch's scores, if an epoch finished.
     pub fn last(&self) -> Option<&EpochMetrics> {
         self.epochs.last()
+    }
+
+    /// The median step time in milliseconds (the mean step time for metrics from before step
+    /// times were kept).
+    pub fn median_step_ms(&self) -> f64 {
+        let mut t: Vec<f64> = self
+            .step_ms
+            .iter()
+            .copied()
+            .filter(|t| t.is_finite())
+            .collect();
+        if t.is_empty() {
+            return self.mean_step_ms;
+        }
+        t.sort_by(f64::total_cmp);
+        crate::summary::quantile(&t, 0.5)
     }
 
     /// One per-epoch quantity, in epoch order.
@@ -92,6 +154,8 @@ impl RunMetrics {
             "batch_size": setup.batch_size,
             "lr": setup.lr,
             "seed": setup.seed,
+            "device": setup.device,
+            "threads": setup.threads,
             "test_accuracy": last.map(|e| e.test_accuracy),
             "test_loss": last.map(|e| e.test_loss),
             "ece": last.map(|e| e.ece),
@@ -101,8 +165,14 @@ impl RunMetrics {
                 "test_accuracy": self.per_epoch(|e| e.test_accuracy),
                 "ece": self.per_epoch(|e| e.ece),
             },
+            "pcr": self.pcr,
+            "pcr_events": self.pcr_events,
+            "global_gain": self.global_gain,
             "step_loss": self.step_losses,
+            "step_ms": self.step_ms,
+            "step_seconds": self.step_seconds,
             "mean_step_ms": self.mean_step_ms,
+            "median_step_ms": self.median_step_ms(),
             "examples_per_s": self.examples_per_s,
             "seconds": self.seconds,
         })
@@ -124,8 +194,10 @@ pub(crate) mod tests {
             batch_size: 32,
             lr: 0.01,
             seed: 7,
+            device: "cpu".into(),
+            threads: 2,
         };
-        let mut m = RunMetrics::new("wn");
+        let mut m = RunMetrics::new("wn", 7);
         m.step_losses = vec![2.0, 1.5, 1.0];
         for (i, acc) in [0.5, 0.75].into_iter().enumerate() {
             m.epochs.push(EpochMetrics {
@@ -161,7 +233,7 @@ pub(crate) mod tests {
     #[test]
     fn a_run_without_epochs_has_null_scores() {
         let (setup, _) = sample();
-        let j = RunMetrics::new("plain").json(&setup);
+        let j = RunMetrics::new("plain", 0).json(&setup);
         assert!(j["test_accuracy"].is_null() && j["ece"].is_null());
         assert_eq!(j["per_epoch"]["ece"], json!([]));
     }

@@ -17,8 +17,14 @@ use weightnorm::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
 pub enum Param {
     /// Plain weights.
     Plain,
+    /// Plain weights trained with AdamW's decoupled weight decay (`--weight-decay`): the
+    /// usual way to keep weights small, the baseline of Periodic Canonical Regularization.
+    PlainWd,
     /// Weight normalization.
     Wn,
+    /// Plain weights under Periodic Canonical Regularization (`--pcr-every`, `--pcr-penalty`,
+    /// `--pcr-transport`): canonicalized every C steps, Adam's moments carried across.
+    Pcr,
     /// Weight normalization and mean-only batch normalization (the paper's best).
     WnMobn,
     /// Batch normalization.
@@ -26,14 +32,22 @@ pub enum Param {
 }
 
 impl Param {
-    /// The name on the command line and in outputs: `plain`, `wn`, `wn-mobn` or `bn`.
+    /// The name on the command line and in outputs: `plain`, `plain-wd`, `wn`, `wn-mobn` or
+    /// `bn`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",
+            Self::PlainWd => "plain-wd",
             Self::Wn => "wn",
+            Self::Pcr => "pcr",
             Self::WnMobn => "wn-mobn",
             Self::Bn => "bn",
         }
+    }
+
+    /// Whether the optimizer decays the weights (AdamW rather than Adam).
+    pub fn decays(self) -> bool {
+        self == Self::PlainWd
     }
 
     /// Whether the parameterization normalizes weights (wn, wn-mobn).
@@ -87,7 +101,11 @@ impl Mlp {
             .enumerate()
             .map(|(i, w)| {
                 // Before a batch norm the bias is redundant: the norm's shift replaces it.
-                let bias = i == hidden || matches!(param, Param::Plain | Param::Wn);
+                let bias = i == hidden
+                    || matches!(
+                        param,
+                        Param::Plain | Param::PlainWd | Param::Pcr | Param::Wn
+                    );
                 LinearConfig::new(w[0], w[1]).with_bias(bias).init(device)
             })
             .collect();
@@ -152,6 +170,48 @@ impl Mlp {
             }
         }
         Ok(self)
+    }
+}
+
+impl weightnorm::live::Canonicalizable for Mlp {
+    fn input_shape(&self) -> Vec<usize> {
+        let [features, _] = self.linears[0].weight.lazy_shape().dims();
+        vec![features]
+    }
+
+    fn layers(&self) -> Vec<weightnorm::live::LiveLayer<'_>> {
+        use weightnorm::live::LiveLayer;
+        let last = self.linears.len() - 1;
+        let mut out = Vec::new();
+        for (i, l) in self.linears.iter().enumerate() {
+            out.push(LiveLayer::Linear(l));
+            if i < last {
+                if !self.bns.is_empty() {
+                    out.push(LiveLayer::Unsupported("batch_norm"));
+                }
+                if !self.mobns.is_empty() {
+                    out.push(LiveLayer::Unsupported("mean_only_batch_norm"));
+                }
+                out.push(LiveLayer::Relu);
+            }
+        }
+        out
+    }
+}
+
+impl weightnorm::live::Canonicalizable for Model {
+    fn input_shape(&self) -> Vec<usize> {
+        match self {
+            Model::Mlp(m) => m.input_shape(),
+            Model::Cnn(m) => m.input_shape(),
+        }
+    }
+
+    fn layers(&self) -> Vec<weightnorm::live::LiveLayer<'_>> {
+        match self {
+            Model::Mlp(m) => m.layers(),
+            Model::Cnn(m) => m.layers(),
+        }
     }
 }
 
@@ -221,7 +281,7 @@ impl Spec {
             }
             ModelKind::Cnn => {
                 let norm = match self.param {
-                    Param::Plain | Param::Wn => CnnNorm::None,
+                    Param::Plain | Param::PlainWd | Param::Pcr | Param::Wn => CnnNorm::None,
                     Param::WnMobn => CnnNorm::MeanOnly,
                     Param::Bn => CnnNorm::Batch,
                 };
@@ -316,7 +376,7 @@ impl Spec {
                 |param| LayerSpec::MeanOnlyBatchNorm { param },
                 format!("mobns.{i}"),
             ),
-            Param::Plain | Param::Wn => {}
+            Param::Plain | Param::PlainWd | Param::Pcr | Param::Wn => {}
         }
     }
 

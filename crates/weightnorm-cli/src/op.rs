@@ -1,9 +1,9 @@
 //! `weightnorm op`: the weight-norm operation on a random weight, on the CPU or a GPU: norms,
 //! agreement of the fused and composed paths, and timings.
 //!
-//! What a benchmark needs is here too: [`DeviceChoice`] (the `--device` option and the Burn
-//! device it names), [`time_op`] (forward and forward + backward of the fused and composed
-//! paths on a device) and [`time_copy`] (a device copy of the same bytes, the bandwidth yardstick).
+//! What a benchmark on any device needs is here too: [`time_op`] (forward and forward +
+//! backward of the fused and composed paths on a device) and [`time_copy`] (a device copy of the
+//! same bytes, the bandwidth yardstick). The device itself is `--device` (`crate::device`).
 
 use std::time::Instant;
 
@@ -13,107 +13,6 @@ use weightnorm::NormAxis;
 use weightnorm::ops::{norm_except_dim, weight_norm, weight_norm_composed};
 
 use crate::{Failure, ckpt};
-
-/// Where the operation runs: `--device cpu|cuda|wgpu`.
-///
-/// `cpu` is Burn's Flex backend (the fused CPU kernel); `cuda` and `wgpu` the CubeCL backend
-/// (the fused GPU kernel), compiled in with the cargo features of the same names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    /// The CPU (Burn's Flex backend).
-    #[default]
-    Cpu,
-    /// The first CUDA GPU (needs `--features cuda`).
-    Cuda,
-    /// wgpu's default adapter: a GPU, or a software Vulkan driver (needs `--features wgpu`).
-    Wgpu,
-}
-
-impl DeviceChoice {
-    /// The device's name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceChoice::Cpu => "cpu",
-            DeviceChoice::Cuda => "cuda",
-            DeviceChoice::Wgpu => "wgpu",
-        }
-    }
-
-    /// The Burn device (the same one on every call).
-    ///
-    /// # Errors
-    ///
-    /// A backend this binary was built without, as bad input naming the cargo feature; a wgpu
-    /// runtime that finds no adapter.
-    pub fn device(self) -> Result<Device> {
-        match self {
-            DeviceChoice::Cpu => Ok(Device::flex()),
-            DeviceChoice::Cuda => cuda_device(),
-            DeviceChoice::Wgpu => wgpu_device(),
-        }
-    }
-}
-
-/// The error for a backend this binary was built without.
-#[allow(dead_code)] // unused when every backend is compiled in
-fn not_compiled_in(choice: DeviceChoice) -> anyhow::Error {
-    let name = choice.name();
-    Failure::input(anyhow::anyhow!(
-        "--device {name}: this weightnorm was built without the {name} backend; build it with \
-         `cargo build --release --features {name}`"
-    ))
-    .into()
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device() -> Result<Device> {
-    // The CUDA runtime panics where there is no driver or device; opening the device here, with
-    // the panic caught and its message kept, turns that into one line.
-    let device = Device::cuda(0);
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.identity()));
-    std::panic::set_hook(hook);
-    match opened {
-        Ok(_) => Ok(device),
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("the CUDA runtime failed");
-            bail!(
-                "--device cuda: no CUDA device ({})",
-                why.lines().next().unwrap_or_default()
-            )
-        }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device() -> Result<Device> {
-    Err(not_compiled_in(DeviceChoice::Cuda))
-}
-
-#[cfg(feature = "wgpu")]
-fn wgpu_device() -> Result<Device> {
-    use std::sync::OnceLock;
-    // wgpu's runtime is initialized once per process; later calls reuse the device.
-    static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| {
-            Device::wgpu_options()
-                .init()
-                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!("--device wgpu: no wgpu adapter ({e})"))
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn wgpu_device() -> Result<Device> {
-    Err(not_compiled_in(DeviceChoice::Wgpu))
-}
 
 /// A weight-norm benchmark: a random `v` (standard normal) of `shape` in `dtype`, `g = ||v||`.
 #[derive(Clone, Debug)]
@@ -267,8 +166,8 @@ pub struct OpArgs {
     pub seed: u64,
     /// Where to run: the CPU, or a GPU through the CubeCL backend (`cuda` and `wgpu` need the
     /// cargo features of the same names).
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
-    pub device: DeviceChoice,
+    #[arg(long, value_parser = crate::device::DeviceParser, default_value = "cpu")]
+    pub device: crate::device::DeviceArg,
 }
 
 /// The most elements the random weight of `op` may have: 2^28 (1 GiB of f32).
@@ -316,7 +215,7 @@ fn op_rank<const D: usize>(args: &OpArgs, axis: NormAxis, device: &Device) -> Re
     println!(
         "v {:?} on {}, {} ({} slices), norms in [{lo:.4}, {hi:.4}]",
         shape,
-        args.device.name(),
+        args.device,
         axis.describe(),
         norms.len()
     );

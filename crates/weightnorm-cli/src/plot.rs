@@ -2,20 +2,27 @@
 //! memory and written through the command's [`Outputs`]. Any series can be drawn: empty ones,
 //! single points, constant ones, and NaN or infinite values (left out; a chart with nothing
 //! finite says so) give a plot, never a hang or a panic.
+//!
+//! Every curve stays visible where curves overlap: each has its own colour, marker shape and
+//! (every other one) a dashed line; a band around a curve is its least-to-greatest range over
+//! seeds. Loss axes are logarithmic, epoch axes carry integer ticks only.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::metrics::{EpochMetrics, RunMetrics};
+use crate::metrics::RunMetrics;
 use crate::output::Outputs;
+use crate::summary::{Band, Group, groups, moving_average, quantile};
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
 ];
 
 fn font() {
@@ -27,20 +34,6 @@ fn font() {
             dejavu::sans::regular(),
         );
     });
-}
-
-/// Moving average over `w` steps, for readable loss curves.
-fn smooth(xs: &[f64], w: usize) -> Vec<(f64, f64)> {
-    let mut out = Vec::new();
-    let mut sum = 0.0;
-    for (i, x) in xs.iter().enumerate() {
-        sum += x;
-        if i >= w {
-            sum -= xs[i - w];
-        }
-        out.push((i as f64 + 1.0, sum / (i + 1).min(w) as f64));
-    }
-    out
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
@@ -88,144 +81,632 @@ fn padded(lo: f64, hi: f64) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
-/// The points of `series` that can be drawn: finite ones, clipped to [`LIMIT`].
-fn drawable<'a>(series: &[Series<'a>]) -> Vec<Series<'a>> {
-    series
-        .iter()
-        .map(|(name, pts)| {
-            let pts = pts
-                .iter()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .map(|&(x, y)| (x.clamp(-LIMIT, LIMIT), y.clamp(-LIMIT, LIMIT)))
-                .collect();
-            (*name, pts)
-        })
+/// How an axis is scaled and ticked.
+#[derive(Clone, Copy, PartialEq)]
+enum Axis {
+    /// Linear, ticks at 1-2-5 steps.
+    Linear,
+    /// Linear, ticks at integers only (epochs).
+    Integer,
+    /// Logarithmic (values <= 0 are left out), ticks at 1-2-5 times powers of ten.
+    Log,
+}
+
+/// Tick positions in `lo..=hi` at 1, 2 or 5 times a power of ten apart, about `target` of them.
+fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
+    let span = hi - lo;
+    if !(span > 0.0 && span.is_finite()) {
+        return vec![lo];
+    }
+    let raw = span / target.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|s| span / s <= target as f64 * 1.5)
+        .unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil();
+    let last = (hi / step).floor();
+    if !(last - first).is_finite() || last - first > 1000.0 {
+        return vec![lo, hi];
+    }
+    (first as i64..=last as i64)
+        .map(|k| k as f64 * step)
         .collect()
 }
 
-type Series<'a> = (&'a str, Vec<(f64, f64)>);
+/// Integer ticks in `lo..=hi`: every integer when there are few, else round multiples
+/// (5, 10, 20, 50, ...).
+fn integer_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (a, b) = (lo.ceil(), hi.floor());
+    if !(b - a).is_finite() || b < a {
+        return vec![];
+    }
+    if b - a <= 12.0 {
+        return (a as i64..=b as i64).map(|k| k as f64).collect();
+    }
+    nice_ticks(lo, hi, 8)
+        .into_iter()
+        .filter(|t| t.fract() == 0.0)
+        .collect()
+}
 
-fn chart(area: &Area, title: &str, x: &str, y: &str, series: &[Series]) -> Result<()> {
-    let series = drawable(series);
-    // Losses fall and accuracies rise: keep the legend away from where the curves end.
-    let legend = if y == "accuracy" {
-        SeriesLabelPosition::LowerRight
+/// Ticks of a log axis given in log10 units: 1, 2 and 5 times powers of ten when the range
+/// spans little, powers of ten when it spans much.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(hi - lo).is_finite() || hi - lo > 300.0 {
+        return nice_ticks(lo, hi, 6);
+    }
+    let mults: &[f64] = if hi - lo > 3.0 {
+        &[1.0]
     } else {
-        SeriesLabelPosition::UpperRight
+        &[1.0, 2.0, 5.0]
     };
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
-    let title = if all.is_empty() {
+    let mut t = Vec::new();
+    for k in (lo.floor() as i64)..=(hi.ceil() as i64) {
+        for m in mults {
+            let v = (m * 10f64.powi(k as i32)).log10();
+            if v >= lo && v <= hi {
+                t.push(v);
+            }
+        }
+    }
+    if t.len() < 3 {
+        // A narrow range: evenly spaced ticks in log units, labelled with their values.
+        return nice_ticks(lo, hi, 5);
+    }
+    t
+}
+
+/// A tick label: few significant digits, no trailing noise.
+fn label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    let digits = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// A linear f64 axis whose ticks are exactly the given ones (plotters would choose its own).
+struct Ticked {
+    inner: plotters::coord::types::RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl Ticked {
+    fn new(range: std::ops::Range<f64>, ticks: Vec<f64>) -> Self {
+        Self {
+            inner: range.into(),
+            ticks,
+        }
+    }
+}
+
+impl plotters::coord::ranged1d::Ranged for Ticked {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(value, limit)
+    }
+
+    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.inner.range()
+    }
+}
+
+/// One curve: its name, its points and optionally a band of (x, low, high) around it.
+#[derive(Clone, Default)]
+struct Curve {
+    name: String,
+    pts: Vec<(f64, f64)>,
+    band: Vec<(f64, f64, f64)>,
+}
+
+impl Curve {
+    /// The curve with its y values (and band) mapped for `axis`, and only what can be drawn:
+    /// finite points, clipped to [`LIMIT`].
+    fn drawable(&self, axis: Axis) -> Curve {
+        let y = |v: f64| match axis {
+            Axis::Log if v > 0.0 => v.log10(),
+            Axis::Log => f64::NAN,
+            _ => v,
+        };
+        let ok = |v: f64| v.is_finite();
+        let clip = |v: f64| v.clamp(-LIMIT, LIMIT);
+        Curve {
+            name: self.name.clone(),
+            pts: self
+                .pts
+                .iter()
+                .map(|&(a, b)| (a, y(b)))
+                .filter(|&(a, b)| ok(a) && ok(b))
+                .map(|(a, b)| (clip(a), clip(b)))
+                .collect(),
+            band: self
+                .band
+                .iter()
+                .map(|&(a, l, h)| (a, y(l), y(h)))
+                .filter(|&(a, l, h)| ok(a) && ok(l) && ok(h))
+                .map(|(a, l, h)| (clip(a), clip(l), clip(h)))
+                .collect(),
+        }
+    }
+}
+
+type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<Ticked, Ticked>>;
+
+/// Draws the markers of series `i` at `pts`: circles, triangles, squares, crosses, diamonds
+/// or rings.
+fn markers(c: &mut Chart, i: usize, pts: &[(f64, f64)], color: RGBColor) -> Result<()> {
+    let s = 5;
+    let p = pts.iter().copied();
+    match i % 6 {
+        0 => c.draw_series(p.map(|p| Circle::new(p, s, color.filled()))),
+        1 => c.draw_series(p.map(|p| TriangleMarker::new(p, s + 1, color.filled()))),
+        2 => c.draw_series(
+            p.map(|p| EmptyElement::at(p) + Rectangle::new([(-s, -s), (s, s)], color.filled())),
+        ),
+        3 => c.draw_series(p.map(|p| Cross::new(p, s, color.stroke_width(2)))),
+        4 => c.draw_series(p.map(|p| {
+            EmptyElement::at(p)
+                + Polygon::new(
+                    vec![(0, -s - 1), (s + 1, 0), (0, s + 1), (-s - 1, 0)],
+                    color.filled(),
+                )
+        })),
+        _ => c.draw_series(p.map(|p| Circle::new(p, s, color.stroke_width(2)))),
+    }
+    .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Where the legend goes.
+#[derive(Clone, Copy)]
+enum Legend {
+    UpperRight,
+    LowerRight,
+}
+
+/// One chart: `curves` against `x` and `y` axes of the given kinds.
+#[allow(clippy::too_many_arguments)]
+fn chart(
+    area: &Area,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    x_axis: Axis,
+    y_axis: Axis,
+    curves: &[Curve],
+    legend: Legend,
+) -> Result<()> {
+    let curves: Vec<Curve> = curves.iter().map(|c| c.drawable(y_axis)).collect();
+    let xs = curves
+        .iter()
+        .flat_map(|c| c.pts.iter().map(|p| p.0).chain(c.band.iter().map(|b| b.0)));
+    let ys = curves.iter().flat_map(|c| {
+        c.pts
+            .iter()
+            .map(|p| p.1)
+            .chain(c.band.iter().flat_map(|b| [b.1, b.2]))
+    });
+    let bounds = |it: &mut dyn Iterator<Item = f64>| {
+        it.fold(None, |a: Option<(f64, f64)>, v| {
+            Some(a.map_or((v, v), |(l, h)| (l.min(v), h.max(v))))
+        })
+    };
+    let empty = curves.iter().all(|c| c.pts.is_empty());
+    let title = if empty {
         format!("{title} (no finite values)")
     } else {
         title.to_string()
     };
-    let bounds = |f: fn(&(f64, f64)) -> f64| {
-        all.iter()
-            .map(f)
-            .fold(None, |a: Option<(f64, f64)>, v| {
-                Some(a.map_or((v, v), |(l, h)| (l.min(v), h.max(v))))
-            })
-            .unwrap_or((0.0, 1.0))
+    let (x0, x1) = bounds(&mut xs.into_iter()).unwrap_or((0.0, 1.0));
+    let (y0, y1) = bounds(&mut ys.into_iter()).unwrap_or((0.0, 1.0));
+    let (xr, yr) = (padded(x0, x1), padded(y0, y1));
+    let x_ticks = match x_axis {
+        Axis::Integer => integer_ticks(xr.start, xr.end),
+        _ => nice_ticks(xr.start, xr.end, 8),
     };
-    let ((x0, x1), (y0, y1)) = (bounds(|p| p.0), bounds(|p| p.1));
+    let y_ticks = match y_axis {
+        Axis::Log => log_ticks(yr.start, yr.end),
+        Axis::Integer => integer_ticks(yr.start, yr.end),
+        Axis::Linear => nice_ticks(yr.start, yr.end, 6),
+    };
     let mut c = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(padded(x0, x1), padded(y0, y1))
+        .y_label_area_size(64)
+        .build_cartesian_2d(Ticked::new(xr, x_ticks), Ticked::new(yr, y_ticks))
         .map_err(|e| anyhow!("{e}"))?;
+    let y_label = move |v: &f64| {
+        if y_axis == Axis::Log {
+            label(10f64.powf(*v))
+        } else {
+            label(*v)
+        }
+    };
+    let x_label = |v: &f64| label(*v);
     c.configure_mesh()
-        .x_desc(x)
-        .y_desc(y)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    for (i, (name, pts)) in series.iter().enumerate().filter(|(_, s)| !s.1.is_empty()) {
+    for (i, cv) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-            });
-        if pts.len() < 40 {
-            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| anyhow!("{e}"))?;
+        if cv.band.len() > 1 {
+            let mut poly: Vec<(f64, f64)> = cv.band.iter().map(|b| (b.0, b.2)).collect();
+            poly.extend(cv.band.iter().rev().map(|b| (b.0, b.1)));
+            c.draw_series(std::iter::once(Polygon::new(
+                poly,
+                color.mix(0.18).filled(),
+            )))
+            .map_err(|e| anyhow!("{e}"))?;
         }
+    }
+    for (i, cv) in curves.iter().enumerate().filter(|(_, c)| !c.pts.is_empty()) {
+        let color = COLORS[i % COLORS.len()];
+        let style = color.stroke_width(2);
+        let pts = cv.pts.clone();
+        let drawn = if i % 2 == 1 {
+            c.draw_series(DashedLineSeries::new(pts.iter().copied(), 9, 5, style))
+        } else {
+            c.draw_series(LineSeries::new(pts.iter().copied(), style))
+        }
+        .map_err(|e| anyhow!("{e}"))?;
+        drawn.label(cv.name.clone()).legend(move |(x, y)| {
+            EmptyElement::at((x + 10, y))
+                + PathElement::new(vec![(-10, 0), (10, 0)], color.stroke_width(3))
+                + Circle::new((0, 0), 4, color.filled())
+        });
+        // About a dozen markers per curve, offset per curve so that markers of curves lying
+        // on top of each other do not hide one another.
+        let every = (pts.len() / 12).max(1);
+        let offset = (i * every / COLORS.len().max(1)) % every;
+        let at: Vec<(f64, f64)> = pts.iter().copied().skip(offset).step_by(every).collect();
+        markers(&mut c, i, &at, color)?;
     }
     c.configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
-        .position(legend)
+        .position(match legend {
+            Legend::UpperRight => SeriesLabelPosition::UpperRight,
+            Legend::LowerRight => SeriesLabelPosition::LowerRight,
+        })
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
 
-fn epochs_series(m: &RunMetrics, f: impl Fn(&EpochMetrics) -> f64) -> Vec<(f64, f64)> {
-    m.epochs
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (i as f64 + 1.0, f(e)))
-        .collect()
+/// The moving-average window for loss curves of `steps` steps: about 1/50 of the run.
+fn window(steps: usize) -> usize {
+    (steps / 50).max(1)
 }
 
-/// One run's `curves.png`: training loss per step and test accuracy per epoch.
+/// The chart title's note on smoothing.
+fn smoothing(w: usize) -> String {
+    if w == 1 {
+        "per step, unsmoothed".into()
+    } else {
+        format!("moving average over {w} steps")
+    }
+}
+
+/// A curve of a per-epoch band (epochs from 1).
+fn epoch_curve(name: &str, b: &Band) -> Curve {
+    let x = |i: usize| i as f64 + 1.0;
+    Curve {
+        name: name.into(),
+        pts: b.mean.iter().enumerate().map(|(i, &v)| (x(i), v)).collect(),
+        band: (0..b.mean.len())
+            .map(|i| (x(i), b.lo[i], b.hi[i]))
+            .collect(),
+    }
+}
+
+/// A step-indexed band as a curve against `xs` (steps from 1 when `xs` is `None`).
+fn step_curve(name: &str, b: &Band, xs: Option<&[f64]>) -> Curve {
+    let n = xs.map_or(b.mean.len(), |x| x.len().min(b.mean.len()));
+    let x = |i: usize| xs.map_or(i as f64 + 1.0, |x| x[i]);
+    Curve {
+        name: name.into(),
+        pts: (0..n).map(|i| (x(i), b.mean[i])).collect(),
+        band: (0..n).map(|i| (x(i), b.lo[i], b.hi[i])).collect(),
+    }
+}
+
+/// One run's `curves.png`: training loss per step (log scale) and test accuracy per epoch.
 ///
 /// # Errors
 ///
 /// If the picture cannot be drawn or staged.
 pub fn curves(outputs: &mut Outputs, path: &Path, m: &RunMetrics) -> Result<()> {
-    let w = (m.step_losses.len() / 50).max(1);
+    let w = window(m.step_losses.len());
+    let loss = Curve {
+        name: m.param.clone(),
+        pts: moving_average(&m.step_losses, w)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64 + 1.0, v))
+            .collect(),
+        band: vec![],
+    };
+    let acc = epoch_curve(&m.param, &Band::of(&[m.per_epoch(|e| e.test_accuracy)]));
     png(outputs, path, (1200, 450), |root| {
         let (left, right) = root.split_horizontally(700);
         chart(
             &left,
-            "training loss",
+            &format!("training loss ({})", smoothing(w)),
             "step",
-            "cross-entropy (moving average)",
-            &[(m.param.as_str(), smooth(&m.step_losses, w))],
+            "cross-entropy (log scale)",
+            Axis::Linear,
+            Axis::Log,
+            &[loss],
+            Legend::UpperRight,
         )?;
         chart(
             &right,
             "test accuracy",
             "epoch",
             "accuracy",
-            &[(m.param.as_str(), epochs_series(m, |e| e.test_accuracy))],
+            Axis::Integer,
+            Axis::Linear,
+            &[acc],
+            Legend::LowerRight,
         )
     })
 }
 
-/// `loss.png` and `accuracy.png` of a comparison: every parameterization on one chart.
+/// The plots of a comparison (see [`crate::report::PLOTS`]): every parameterization on each,
+/// its seeds summarized by a mean and a band.
 ///
 /// # Errors
 ///
 /// If a picture cannot be drawn or staged.
 pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Result<()> {
-    let w = (runs.first().map_or(0, |r| r.step_losses.len()) / 50).max(1);
-    let loss: Vec<Series> = runs
+    let groups = groups(runs);
+    let steps = runs.first().map_or(0, |r| r.step_losses.len());
+    let w = window(steps);
+    let seeds = groups.first().map_or(0, |g| g.runs.len());
+    let band_note = if seeds > 1 {
+        format!("; mean of {seeds} seeds, band: least to greatest")
+    } else {
+        String::new()
+    };
+    let loss: Vec<Curve> = groups
         .iter()
-        .map(|r| (r.param.as_str(), smooth(&r.step_losses, w)))
+        .map(|g| step_curve(&g.param, &g.loss_band(w), None))
         .collect();
-    let acc: Vec<Series> = runs
-        .iter()
-        .map(|r| (r.param.as_str(), epochs_series(r, |e| e.test_accuracy)))
-        .collect();
-    for (file, title, x, y, series) in [
-        (
-            "loss.png",
-            "training loss",
+    png(outputs, &out.join("loss.png"), (1000, 600), |root| {
+        chart(
+            root,
+            &format!("training loss ({}{band_note})", smoothing(w)),
             "step",
-            "cross-entropy (moving average)",
+            "cross-entropy (log scale)",
+            Axis::Linear,
+            Axis::Log,
             &loss,
-        ),
-        ("accuracy.png", "test accuracy", "epoch", "accuracy", &acc),
-    ] {
-        png(outputs, &out.join(file), (900, 550), |root| {
-            chart(root, title, x, y, series)
-        })?;
+            Legend::UpperRight,
+        )
+    })?;
+    let per_epoch = |f: fn(&crate::metrics::EpochMetrics) -> f64| -> Vec<Curve> {
+        groups
+            .iter()
+            .map(|g| epoch_curve(&g.param, &g.epoch_band(f)))
+            .collect()
+    };
+    let (test_loss, test_acc) = (per_epoch(|e| e.test_loss), per_epoch(|e| e.test_accuracy));
+    png(outputs, &out.join("test.png"), (1400, 550), |root| {
+        let (left, right) = root.split_horizontally(700);
+        chart(
+            &left,
+            &format!("test loss after each epoch{band_note}"),
+            "epoch",
+            "cross-entropy (log scale)",
+            Axis::Integer,
+            Axis::Log,
+            &test_loss,
+            Legend::UpperRight,
+        )?;
+        chart(
+            &right,
+            &format!("test accuracy after each epoch{band_note}"),
+            "epoch",
+            "accuracy",
+            Axis::Integer,
+            Axis::Linear,
+            &test_acc,
+            Legend::LowerRight,
+        )
+    })?;
+    let timed: Vec<Curve> = groups
+        .iter()
+        .map(|g| step_curve(&g.param, &g.loss_band(w), Some(&g.mean_seconds())))
+        .collect();
+    png(outputs, &out.join("loss_time.png"), (1000, 600), |root| {
+        chart(
+            root,
+            &format!("training loss against time ({}{band_note})", smoothing(w)),
+            "wall-clock seconds since the start (mean over seeds)",
+            "cross-entropy (log scale)",
+            Axis::Linear,
+            Axis::Log,
+            &timed,
+            Legend::UpperRight,
+        )
+    })?;
+    png(outputs, &out.join("step_time.png"), (900, 500), |root| {
+        step_times(root, &groups)
+    })?;
+    let gains: Vec<Curve> = groups
+        .iter()
+        .map(|g| {
+            let (steps, b) = g.gain_band();
+            step_curve(&g.param, &b, Some(&steps))
+        })
+        .collect();
+    png(outputs, &out.join("gain.png"), (1000, 600), |root| {
+        chart(
+            root,
+            &format!("global gain over training{band_note}"),
+            "step",
+            "global gain (log scale)",
+            Axis::Linear,
+            Axis::Log,
+            &gains,
+            Legend::UpperRight,
+        )
+    })?;
+    let pcr: Vec<&Group> = groups.iter().filter(|g| g.is_pcr()).collect();
+    if pcr.is_empty() {
+        return Ok(());
+    }
+    // The window: up to 20 steps before and 60 after, within the period.
+    let period = pcr
+        .iter()
+        .flat_map(|g| g.runs.iter())
+        .filter_map(|r| r.pcr_events.first().map(|e| e.step))
+        .min()
+        .unwrap_or(1);
+    let (before, after) = (
+        (period / 2).clamp(crate::summary::BEFORE, 20),
+        period.saturating_sub(1).clamp(1, 60),
+    );
+    let around: Vec<Curve> = pcr
+        .iter()
+        .map(|g| Curve {
+            name: g.param.clone(),
+            pts: g
+                .around_events(before, after)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(x, y)| (x as f64, y))
+                .collect(),
+            band: vec![],
+        })
+        .collect();
+    png(outputs, &out.join("pcr_loss.png"), (1000, 600), |root| {
+        chart(
+            root,
+            "training loss around the canonicalizations (relative to the 10 steps before)",
+            "steps from the canonicalization",
+            "loss / mean loss of the 10 steps before",
+            Axis::Integer,
+            Axis::Linear,
+            &around,
+            Legend::UpperRight,
+        )
+    })
+}
+
+/// Bars of the median step time per parameterization, whiskers from the 10th to the 90th
+/// percentile of all its steps (every seed).
+fn step_times(area: &Area, groups: &[Group]) -> Result<()> {
+    let stats: Vec<(String, f64, f64, f64)> = groups
+        .iter()
+        .map(|g| {
+            let t = g.step_times();
+            (
+                g.param.clone(),
+                quantile(&t, 0.5),
+                quantile(&t, 0.1),
+                quantile(&t, 0.9),
+            )
+        })
+        .collect();
+    let top = stats
+        .iter()
+        .map(|s| s.3)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .clamp(1e-3, LIMIT);
+    let n = stats.len().max(1);
+    let names: Vec<String> = stats.iter().map(|s| s.0.clone()).collect();
+    let ticks: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let y_ticks = nice_ticks(0.0, top * 1.15, 6);
+    let mut c = ChartBuilder::on(area)
+        .caption(
+            "time per training step (median; whiskers: 10th-90th percentile)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(
+            Ticked::new(-0.6..n as f64 - 0.4, ticks),
+            Ticked::new(0.0..top * 1.15, y_ticks),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    let x_label = |v: &f64| {
+        let i = v.round();
+        if (v - i).abs() < 1e-6 && i >= 0.0 {
+            names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let y_label = |v: &f64| label(*v);
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_desc("parameterization")
+        .y_desc("milliseconds")
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (i, (_, median, lo, hi)) in stats.iter().enumerate() {
+        if !median.is_finite() {
+            continue;
+        }
+        let color = COLORS[i % COLORS.len()];
+        let x = i as f64;
+        let clip = |v: f64| v.clamp(0.0, LIMIT);
+        c.draw_series(std::iter::once(Rectangle::new(
+            [(x - 0.3, 0.0), (x + 0.3, clip(*median))],
+            color.mix(0.8).filled(),
+        )))
+        .map_err(|e| anyhow!("{e}"))?;
+        c.draw_series(std::iter::once(PathElement::new(
+            vec![(x, clip(*lo)), (x, clip(*hi))],
+            BLACK.stroke_width(2),
+        )))
+        .map_err(|e| anyhow!("{e}"))?;
+        for v in [*lo, *hi] {
+            c.draw_series(std::iter::once(PathElement::new(
+                vec![(x - 0.1, clip(v)), (x + 0.1, clip(v))],
+                BLACK.stroke_width(2),
+            )))
+            .map_err(|e| anyhow!("{e}"))?;
+        }
+        c.draw_series(std::iter::once(Text::new(
+            format!("{median:.2} ms"),
+            (x - 0.25, clip(*hi) + top * 0.04),
+            ("sans-serif", 14),
+        )))
+        .map_err(|e| anyhow!("{e}"))?;
     }
     Ok(())
 }
@@ -236,7 +717,9 @@ mod tests {
     use crate::metrics::EpochMetrics;
 
     fn run_with(losses: Vec<f64>, accuracies: Vec<f64>) -> RunMetrics {
-        let mut m = RunMetrics::new("wn");
+        let mut m = RunMetrics::new("wn", 0);
+        m.step_ms = losses.iter().map(|l| l.abs()).collect();
+        m.step_seconds = (0..losses.len()).map(|i| i as f64).collect();
         m.step_losses = losses;
         m.epochs = accuracies
             .into_iter()
@@ -264,11 +747,17 @@ mod tests {
                 (vec![nan, 1.0, inf, 2.0], vec![inf, 0.5]),
                 (vec![max, -max, 1e300], vec![-max, max]),
                 (vec![1e-300, 2e-300], vec![0.0, 5e-324]),
+                (vec![-1.0, 0.0], vec![-1.0, 0.0]),
             ];
             let runs: Vec<RunMetrics> = cases.into_iter().map(|(l, a)| run_with(l, a)).collect();
             for (i, r) in runs.iter().enumerate() {
                 let mut out = Outputs::default();
                 curves(&mut out, &dir.path().join(format!("{i}.png")), r).unwrap();
+                out.commit().unwrap();
+                let mut out = Outputs::default();
+                let d = dir.path().join(format!("c{i}"));
+                std::fs::create_dir(&d).unwrap();
+                comparison(&mut out, &d, std::slice::from_ref(r)).unwrap();
                 out.commit().unwrap();
             }
             let mut out = Outputs::default();
@@ -276,7 +765,60 @@ mod tests {
             comparison(&mut out, &dir.path().join("none"), &[]).unwrap_or(());
             tx.send(()).unwrap();
         });
-        rx.recv_timeout(std::time::Duration::from_secs(60))
-            .expect("every plot drawn within a minute");
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("every plot drawn within two minutes");
+    }
+
+    #[test]
+    fn ticks_are_nice_integer_or_logarithmic() {
+        assert_eq!(
+            nice_ticks(0.0, 10.0, 5),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        );
+        assert_eq!(integer_ticks(0.9, 3.1), vec![1.0, 2.0, 3.0]);
+        assert!(integer_ticks(0.1, 0.9).is_empty());
+        assert_eq!(
+            integer_ticks(0.5, 30.5),
+            vec![5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+        );
+        assert_eq!(integer_ticks(-23.5, 60.0)[..3], [-20.0, -10.0, 0.0]);
+        // 0.2 .. 3 in log10 units: 0.2, 0.5, 1, 2
+        let t: Vec<String> = log_ticks(0.15f64.log10(), 3f64.log10())
+            .iter()
+            .map(|v| label(10f64.powf(*v)))
+            .collect();
+        assert_eq!(t, vec!["0.2", "0.5", "1", "2"]);
+        assert_eq!(label(0.30000000000000004), "0.3");
+        assert_eq!(label(1234.0), "1234");
+        assert_eq!(label(12.5), "12.5");
+        assert_eq!(label(2e-7), "2.0e-7");
+    }
+
+    #[test]
+    fn the_comparison_writes_its_four_plots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Vec::new();
+        for seed in 0..2 {
+            for p in ["plain", "wn"] {
+                let mut r = run_with(
+                    (1..200).map(|i| 2.0 / i as f64).collect(),
+                    vec![0.5, 0.6, 0.7],
+                );
+                r.param = p.into();
+                r.seed = seed;
+                runs.push(r);
+            }
+        }
+        let mut out = Outputs::default();
+        comparison(&mut out, dir.path(), &runs).unwrap();
+        out.commit().unwrap();
+        for file in crate::report::PLOTS.iter().map(|p| p.0).chain(["gain.png"]) {
+            let bytes = std::fs::read(dir.path().join(file)).unwrap();
+            assert_eq!(&bytes[1..4], b"PNG", "{file}");
+        }
+        assert!(
+            !dir.path().join("pcr_loss.png").exists(),
+            "no PCR run, no PCR plot"
+        );
     }
 }

@@ -38,6 +38,27 @@ pub fn shown(p: &Path) -> String {
     escape(&p.to_string_lossy())
 }
 
+/// The command line of a `compare` or `train` run from the options after the subcommand, as
+/// a shell would take it back: `weightnorm compare --seeds 0,1 --out 'my runs'`.
+pub fn command_line(argv: &[String]) -> String {
+    let subcommand = std::env::args().nth(1).unwrap_or_else(|| "compare".into());
+    let quote = |a: &str| {
+        let plain = !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.,/:=+@%".contains(c));
+        if plain {
+            a.to_string()
+        } else {
+            format!("'{}'", escape(a).replace('\'', "'\\''"))
+        }
+    };
+    std::iter::once("weightnorm".to_string())
+        .chain(std::iter::once(quote(&subcommand)))
+        .chain(argv.iter().map(|a| quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `s` escaped and, if longer than `max` characters, cut to `max` with the middle replaced by
 /// `…`, so that both ends of a long name stay visible.
 pub fn shortened(s: &str, max: usize) -> String {
@@ -76,6 +97,20 @@ pub fn one_line_error(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn command_lines_quote_what_a_shell_would_split() {
+        let argv: Vec<String> = ["--seeds", "0,1", "--out", "my runs", "it's"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let c = super::command_line(&argv);
+        assert!(
+            c.ends_with(" --seeds 0,1 --out 'my runs' 'it'\\''s'"),
+            "{c}"
+        );
+        assert!(c.starts_with("weightnorm "));
+    }
+
     use super::*;
 
     #[test]

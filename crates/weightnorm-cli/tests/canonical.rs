@@ -153,9 +153,13 @@ fn a_trained_network_keeps_its_predictions() {
             .is_some();
         assert_eq!(has_scale, form == "canonical");
         // `train` recorded the same global gain.
-        let recorded = json(&run_dir.join("metrics.json"))["global_gain"]
+        let metrics = json(&run_dir.join("metrics.json"));
+        let recorded = metrics["final_global_gain"].as_f64().unwrap();
+        // ... and at the end of the last epoch, the same again.
+        let last = metrics["global_gain"].as_array().unwrap().last().unwrap()[1]
             .as_f64()
             .unwrap();
+        assert_eq!(last, recorded);
         let gain = r["global_gain"].as_f64().unwrap();
         assert!(
             (recorded - gain).abs() <= 1e-12 * gain,

@@ -683,6 +683,8 @@ fn degenerate_data_sets_are_refused_in_one_line_and_never_hang() {
         s(&data),
         "--params",
         "plain,wn",
+        "--seeds",
+        "0,1",
         "--epochs",
         "1",
         "--quiet",
@@ -692,9 +694,11 @@ fn degenerate_data_sets_are_refused_in_one_line_and_never_hang() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for f in [
         "loss.png",
-        "accuracy.png",
-        "plain/curves.png",
-        "wn/curves.png",
+        "test.png",
+        "loss_time.png",
+        "step_time.png",
+        "plain/seed-0/curves.png",
+        "wn/seed-1/curves.png",
     ] {
         let png = std::fs::read(out.join(f)).unwrap();
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{f}");

@@ -211,3 +211,144 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
     let o = run(&["train", "--resume", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A comparison of two parameterizations over two seeds on the digits.
+fn compare_args(out: &Path) -> Vec<String> {
+    [
+        "compare",
+        "--dataset",
+        "digits",
+        "--params",
+        "plain,wn",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--checkpoint-every",
+        "5",
+        "--quiet",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.to_str().unwrap().to_string()])
+    .collect()
+}
+
+#[test]
+fn a_killed_comparison_resumes_to_the_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    ok(&compare_args(&whole)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+
+    // SIGKILL in the third run (plain, seed 1), mid-epoch 1.
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(BIN)
+        .args(compare_args(&killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = killed.join("plain/seed-1/steps.jsonl");
+    let t0 = Instant::now();
+    while lines(&log) < 40 {
+        assert!(child.try_wait().unwrap().is_none(), "ended too soon");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("report.md").exists());
+    let o = ok(&["compare", "--resume", killed.to_str().unwrap(), "--quiet"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("parameterization"));
+    for run in ["plain/seed-0", "wn/seed-0", "plain/seed-1", "wn/seed-1"] {
+        let (a, b) = (
+            json(&killed.join(run).join("metrics.json")),
+            json(&whole.join(run).join("metrics.json")),
+        );
+        assert_eq!(a["step_loss"], b["step_loss"], "{run}");
+        assert_eq!(a["per_epoch"], b["per_epoch"], "{run}");
+    }
+    // The reports agree on everything but the timings.
+    let table = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("report.md"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("| plain | ") || l.starts_with("| wn | "))
+            .map(|l| l.split(" | ").take(4).collect::<Vec<_>>().join("|"))
+            .collect()
+    };
+    assert_eq!(table(&killed), table(&whole));
+    assert_eq!(table(&whole).len(), 6);
+}
+
+/// Where the Debian package `dataset-fashion-mnist` puts the data set (`scripts/setup.sh`
+/// installs it).
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+#[test]
+fn a_killed_fashion_mnist_run_resumes_to_the_uninterrupted_one() {
+    assert!(
+        Path::new(FASHION)
+            .join("train-images-idx3-ubyte.gz")
+            .is_file(),
+        "Fashion-MNIST is missing from {FASHION}: run scripts/setup.sh (it installs the Debian \
+         package dataset-fashion-mnist)"
+    );
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--checkpoint-every",
+            "40",
+            "--quiet",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(BIN)
+        .args(args(&killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while lines(&killed.join("steps.jsonl")) < 150 {
+        assert!(child.try_wait().unwrap().is_none(), "ended too soon");
+        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
+    let (a, b) = (
+        json(&killed.join("metrics.json")),
+        json(&whole.join("metrics.json")),
+    );
+    assert_eq!(a["dataset"], "fashion-mnist");
+    assert_eq!(a["step_loss"].as_array().unwrap().len(), 469);
+    assert_eq!(
+        a["step_loss"], b["step_loss"],
+        "every step loss, bit for bit"
+    );
+    assert_eq!(a["per_epoch"], b["per_epoch"]);
+    assert_eq!(
+        std::fs::read(killed.join("model.safetensors")).unwrap(),
+        std::fs::read(whole.join("model.safetensors")).unwrap()
+    );
+}

@@ -179,7 +179,7 @@ fn bad_input_exits_2_with_one_line() {
         (
             vec!["--dataset", "digits", "--param", "batchnorm"],
             "invalid value 'batchnorm' for '--param <PARAM>'",
-            "[possible values: plain, wn, wn-mobn, bn]",
+            "[possible values: plain, plain-wd, wn, pcr, wn-mobn, bn]",
         ),
         (
             vec!["--dataset", "mnist"],
@@ -228,13 +228,15 @@ fn a_list_of_parameterizations_names_the_typo_and_suggests_the_nearest() {
 fn compare_writes_a_report_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
-    ok(&[
+    let o = ok(&[
         "compare",
         "--dataset",
         "digits",
         "--params",
         // Spaces after the commas are allowed.
         "plain, wn",
+        "--seeds",
+        "3,5",
         "--epochs",
         "2",
         "--quiet",
@@ -242,18 +244,70 @@ fn compare_writes_a_report_and_plots() {
         out.to_str().unwrap(),
     ]);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let conclusion = report.lines().nth(2).unwrap();
     assert!(
-        report.contains("| plain |") && report.contains("| wn |"),
+        conclusion.starts_with("**Conclusion.** On digits (mlp model, 2 epochs, 2 seeds)")
+            && conclusion.contains("Against plain: wn changes the test loss by"),
         "{report}"
     );
+    // One row per parameterization with mean ± spread, one per run.
+    assert!(
+        report.contains("| plain | 0.") && report.contains(" ± "),
+        "{report}"
+    );
+    assert!(report.contains("| wn | 5 | "), "{report}");
+    assert!(report.contains("- seeds: 3, 5"), "{report}");
+    assert!(
+        report.contains("- command: `weightnorm compare --dataset digits --params 'plain, wn'"),
+        "{report}"
+    );
+    assert!(report.contains("**ECE** (expected calibration error)"));
     for f in [
         "loss.png",
-        "accuracy.png",
-        "plain/metrics.json",
-        "wn/model.safetensors",
+        "test.png",
+        "loss_time.png",
+        "step_time.png",
+        "plain/seed-3/metrics.json",
+        "wn/seed-5/model.safetensors",
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // Each run is the run `train` makes with its seed.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("wn/seed-5/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["seed"], 5);
+    assert!(m["seconds"].as_f64().unwrap() > 0.0, "the run's wall time");
+    assert_eq!(m["step_ms"].as_array().unwrap().len(), 2 * 12); // 1437 examples, batch 128
+    let single = tmp.path().join("single");
+    ok(&[
+        "train",
+        "--dataset",
+        "digits",
+        "--param",
+        "wn",
+        "--seed",
+        "5",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--out",
+        single.to_str().unwrap(),
+    ]);
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(single.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["step_loss"], t["step_loss"]);
+    // The terminal gets the conclusion and an aligned table, not markdown.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("On digits"), "{stdout}");
+    assert!(!stdout.contains('|') && !stdout.contains("**"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("parameterization  test accuracy")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -277,6 +331,18 @@ fn options_that_cannot_apply_are_refused_before_anything_is_written() {
         (
             vec!["compare", "--dataset", "digits", "--params", "wn,plain,wn"],
             "--params names wn twice",
+        ),
+        (
+            vec!["compare", "--dataset", "digits", "--seeds", "1,2,1"],
+            "--seeds names 1 twice",
+        ),
+        (
+            vec!["train", "--dataset", "digits", "--device", "cuda"],
+            "rebuild with `cargo build --release --features cuda`",
+        ),
+        (
+            vec!["train", "--dataset", "digits", "--threads", "0"],
+            "--threads must be at least 1",
         ),
         (
             vec!["train", "--data", "/nonexistent/fashion"],

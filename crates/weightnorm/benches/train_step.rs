@@ -3,9 +3,10 @@
 //! forward + backward alone, which isolates weight norm's own cost from the optimizer's.
 //!
 //! glibc returns and re-faults mid-size buffers between steps unless told to keep them, which
-//! dominates these timings; run with
-//! `GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296:glibc.malloc.mmap_threshold=4294967296`
-//! and one configuration per process (`--bench 'train_step/plain/step/16$'`) for stable figures.
+//! dominates these timings; run with the settings of the `weightnorm` binary,
+//! `MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824`, and one configuration
+//! per process (`--bench 'train_step/plain/step/16$'`) for stable figures; or use
+//! `weightnorm bench --filter "train step"`, which does both.
 //!
 //! Run: `cargo bench -p weightnorm --bench train_step`
 

@@ -1,8 +1,13 @@
 //! The weight-norm operation on the CPU (Flex): the fused kernels against the composed default
-//! (the path GPU backends take), forward and forward + backward, beside a plain memory copy of
-//! the same bytes. `scripts/bench_torch.py` times the same shapes with `torch._weight_norm`.
+//! (the path GPU backends take), forward and forward + backward, beside two copies of the same
+//! bytes: into an existing buffer (`copy warm`, the bandwidth reference) and into a fresh
+//! allocation (`copy fresh`, what allocating an output costs on top). `weightnorm bench` times
+//! the same cases (and more) with the allocator configured; `scripts/bench_torch.py` in PyTorch.
 //!
-//! Run: `cargo bench -p weightnorm --bench weight_norm`
+//! Each call allocates its output, and with glibc's default thresholds a large one is mapped and
+//! faulted in anew every time (see the `ops` module docs): for the figures `weightnorm bench`
+//! gives, run with the same settings,
+//! `MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 cargo bench -p weightnorm --bench weight_norm`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -71,7 +76,14 @@ fn bench(c: &mut Criterion) {
         group.warm_up_time(Duration::from_millis(500));
 
         let src = v.bytes().to_vec();
-        group.bench_function("memcpy", |b| b.iter(|| black_box(src.clone())));
+        let mut dst = vec![0u8; src.len()];
+        group.bench_function("copy warm", |b| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&mut dst);
+            })
+        });
+        group.bench_function("copy fresh", |b| b.iter(|| black_box(src.to_vec())));
         group.bench_function(BenchmarkId::new("forward", "fused"), |b| {
             b.iter(|| black_box(Flex::weight_norm_forward(v.clone(), g.clone(), keep, 0.0)))
         });

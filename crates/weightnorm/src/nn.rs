@@ -12,6 +12,7 @@ use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Tensor};
 
 use crate::init::{InitError, data_dependent_conv2d, data_dependent_linear};
+use crate::live::{Canonicalizable, LiveLayer};
 use crate::reparam::{ReparamError, WeightNormConfig, apply_weight_norm};
 
 /// Configuration of [`MeanOnlyBatchNorm`].
@@ -252,6 +253,10 @@ pub struct WnCnnClassifier {
     pub bns: Vec<BatchNorm>,
     /// Mean-only batch norms in the same places (or none).
     pub mobns: Vec<MeanOnlyBatchNorm>,
+    /// The input images' `[height, width]` when the head flattens every position (from
+    /// [`WnCnnClassifierConfig::flatten_input`]): the canonical form's input shape.
+    #[module(skip)]
+    pub input_hw: Option<[usize; 2]>,
 }
 
 impl WnCnnClassifierConfig {
@@ -319,12 +324,59 @@ impl WnCnnClassifierConfig {
                     .collect(),
                 _ => Vec::new(),
             },
+            input_hw: self.flatten_input,
         };
         if self.weight_norm {
             apply_weight_norm(model, &WeightNormConfig::new())
         } else {
             Ok(model)
         }
+    }
+}
+
+/// The classifier's layers for the canonical form and PCR: three stages of convolution and
+/// ReLU (max pooling after the first two), the head (flatten, or global average pooling), then
+/// `Linear -> ReLU -> Linear`. With batch norms or mean-only batch norms (training-mode
+/// normalizations) the description names them as [`LiveLayer::Unsupported`], and the canonical
+/// form refuses the model.
+///
+/// The input shape is `[channels_in, height, width]` of
+/// [`WnCnnClassifierConfig::flatten_input`]; with global average pooling the canonical form does
+/// not depend on the image size, and the model is described at 4 x 4 (the smallest size its two
+/// poolings take).
+impl Canonicalizable for WnCnnClassifier {
+    fn input_shape(&self) -> Vec<usize> {
+        let [_, channels, _, _] = self.convs[0].weight.lazy_shape().dims();
+        let [h, w] = self.input_hw.unwrap_or([4, 4]);
+        vec![channels * self.convs[0].groups, h, w]
+    }
+
+    fn layers(&self) -> Vec<LiveLayer<'_>> {
+        let norm = |out: &mut Vec<LiveLayer<'_>>| {
+            if !self.bns.is_empty() {
+                out.push(LiveLayer::Unsupported("batch_norm"));
+            } else if !self.mobns.is_empty() {
+                out.push(LiveLayer::Unsupported("mean_only_batch_norm"));
+            }
+        };
+        let mut out = Vec::new();
+        for (i, conv) in self.convs.iter().enumerate() {
+            out.push(LiveLayer::Conv2d(conv));
+            norm(&mut out);
+            out.push(LiveLayer::Relu);
+            if i < 2 {
+                out.push(LiveLayer::MaxPool2d(&self.pool));
+            }
+        }
+        if !self.flatten {
+            out.push(LiveLayer::AdaptiveAvgPool2d(&self.gap));
+        }
+        out.push(LiveLayer::Flatten);
+        out.push(LiveLayer::Linear(&self.fc1));
+        norm(&mut out);
+        out.push(LiveLayer::Relu);
+        out.push(LiveLayer::Linear(&self.fc2));
+        out
     }
 }
 

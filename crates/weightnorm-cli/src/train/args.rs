@@ -35,12 +35,37 @@ pub struct DataModelArgs {
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Adam's learning rate.
+    /// Adam's (and AdamW's) learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// Seed of the initialisation and the data order.
-    #[arg(long, default_value_t = 0)]
+    /// AdamW's decoupled weight decay, for --param plain-wd (PyTorch's AdamW default).
+    #[arg(long, default_value_t = 1e-2, value_name = "W")]
+    pub weight_decay: f64,
+    /// Seed of the initialisation and the data order (`train --seed`; `compare` sets it per
+    /// run from `--seeds`).
+    #[arg(skip)]
     pub seed: u64,
+    /// PCR (--param pcr): canonicalize after every C optimizer steps.
+    #[arg(long, default_value_t = 100, value_name = "C")]
+    pub pcr_every: u64,
+    /// PCR's penalty on the global gain G: none; cap:G (at each canonicalization the output
+    /// scale is shrunk to norm at most G); soft:L (L * G^2 added to the loss at every step).
+    #[arg(long, default_value = "none", value_name = "PENALTY", value_parser = parse_penalty)]
+    pub pcr_penalty: weightnorm::pcr::Penalty,
+    /// PCR's transport of Adam's moments across each canonicalization (compare: a
+    /// comma-separated list, one PCR run per policy, named pcr-<policy>).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "covariant",
+        value_name = "POLICY"
+    )]
+    pub pcr_transport: Vec<PcrTransport>,
+    /// Where to compute: cpu (the default), cuda or wgpu, with an index for a GPU (cuda:1);
+    /// a backend needs the cargo feature of the same name.
+    #[arg(long, value_parser = crate::device::DeviceParser, default_value = "cpu")]
+    pub device: crate::device::DeviceArg,
     /// Hide the progress bar (the per-epoch lines are always printed, on stderr).
     #[arg(long)]
     pub quiet: bool,
@@ -63,6 +88,9 @@ weightnorm train --resume runs/wn"
 pub struct TrainArgs {
     #[command(flatten)]
     pub common: DataModelArgs,
+    /// Seed of the initialisation and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// The parameterization.
     #[arg(long, value_enum, default_value_t = Param::Wn)]
     pub param: Param,
@@ -83,8 +111,9 @@ pub struct TrainArgs {
 #[derive(clap::Args)]
 #[command(
     after_help = "Trains each parameterization with the same seed and data order and writes\n\
-report.md, loss.png and accuracy.png to --out (and each run under --out/<param>/).\n\n\
-Example:\n  weightnorm compare\n  weightnorm compare --dataset digits --params plain,wn --epochs 10\n  \
+report.md and its plots to --out (loss.png, test.png, loss_time.png, step_time.png), and each
+run under --out/<param>/seed-<k>/. The summary table is printed when it is done.\n\n\
+Example:\n  weightnorm compare\n  weightnorm compare --dataset digits --params plain,wn --seeds 0,1 --epochs 10\n  \
 weightnorm compare --resume runs/compare"
 )]
 pub struct CompareArgs {
@@ -94,10 +123,19 @@ pub struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "plain,wn,wn-mobn,bn",
+        default_value = "plain,plain-wd,wn,wn-mobn,bn,pcr",
         value_parser = Trimmed::<Param>::new()
     )]
     pub params: Vec<Param>,
+    /// Comma-separated seeds: every parameterization is trained once per seed, and the report
+    /// gives the mean and the spread over them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,1,2",
+        value_name = "SEEDS"
+    )]
+    pub seeds: Vec<u64>,
     /// Output directory (an existing comparison there is refused unless --force or --resume).
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
@@ -128,6 +166,8 @@ impl DataModelArgs {
             batch_size: self.batch_size,
             lr: self.lr,
             seed: self.seed,
+            device: self.device.to_string(),
+            threads: crate::device::threads(),
         }
     }
 
@@ -145,6 +185,48 @@ impl DataModelArgs {
     }
 }
 
+/// How PCR carries Adam's moments across a rescaling that multiplies a weight by `a`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PcrTransport {
+    /// m/a and v/a^2: the moments Adam would hold had it trained in the new coordinates.
+    Covariant,
+    /// a*m and a^2*v.
+    WeightScaled,
+    /// Zeros: the rescaled parameters' moments start afresh.
+    Reset,
+    /// Untouched.
+    Keep,
+}
+
+impl PcrTransport {
+    /// The library's policy.
+    pub fn policy(self) -> weightnorm::pcr::Transport {
+        use weightnorm::pcr::Transport;
+        match self {
+            Self::Covariant => Transport::Covariant,
+            Self::WeightScaled => Transport::WeightScaled,
+            Self::Reset => Transport::Reset,
+            Self::Keep => Transport::Keep,
+        }
+    }
+}
+
+/// `--pcr-penalty`: `none`, `cap:G` or `soft:L`.
+fn parse_penalty(s: &str) -> Result<weightnorm::pcr::Penalty, String> {
+    s.parse().map_err(|_| {
+        "expected none, cap:G (G > 0) or soft:L (L >= 0), e.g. cap:10 or soft:1e-4".to_string()
+    })
+}
+
+impl DataModelArgs {
+    /// PCR's configuration with the transport `transport`.
+    pub fn pcr(&self, transport: PcrTransport) -> weightnorm::pcr::PcrConfig {
+        weightnorm::pcr::PcrConfig::new(self.pcr_every)
+            .with_penalty(self.pcr_penalty)
+            .with_transport(transport.policy())
+    }
+}
+
 /// Checks the numeric options before anything is loaded or printed (clap checks the
 /// enumerated ones).
 ///
@@ -155,6 +237,16 @@ pub fn check(args: &DataModelArgs) -> Result<()> {
     if args.epochs == Some(0) || args.batch_size == 0 || !(args.lr > 0.0 && args.lr.is_finite()) {
         return Err(Failure::input(anyhow::anyhow!(
             "--epochs and --batch-size must be positive, and --lr a positive number"
+        ))
+        .into());
+    }
+    if args.pcr_every == 0 {
+        return Err(Failure::input(anyhow::anyhow!("--pcr-every must be at least 1")).into());
+    }
+    if !(args.weight_decay >= 0.0 && args.weight_decay.is_finite()) {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--weight-decay must be a number >= 0, not {}",
+            args.weight_decay
         ))
         .into());
     }

@@ -39,6 +39,9 @@ pub struct StepRecord {
     pub lr: f64,
     /// Seconds since the run began (over all its sessions) when the step ended.
     pub seconds: f64,
+    /// The step's own wall time (forward, backward, optimizer), in milliseconds.
+    #[serde(default)]
+    pub ms: f64,
 }
 
 /// Where a run is and what it has measured.
@@ -61,6 +64,9 @@ pub struct State {
     pub seconds: f64,
     /// Whether the run has finished all its epochs.
     pub finished: bool,
+    /// Periodic Canonical Regularization's state (its step count and events), for PCR runs.
+    #[serde(default)]
+    pub pcr: Option<weightnorm::pcr::PcrState>,
 }
 
 /// A checkpoint read back: the model's and the optimizer's records, and the state.

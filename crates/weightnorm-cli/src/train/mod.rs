@@ -38,6 +38,11 @@ const RUN_FILES: &[&str] = &[
     checkpoint::FILE,
     "report.md",
     "loss.png",
+    "test.png",
+    "loss_time.png",
+    "step_time.png",
+    "gain.png",
+    "pcr_loss.png",
     "accuracy.png",
     COMMAND_FILE,
 ];
@@ -78,9 +83,8 @@ fn claim_out(out: &Path, force: bool, what: &str) -> Result<()> {
     }
     for path in entries {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.is_dir() && <crate::model::Param as clap::ValueEnum>::from_str(name, false).is_ok()
-        {
-            clear_run_files(&path)?;
+        if path.is_dir() && is_run_name(name) {
+            clear_param_dir(&path)?;
         } else if RUN_FILES.contains(&name) {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -101,6 +105,50 @@ fn clear_run_files(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes the run files of a comparison's parameterization directory `dir`: its own (a
+/// comparison of one seed before seeds had directories) and those of its `seed-<k>`
+/// directories, which are removed when that leaves them empty.
+fn clear_param_dir(dir: &Path) -> Result<()> {
+    clear_run_files(dir)?;
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+    {
+        let name = e.file_name();
+        if e.path().is_dir() && name.to_str().is_some_and(|n| n.starts_with("seed-")) {
+            clear_run_files(&e.path())?;
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// The name of a run of `param` (of a PCR run in a comparison, with its transport policy:
+/// `pcr-covariant`).
+fn run_name(param: Param, transport: Option<args::PcrTransport>) -> String {
+    match (param, transport) {
+        (Param::Pcr, Some(t)) => format!(
+            "pcr-{}",
+            clap::ValueEnum::to_possible_value(&t)
+                .map_or(String::new(), |v| v.get_name().to_string())
+        ),
+        _ => param.name().to_string(),
+    }
+}
+
+/// Whether `name` is the directory of a parameterization's runs in a comparison.
+fn is_run_name(name: &str) -> bool {
+    <Param as clap::ValueEnum>::from_str(name, false).is_ok()
+        || name
+            .strip_prefix("pcr-")
+            .is_some_and(|t| <args::PcrTransport as clap::ValueEnum>::from_str(t, false).is_ok())
+}
+
+/// The directory of the run named `name` with `seed` in a comparison's `out`.
+fn run_dir(out: &Path, name: &str, seed: u64) -> PathBuf {
+    out.join(name).join(format!("seed-{seed}"))
 }
 
 /// The options stored for `--resume`, parsed again as the subcommand's.
@@ -152,6 +200,7 @@ fn resume_alone(given: &[String]) -> Result<()> {
 /// command's outputs (none of which may be one of the data set's files).
 fn prepare(args: &DataModelArgs) -> Result<(Dataset, Outputs)> {
     args::check(args)?;
+    args.device.device()?;
     let outputs = Outputs::new(crate::data::input_files(args.dataset, &args.data));
     let ds = crate::data::load(args.dataset, &args.data)?;
     let [_, h, w] = ds.shape;
@@ -177,20 +226,26 @@ fn sizes(ds: &Dataset) -> String {
 
 /// Trains one model with `param` (continuing from the checkpoint in `out` when `resume`) and
 /// stages its outputs and its `curves.png` under `out` in `outputs`; returns its metrics.
+#[allow(clippy::too_many_arguments)]
 fn train_and_save(
     outputs: &mut Outputs,
     args: &DataModelArgs,
     ds: &Dataset,
     param: Param,
+    transport: Option<args::PcrTransport>,
     out: &Path,
     resume: bool,
     argv: &[String],
 ) -> Result<RunMetrics> {
+    let name = run_name(param, transport);
     let at = run::RunDir {
         dir: out,
         checkpoint_every: args.checkpoint_every,
         resume,
         argv,
+        name: &name,
+        pcr: (param == Param::Pcr)
+            .then(|| args.pcr(transport.unwrap_or(args::PcrTransport::Covariant))),
     };
     let (spec, model, metrics) = run::run(args, ds, param, &at)?;
     save::save_run(outputs, out, &spec, &model, &metrics, &args.setup(ds))?;
@@ -200,7 +255,7 @@ fn train_and_save(
 
 /// `weightnorm train`: one run, its outputs in `--out`; or `--resume DIR`.
 pub fn train(args: TrainArgs) -> Result<()> {
-    let (args, argv) = match &args.resume {
+    let (mut args, argv) = match &args.resume {
         Some(dir) => {
             resume_alone(&argv())?;
             let state = checkpoint::load(dir)?.state;
@@ -215,6 +270,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
             (args, argv())
         }
     };
+    args.common.seed = args.seed;
+    if args.common.pcr_transport.len() != 1 {
+        return Err(Failure::input(anyhow::anyhow!(
+            "train takes one --pcr-transport (compare takes a list)"
+        ))
+        .into());
+    }
     if args.common.init == args::Init::Ddi && !args.param.weight_norm() {
         return Err(Failure::input(anyhow::anyhow!(
             "--init ddi initialises weight-normalized models (--param wn or wn-mobn), not {}",
@@ -251,6 +313,7 @@ fn train_prepared(
         &args.common,
         ds,
         param,
+        args.common.pcr_transport.first().copied(),
         &args.out,
         resume,
         argv,
@@ -306,6 +369,29 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         ))
         .into());
     }
+    let transports = &args.common.pcr_transport;
+    if let Some(t) = transports
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| transports[..i].contains(t).then_some(t))
+    {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--pcr-transport names {} twice",
+            run_name(Param::Pcr, Some(*t)).trim_start_matches("pcr-")
+        ))
+        .into());
+    }
+    if let Some(s) = args
+        .seeds
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| args.seeds[..i].contains(s).then_some(s))
+    {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--seeds names {s} twice: each seed is trained once"
+        ))
+        .into());
+    }
     if args.common.init == args::Init::Ddi && args.params.iter().any(|p| !p.weight_norm()) {
         eprintln!(
             "note: --init ddi initialises the weight-normalized runs (wn, wn-mobn); plain and bn \
@@ -336,8 +422,8 @@ fn clean_up_after(result: &Result<()>, out: &Path, existed: bool, resume: bool) 
         for e in dir.flatten() {
             let name = e.file_name();
             let name = name.to_str().unwrap_or("");
-            if e.path().is_dir() && <Param as clap::ValueEnum>::from_str(name, false).is_ok() {
-                let _ = clear_run_files(&e.path());
+            if e.path().is_dir() && is_run_name(name) {
+                let _ = clear_param_dir(&e.path());
                 let _ = std::fs::remove_dir(e.path());
             }
         }
@@ -361,30 +447,59 @@ fn compare_prepared(
         )?;
     }
     run::catch_interrupts();
+    let names: Vec<&str> = params.iter().map(|p| p.name()).collect();
+    let seeds: Vec<String> = args.seeds.iter().map(u64::to_string).collect();
     eprintln!(
-        "{}; {} with {}",
+        "{}; {} with {}, seeds {}",
         sizes(ds),
         args.common.model.name(),
-        params
-            .iter()
-            .map(|p| p.name())
-            .collect::<Vec<_>>()
-            .join(",")
+        names.join(","),
+        seeds.join(",")
     );
-    let runs = params
-        .iter()
-        .map(|&p| {
-            let dir = args.out.join(p.name());
-            let resume = args.resume.is_some();
-            train_and_save(&mut outputs, &args.common, ds, p, &dir, resume, argv)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut runs = Vec::new();
+    for &seed in &args.seeds {
+        let mut common = args.common.clone();
+        common.seed = seed;
+        for &p in params {
+            let transports: Vec<Option<args::PcrTransport>> = if p == Param::Pcr {
+                args.common
+                    .pcr_transport
+                    .iter()
+                    .copied()
+                    .map(Some)
+                    .collect()
+            } else {
+                vec![None]
+            };
+            for t in transports {
+                let dir = run_dir(&args.out, &run_name(p, t), seed);
+                let resume = args.resume.is_some();
+                runs.push(train_and_save(
+                    &mut outputs,
+                    &common,
+                    ds,
+                    p,
+                    t,
+                    &dir,
+                    resume,
+                    argv,
+                )?);
+            }
+        }
+    }
     crate::plot::comparison(&mut outputs, &args.out, &runs)?;
-    let report = crate::report::report(&args.common.setup(ds), &runs);
+    let command = crate::text::command_line(argv);
+    let report = crate::report::report(&args.common.setup(ds), &runs, &command);
     outputs.bytes(&args.out.join("report.md"), true, report.as_bytes())?;
     // Every run's files, the plots and the report are put in place together, or none is.
     outputs.commit()?;
-    println!("{report}");
+    let conclusion = report
+        .lines()
+        .find_map(|l| l.strip_prefix("**Conclusion.** "))
+        .unwrap_or("")
+        .replace("**", "");
+    println!("{conclusion}\n");
+    print!("{}", crate::report::table(&runs));
     println!("report: {}", shown(&args.out.join("report.md")));
     Ok(())
 }

@@ -10,10 +10,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
 
+use weightnorm::pcr::{Pcr, PcrConfig};
+
+use crate::Failure;
 use crate::data::Dataset;
 use crate::metrics::{EpochMetrics, RunMetrics};
 use crate::model::{Model, ModelKind, Param, Spec};
@@ -34,6 +37,10 @@ pub struct RunDir<'a> {
     pub resume: bool,
     /// The command-line options of the run, kept in the checkpoint.
     pub argv: &'a [String],
+    /// The run's name in its metrics (the parameterization's, or `pcr-<policy>`).
+    pub name: &'a str,
+    /// Periodic Canonical Regularization's configuration, for `--param pcr`.
+    pub pcr: Option<PcrConfig>,
 }
 
 /// Set by SIGINT (Ctrl-C): the run writes a checkpoint after the step in progress and stops.
@@ -67,7 +74,7 @@ pub fn run(
     param: Param,
     at: &RunDir<'_>,
 ) -> Result<(Spec, Model, RunMetrics)> {
-    let device = Device::default().autodiff();
+    let device = args.device.device()?.autodiff();
     device.seed(args.seed);
     let spec = args.spec(ds, param);
     std::fs::create_dir_all(at.dir)
@@ -78,6 +85,20 @@ pub fn run(
         Some(_) => trainer.restore(built, checkpoint::load(at.dir)?)?,
         None => initialise(built, args, ds, &spec, &device)?,
     };
+    if let Some(config) = &at.pcr {
+        let state = trainer.state.pcr.take().unwrap_or_default();
+        let pcr = Pcr::resume(config.clone(), state)
+            .map_err(|e| Failure::input(anyhow::anyhow!("--param pcr: {e}")))?;
+        pcr.check(&model)
+            .map_err(|e| Failure::input(anyhow::anyhow!("--param pcr: {e}")))?;
+        trainer.state.metrics.pcr = Some(format!(
+            "every {} steps, penalty {}, transport {}",
+            config.every,
+            config.penalty,
+            config.transport.name()
+        ));
+        trainer.pcr = Some(pcr);
+    }
     trainer.open_log()?;
     let epochs = args.epochs(ds);
     let bar = progress::bar(param.name(), trainer.steps_per_epoch() * epochs, args.quiet);
@@ -91,7 +112,7 @@ pub fn run(
     let model = result?;
     trainer.state.finished = true;
     trainer.save(&model, started)?;
-    Ok((spec, model, trainer.finish(epochs)))
+    Ok((spec, model, trainer.finish(epochs, started)))
 }
 
 /// Applies the initialisation `args.init` asks for: the paper's data-dependent initialisation
@@ -122,10 +143,23 @@ fn initialise(
     )
 }
 
+/// The optimizer of `param`: Adam, or AdamW with decoupled weight decay `weight_decay` for
+/// `plain-wd`.
+fn optimizer(param: Param, weight_decay: f64) -> ModuleOptimizer {
+    if param.decays() {
+        AdamWConfig::new()
+            .with_weight_decay(weight_decay as f32)
+            .init()
+    } else {
+        AdamConfig::new().init()
+    }
+}
+
 /// The state of a run between steps, apart from the model: the optimizer, the loss, the
 /// settings, where the run is and what has been measured so far.
 struct Trainer<'a> {
     ds: &'a Dataset,
+    spec: Spec,
     optim: ModuleOptimizer,
     loss: CrossEntropyLoss,
     device: Device,
@@ -139,6 +173,8 @@ struct Trainer<'a> {
     state: State,
     /// The streamed step log (`steps.jsonl`).
     log: Option<BufWriter<File>>,
+    /// Periodic Canonical Regularization, for PCR runs.
+    pcr: Option<Pcr>,
 }
 
 impl<'a> Trainer<'a> {
@@ -151,7 +187,8 @@ impl<'a> Trainer<'a> {
     ) -> Self {
         Self {
             ds,
-            optim: AdamConfig::new().init(),
+            spec: spec.clone(),
+            optim: optimizer(spec.param, args.weight_decay),
             loss: CrossEntropyLossConfig::new().init(&device),
             device,
             lr: args.lr,
@@ -165,18 +202,21 @@ impl<'a> Trainer<'a> {
                 epoch: 0,
                 step_in_epoch: 0,
                 steps: Vec::new(),
-                metrics: RunMetrics::new(spec.param.name()),
+                metrics: RunMetrics::new(at.name, args.seed),
                 step_time: 0.0,
                 seconds: 0.0,
                 finished: false,
+                pcr: None,
             },
             log: None,
+            pcr: None,
         }
     }
 
     /// The model and the optimizer as the checkpoint left them, and its state.
     fn restore(&mut self, built: Model, ck: checkpoint::Checkpoint) -> Result<Model> {
         let optim = std::mem::replace(&mut self.optim, AdamConfig::new().init());
+        // A placeholder while the run's own optimizer (Adam or AdamW) takes the state saved.
         let (model, optim, state) = ck.restore(built, optim)?;
         self.optim = optim;
         self.state = state;
@@ -202,6 +242,7 @@ impl<'a> Trainer<'a> {
     fn save(&mut self, model: &Model, started: Instant) -> Result<()> {
         let mut state = self.state.clone();
         state.seconds += started.elapsed().as_secs_f64();
+        state.pcr = self.pcr.as_ref().map(|p| p.state().clone());
         checkpoint::save(self.dir, model, &self.optim, &state)
     }
 
@@ -272,6 +313,12 @@ impl<'a> Trainer<'a> {
             ece: scores.ece,
         };
         progress::epoch_line(bar, &self.state.metrics.param, epoch + 1, &e);
+        let gain = weightnorm::canonical::canonicalize(self.spec.network(&model.valid())?)?;
+        let steps = self.state.steps.len();
+        self.state
+            .metrics
+            .global_gain
+            .push((steps, gain.global_gain()));
         self.state.metrics.epochs.push(e);
         self.state.epoch = epoch + 1;
         self.state.step_in_epoch = 0;
@@ -296,10 +343,37 @@ impl<'a> Trainer<'a> {
         let x = batch(self.ds, &self.ds.train_x, idx, self.image, &self.device);
         let y = labels(self.ds, idx, &self.device);
         let loss = self.loss.forward(forward(&model, x), y);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = self.optim.step(self.lr, model, grads);
+        let total = match &self.pcr {
+            Some(pcr) => match pcr.penalty(&model)? {
+                Some(penalty) => loss.clone() + penalty,
+                None => loss.clone(),
+            },
+            None => loss.clone(),
+        };
+        let grads = GradientsParams::from_grads(total.backward(), &model);
+        let (model, event) = match &mut self.pcr {
+            None => (self.optim.step(self.lr, model, grads), None),
+            Some(pcr) => {
+                // The loss of this batch just before and just after a canonicalization, on
+                // the inference model (no graph), penalty excluded.
+                let inner = self.device.clone().inner();
+                let (ds, image, loss_fn) = (self.ds, self.image, &self.loss);
+                let measure = |m: &Model| {
+                    let x = batch(ds, &ds.train_x, idx, image, &inner);
+                    let y = labels(ds, idx, &inner);
+                    loss_fn
+                        .forward(forward(&m.valid(), x), y)
+                        .into_scalar::<f64>()
+                };
+                pcr.step_measured(&mut self.optim, self.lr, model, grads, Some(measure))
+                    .map_err(|e| {
+                        anyhow::anyhow!("PCR at step {}: {e}", self.state.steps.len() + 1)
+                    })?
+            }
+        };
         let l = loss.into_scalar::<f64>();
-        self.state.step_time += t0.elapsed().as_secs_f64();
+        let took = t0.elapsed().as_secs_f64();
+        self.state.step_time += took;
         let step = self.state.steps.len();
         if !l.is_finite() {
             bail!("the loss became {l} at step {step}: try a smaller --lr");
@@ -310,24 +384,44 @@ impl<'a> Trainer<'a> {
             loss: l,
             lr: self.lr,
             seconds: self.state.seconds + started.elapsed().as_secs_f64(),
+            ms: took * 1e3,
         };
         if let Some(log) = &mut self.log {
             writeln!(log, "{}", serde_json::to_string(&record)?)?;
             log.flush()?;
         }
-        self.state.steps.push(record);
         self.state.metrics.step_losses.push(l);
+        self.state.metrics.step_ms.push(record.ms);
+        self.state.metrics.step_seconds.push(record.seconds);
+        if let Some(e) = event {
+            self.state
+                .metrics
+                .global_gain
+                .push((e.step as usize, e.gain_before));
+            self.state
+                .metrics
+                .pcr_events
+                .push(crate::metrics::PcrEvent {
+                    step: e.step as usize,
+                    gain_before: e.gain_before,
+                    gain_after: e.gain_after,
+                    loss_before: e.loss_before.unwrap_or(f64::NAN),
+                    loss_after: e.loss_after.unwrap_or(f64::NAN),
+                });
+        }
+        self.state.steps.push(record);
         self.state.step_in_epoch += 1;
         Ok((model, l))
     }
 
-    /// The metrics of the finished run of `epochs` epochs.
-    fn finish(self, epochs: usize) -> RunMetrics {
+    /// The metrics of the finished run of `epochs` epochs, this session of which began at
+    /// `started`.
+    fn finish(self, epochs: usize, started: Instant) -> RunMetrics {
         let mut metrics = self.state.metrics;
         let steps = metrics.step_losses.len() as f64;
         metrics.mean_step_ms = self.state.step_time / steps * 1e3;
         metrics.examples_per_s = (self.ds.train_y.len() * epochs) as f64 / self.state.step_time;
-        metrics.seconds = self.state.seconds;
+        metrics.seconds = self.state.seconds + started.elapsed().as_secs_f64();
         metrics
     }
 }

@@ -31,7 +31,7 @@ pub fn save_run(
     let mut m = metrics.json(setup);
     // The trained network's global gain (the norm of its canonical output scale).
     let canonical = weightnorm::canonical::canonicalize(spec.network(&model.valid())?)?;
-    m["global_gain"] = json!(canonical.global_gain());
+    m["final_global_gain"] = json!(canonical.global_gain());
     outputs.json(&out.join("metrics.json"), true, &m)?;
     outputs.json(&out.join("arch.json"), true, &spec.arch())?;
     let tensors = spec.export(&model.valid())?;

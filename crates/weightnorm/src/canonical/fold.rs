@@ -9,8 +9,8 @@
 
 use thiserror::Error;
 
-use super::Real;
 use super::network::{Layer, Norm, NormKind, child};
+use super::{CanonicalError, Real};
 
 /// Statistics that do not define a batch norm.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -28,6 +28,12 @@ pub enum NormError {
     /// `running_var + eps` is not positive (or NaN) for a channel.
     #[error("running_var + eps is not positive for channel {channel}")]
     NotPositive {
+        /// The channel.
+        channel: usize,
+    },
+    /// The multiplier or the shift of a channel exceeds the range of the storage type.
+    #[error("the multiplier or shift of channel {channel} exceeds the range of its type")]
+    Range {
         /// The channel.
         channel: usize,
     },
@@ -77,10 +83,15 @@ impl<T: Real> Norm<T> {
                 return Err(NormError::NotPositive { channel: i });
             }
             let ai = gamma.map_or(1.0, |g| g[i].to_f64()) / denom;
-            a.push(T::from_f64(ai));
-            c.push(T::from_f64(
-                beta.map_or(0.0, |b| b[i].to_f64()) - ai * mean[i].to_f64(),
-            ));
+            let (at, ct) = (
+                T::from_f64(ai),
+                T::from_f64(beta.map_or(0.0, |b| b[i].to_f64()) - ai * mean[i].to_f64()),
+            );
+            if !(at.to_f64().is_finite() && ct.to_f64().is_finite()) {
+                return Err(NormError::Range { channel: i });
+            }
+            a.push(at);
+            c.push(ct);
         }
         Ok(Self {
             kind: NormKind::Batch,
@@ -102,14 +113,18 @@ impl<T: Real> Norm<T> {
                 channels: mean.len(),
             });
         }
+        let c: Vec<T> = bias
+            .iter()
+            .zip(mean)
+            .map(|(b, m)| T::from_f64(b.to_f64() - m.to_f64()))
+            .collect();
+        if let Some(channel) = c.iter().position(|x| !x.to_f64().is_finite()) {
+            return Err(NormError::Range { channel });
+        }
         Ok(Self {
             kind: NormKind::MeanOnly,
             a: None,
-            c: bias
-                .iter()
-                .zip(mean)
-                .map(|(b, m)| T::from_f64(b.to_f64() - m.to_f64()))
-                .collect(),
+            c,
         })
     }
 }
@@ -117,12 +132,29 @@ impl<T: Real> Norm<T> {
 /// Folds every batch norm and mean-only batch norm that directly follows a weighted layer with
 /// as many output channels into it: the rows are multiplied by the norm's multiplier, and the
 /// combined shift (`a * b + c`) is kept by the norm as a shift (the layer's bias, if it has one,
-/// becomes zero).
-pub(crate) fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &mut Vec<String>) {
+/// becomes zero). A [`NormKind::Scale`] is left alone.
+///
+/// # Errors
+///
+/// [`CanonicalError::Overflow`] if a row times the multiplier, or the combined shift, exceeds
+/// the range of the storage type.
+pub(crate) fn fold_norms<T: Real>(
+    layers: &mut [Layer<T>],
+    path: &str,
+    notes: &mut Vec<String>,
+) -> Result<(), CanonicalError> {
     for i in 0..layers.len() {
-        if let Layer::Residual(body) = &mut layers[i] {
-            fold_norms(body, &child(path, i), notes);
-            continue;
+        match &mut layers[i] {
+            Layer::Residual(body) => {
+                fold_norms(body, &format!("{}.body", child(path, i)), notes)?;
+                continue;
+            }
+            Layer::Shortcut { body, skip } => {
+                fold_norms(body, &format!("{}.body", child(path, i)), notes)?;
+                fold_norms(skip, &format!("{}.skip", child(path, i)), notes)?;
+                continue;
+            }
+            _ => {}
         }
         if i == 0 {
             continue;
@@ -131,20 +163,38 @@ pub(crate) fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &m
         let (Layer::Weighted(w), Layer::Norm(n)) = (&mut before[i - 1], &mut after[0]) else {
             continue;
         };
-        if n.c.len() != w.w.out {
+        if n.c.len() != w.w.out || n.kind == NormKind::Scale {
             continue;
         }
         let bias = w.b.clone();
         let row_len = w.w.row_len;
+        let overflow = |layer: String, what: String| CanonicalError::Overflow { layer, what };
         for ch in 0..w.w.out {
             let a = n.a.as_ref().map_or(1.0, |a| a[ch].to_f64());
             if n.a.is_some() {
                 for x in &mut w.w.data[ch * row_len..(ch + 1) * row_len] {
                     *x = T::from_f64(x.to_f64() * a);
+                    if !x.to_f64().is_finite() {
+                        return Err(overflow(
+                            child(path, i - 1),
+                            format!(
+                                "row {ch} times the multiplier of the norm after it exceeds the \
+                                 range of its type"
+                            ),
+                        ));
+                    }
                 }
             }
             let b = bias.as_ref().map_or(0.0, |b| b[ch].to_f64());
             n.c[ch] = T::from_f64(a * b + n.c[ch].to_f64());
+            if !n.c[ch].to_f64().is_finite() {
+                return Err(overflow(
+                    child(path, i),
+                    format!(
+                        "the shift of channel {ch} with the layer's bias folded in exceeds the range of its type"
+                    ),
+                ));
+            }
         }
         let what = if n.a.is_some() {
             "its multiplier is in the rows, the layer's bias is carried as its shift"
@@ -164,4 +214,5 @@ pub(crate) fn fold_norms<T: Real>(layers: &mut [Layer<T>], path: &str, notes: &m
             w.op()
         ));
     }
+    Ok(())
 }

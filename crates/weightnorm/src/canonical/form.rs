@@ -33,6 +33,22 @@ pub struct LayerReport {
     pub carries: Option<String>,
 }
 
+/// The per-unit factors a rescaling applied to one weighted layer (or batch norm): the element
+/// of output unit `i`'s row that reads input unit (or channel) `j` was multiplied by
+/// `input[j] / output[i]`, and bias entry `i` by `1 / output[i]`.
+///
+/// With `groups > 1`, `input` covers every input channel of the layer and row `i` reads the
+/// block of `input.len() / groups` channels of its group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerFactors {
+    /// The layer's position (`"3"`, `"4.body.0"`), as in [`LayerReport::layer`].
+    pub layer: String,
+    /// `s_j`: the scale the layer received, one entry per input unit or channel.
+    pub input: Vec<f64>,
+    /// `d_i`: what each output unit's row (and bias) was divided by.
+    pub output: Vec<f64>,
+}
+
 /// A network in canonical form: unit-norm layers and one output scale vector.
 ///
 /// Made by [`canonicalize`]; the scale always has one entry per output channel of the network.
@@ -42,6 +58,7 @@ pub struct Canonical<T: Real = f64> {
     pub(crate) scale: Vec<f64>,
     pub(crate) reports: Vec<LayerReport>,
     pub(crate) notes: Vec<String>,
+    pub(crate) factors: Vec<LayerFactors>,
 }
 
 impl<T: Real> Canonical<T> {
@@ -63,6 +80,12 @@ impl<T: Real> Canonical<T> {
     /// Folded normalizations and other remarks.
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// The factors applied to every weighted layer and batch norm, in order (after folding:
+    /// a folded batch norm's factors are those of the layer it was folded into).
+    pub fn factors(&self) -> &[LayerFactors] {
+        &self.factors
     }
 
     /// The canonical network and the output scale, giving the rest up.
@@ -162,7 +185,7 @@ pub fn verify<T: Real>(original: &Network<T>, c: &Canonical<T>, inputs: &[Vec<f6
 /// [`CanonicalError`] if a layer does not fit (a network built with [`Network::new`] fits).
 pub fn canonicalize<T: Real>(mut network: Network<T>) -> Result<Canonical<T>, CanonicalError> {
     let mut notes = Vec::new();
-    fold_norms(&mut network.layers, "", &mut notes);
+    fold_norms(&mut network.layers, "", &mut notes)?;
     let mut run = Run::default();
     let start = State::unit(&network.input);
     let end = run.seq(&mut network.layers, start, &Target::Free, "")?;
@@ -171,6 +194,7 @@ pub fn canonicalize<T: Real>(mut network: Network<T>) -> Result<Canonical<T>, Ca
         scale: end.scale,
         reports: run.reports,
         notes,
+        factors: run.factors,
     })
 }
 
@@ -186,6 +210,30 @@ pub fn reconstitute<T: Real>(
     network: Network<T>,
     scale: &[f64],
 ) -> Result<(Network<T>, Vec<LayerReport>), CanonicalError> {
+    reconstitute_with_factors(network, scale).map(|r| (r.network, r.reports))
+}
+
+/// What [`reconstitute_with_factors`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reconstituted<T: Real = f64> {
+    /// The network, computing `scale * canonical(x)`.
+    pub network: Network<T>,
+    /// One entry per weighted layer and batch norm, in order.
+    pub reports: Vec<LayerReport>,
+    /// The factors applied to every weighted layer and batch norm, in order.
+    pub factors: Vec<LayerFactors>,
+}
+
+/// [`reconstitute`], also returning the factors it applied to every weighted layer (as
+/// [`Canonical::factors`] does for [`canonicalize`]).
+///
+/// # Errors
+///
+/// As [`reconstitute`].
+pub fn reconstitute_with_factors<T: Real>(
+    network: Network<T>,
+    scale: &[f64],
+) -> Result<Reconstituted<T>, CanonicalError> {
     let mut network = network;
     let out = network.output_shape();
     let bad = |reason: String| CanonicalError::Layer {
@@ -214,7 +262,11 @@ pub fn reconstitute<T: Real>(
         &Target::To(inverse, "all of the gain (reconstituted)".into()),
         "",
     )?;
-    Ok((network, run.reports))
+    Ok(Reconstituted {
+        network,
+        reports: run.reports,
+        factors: run.factors,
+    })
 }
 
 /// The scale at a point of the network and the activation's shape there.
@@ -247,23 +299,55 @@ enum Target {
 #[derive(Default)]
 struct Run {
     reports: Vec<LayerReport>,
+    factors: Vec<LayerFactors>,
 }
 
 fn is_owner<T: Real>(l: &Layer<T>) -> bool {
     matches!(
         l,
-        Layer::Weighted(_) | Layer::Residual(_) | Layer::Norm(Norm { a: Some(_), .. })
+        Layer::Weighted(_)
+            | Layer::Residual(_)
+            | Layer::Shortcut { .. }
+            | Layer::Norm(Norm { a: Some(_), .. })
     )
 }
 
-/// Whether a residual body needs its input as it is: a barrier (or such a residual) comes
+/// Whether a branch can bring its output to a prescribed scale: a layer that can carry one
+/// follows its last barrier.
+fn can_carry<T: Real>(layers: &[Layer<T>]) -> bool {
+    let start = layers
+        .iter()
+        .rposition(|l| matches!(l, Layer::Barrier(_)))
+        .map_or(0, |i| i + 1);
+    layers[start..].iter().any(is_owner)
+}
+
+/// Whether a residual block (or shortcut) needs its input as it is: a barrier comes before any
+/// layer that could absorb the scale, in its body or its skip; or neither branch of a shortcut
+/// can carry a scale and one of them holds a barrier (which hands on 1, so the other must too).
+fn block_needs_unit_input<T: Real>(l: &Layer<T>) -> bool {
+    match l {
+        Layer::Residual(body) => needs_unit_input(body),
+        Layer::Shortcut { body, skip } => {
+            let barrier = |ls: &[Layer<T>]| ls.iter().any(|l| matches!(l, Layer::Barrier(_)));
+            needs_unit_input(body)
+                || needs_unit_input(skip)
+                || (!can_carry(body) && !can_carry(skip) && (barrier(body) || barrier(skip)))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a stretch of layers needs its input as it is: a barrier (or a block that does) comes
 /// before any layer that could absorb the scale.
 fn needs_unit_input<T: Real>(layers: &[Layer<T>]) -> bool {
     for l in layers {
         match l {
             Layer::Barrier(_) => return true,
-            Layer::Residual(body) if needs_unit_input(body) => return true,
-            Layer::Residual(_) => {}
+            Layer::Residual(_) | Layer::Shortcut { .. } if block_needs_unit_input(l) => {
+                return true;
+            }
+            Layer::Residual(_) | Layer::Shortcut { .. } => {}
             l if is_owner(l) => return false,
             _ => {}
         }
@@ -313,12 +397,7 @@ impl Run {
         let Some(j) = layers.iter().rposition(is_owner) else {
             let start_name = child(path, offset);
             let st = self.pass(layers, st, path, offset)?;
-            let ok = match target {
-                Target::Unit(_) => st.scale.iter().all(|&g| g == 1.0),
-                Target::To(t, _) => &st.scale == t,
-                Target::Free => true,
-            };
-            if !ok {
+            if !reaches(&st.scale, target) {
                 return Err(CanonicalError::Layer {
                     layer: start_name,
                     op: "scale".into(),
@@ -330,14 +409,57 @@ impl Run {
         // The target at the owner's output: back through the homogeneous layers after it.
         let shape_j = shapes_through(&layers[..=j], &st.shape, "")?;
         let t_owner = map_back(&layers[j + 1..], &shape_j, target, &child(path, offset + j))?;
-        let st = if let Layer::Residual(_) = layers[j] {
-            let st = self.segment(&mut layers[..j], st, &t_owner, path, offset)?;
-            self.residual(&mut layers[j], st, &child(path, offset + j))?
-        } else {
-            let st = self.free(&mut layers[..j], st, path, offset)?;
-            self.owner(&mut layers[j], st, &t_owner, &child(path, offset + j))?
+        let name = child(path, offset + j);
+        let st = match &layers[j] {
+            Layer::Shortcut { body, skip } if can_carry(body) && can_carry(skip) => {
+                // Both branches can carry the target themselves.
+                let st = if block_needs_unit_input(&layers[j]) {
+                    let why = format!(
+                        "the scale, multiplied back before the shortcut {name} (a branch starts \
+                         with a barrier)"
+                    );
+                    self.segment(&mut layers[..j], st, &Target::Unit(why), path, offset)?
+                } else {
+                    self.free(&mut layers[..j], st, path, offset)?
+                };
+                self.shortcut_to(&mut layers[j], st, &t_owner, &name)?
+            }
+            Layer::Residual(_) | Layer::Shortcut { .. } => {
+                // The skip passes its input's scale on: the layers before carry the target.
+                let st = self.segment(&mut layers[..j], st, &t_owner, path, offset)?;
+                let st = self.residual(&mut layers[j], st, &name)?;
+                if !reaches(&st.scale, &t_owner) {
+                    return Err(CanonicalError::Layer {
+                        layer: name,
+                        op: "scale".into(),
+                        reason: "neither branch of this shortcut can carry the scale it must \
+                                 hand on"
+                            .into(),
+                    });
+                }
+                st
+            }
+            _ => {
+                let st = self.free(&mut layers[..j], st, path, offset)?;
+                self.owner(&mut layers[j], st, &t_owner, &name)?
+            }
         };
         self.pass(&mut layers[j + 1..], st, path, offset + j + 1)
+    }
+
+    /// A shortcut whose branches both carry `target`.
+    fn shortcut_to<T: Real>(
+        &mut self,
+        layer: &mut Layer<T>,
+        st: State,
+        target: &Target,
+        name: &str,
+    ) -> Result<State, CanonicalError> {
+        let Layer::Shortcut { body, skip } = layer else {
+            unreachable!("a shortcut")
+        };
+        self.seq(body, st.clone(), target, &format!("{name}.body"))?;
+        self.seq(skip, st, target, &format!("{name}.skip"))
     }
 
     /// A stretch that hands on its own scale.
@@ -349,9 +471,7 @@ impl Run {
         offset: usize,
     ) -> Result<State, CanonicalError> {
         // A residual whose body needs its input as it is: everything before it hands on 1.
-        let k = layers
-            .iter()
-            .rposition(|l| matches!(l, Layer::Residual(body) if needs_unit_input(body)));
+        let k = layers.iter().rposition(block_needs_unit_input);
         let (mut st, from) = match k {
             Some(k) => {
                 let why = format!(
@@ -369,7 +489,7 @@ impl Run {
         for (i, l) in layers.iter_mut().enumerate().skip(from) {
             let name = child(path, offset + i);
             st = match l {
-                Layer::Residual(_) => self.residual(l, st, &name)?,
+                Layer::Residual(_) | Layer::Shortcut { .. } => self.residual(l, st, &name)?,
                 l if is_owner(l) => self.owner(l, st, &Target::Free, &name)?,
                 l => self.pass_one(l, st, &name)?,
             };
@@ -377,25 +497,59 @@ impl Run {
         Ok(st)
     }
 
-    /// `y = x + body(x)`: the body is brought to the skip path's scale.
+    /// `y = x + body(x)`: the body is brought to the skip path's scale. `y = skip(x) +
+    /// body(x)`: the skip hands on its own scale and the body is brought to it (or, where the
+    /// body has no layer to carry a scale, the other way round).
     fn residual<T: Real>(
         &mut self,
         layer: &mut Layer<T>,
         st: State,
         name: &str,
     ) -> Result<State, CanonicalError> {
-        let Layer::Residual(body) = layer else {
-            unreachable!("a residual")
-        };
         let why =
             format!("the ratio of the residual body's scale to the skip path's (block {name})");
-        self.seq(
-            body,
-            st.clone(),
-            &Target::To(st.scale.clone(), why),
-            &format!("{name}.body"),
-        )?;
-        Ok(st)
+        let (body_path, skip_path) = (format!("{name}.body"), format!("{name}.skip"));
+        match layer {
+            Layer::Residual(body) => {
+                self.seq(
+                    body,
+                    st.clone(),
+                    &Target::To(st.scale.clone(), why),
+                    &body_path,
+                )?;
+                Ok(st)
+            }
+            Layer::Shortcut { body, skip } if can_carry(body) => {
+                let out = self.seq(skip, st.clone(), &Target::Free, &skip_path)?;
+                self.seq(body, st, &Target::To(out.scale.clone(), why), &body_path)?;
+                Ok(out)
+            }
+            Layer::Shortcut { body, skip } if can_carry(skip) => {
+                let why = format!(
+                    "the ratio of the shortcut's scale to the residual body's (block {name})"
+                );
+                let out = self.seq(body, st.clone(), &Target::Free, &body_path)?;
+                self.seq(skip, st, &Target::To(out.scale.clone(), why), &skip_path)?;
+                Ok(out)
+            }
+            Layer::Shortcut { body, skip } => {
+                // Neither branch can carry a scale: both hand on what they receive (1 after a
+                // barrier, which their input then is too), and they must agree.
+                let out = self.seq(body, st.clone(), &Target::Free, &body_path)?;
+                let short = self.seq(skip, st, &Target::Free, &skip_path)?;
+                if out.scale != short.scale {
+                    return Err(CanonicalError::Layer {
+                        layer: name.to_string(),
+                        op: "scale".into(),
+                        reason: "the branches of this shortcut hand on different scales and \
+                                 neither has a layer to carry the other's"
+                            .into(),
+                    });
+                }
+                Ok(out)
+            }
+            _ => unreachable!("a residual block"),
+        }
     }
 
     /// Transform III on a weighted layer or a batch norm, handing on its own scale (`Free`) or
@@ -413,6 +567,7 @@ impl Run {
             Target::Unit(_) => vec![1.0; g.len()],
             Target::To(t, _) => t.clone(),
         };
+        let received = st.scale.clone();
         let (absorbed, d) = match layer {
             Layer::Weighted(l) => {
                 let groups = l.groups();
@@ -447,6 +602,11 @@ impl Run {
             Target::Free => None,
             Target::Unit(why) | Target::To(_, why) => Some(why.clone()),
         };
+        self.factors.push(LayerFactors {
+            layer: name.to_string(),
+            input: received,
+            output: d.clone(),
+        });
         self.reports.push(LayerReport {
             layer: name.to_string(),
             op: layer.op().into(),
@@ -482,7 +642,7 @@ impl Run {
         let shape = layer.out_shape(&st.shape, name)?;
         let scale = match layer {
             Layer::Act(a) => a.commute(st.scale, name)?,
-            Layer::Pool(_) => {
+            Layer::Pool(_) | Layer::PRelu(_) => {
                 if st.scale.iter().any(|&g| g < 0.0) {
                     return Err(CanonicalError::NegativeScale {
                         layer: name.into(),
@@ -493,17 +653,38 @@ impl Run {
             }
             Layer::Norm(n) => {
                 // A shift: g * x + c = g * (x + c / g).
-                for (c, g) in n.c.iter_mut().zip(&st.scale) {
+                for (k, (c, g)) in n.c.iter_mut().zip(&st.scale).enumerate() {
                     *c = T::from_f64(c.to_f64() / g);
+                    if !c.to_f64().is_finite() {
+                        return Err(CanonicalError::Overflow {
+                            layer: name.into(),
+                            what: format!(
+                                "the shift of channel {k} divided by its scale exceeds the range \
+                                 of its type"
+                            ),
+                        });
+                    }
                 }
                 st.scale
             }
             Layer::Flatten => flatten_scale(&st.scale, st.shape[1..].iter().product()),
-            Layer::Weighted(_) | Layer::Residual(_) | Layer::Barrier(_) => {
+            Layer::Weighted(_)
+            | Layer::Residual(_)
+            | Layer::Shortcut { .. }
+            | Layer::Barrier(_) => {
                 unreachable!("not a pass-through layer")
             }
         };
         Ok(State { scale, shape })
+    }
+}
+
+/// Whether `scale` is what `target` asks for.
+fn reaches(scale: &[f64], target: &Target) -> bool {
+    match target {
+        Target::Free => true,
+        Target::Unit(_) => scale.iter().all(|&g| g == 1.0),
+        Target::To(t, _) => scale == t.as_slice(),
     }
 }
 

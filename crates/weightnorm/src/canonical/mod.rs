@@ -20,11 +20,14 @@
 //! its norm is the [`global_gain`], its direction the [`gain_direction`]. Beyond the write-up
 //! this implements: batch norm and mean-only batch norm in evaluation mode (folded into the
 //! weighted layer before them, or, with nothing to fold into, treated as a per-channel layer),
-//! residual blocks `y = x + F(x)` (the body is brought to the skip path's scale, the ratio kept
-//! in the body's last weighted layer), and non-homogeneous activations (tanh, sigmoid, GELU,
-//! the WaveNet gate) as barriers, where the scale is multiplied back into the last weighted
-//! layer before them and propagation restarts. [`reconstitute`] turns a canonical form (with its
-//! own or a changed scale) back into a normal network, and [`verify`] compares outputs.
+//! per-channel multipliers (never folded), residual blocks `y = x + F(x)` (the body is brought
+//! to the skip path's scale, the ratio kept in the body's last weighted layer) and shortcuts
+//! `y = S(x) + F(x)` (a projection shortcut: the skip hands on its own scale and the body is
+//! brought to it), PReLU with a slope per channel, and non-homogeneous activations (tanh,
+//! sigmoid, GELU, the WaveNet gate, softmax) as barriers, where the scale is multiplied back
+//! into the last weighted layer before them and propagation restarts. [`reconstitute`] turns a
+//! canonical form (with its own or a changed scale) back into a normal network, and [`verify`]
+//! compares outputs.
 //!
 //! The calculus speaks of networks only: a weight is one row per output unit (its input units,
 //! times the taps of a convolution, along the row), stored as `f32` or `f64` ([`Real`]), summed
@@ -32,7 +35,12 @@
 //! around it: an architecture file and a checkpoint are read by
 //! [`torch::from_arch`](crate::torch::from_arch) and written back by
 //! [`torch::to_tensors`](crate::torch::to_tensors), which keep the checkpoint keys beside the
-//! layers' positions.
+//! layers' positions; an ONNX graph is read by
+//! [`onnx::OnnxModel::network`](crate::onnx::OnnxModel::network) and written back by
+//! [`onnx::write_model`](crate::onnx::write_model), which keep the graph's nodes and
+//! initializers beside them; a live Burn module is read by [`live::describe`](crate::live::describe)
+//! and rewritten in place by [`live::write`](crate::live::write), which keep its parameter ids.
+//! Every rescaling reports the per-unit factors it applied ([`LayerFactors`]).
 //!
 //! ```
 //! use weightnorm::canonical::{Activation, Layer, Network, Rows, Weighted, canonicalize, verify};
@@ -72,7 +80,10 @@ pub use calculus::{
     flatten_scale, gain_direction, global_gain, hadamard_norm,
 };
 pub use fold::NormError;
-pub use form::{Agreement, Canonical, LayerReport, argmax, canonicalize, reconstitute, verify};
+pub use form::{
+    Agreement, Canonical, LayerFactors, LayerReport, Reconstituted, argmax, canonicalize,
+    reconstitute, reconstitute_with_factors, verify,
+};
 pub use network::{
     Barrier, ConvGeometry, Layer, LayerPath, MAX_VALUES, Network, Norm, NormKind, Pool, Weighted,
     child, path_name, shapes_through,

@@ -91,8 +91,14 @@ impl<T: Real> Weighted<T> {
 pub enum NormKind {
     /// Batch norm: `a = gamma / sqrt(var + eps)`, `c = beta - a * mean` ([`Norm::batch`]).
     Batch,
-    /// Mean-only batch norm: `a = 1`, `c = bias - mean` ([`Norm::mean_only`]).
+    /// Mean-only batch norm: `a = 1`, `c = bias - mean` ([`Norm::mean_only`]); also any
+    /// per-channel shift by a constant (an ONNX `Add` or `Sub` of one).
     MeanOnly,
+    /// A per-channel multiplication by a constant (an ONNX `Mul` or `Div` by one, such as the
+    /// `canonical.scale` of a canonical ONNX model): `a` the multiplier, `c` zero. Unlike a
+    /// batch norm it is never folded into the layer before it, since a multiplier cannot hold
+    /// that layer's bias; it absorbs the scale it receives like any layer with a multiplier.
+    Scale,
 }
 
 /// A per-channel affine map in evaluation mode.
@@ -113,6 +119,7 @@ impl<T: Real> Norm<T> {
         match self.kind {
             NormKind::Batch => "batch_norm",
             NormKind::MeanOnly => "mean_only_batch_norm",
+            NormKind::Scale => "scale",
         }
     }
 }
@@ -128,6 +135,8 @@ pub enum Barrier {
     Gelu,
     /// WaveNet's gate: `tanh(first half of the channels) * sigmoid(second half)`.
     Gate,
+    /// The softmax over all of a flat activation's units (`[units]` only).
+    Softmax,
 }
 
 impl Barrier {
@@ -138,6 +147,7 @@ impl Barrier {
             Self::Sigmoid => "sigmoid",
             Self::Gelu => "gelu",
             Self::Gate => "gate",
+            Self::Softmax => "softmax",
         }
     }
 }
@@ -148,6 +158,14 @@ fn sigmoid(x: f64) -> f64 {
 
 fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// The softmax of `x` (shifted by its largest value, so that it does not overflow).
+pub(crate) fn softmax(x: &[f64]) -> Vec<f64> {
+    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
 }
 
 /// 2-D pooling, per channel.
@@ -187,6 +205,21 @@ pub enum Layer<T: Real = f64> {
     Flatten,
     /// `y = x + body(x)`.
     Residual(Vec<Layer<T>>),
+    /// A residual block whose shortcut has layers of its own (a projection shortcut):
+    /// `y = skip(x) + body(x)`, both branches producing the same shape. In a [`LayerPath`] the
+    /// skip's layers follow the body's: layer `k` of the skip of block `4` whose body has `n`
+    /// layers is `[4, n + k]`, named `4.skip.k` ([`Network::layer_name`]).
+    Shortcut {
+        /// The main branch.
+        body: Vec<Layer<T>>,
+        /// The shortcut branch.
+        skip: Vec<Layer<T>>,
+    },
+    /// PReLU at inference with one slope per channel (unit, for a flat activation): `x` for
+    /// `x >= 0`, `slope[c] * x` otherwise. Positively homogeneous per channel, so a per-channel
+    /// scale passes it as it passes a leaky ReLU (one slope for every channel is
+    /// [`Activation::LeakyRelu`]).
+    PRelu(Vec<f64>),
 }
 
 impl<T: Real> Layer<T> {
@@ -200,6 +233,8 @@ impl<T: Real> Layer<T> {
             Self::Pool(p) => p.op(),
             Self::Flatten => "flatten",
             Self::Residual(_) => "residual",
+            Self::Shortcut { .. } => "shortcut",
+            Self::PRelu(_) => "prelu",
         }
     }
 
@@ -302,6 +337,21 @@ impl<T: Real> Layer<T> {
             Self::Act(_) | Self::Barrier(Barrier::Tanh | Barrier::Sigmoid | Barrier::Gelu) => {
                 Ok(shape.to_vec())
             }
+            Self::Barrier(Barrier::Softmax) => {
+                if shape.len() != 1 {
+                    return Err(err(format!("takes a flat input, receives shape {shape:?}")));
+                }
+                Ok(shape.to_vec())
+            }
+            Self::PRelu(slopes) => {
+                if slopes.len() != channels {
+                    return Err(err(format!(
+                        "has {} slopes for {channels} channels",
+                        slopes.len()
+                    )));
+                }
+                Ok(shape.to_vec())
+            }
             Self::Barrier(Barrier::Gate) => {
                 if !channels.is_multiple_of(2) {
                     return Err(err(format!(
@@ -353,6 +403,16 @@ impl<T: Real> Layer<T> {
                 }
                 Ok(out)
             }
+            Self::Shortcut { body, skip } => {
+                let out = shapes_through(body, shape, &format!("{path}.body"))?;
+                let short = shapes_through(skip, shape, &format!("{path}.skip"))?;
+                if out != short {
+                    return Err(err(format!(
+                        "the body produces shape {out:?} but the skip path {short:?}"
+                    )));
+                }
+                Ok(out)
+            }
         }
     }
 
@@ -385,21 +445,44 @@ impl<T: Real> Layer<T> {
                         .map(|i| x[i].tanh() * sigmoid(x[half + i]))
                         .collect()
                 }
+                Barrier::Softmax => softmax(x),
             },
+            Self::PRelu(slopes) => x
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    if v >= 0.0 {
+                        v
+                    } else {
+                        slopes[i / positions] * v
+                    }
+                })
+                .collect(),
             Self::Pool(p) => pool(p, x, shape),
             Self::Flatten => x.to_vec(),
             Self::Residual(body) => {
-                let mut h = x.to_vec();
-                let mut s = shape.to_vec();
-                for layer in body {
-                    let next = layer.out_shape(&s, "").expect("checked by Network::new");
-                    h = layer.forward(&h, &s);
-                    s = next;
-                }
+                let h = forward_sample(body, x, shape);
                 h.iter().zip(x).map(|(a, b)| a + b).collect()
+            }
+            Self::Shortcut { body, skip } => {
+                let h = forward_sample(body, x, shape);
+                let s = forward_sample(skip, x, shape);
+                h.iter().zip(&s).map(|(a, b)| a + b).collect()
             }
         }
     }
+}
+
+/// Runs `layers` on one sample of `shape` (checked by [`Network::new`]).
+fn forward_sample<T: Real>(layers: &[Layer<T>], x: &[f64], shape: &[usize]) -> Vec<f64> {
+    let mut h = x.to_vec();
+    let mut s = shape.to_vec();
+    for layer in layers {
+        let next = layer.out_shape(&s, "").expect("checked by Network::new");
+        h = layer.forward(&h, &s);
+        s = next;
+    }
+    h
 }
 
 /// A dot product in `f64` with eight running sums (so that it vectorizes).
@@ -573,7 +656,8 @@ pub fn shapes_through<T: Real>(
     Ok(shape)
 }
 
-/// The display name of a layer's position: `"3"`, `"4.body.0"`.
+/// The display name of a layer's position: `"3"`, `"4.body.0"`. A position inside a
+/// [`Layer::Shortcut`]'s skip needs the network to be named: see [`Network::layer_name`].
 pub fn path_name(path: &LayerPath) -> String {
     path.iter().fold(String::new(), |name, &i| {
         if name.is_empty() {
@@ -595,8 +679,25 @@ pub fn child(path: &str, i: usize) -> String {
 
 /// A layer's position in a network: indices into the top-level list and nested residual bodies
 /// (`[3]` is layer 3, `[4, 0]` the first layer of residual block 4's body). Its display name is
-/// `"3"` or `"4.body.0"` ([`path_name`]).
+/// `"3"` or `"4.body.0"` ([`path_name`]). In a [`Layer::Shortcut`] the skip's layers follow the
+/// body's (`[4, n + k]` is layer `k` of the skip when the body has `n` layers, named
+/// `"4.skip.k"` by [`Network::layer_name`]).
 pub type LayerPath = [usize];
+
+/// The layer at index `i` of a residual block's or shortcut's children, and the name of the list
+/// it is in (`body` or `skip`) with its index there.
+fn nested<T: Real>(layer: &Layer<T>, i: usize) -> Option<(&Layer<T>, &'static str, usize)> {
+    match layer {
+        Layer::Residual(body) => body.get(i).map(|l| (l, "body", i)),
+        Layer::Shortcut { body, skip } => match body.get(i) {
+            Some(l) => Some((l, "body", i)),
+            None => skip
+                .get(i - body.len())
+                .map(|l| (l, "skip", i - body.len())),
+        },
+        _ => None,
+    }
+}
 
 /// A network: the shape of one input sample (`[features]`, `[C, L]` or `[C, H, W]`) and its
 /// layers, checked to fit together.
@@ -644,12 +745,23 @@ impl<T: Real> Network<T> {
         let (&first, rest) = path.split_first()?;
         let mut layer = self.layers.get(first)?;
         for &i in rest {
-            let Layer::Residual(body) = layer else {
-                return None;
-            };
-            layer = body.get(i)?;
+            layer = nested(layer, i)?.0;
         }
         Some(layer)
+    }
+
+    /// The display name of the layer at `path` (`"3"`, `"4.body.0"`, `"4.skip.1"`), the name
+    /// [`canonicalize`](super::canonicalize)'s reports give it; `None` if there is no such layer.
+    pub fn layer_name(&self, path: &LayerPath) -> Option<String> {
+        let (&first, rest) = path.split_first()?;
+        let mut layer = self.layers.get(first)?;
+        let mut name = first.to_string();
+        for &i in rest {
+            let (next, list, k) = nested(layer, i)?;
+            name = format!("{name}.{list}.{k}");
+            layer = next;
+        }
+        Some(name)
     }
 
     /// The positions of every weighted layer and normalization, in order (depth first through
@@ -660,6 +772,18 @@ impl<T: Real> Network<T> {
                 prefix.push(i);
                 match l {
                     Layer::Residual(body) => walk(body, prefix, out),
+                    Layer::Shortcut { body, skip } => {
+                        walk(body, prefix, out);
+                        // The skip's positions follow the body's.
+                        let mut inner = Vec::new();
+                        walk(skip, &mut Vec::new(), &mut inner);
+                        for mut p in inner {
+                            p[0] += body.len();
+                            let mut full = prefix.clone();
+                            full.extend(p);
+                            out.push(full);
+                        }
+                    }
                     Layer::Weighted(_) | Layer::Norm(_) => out.push(prefix.clone()),
                     _ => {}
                 }
@@ -685,6 +809,7 @@ impl<T: Real> Network<T> {
                     Layer::Weighted(w) => w.w.data.len() + w.b.as_ref().map_or(0, Vec::len),
                     Layer::Norm(n) => n.c.len() + n.a.as_ref().map_or(0, Vec::len),
                     Layer::Residual(b) => count(b),
+                    Layer::Shortcut { body, skip } => count(body) + count(skip),
                     _ => 0,
                 })
                 .sum()
@@ -738,6 +863,14 @@ fn forward_layers<T: Real>(
                 let out = forward_layers(body, h.clone(), &shape);
                 out.into_iter()
                     .zip(&h)
+                    .map(|(a, b)| a.iter().zip(b).map(|(p, q)| p + q).collect())
+                    .collect()
+            }
+            Layer::Shortcut { body, skip } => {
+                let out = forward_layers(body, h.clone(), &shape);
+                let short = forward_layers(skip, h, &shape);
+                out.into_iter()
+                    .zip(&short)
                     .map(|(a, b)| a.iter().zip(b).map(|(p, q)| p + q).collect())
                     .collect()
             }

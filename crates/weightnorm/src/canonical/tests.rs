@@ -55,6 +55,14 @@ fn conv_layer<T: Real>(
 }
 
 fn norm<T: Real>(rng: &mut Rng, channels: usize) -> Layer<T> {
+    if rng.chance(5) {
+        // A multiplication by a constant (ONNX `Mul`): never folded.
+        return Layer::Norm(Norm {
+            kind: NormKind::Scale,
+            a: Some(rng.vals(channels, 2.0)),
+            c: vec![T::from_f64(0.0); channels],
+        });
+    }
     if rng.chance(2) {
         Layer::Norm(Norm {
             kind: NormKind::Batch,
@@ -181,6 +189,54 @@ fn body<T: Real>(rng: &mut Rng, shape: &[usize], nest: usize) -> Vec<Layer<T>> {
     layers
 }
 
+/// A residual block with a projection shortcut taking `shape`: the body starts with a layer
+/// that changes the channels (and, for convolutions, maybe the stride), the skip with a layer
+/// of the same geometry; either may have a norm or an activation (or a barrier) around it.
+fn shortcut<T: Real>(rng: &mut Rng, shape: &[usize]) -> Layer<T> {
+    let (c, dims) = (shape[0], shape.len() - 1);
+    let out = 1 + rng.below(5);
+    let stride = if dims > 0 && shape[1..].iter().all(|&n| n >= 2) && rng.chance(2) {
+        2
+    } else {
+        1
+    };
+    let project = |rng: &mut Rng, k: usize, pad: usize| -> Layer<T> {
+        if dims == 0 {
+            let data = rng.vals(out * c, 2.0);
+            let b = rng.chance(2).then(|| rng.vals(out, 1.0));
+            dense(out, c, data, b)
+        } else {
+            let g = ConvGeometry {
+                kernel: vec![k; dims],
+                stride: vec![stride; dims],
+                padding: vec![pad; dims],
+                dilation: vec![1; dims],
+                groups: 1,
+            };
+            let bias = rng.chance(2);
+            conv_layer(rng, out, c, g, bias)
+        }
+    };
+    let mut body = vec![project(rng, 3, 1)];
+    let inner = body[0].out_shape(shape, "").unwrap();
+    if rng.chance(3) {
+        body.push(norm(rng, out));
+    }
+    body.push(activation(rng, None));
+    if rng.chance(2) {
+        body.push(weighted(rng, &inner, true));
+    }
+    let skip = match rng.below(4) {
+        0 => vec![project(rng, 1, 0)],
+        1 => vec![project(rng, 1, 0), norm(rng, out)],
+        2 => vec![activation(rng, None), project(rng, 1, 0)],
+        // The body holds the only weighted layers: the skip is brought to it.
+        _ if out == c && stride == 1 => vec![Layer::Act(Activation::Relu)],
+        _ => vec![project(rng, 1, 0), Layer::Act(Activation::LeakyRelu(0.3))],
+    };
+    Layer::Shortcut { body, skip }
+}
+
 /// A random network with 1 to 6 weighted layers (not counting residual bodies).
 fn random_network<T: Real>(rng: &mut Rng) -> Network<T> {
     let input = match rng.below(3) {
@@ -209,7 +265,10 @@ fn random_network<T: Real>(rng: &mut Rng) -> Network<T> {
                 })
             }
             6 | 9 if shape.len() > 1 => Layer::Flatten,
-            7 => Layer::Residual(body(rng, &shape, 0)),
+            7 if rng.chance(2) => Layer::Residual(body(rng, &shape, 0)),
+            7 => shortcut(rng, &shape),
+            8 if rng.chance(4) => Layer::PRelu((0..shape[0]).map(|_| rng.next() * 1.5).collect()),
+            8 if shape.len() == 1 && rng.chance(3) => Layer::Barrier(Barrier::Softmax),
             8 => norm(rng, shape[0]),
             _ => {
                 count += 1;
@@ -254,6 +313,7 @@ fn check_unit_rows(reports: &[LayerReport], tol: f64, case: usize) {
 fn random_networks_keep_their_function<T: Real>(cases: usize, rel: f64, unit: f64, seed: u64) {
     let mut rng = Rng(seed);
     let (mut barriers, mut residuals, mut convs, mut carried) = (0, 0, 0, 0);
+    let (mut shortcuts, mut prelus, mut scales) = (0, 0, 0);
     let mut worst = (0.0f64, 0.0f64);
     for case in 0..cases {
         let net = random_network::<T>(&mut rng);
@@ -261,6 +321,9 @@ fn random_networks_keep_their_function<T: Real>(cases: usize, rel: f64, unit: f6
         barriers += dbg.matches("Barrier(").count();
         residuals += dbg.matches("Residual(").count();
         convs += dbg.matches("conv: Some").count();
+        shortcuts += dbg.matches("Shortcut {").count();
+        prelus += dbg.matches("PRelu(").count();
+        scales += dbg.matches("kind: Scale").count();
         let xs = inputs(&mut rng, &net.input, 16);
         let c = canonicalize(net.clone()).unwrap_or_else(|e| panic!("case {case}: {e}\n{net:?}"));
         carried += c.reports.iter().filter(|r| r.carries.is_some()).count();
@@ -289,6 +352,10 @@ fn random_networks_keep_their_function<T: Real>(cases: usize, rel: f64, unit: f6
     );
     // The generator exercised what it is meant to.
     assert!(barriers > cases / 2 && residuals > cases / 4 && convs > cases / 2);
+    assert!(
+        shortcuts > cases / 8 && prelus > cases / 20 && scales > cases / 20,
+        "{shortcuts} shortcuts, {prelus} PReLUs, {scales} scales"
+    );
     assert!(carried > cases / 4, "{carried} carrying layers");
 }
 
@@ -565,4 +632,130 @@ fn a_scale_beyond_f64_is_an_error() {
         e.to_string(),
         "layer 2: the norm of row 0 times its input scale exceeds the range of f64"
     );
+}
+
+#[test]
+fn a_projection_shortcut_brings_the_body_to_the_skip_scale() {
+    // y = P x + W2 relu(W1 x): the skip hands on its own scale, the body's last layer carries
+    // it.
+    let net = Network::new(
+        vec![2],
+        vec![
+            Layer::Shortcut {
+                body: vec![
+                    dense(
+                        3,
+                        2,
+                        vec![1.0, 2.0, -1.0, 0.5, 3.0, 1.0],
+                        Some(vec![0.1, 0.2, 0.3]),
+                    ),
+                    Layer::Act(Activation::Relu),
+                    dense(2, 3, vec![2.0, 0.0, 1.0, -1.0, 1.0, 0.5], None),
+                ],
+                skip: vec![dense(2, 2, vec![3.0, 4.0, 0.0, 2.0], Some(vec![1.0, -1.0]))],
+            },
+            Layer::Act(Activation::Relu),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    assert_eq!(c.scale, vec![5.0, 2.0]);
+    let names: Vec<&str> = c.reports.iter().map(|r| r.layer.as_str()).collect();
+    assert_eq!(names, ["0.skip.0", "0.body.0", "0.body.2"]);
+    assert!(c.reports[2].carries.as_ref().unwrap().contains("block 0"));
+    assert_eq!(c.network.layer_name(&[0, 3]).as_deref(), Some("0.skip.0"));
+    assert_eq!(c.network.layer_name(&[0, 1]).as_deref(), Some("0.body.1"));
+    assert_eq!(c.network.layer_name(&[0, 4]), None);
+    assert_eq!(
+        net.parameter_layers(),
+        vec![vec![0, 0], vec![0, 2], vec![0, 3]]
+    );
+    let Some(Layer::Weighted(skip)) = c.network.layer(&[0, 3]) else {
+        panic!()
+    };
+    assert_eq!(skip.w.data, vec![0.6, 0.8, 0.0, 1.0]);
+    let mut rng = Rng(9);
+    let xs = inputs(&mut rng, &[2], 8);
+    assert!(verify(&net, &c, &xs).max_rel_error < 1e-12);
+    // Reconstituted with another scale: both branches carry it.
+    let (back, reports) = reconstitute(c.network.clone(), &[1.0, 4.0]).unwrap();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.layer == "0.skip.0" && r.carries.is_some())
+    );
+    let want: Vec<Vec<f64>> = c
+        .network
+        .forward(&xs)
+        .iter()
+        .map(|y| vec![y[0], 4.0 * y[1]])
+        .collect();
+    assert!(Agreement::between(&want, &back.forward(&xs)).max_rel_error < 1e-12);
+}
+
+#[test]
+fn prelu_and_a_multiplier_pass_or_absorb_a_positive_scale() {
+    let net = Network::new(
+        vec![2, 3],
+        vec![
+            conv_layer(
+                &mut Rng(3),
+                2,
+                2,
+                ConvGeometry {
+                    kernel: vec![1],
+                    stride: vec![1],
+                    padding: vec![0],
+                    dilation: vec![1],
+                    groups: 1,
+                },
+                true,
+            ),
+            Layer::PRelu(vec![0.25, -2.0]),
+            Layer::Norm(Norm {
+                kind: NormKind::Scale,
+                a: Some(vec![3.0, -0.5]),
+                c: vec![0.0, 0.0],
+            }),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net.clone()).unwrap();
+    // The multiplier is not folded: it absorbs the scale and keeps unit "rows" (its sign).
+    assert!(c.notes.is_empty());
+    let Some(Layer::Norm(n)) = c.network.layer(&[2]) else {
+        panic!()
+    };
+    assert_eq!(n.a, Some(vec![1.0, -1.0]));
+    assert_eq!(n.c, vec![0.0, 0.0]);
+    let mut rng = Rng(4);
+    assert!(verify(&net, &c, &inputs(&mut rng, &[2, 3], 8)).max_rel_error < 1e-12);
+    // A PReLU takes one slope per channel.
+    let e = Network::<f64>::new(vec![3], vec![Layer::PRelu(vec![0.1, 0.2])]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "layer 0 (prelu): has 2 slopes for 3 channels"
+    );
+}
+
+#[test]
+fn a_softmax_is_a_barrier_on_flat_activations() {
+    let net = Network::new(
+        vec![2],
+        vec![
+            dense(3, 2, vec![1.0, 2.0, -1.0, 0.5, 3.0, 1.0], None),
+            Layer::Barrier(Barrier::Softmax),
+            dense(2, 3, vec![2.0, 0.0, 1.0, -1.0, 1.0, 0.5], None),
+        ],
+    )
+    .unwrap();
+    let y = net.forward(&[vec![0.0, 0.0]]);
+    // softmax(0, 0, 0) = 1/3 each.
+    assert!((y[0][0] - 1.0).abs() < 1e-15 && (y[0][1] - 0.5 / 3.0).abs() < 1e-15);
+    let c = canonicalize(net.clone()).unwrap();
+    assert!(c.reports[0].carries.as_ref().unwrap().contains("softmax"));
+    let mut rng = Rng(6);
+    assert!(verify(&net, &c, &inputs(&mut rng, &[2], 8)).max_rel_error < 1e-12);
+    let e = Network::<f64>::new(vec![2, 2], vec![Layer::Barrier(Barrier::Softmax)]).unwrap_err();
+    assert!(e.to_string().contains("takes a flat input"), "{e}");
 }

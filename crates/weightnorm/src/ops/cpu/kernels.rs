@@ -1,11 +1,14 @@
 //! The forward, the backward and the norms on contiguous slices viewed as `[outer, n, inner]`.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use super::schedule::{
-    filled, for_each_row, for_each_run, map_slices, simd, single_pass, slice_sums,
+    Store, filled, for_each_row, for_each_run, map_slices, simd, single_pass, slice_sums,
 };
-use super::sums::{Acc, Dot, Real, SqDot, clamp_norm, dot, rescaled_norm, slice_norm};
+use super::sums::{
+    Acc, BLOCK, Dot, Real, SqDot, clamp_norm, dot, rescaled_norm, slice_norm, sq_dot,
+};
 use crate::NormAxis;
 
 /// Checks the lengths every kernel relies on (and [`filled`]'s callers with them).
@@ -30,35 +33,129 @@ fn check_lengths([outer, n, inner]: [usize; 3], v: usize, g: usize, dw: Option<u
     }
 }
 
-/// `out[j] = x[j] * c[j]` along a row (the last-axis case).
-#[inline(always)]
-fn scale_cols<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], c: &[T::A]) {
-    for ((o, &xv), &cv) in out.iter_mut().zip(x).zip(c) {
-        o.write(T::down(xv.up() * cv));
+/// An output element, initialized or not.
+trait Slot<A> {
+    fn put(&mut self, a: A);
+}
+
+impl<A> Slot<A> for MaybeUninit<A> {
+    #[inline(always)]
+    fn put(&mut self, a: A) {
+        self.write(a);
     }
 }
 
-/// `out[j] = a[j] * d[j] - b[j] * x[j]` along a row (the last-axis case).
-#[inline(always)]
-fn axpby_cols<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: &[T::A], b: &[T::A]) {
-    for ((o, (&dv, &xv)), (&av, &bv)) in out.iter_mut().zip(d.iter().zip(x)).zip(a.iter().zip(b)) {
-        o.write(T::down(av * dv.up() - bv * xv.up()));
+impl<A> Slot<A> for A {
+    #[inline(always)]
+    fn put(&mut self, a: A) {
+        *self = a;
     }
 }
 
-/// `out[i] = x[i] * factor`.
-#[inline(always)]
-fn scale_into<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], factor: T::A) {
-    for (o, &xv) in out.iter_mut().zip(x) {
-        o.write(T::down(xv.up() * factor));
+/// What a kernel writes, element by element, from `x` (`v`) and `d` (`dw`), in the computation
+/// type. The expressions are those of the definitions, in the same order, so every element has
+/// the same bits however it is stored.
+#[derive(Clone, Copy)]
+enum Op<'a, A> {
+    /// `x * f`: the forward of a slice.
+    Scale(A),
+    /// `x[j] * c[j]` along a row (the last-axis case).
+    ScaleCols(&'a [A]),
+    /// `a * d - b * x`: the backward of a slice.
+    Axpby(A, A),
+    /// `a[j] * d[j] - b[j] * x[j]` along a row (the last-axis case).
+    AxpbyCols(&'a [A], &'a [A]),
+}
+
+impl<'a, A: Acc> Op<'a, A> {
+    /// The operation on the elements `r` of a row (the coefficients of the columns in `r`).
+    #[inline(always)]
+    fn part(self, r: Range<usize>) -> Self {
+        match self {
+            Self::ScaleCols(c) => Self::ScaleCols(&c[r]),
+            Self::AxpbyCols(a, b) => Self::AxpbyCols(&a[r.clone()], &b[r]),
+            op => op,
+        }
+    }
+
+    /// Whether the operation reads `d`.
+    fn reads_d(self) -> bool {
+        matches!(self, Self::Axpby(..) | Self::AxpbyCols(..))
+    }
+
+    /// Writes every element of `out` (as long as `x` and `d`, and as the coefficients).
+    #[inline(always)]
+    fn apply<O: Slot<A>>(self, out: &mut [O], x: &[A], d: &[A]) {
+        match self {
+            Self::Scale(f) => {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    o.put(x * f);
+                }
+            }
+            Self::ScaleCols(c) => {
+                for ((o, &x), &c) in out.iter_mut().zip(x).zip(c) {
+                    o.put(x * c);
+                }
+            }
+            Self::Axpby(a, b) => {
+                for ((o, &d), &x) in out.iter_mut().zip(d).zip(x) {
+                    o.put(a * d - b * x);
+                }
+            }
+            Self::AxpbyCols(a, b) => {
+                let coef = a.iter().zip(b);
+                for (((o, &d), &x), (&a, &b)) in out.iter_mut().zip(d).zip(x).zip(coef) {
+                    o.put(a * d - b * x);
+                }
+            }
+        }
     }
 }
 
-/// `out[i] = a * d[i] - b * x[i]`.
+/// Writes `op` of `x` and `d` into all of `out` (all three of one length): directly for f32
+/// and f64 with plain stores, through a buffer in the cache for streaming stores, and a block at
+/// a time widened and rounded for the half types.
 #[inline(always)]
-fn axpby_into<T: Real>(out: &mut [MaybeUninit<T>], d: &[T], x: &[T], a: T::A, b: T::A) {
-    for ((o, &dv), &xv) in out.iter_mut().zip(d).zip(x) {
-        o.write(T::down(a * dv.up() - b * xv.up()));
+fn write<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], d: &[T], op: Op<'_, T::A>, store: Store) {
+    assert!(x.len() == out.len() && d.len() == out.len());
+    if let (Some(xa), Some(da)) = (T::as_acc(x), T::as_acc(d))
+        && let Some(o) = T::as_acc_out(out)
+    {
+        match store {
+            Store::Cached => op.apply(o, xa, da),
+            Store::Streaming => {
+                let mut buf = [T::A::ZERO; BLOCK];
+                let blocks = o
+                    .chunks_mut(BLOCK)
+                    .zip(xa.chunks(BLOCK))
+                    .zip(da.chunks(BLOCK));
+                for (k, ((o, x), d)) in blocks.enumerate() {
+                    let b = &mut buf[..o.len()];
+                    op.part(k * BLOCK..k * BLOCK + o.len()).apply(b, x, d);
+                    T::A::stream(o, b);
+                }
+            }
+        }
+        return;
+    }
+    let (mut bx, mut bd, mut buf) = (
+        [T::A::ZERO; BLOCK],
+        [T::A::ZERO; BLOCK],
+        [T::A::ZERO; BLOCK],
+    );
+    let blocks = out
+        .chunks_mut(BLOCK)
+        .zip(x.chunks(BLOCK))
+        .zip(d.chunks(BLOCK));
+    for (k, ((o, x), d)) in blocks.enumerate() {
+        let len = o.len();
+        T::up_slice(x, &mut bx[..len]);
+        if op.reads_d() {
+            T::up_slice(d, &mut bd[..len]);
+        }
+        op.part(k * BLOCK..k * BLOCK + len)
+            .apply(&mut buf[..len], &bx[..len], &bd[..len]);
+        T::down_slice(&buf[..len], o);
     }
 }
 
@@ -123,24 +220,28 @@ pub(crate) fn forward<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) 
     check_lengths(split, vs.len(), gs.len(), None);
     let eps = T::A::from_f64(eps);
     let [_, n, inner] = split;
+    let store = Store::for_output::<T>(vs.len());
 
     // One contiguous block per slice, many slices: norm and output in one visit of each slice.
     if single_pass(split) {
         // SAFETY: `map_slices` hands out a partition of the buffer, in blocks as long as the
-        // blocks of `vs` they come with, and `scale_into` writes all of its output when its
-        // input is as long.
+        // blocks of `vs` they come with, and `write` (like `divide_then_scale`) writes all of
+        // its output when its inputs are as long.
         return unsafe {
             filled::<T>(vs.len(), |out| {
                 map_slices(out, vs, vs, inner, |j, o, x, _| {
-                    simd(|| {
-                        let norm = clamp_norm(slice_norm(dot(x, x), || x.iter().copied()), eps);
-                        let factor = gs[j].up() / norm;
-                        if factor.is_finite() {
-                            scale_into(o, x, factor);
-                        } else {
-                            divide_then_scale(o, x, norm, gs[j].up());
-                        }
-                    })
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let norm = clamp_norm(slice_norm(dot(x, x), || x.iter().copied()), eps);
+                            let factor = gs[j].up() / norm;
+                            if factor.is_finite() {
+                                write(o, x, x, Op::Scale(factor), store);
+                            } else {
+                                divide_then_scale(o, x, norm, gs[j].up());
+                            }
+                        },
+                    )
                 });
             })
         };
@@ -158,17 +259,23 @@ pub(crate) fn forward<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) 
         .map(|(&norm, &gj)| gj.up() / norm)
         .collect();
     // SAFETY: `for_each_row` and `for_each_run` hand out a partition of the buffer, in parts as
-    // long as the parts of `vs` they come with; `scale_cols` writes all of a row (the rows and
-    // `factors` are `n` long) and `scale_into` all of a run.
+    // long as the parts of `vs` they come with; `write` writes all of its output (a row with
+    // the `n` factors of its columns, or a run).
     let mut w = unsafe {
         filled::<T>(vs.len(), |out| {
             if inner == 1 {
                 for_each_row(out, vs, vs, n, |o, x, _| {
-                    simd(|| scale_cols(o, x, &factors))
+                    simd(
+                        #[inline(always)]
+                        || write(o, x, x, Op::ScaleCols(&factors), store),
+                    )
                 });
             } else {
                 for_each_run(out, vs, vs, split, |j, o, x, _| {
-                    simd(|| scale_into(o, x, factors[j]))
+                    simd(
+                        #[inline(always)]
+                        || write(o, x, x, Op::Scale(factors[j]), store),
+                    )
                 });
             }
         })
@@ -212,20 +319,25 @@ pub(crate) fn backward<T: Real>(
     check_lengths(split, vs.len(), gs.len(), Some(ds.len()));
     let [outer, n, inner] = split;
     let eps = T::A::from_f64(eps);
+    let store = Store::for_output::<T>(vs.len());
 
     if single_pass(split) {
         let mut per_slice = Vec::new();
-        // SAFETY: as in `forward`; `axpby_into` writes all of its output when its inputs are as
-        // long.
+        // SAFETY: as in `forward`.
         let mut dv = unsafe {
             filled::<T>(vs.len(), |out| {
                 per_slice = map_slices(out, vs, ds, inner, |j, o, x, d| {
-                    simd(|| {
-                        let norm = slice_norm(dot(x, x), || x.iter().copied());
-                        let ((dgj, a, b), extreme) = coefficients(norm, dot(d, x), gs[j].up(), eps);
-                        axpby_into(o, d, x, a, b);
-                        (T::down(dgj), extreme)
-                    })
+                    simd(
+                        #[inline(always)]
+                        || {
+                            // ||v||^2 and sum(dw * v) in one pass over both.
+                            let (sumsq, s) = sq_dot(x, d);
+                            let norm = slice_norm(sumsq, || x.iter().copied());
+                            let ((dgj, a, b), extreme) = coefficients(norm, s, gs[j].up(), eps);
+                            write(o, x, d, Op::Axpby(a, b), store);
+                            (T::down(dgj), extreme)
+                        },
+                    )
                 });
             })
         };
@@ -253,20 +365,26 @@ pub(crate) fn backward<T: Real>(
         })
         .unzip();
     let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
-    // SAFETY: as in `forward`; `axpby_cols` writes all of a row (`a` and `b` are `n` long) and
-    // `axpby_into` all of a run.
+    // SAFETY: as in `forward`; `write` writes all of a row (`a` and `b` are `n` long) and all
+    // of a run.
     let mut dv = unsafe {
         filled::<T>(vs.len(), |out| {
             if inner == 1 {
                 let a: Vec<T::A> = coef.iter().map(|c| c.1).collect();
                 let b: Vec<T::A> = coef.iter().map(|c| c.2).collect();
                 for_each_row(out, vs, ds, n, |o, x, d| {
-                    simd(|| axpby_cols(o, d, x, &a, &b))
+                    simd(
+                        #[inline(always)]
+                        || write(o, x, d, Op::AxpbyCols(&a, &b), store),
+                    )
                 });
             } else {
                 for_each_run(out, vs, ds, split, |j, o, x, d| {
                     let (_, a, b) = coef[j];
-                    simd(|| axpby_into(o, d, x, a, b))
+                    simd(
+                        #[inline(always)]
+                        || write(o, x, d, Op::Axpby(a, b), store),
+                    )
                 });
             }
         })
@@ -512,5 +630,134 @@ mod tests {
     #[should_panic(expected = "weight norm: v holds 5 values, not the 6 of its shape")]
     fn v_of_the_wrong_length_panics() {
         forward::<f32>(&[1.0; 5], &[1.0; 3], [1, 3, 2], 0.0);
+    }
+
+    /// `write` for each operation, store and type gives, element by element, the rounded
+    /// value of the definition, wherever the output starts (streaming needs aligned lines).
+    fn check_write<T: Real>(to: impl Fn(f64) -> T) {
+        let n = 2 * BLOCK + 77;
+        let x: Vec<T> = values(n, 61).into_iter().map(&to).collect();
+        let d: Vec<T> = values(n, 62).into_iter().map(&to).collect();
+        let up = |v: f64| to(v).up();
+        let (ca, cb): (Vec<T::A>, Vec<T::A>) = (
+            values(n, 63).into_iter().map(up).collect(),
+            values(n, 64).into_iter().map(up).collect(),
+        );
+        let (fa, fb) = (up(0.75), up(-1.25));
+        let ops = [
+            Op::Scale(fa),
+            Op::ScaleCols(&ca),
+            Op::Axpby(fa, fb),
+            Op::AxpbyCols(&ca, &cb),
+        ];
+        for (k, op) in ops.into_iter().enumerate() {
+            for store in [Store::Cached, Store::Streaming] {
+                for (start, len) in [(0, n), (1, n - 1), (3, 40), (5, BLOCK + 9), (7, 0)] {
+                    let r = start..start + len;
+                    let mut out = vec![MaybeUninit::new(to(-9.0)); n];
+                    let part = op.part(r.clone());
+                    write(
+                        &mut out[r.clone()],
+                        &x[r.clone()],
+                        &d[r.clone()],
+                        part,
+                        store,
+                    );
+                    super::super::sums::fence();
+                    for i in r.clone() {
+                        let (xv, dv, j) = (x[i].up(), d[i].up(), i - start);
+                        let expected = T::down(match k {
+                            0 => xv * fa,
+                            1 => xv * ca[start + j],
+                            2 => fa * dv - fb * xv,
+                            _ => ca[start + j] * dv - cb[start + j] * xv,
+                        });
+                        // SAFETY: every element was initialized above.
+                        let got = unsafe { out[i].assume_init() };
+                        assert_eq!(
+                            bytemuck::bytes_of(&got),
+                            bytemuck::bytes_of(&expected),
+                            "{} op {k} {store:?} at {i} of {start}..{}",
+                            std::any::type_name::<T>(),
+                            start + len
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_store_writes_the_definitions_bits() {
+        check_write::<f32>(|x| x as f32);
+        check_write::<f64>(|x| x);
+        check_write::<f16>(f16::from_f64);
+        check_write::<bf16>(bf16::from_f64);
+    }
+
+    /// Outputs of 16 MiB and more are streamed: every schedule still writes every element
+    /// right (against the f64 definition).
+    #[test]
+    fn large_outputs_are_written_whole_and_right() {
+        let len = super::super::schedule::STREAM_MIN_BYTES / 4 + 2049;
+        for split in [
+            [1, 2051, len / 2051],
+            [1, 1, len],
+            [len / 2051, 2051, 1],
+            [7, 3, len / 21],
+        ] {
+            let len: usize = split.iter().product();
+            assert_eq!(Store::for_output::<f32>(len), Store::Streaming);
+            let (v, dw) = (values(len, 65), values(len, 66));
+            let g: Vec<f64> = values(split[1], 67).iter().map(|x| x + 1.5).collect();
+            let (v32, dw32, g32): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+                v.iter().map(|&x| x as f32).collect(),
+                dw.iter().map(|&x| x as f32).collect(),
+                g.iter().map(|&x| x as f32).collect(),
+            );
+            let f = |xs: &[f32]| xs.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+            let (w, dv, dg) = naive(&f(&v32), &f(&g32), &f(&dw32), split, 0.0);
+            let got_w = forward::<f32>(&v32, &g32, split, 0.0);
+            let (got_dv, got_dg) = backward::<f32>(&v32, &g32, &dw32, split, 0.0);
+            assert!(max_err(&f(&got_w), &w) <= 1e-5, "w {split:?}");
+            assert!(max_err(&f(&got_dv), &dv) <= 1e-5, "dv {split:?}");
+            assert!(max_err(&f(&got_dg), &dg) <= 1e-5, "dg {split:?}");
+        }
+    }
+
+    /// Above the size where threads are used, one thread and several give the same bits, and
+    /// the same as below it (the chunks do not depend on the threads).
+    #[test]
+    fn one_thread_and_several_give_the_same_bits() {
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let (one, four) = (pool(1), pool(4));
+        let big = super::super::schedule::PARALLEL_MIN + 1000;
+        for split in [
+            [1, 600, big / 600],
+            [1, 1, big],
+            [1, 3, big / 3],
+            [big / 700, 700, 1],
+            [big / 1200, 40, 30],
+        ] {
+            let len: usize = split.iter().product();
+            let v: Vec<f32> = values(len, 71).iter().map(|&x| x as f32).collect();
+            let dw: Vec<f32> = values(len, 72).iter().map(|&x| x as f32).collect();
+            let g: Vec<f32> = values(split[1], 73)
+                .iter()
+                .map(|&x| x as f32 + 2.0)
+                .collect();
+            let run = || {
+                let w = forward::<f32>(&v, &g, split, 0.0);
+                let (dv, dg) = backward::<f32>(&v, &g, &dw, split, 0.0);
+                let bits = |x: &[f32]| x.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+                (bits(&w), bits(&dv), bits(&dg))
+            };
+            assert!(one.install(run) == four.install(run), "{split:?}");
+        }
     }
 }

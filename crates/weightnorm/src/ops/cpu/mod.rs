@@ -8,13 +8,21 @@
 //! contiguous runs of `inner` elements.
 //!
 //! - [`sums`]: the element and accumulation types, and the summations (pairwise dot products
-//!   over eight independent lanes, the per-slice sums a pass gathers).
+//!   over eight independent lanes, four leaves at a time with AVX where the CPU has it; the
+//!   per-slice sums a pass gathers, column-wise in register strips when the kept axis is the
+//!   last), half types widened a block at a time, and streaming stores.
 //! - [`schedule`]: how the work is cut into slices, runs, rows and fixed chunks and spread over
-//!   rayon's threads, and the AVX2 dispatch.
-//! - [`kernels`]: the forward, the backward and the norms on slices.
+//!   rayon's threads (only from 256 Ki elements: smaller work runs on the calling thread), which
+//!   outputs are streamed (16 MiB and more), and the AVX2 dispatch.
+//! - [`kernels`]: the forward, the backward and the norms on slices, and how an output element
+//!   is written (the definitions' expressions, whatever the store).
 //!
 //! Chunk boundaries never depend on the thread count, so results are bit-identical whatever the
-//! size of the thread pool, and the AVX2 build of a kernel gives the same bits as the plain one.
+//! size of the thread pool, and the AVX2 build of a kernel gives the same bits as the plain one:
+//! the vector code adds the same lanes in the same order, with no fused multiply-add.
+//!
+//! Every `unsafe` block here (the buffer fill, the AVX and SSE intrinsics, the streaming stores)
+//! says why it is sound, and a test runs it against the portable code or the definition.
 
 mod kernels;
 mod schedule;

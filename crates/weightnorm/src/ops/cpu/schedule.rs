@@ -3,27 +3,80 @@
 //! - When `outer == 1` every slice is one contiguous block. Many slices: one rayon task per group
 //!   of slices, each slice's norm and output computed while the slice is in cache, so the input
 //!   is read from memory once ([`map_slices`]). Few large slices (the whole tensor): a chunked
-//!   parallel reduction, then a parallel write.
+//!   parallel reduction, then a parallel write that walks the chunks in reverse, so that it
+//!   starts on what the reduction read last (still in the last-level cache).
 //! - Otherwise, rows of `n * inner` elements are split into fixed chunks; each chunk accumulates
-//!   its own per-slice sums, combined in chunk order ([`slice_sums`]), then a parallel pass writes
-//!   the output ([`for_each_run`], or [`for_each_row`] when the kept axis is the last one).
+//!   its own per-slice sums, combined in chunk order ([`slice_sums`]; vectorized over the
+//!   columns when the kept axis is the last one), then a parallel pass writes the output
+//!   ([`for_each_run`], or [`for_each_row`] when the kept axis is the last one), in reverse.
+//!
+//! Threads only where they pay: an operation on fewer than [`PARALLEL_MIN`] elements runs on the
+//! calling thread, over the same chunks (rayon's global pool is not woken). Outputs of
+//! [`STREAM_MIN_BYTES`] and more are written with streaming stores ([`Store`]): they would not
+//! stay in the cache anyway, and a streaming store does not read the line from memory before
+//! writing it, which saves a third of the traffic of a forward.
 //!
 //! Chunk boundaries never depend on the thread count, so results are bit-identical whatever the
-//! size of the thread pool.
+//! size of the thread pool, whether the work ran on one thread, and however it was stored.
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::sums::{Real, Sums, pairwise, pairwise_vecs};
+use super::sums::{Acc, Real, Sums, fence, pairwise, pairwise_vecs};
 
 /// Elements per task in reductions and writes: big enough to amortize scheduling, small enough
 /// to stay in L2 and to spread 4096x4096 over many threads.
 pub(super) const CHUNK: usize = 1 << 14;
 
+/// Elements per task of the single pass ([`map_slices`]): whole slices, at least one.
+const GROUP: usize = 1 << 16;
+
+/// Operations on fewer elements run on the calling thread: 256 Ki elements (1 MiB of f32), a
+/// few tens of microseconds of work, of the order of what waking the pool's threads and
+/// sharing the work with them costs.
+pub(super) const PARALLEL_MIN: usize = 1 << 18;
+
+/// Outputs of at least this many bytes (16 MiB, half of a large last-level cache) are written
+/// with streaming stores.
+pub(super) const STREAM_MIN_BYTES: usize = 16 << 20;
+
+/// How a kernel writes its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Store {
+    /// Plain stores: the output stays in the cache for what reads it next.
+    Cached,
+    /// Streaming (non-temporal) stores, for f32 and f64: no read of the line before the write.
+    Streaming,
+}
+
+impl Store {
+    /// The stores for an output of `len` elements of `T`.
+    pub(super) fn for_output<T: Real>(len: usize) -> Self {
+        if len.saturating_mul(size_of::<T>()) >= STREAM_MIN_BYTES {
+            Self::Streaming
+        } else {
+            Self::Cached
+        }
+    }
+}
+
+/// The least number of items per rayon task for work of `elements` elements cut into `items`
+/// items: all of them (one task, on the calling thread) below [`PARALLEL_MIN`], else `per_task`.
+fn min_items(elements: usize, items: usize, per_task: usize) -> usize {
+    if elements < PARALLEL_MIN {
+        items.max(1)
+    } else {
+        per_task.max(1)
+    }
+}
+
 /// Runs `f` compiled for AVX2 when the CPU has it (detected once, at run time), else as built.
 /// The kernels' summation order is fixed by their code, not by the vector width, and no fused
 /// multiply-add is enabled, so both versions give bit-identical results.
+///
+/// `f` must be a closure marked `#[inline(always)]`: otherwise the compiler may keep it a
+/// function of its own, compiled without AVX2, which `avx2` merely calls.
 #[inline(always)]
 pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -78,8 +131,9 @@ pub(super) fn single_pass([outer, n, inner]: [usize; 3]) -> bool {
 }
 
 /// The single pass: calls `f(j, out_j, x_j, y_j)` for every slice `j` of contiguous blocks of
-/// `inner` elements (`outer == 1`), in parallel, and returns what each call returns, in slice
-/// order. The calls get a partition of `out`.
+/// `inner` elements (`outer == 1`), groups of slices in parallel, and returns what each call
+/// returns, in slice order. The calls get a partition of `out`; what they store is visible when
+/// this returns (streaming stores included).
 pub(super) fn map_slices<T: Sync + Send, R: Send>(
     out: &mut [MaybeUninit<T>],
     x: &[T],
@@ -88,13 +142,30 @@ pub(super) fn map_slices<T: Sync + Send, R: Send>(
     f: impl Fn(usize, &mut [MaybeUninit<T>], &[T], &[T]) -> R + Sync + Send,
 ) -> Vec<R> {
     assert!(x.len() == out.len() && y.len() == out.len() && inner > 0);
-    let min_len = (CHUNK / inner).max(1);
-    out.par_chunks_mut(inner)
-        .zip(x.par_chunks(inner))
-        .zip(y.par_chunks(inner))
+    let n = out.len() / inner;
+    let per_group = (GROUP / inner).max(1);
+    let group = per_group * inner;
+    let mut results: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    let min_groups = min_items(out.len(), n.div_ceil(per_group), 1);
+    out.par_chunks_mut(group)
+        .zip(x.par_chunks(group))
+        .zip(y.par_chunks(group))
+        .zip(results.par_chunks_mut(per_group))
         .enumerate()
-        .with_min_len(min_len)
-        .map(|(j, ((o, x), y))| f(j, o, x, y))
+        .with_min_len(min_groups)
+        .for_each(|(g, (((o, x), y), r))| {
+            let slices = o
+                .chunks_mut(inner)
+                .zip(x.chunks(inner))
+                .zip(y.chunks(inner));
+            for (k, (((o, x), y), r)) in slices.zip(r).enumerate() {
+                *r = Some(f(g * per_group + k, o, x, y));
+            }
+            fence();
+        });
+    results
+        .into_iter()
+        .map(|r| r.expect("every slice was visited"))
         .collect()
 }
 
@@ -116,10 +187,17 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
                 .map(|j| {
                     let sa = &a[j * inner..(j + 1) * inner];
                     let sb = &b[j * inner..(j + 1) * inner];
+                    let chunks = inner.div_ceil(CHUNK);
                     let parts: Vec<S> = sa
                         .par_chunks(CHUNK)
                         .zip(sb.par_chunks(CHUNK))
-                        .map(|(x, y)| simd(|| S::run(x, y)))
+                        .with_min_len(min_items(a.len(), chunks, 1))
+                        .map(|(x, y)| {
+                            simd(
+                                #[inline(always)]
+                                || S::run(x, y),
+                            )
+                        })
                         .collect();
                     pairwise::<T, S>(&parts)
                 })
@@ -129,8 +207,13 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
         return a
             .par_chunks(inner)
             .zip(b.par_chunks(inner))
-            .with_min_len(min_len)
-            .map(|(x, y)| simd(|| S::run(x, y)))
+            .with_min_len(min_items(a.len(), n, min_len))
+            .map(|(x, y)| {
+                simd(
+                    #[inline(always)]
+                    || S::run(x, y),
+                )
+            })
             .collect();
     }
     // Rows of n * inner elements. Each task takes a fixed group of rows and accumulates blocks
@@ -138,16 +221,30 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
     const BLOCK_ROWS: usize = 32;
     let row = n * inner;
     let rows_per_task = (CHUNK / row).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
-    let mut partials: Vec<Vec<S>> = a
+    let tasks = outer.div_ceil(rows_per_task);
+    let tasks = a
         .par_chunks(row * rows_per_task)
         .zip(b.par_chunks(row * rows_per_task))
+        .with_min_len(min_items(a.len(), tasks, 1));
+    if inner == 1 {
+        // The kept axis is the last: column sums, kept column-wise until the end.
+        let mut partials: Vec<Vec<T::A>> = tasks
+            .map(|(xa, xb)| column_sums::<T, S>(xa, xb, n, BLOCK_ROWS))
+            .collect();
+        let total = pairwise_columns(&mut partials);
+        return (0..n).map(|j| S::column(&total, n, j)).collect();
+    }
+    let mut partials: Vec<Vec<S>> = tasks
         .map(|(xa, xb)| {
             let mut total = vec![S::ZERO; n];
             let mut block = vec![S::ZERO; n];
             for (ba, bb) in xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS)) {
                 block.fill(S::ZERO);
                 for (ra, rb) in ba.chunks_exact(row).zip(bb.chunks_exact(row)) {
-                    simd(|| accumulate_row::<T, S>(&mut block, ra, rb, inner));
+                    simd(
+                        #[inline(always)]
+                        || accumulate_row::<T, S>(&mut block, ra, rb, inner),
+                    );
                 }
                 for (t, s) in total.iter_mut().zip(&block) {
                     *t = t.add(*s);
@@ -157,6 +254,56 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
         })
         .collect();
     pairwise_vecs::<T, S>(&mut partials)
+}
+
+/// The last-axis case of [`slice_sums`] for one task: rows of `n` elements, each row one element
+/// of every slice, in blocks of `block_rows` rows; the same additions as [`accumulate_row`]
+/// (each block summed from zero row by row, then added to the total, which starts at zero), with
+/// the sums kept column-wise ([`Sums::add_block`]) so that they vectorize over the columns. Half
+/// types are widened a block at a time.
+fn column_sums<T: Real, S: Sums<T>>(a: &[T], b: &[T], n: usize, block_rows: usize) -> Vec<T::A> {
+    let mut total = vec![T::A::ZERO; S::COUNT * n];
+    let (mut wa, mut wb) = (Vec::new(), Vec::new());
+    for (ba, bb) in a.chunks(n * block_rows).zip(b.chunks(n * block_rows)) {
+        let rows = ba.len() / n;
+        simd(
+            #[inline(always)]
+            || match (T::as_acc(ba), T::as_acc(bb)) {
+                (Some(ba), Some(bb)) => S::add_block(&mut total, ba, bb, n, rows),
+                _ => {
+                    wa.resize(ba.len(), T::A::ZERO);
+                    wb.resize(ba.len(), T::A::ZERO);
+                    T::up_slice(ba, &mut wa);
+                    T::up_slice(bb, &mut wb);
+                    S::add_block(&mut total, &wa, &wb, n, rows);
+                }
+            },
+        );
+    }
+    total
+}
+
+/// Pairwise elementwise sum of column-wise partial sums (all of one length), split as
+/// [`pairwise_vecs`] splits: the same additions, on the arrays.
+fn pairwise_columns<A: Acc>(parts: &mut [Vec<A>]) -> Vec<A> {
+    match parts.len() {
+        0 => Vec::new(),
+        1 => std::mem::take(&mut parts[0]),
+        len => {
+            let (lo, hi) = parts.split_at_mut(len / 2);
+            let mut a = pairwise_columns(lo);
+            let b = pairwise_columns(hi);
+            simd(
+                #[inline(always)]
+                || {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x = *x + y;
+                    }
+                },
+            );
+            a
+        }
+    }
 }
 
 /// Adds one row's terms to the per-slice sums.
@@ -175,9 +322,9 @@ fn accumulate_row<T: Real, S: Sums<T>>(acc: &mut [S], ra: &[T], rb: &[T], inner:
 }
 
 /// Calls `f(j, out_run, x_run, y_run)` for every contiguous run of the `[outer, n, inner]` view
-/// (a run lies in one slice `j`), over fixed chunks of the flat arrays, in parallel. The calls
-/// get a partition of `out`, cut at run and chunk boundaries. For `inner == 1` use
-/// [`for_each_row`].
+/// (a run lies in one slice `j`), over fixed chunks of the flat arrays, in parallel, last chunk
+/// first. The calls get a partition of `out`, cut at run and chunk boundaries; what they store
+/// is visible when this returns. For `inner == 1` use [`for_each_row`].
 pub(super) fn for_each_run<T: Sync + Send>(
     out: &mut [MaybeUninit<T>],
     x: &[T],
@@ -189,10 +336,13 @@ pub(super) fn for_each_run<T: Sync + Send>(
     if out.is_empty() {
         return;
     }
+    let min_chunks = min_items(out.len(), out.len().div_ceil(CHUNK), 1);
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .zip(y.par_chunks(CHUNK))
         .enumerate()
+        .rev()
+        .with_min_len(min_chunks)
         .for_each(|(c, ((o, xs), ys))| {
             let start = c * CHUNK;
             let mut p = 0;
@@ -202,13 +352,14 @@ pub(super) fn for_each_run<T: Sync + Send>(
                 f(run % n, &mut o[p..end], &xs[p..end], &ys[p..end]);
                 p = end;
             }
+            fence();
         });
 }
 
 /// The kept axis is the last one (`inner == 1`, e.g. Burn's `[d_in, d_out]` Linear weight per
 /// output unit): every row of `n` elements holds one element of each slice. Calls
-/// `f(out_row, x_row, y_row)` for every row, groups of rows in parallel; the calls get a
-/// partition of `out`.
+/// `f(out_row, x_row, y_row)` for every row, groups of rows in parallel, the last group first;
+/// the calls get a partition of `out`, and what they store is visible when this returns.
 pub(super) fn for_each_row<T: Sync + Send>(
     out: &mut [MaybeUninit<T>],
     x: &[T],
@@ -221,13 +372,17 @@ pub(super) fn for_each_row<T: Sync + Send>(
         return;
     }
     let rows_per_task = (CHUNK / n).max(1);
+    let min_tasks = min_items(out.len(), out.len().div_ceil(n * rows_per_task), 1);
     out.par_chunks_mut(n * rows_per_task)
         .zip(x.par_chunks(n * rows_per_task))
         .zip(y.par_chunks(n * rows_per_task))
+        .rev()
+        .with_min_len(min_tasks)
         .for_each(|((o, xs), ys)| {
             for ((o, xs), ys) in o.chunks_mut(n).zip(xs.chunks(n)).zip(ys.chunks(n)) {
                 f(o, xs, ys);
             }
+            fence();
         });
 }
 
@@ -409,5 +564,106 @@ mod tests {
                 assert_eq!(acc_plain[0].1.to_bits(), acc_wide[0].1.to_bits());
             }
         }
+    }
+
+    /// The last-axis sums as [`accumulate_row`] gives them row by row (the schedule as it was
+    /// written before the sums were kept column-wise).
+    fn reference_rows<T: Real, S: Sums<T>>(a: &[T], b: &[T], n: usize) -> Vec<S> {
+        const BLOCK_ROWS: usize = 32;
+        let rows_per_task = (CHUNK / n).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
+        let mut partials: Vec<Vec<S>> = a
+            .chunks(n * rows_per_task)
+            .zip(b.chunks(n * rows_per_task))
+            .map(|(xa, xb)| {
+                let (mut total, mut block) = (vec![S::ZERO; n], vec![S::ZERO; n]);
+                for (ba, bb) in xa.chunks(n * BLOCK_ROWS).zip(xb.chunks(n * BLOCK_ROWS)) {
+                    block.fill(S::ZERO);
+                    for (ra, rb) in ba.chunks_exact(n).zip(bb.chunks_exact(n)) {
+                        accumulate_row::<T, S>(&mut block, ra, rb, 1);
+                    }
+                    for (t, s) in total.iter_mut().zip(&block) {
+                        *t = t.add(*s);
+                    }
+                }
+                total
+            })
+            .collect();
+        pairwise_vecs::<T, S>(&mut partials)
+    }
+
+    #[test]
+    fn column_sums_give_the_bits_of_row_accumulation() {
+        for [outer, n] in [
+            [3000, 21],
+            [9, 5],
+            [700, 40],
+            [100, 33],
+            [40, 64],
+            [17, 1000],
+        ] {
+            let len = outer * n;
+            let (a, b) = (values(len, 81), values(len, 82));
+            let (a32, b32): (Vec<f32>, Vec<f32>) = (
+                a.iter().map(|&x| x as f32).collect(),
+                b.iter().map(|&x| x as f32).collect(),
+            );
+            let split = [outer, n, 1];
+            assert_eq!(
+                slice_sums::<f32, SqDot<f32>>(&a32, &b32, split),
+                reference_rows::<f32, SqDot<f32>>(&a32, &b32, n),
+                "{split:?}"
+            );
+            assert_eq!(
+                slice_sums::<f32, Dot<f32>>(&a32, &a32, split),
+                reference_rows::<f32, Dot<f32>>(&a32, &a32, n),
+                "{split:?}"
+            );
+            assert_eq!(
+                slice_sums::<f64, SqDot<f64>>(&a, &b, split),
+                reference_rows::<f64, SqDot<f64>>(&a, &b, n),
+                "{split:?}"
+            );
+            // Half types: summed as their f32 values.
+            let h: Vec<burn::tensor::f16> =
+                a.iter().map(|&x| burn::tensor::f16::from_f64(x)).collect();
+            let w: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
+            assert_eq!(
+                slice_sums::<burn::tensor::f16, Dot<f32>>(&h, &h, split),
+                reference_rows::<f32, Dot<f32>>(&w, &w, n),
+                "{split:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_work_stays_on_the_calling_thread() {
+        let here = std::thread::current().id();
+        let x = vec![1.0f64; 261_900]; // just below PARALLEL_MIN, 100 and 3 dividing it
+        assert!(x.len() < PARALLEL_MIN);
+        let mut out = vec![MaybeUninit::new(0.0); x.len()];
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        map_slices(&mut out, &x, &x, 100, |_, _, _, _| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+        });
+        for_each_run(&mut out, &x, &x, [3, 1, x.len() / 3], |_, o, _, _| {
+            o.fill(MaybeUninit::new(1.0));
+            threads.lock().unwrap().insert(std::thread::current().id());
+        });
+        assert_eq!(
+            threads
+                .into_inner()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![here]
+        );
+        assert_eq!(
+            Store::for_output::<f32>(STREAM_MIN_BYTES / 4 - 1),
+            Store::Cached
+        );
+        assert_eq!(
+            Store::for_output::<f64>(STREAM_MIN_BYTES / 8),
+            Store::Streaming
+        );
     }
 }

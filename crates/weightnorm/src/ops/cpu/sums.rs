@@ -1,9 +1,17 @@
 //! Element types, accumulation types and summations.
 //!
 //! Sums use eight independent accumulators (vectorizable and more accurate than one running sum)
-//! combined pairwise, in the accumulation type: f32 for f16, bf16 and f32, f64 for f64.
+//! over leaves of 256 elements, the leaves combined pairwise, in the accumulation type: f32 for
+//! f16, bf16 and f32, f64 for f64. Four leaves are summed at once, interleaved (four independent
+//! chains of additions instead of one, so the adder's latency is hidden), each exactly as it
+//! would be alone: the order of every addition is fixed by the leaf structure, not by the
+//! interleaving. Half types are widened (exactly) a group of leaves at a time into buffers on the
+//! stack and summed as f32.
+
+use std::mem::MaybeUninit;
 
 use burn::tensor::{bf16, f16};
+use half::slice::HalfFloatSliceExt;
 
 /// The accumulation type: f32 or f64.
 pub(crate) trait Acc:
@@ -23,10 +31,339 @@ pub(crate) trait Acc:
     fn abs(self) -> Self;
     fn is_finite(self) -> bool;
     fn from_f64(x: f64) -> Self;
+    /// `out[i] = src[i]` with non-temporal (streaming) stores where the CPU has them: the
+    /// written lines bypass the caches and are not read from memory first. The stores become
+    /// visible to other threads after [`fence`].
+    fn stream(out: &mut [MaybeUninit<Self>], src: &[Self]);
+    /// The eight lanes of each of `G` full leaves of `a * b` (`[leaf][lane]`, `a` and `b` of
+    /// `G * LEAF` elements), each lane summed in order from zero: what [`leaf`] sums before
+    /// combining its lanes.
+    fn leaf_lanes<const G: usize>(a: &[Self], b: &[Self]) -> [[Self; 8]; G];
+    /// The eight lanes of the whole chunks of eight of `a * b` (at most a leaf):
+    /// `lanes[l] = sum(a[8k + l] * b[8k + l])` in order of `k`; the remainder is left out.
+    fn lanes(a: &[Self], b: &[Self]) -> [Self; 8];
+    /// The lanes of `a * a` and of `b * a` over `G` full leaves, in one pass.
+    fn sq_dot_leaf_lanes<const G: usize>(
+        a: &[Self],
+        b: &[Self],
+    ) -> ([[Self; 8]; G], [[Self; 8]; G]);
+}
+
+/// Leaf `q` of `x`.
+#[inline(always)]
+fn leaf_of<A>(x: &[A], q: usize) -> &[A] {
+    &x[q * LEAF..][..LEAF]
+}
+
+/// [`Acc::leaf_lanes`] in portable code: one leaf after the other.
+#[inline(always)]
+fn leaf_lanes_portable<A: Acc, const G: usize>(a: &[A], b: &[A]) -> [[A; 8]; G] {
+    core::array::from_fn(|q| lanes(leaf_of(a, q), leaf_of(b, q)))
+}
+
+/// [`Acc::sq_dot_leaf_lanes`] in portable code.
+#[inline(always)]
+fn sq_dot_leaf_lanes_portable<A: Acc, const G: usize>(
+    a: &[A],
+    b: &[A],
+) -> ([[A; 8]; G], [[A; 8]; G]) {
+    (
+        core::array::from_fn(|q| lanes(leaf_of(a, q), leaf_of(a, q))),
+        core::array::from_fn(|q| lanes(leaf_of(b, q), leaf_of(a, q))),
+    )
+}
+
+/// AVX versions of the leaf sums: the same lanes, each summed in the same order (a vector
+/// register of lanes per leaf, several leaves at once to hide the adder's latency), so the bits
+/// are those of the portable code. Multiply and add stay separate instructions (no FMA).
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    use super::LEAF;
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn leaf_lanes_f32<const G: usize>(a: &[f32], b: &[f32]) -> [[f32; 8]; G] {
+        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+        let mut acc = [_mm256_setzero_ps(); G];
+        for k in 0..LEAF / 8 {
+            for (q, acc) in acc.iter_mut().enumerate() {
+                let i = q * LEAF + k * 8;
+                // SAFETY: `i + 8 <= G * LEAF`, the length of both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_ps(a.as_ptr().add(i)),
+                        _mm256_loadu_ps(b.as_ptr().add(i)),
+                    )
+                };
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
+            }
+        }
+        acc.map(|v| {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds the eight f32 stored.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+            lanes
+        })
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn sq_dot_leaf_lanes_f32<const G: usize>(
+        a: &[f32],
+        b: &[f32],
+    ) -> ([[f32; 8]; G], [[f32; 8]; G]) {
+        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+        let (mut s, mut d) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+        for k in 0..LEAF / 8 {
+            for q in 0..G {
+                let i = q * LEAF + k * 8;
+                // SAFETY: `i + 8 <= G * LEAF`, the length of both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_ps(a.as_ptr().add(i)),
+                        _mm256_loadu_ps(b.as_ptr().add(i)),
+                    )
+                };
+                s[q] = _mm256_add_ps(s[q], _mm256_mul_ps(x, x));
+                d[q] = _mm256_add_ps(d[q], _mm256_mul_ps(y, x));
+            }
+        }
+        let store = |v: __m256| {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds the eight f32 stored.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+            lanes
+        };
+        (s.map(store), d.map(store))
+    }
+
+    /// `out[i] = src[i]` with 32-byte streaming stores.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX; `out` must start on a 32-byte boundary and hold a multiple of
+    /// eight elements, and `src` as many.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn stream_f32(out: &mut [MaybeUninit<f32>], src: &[f32]) {
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(8));
+        for i in (0..out.len()).step_by(8) {
+            // SAFETY: `i + 8 <= len` for both; `out + i` is 32-byte aligned (the start is, and
+            // steps are 32 bytes); `MaybeUninit<f32>` has the layout of `f32`.
+            unsafe {
+                _mm256_stream_ps(
+                    out.as_mut_ptr().add(i).cast(),
+                    _mm256_loadu_ps(src.as_ptr().add(i)),
+                );
+            }
+        }
+    }
+
+    /// `out[i] = src[i]` with 32-byte streaming stores.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX; `out` must start on a 32-byte boundary and hold a multiple of
+    /// four elements, and `src` as many.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn stream_f64(out: &mut [MaybeUninit<f64>], src: &[f64]) {
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(4));
+        for i in (0..out.len()).step_by(4) {
+            // SAFETY: as in `stream_f32`, with four f64 per 32 bytes.
+            unsafe {
+                _mm256_stream_pd(
+                    out.as_mut_ptr().add(i).cast(),
+                    _mm256_loadu_pd(src.as_ptr().add(i)),
+                );
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX, and `b` must be at least as long as `a`.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn lanes_f32(a: &[f32], b: &[f32]) -> [f32; 8] {
+        debug_assert!(b.len() >= a.len());
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..a.len() / 8 * 8).step_by(8) {
+            // SAFETY: `i + 8 <= a.len() <= b.len()`.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds the eight f32 stored.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX, and `b` must be at least as long as `a`.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn lanes_f64(a: &[f64], b: &[f64]) -> [f64; 8] {
+        debug_assert!(b.len() >= a.len());
+        let mut acc = [_mm256_setzero_pd(); 2];
+        for i in (0..a.len() / 8 * 8).step_by(8) {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `i + 4 * h + 4 <= a.len() <= b.len()`.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_pd(a.as_ptr().add(i + 4 * h)),
+                        _mm256_loadu_pd(b.as_ptr().add(i + 4 * h)),
+                    )
+                };
+                *acc = _mm256_add_pd(*acc, _mm256_mul_pd(x, y));
+            }
+        }
+        store_f64(acc)
+    }
+
+    /// Eight f64 lanes as two registers: lanes 0..4 and 4..8.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn leaf_lanes_f64<const G: usize>(a: &[f64], b: &[f64]) -> [[f64; 8]; G] {
+        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+        let mut acc = [[_mm256_setzero_pd(); 2]; G];
+        for k in 0..LEAF / 8 {
+            for (q, acc) in acc.iter_mut().enumerate() {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let i = q * LEAF + k * 8 + 4 * h;
+                    // SAFETY: `i + 4 <= G * LEAF`, the length of both slices.
+                    let (x, y) = unsafe {
+                        (
+                            _mm256_loadu_pd(a.as_ptr().add(i)),
+                            _mm256_loadu_pd(b.as_ptr().add(i)),
+                        )
+                    };
+                    *acc = _mm256_add_pd(*acc, _mm256_mul_pd(x, y));
+                }
+            }
+        }
+        acc.map(|v| store_f64(v))
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn sq_dot_leaf_lanes_f64<const G: usize>(
+        a: &[f64],
+        b: &[f64],
+    ) -> ([[f64; 8]; G], [[f64; 8]; G]) {
+        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+        let (mut sq, mut dt) = ([[0f64; 8]; G], [[0f64; 8]; G]);
+        // One leaf at a time: four chains (two halves of two sums) already.
+        for q in 0..G {
+            let (mut s, mut d) = ([_mm256_setzero_pd(); 2], [_mm256_setzero_pd(); 2]);
+            for k in 0..LEAF / 8 {
+                for h in 0..2 {
+                    let i = q * LEAF + k * 8 + 4 * h;
+                    // SAFETY: `i + 4 <= G * LEAF`, the length of both slices.
+                    let (x, y) = unsafe {
+                        (
+                            _mm256_loadu_pd(a.as_ptr().add(i)),
+                            _mm256_loadu_pd(b.as_ptr().add(i)),
+                        )
+                    };
+                    s[h] = _mm256_add_pd(s[h], _mm256_mul_pd(x, x));
+                    d[h] = _mm256_add_pd(d[h], _mm256_mul_pd(y, x));
+                }
+            }
+            sq[q] = store_f64(s);
+            dt[q] = store_f64(d);
+        }
+        (sq, dt)
+    }
+
+    /// The eight lanes of two registers.
+    #[target_feature(enable = "avx")]
+    fn store_f64([lo, hi]: [__m256d; 2]) -> [f64; 8] {
+        let mut lanes = [0f64; 8];
+        // SAFETY: `lanes` holds the eight f64 stored, four by each store.
+        unsafe {
+            _mm256_storeu_pd(lanes.as_mut_ptr(), lo);
+            _mm256_storeu_pd(lanes.as_mut_ptr().add(4), hi);
+        }
+        lanes
+    }
+}
+
+/// Streaming stores without AVX: SSE2, part of the x86_64 baseline.
+#[cfg(target_arch = "x86_64")]
+mod sse {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// `out[i] = src[i]` with 16-byte streaming stores.
+    ///
+    /// # Safety
+    ///
+    /// `out` must start on a 16-byte boundary and hold a multiple of four elements, and `src`
+    /// as many.
+    pub(super) unsafe fn stream_f32(out: &mut [MaybeUninit<f32>], src: &[f32]) {
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(4));
+        for i in (0..out.len()).step_by(4) {
+            // SAFETY: `i + 4 <= len` for both; `out + i` is 16-byte aligned; `MaybeUninit<f32>`
+            // has the layout of `f32`.
+            unsafe {
+                _mm_stream_ps(
+                    out.as_mut_ptr().add(i).cast(),
+                    _mm_loadu_ps(src.as_ptr().add(i)),
+                )
+            };
+        }
+    }
+
+    /// `out[i] = src[i]` with 16-byte streaming stores.
+    ///
+    /// # Safety
+    ///
+    /// `out` must start on a 16-byte boundary and hold a multiple of two elements, and `src`
+    /// as many.
+    pub(super) unsafe fn stream_f64(out: &mut [MaybeUninit<f64>], src: &[f64]) {
+        debug_assert!(out.len() == src.len() && out.len().is_multiple_of(2));
+        for i in (0..out.len()).step_by(2) {
+            // SAFETY: as in `stream_f32`, with two f64 per 16 bytes.
+            unsafe {
+                _mm_stream_pd(
+                    out.as_mut_ptr().add(i).cast(),
+                    _mm_loadu_pd(src.as_ptr().add(i)),
+                )
+            };
+        }
+    }
+}
+
+/// Whether the AVX group sums can run (detected once, at run time).
+#[inline(always)]
+fn has_avx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 macro_rules! acc {
-    ($($t:ty => $tiny:expr),*) => {$(
+    ($($t:ty => $tiny:expr, $stream_avx:ident, $stream_sse:ident, $group:ident, $sq_dot:ident, $one:ident),*) => {$(
         impl Acc for $t {
             const ZERO: Self = 0.0;
             const TINY: Self = $tiny;
@@ -42,18 +379,104 @@ macro_rules! acc {
             fn from_f64(x: f64) -> Self {
                 x as $t
             }
+            #[inline(always)]
+            fn stream(out: &mut [MaybeUninit<Self>], src: &[Self]) {
+                assert_eq!(out.len(), src.len());
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // Up to the first 32-byte boundary (all of it if there is none), plainly;
+                    // then whole 32-byte lines of the output streamed; the rest plainly.
+                    let head = out.as_ptr().align_offset(32).min(out.len());
+                    let per_line = 32 / size_of::<Self>();
+                    let body = head + (out.len() - head) / per_line * per_line;
+                    for (o, &s) in out[..head].iter_mut().zip(&src[..head]) {
+                        o.write(s);
+                    }
+                    let (o, s) = (&mut out[head..body], &src[head..body]);
+                    if has_avx() {
+                        // SAFETY: the CPU supports AVX (checked just above); `o` starts on a
+                        // 32-byte boundary and holds whole lines of 32 bytes; `s` is as long.
+                        unsafe { avx::$stream_avx(o, s) };
+                    } else {
+                        // SAFETY: as above, without AVX: SSE2 is part of the x86_64 baseline.
+                        unsafe { sse::$stream_sse(o, s) };
+                    }
+                    for (o, &s) in out[body..].iter_mut().zip(&src[body..]) {
+                        o.write(s);
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                for (o, &s) in out.iter_mut().zip(src) {
+                    o.write(s);
+                }
+            }
+            #[inline(always)]
+            fn leaf_lanes<const G: usize>(a: &[Self], b: &[Self]) -> [[Self; 8]; G] {
+                assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+                #[cfg(target_arch = "x86_64")]
+                if has_avx() {
+                    // SAFETY: the CPU supports AVX, checked just above, and the lengths were.
+                    return unsafe { avx::$group::<G>(a, b) };
+                }
+                leaf_lanes_portable(a, b)
+            }
+            #[inline(always)]
+            fn lanes(a: &[Self], b: &[Self]) -> [Self; 8] {
+                assert!(a.len() <= LEAF && b.len() == a.len());
+                #[cfg(target_arch = "x86_64")]
+                if has_avx() {
+                    // SAFETY: the CPU supports AVX, checked just above, and the lengths were.
+                    return unsafe { avx::$one(a, b) };
+                }
+                lanes(a, b)
+            }
+            #[inline(always)]
+            fn sq_dot_leaf_lanes<const G: usize>(
+                a: &[Self],
+                b: &[Self],
+            ) -> ([[Self; 8]; G], [[Self; 8]; G]) {
+                assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+                #[cfg(target_arch = "x86_64")]
+                if has_avx() {
+                    // SAFETY: the CPU supports AVX, checked just above, and the lengths were.
+                    return unsafe { avx::$sq_dot::<G>(a, b) };
+                }
+                sq_dot_leaf_lanes_portable(a, b)
+            }
         }
     )*};
 }
 // Squares below the smallest normal number (1.2e-38 in f32, 2.2e-308 in f64) lose bits; in a
 // sum above TINY they are below the type's precision.
-acc!(f32 => 1e-30, f64 => 1e-280);
+acc!(
+    f32 => 1e-30, stream_f32, stream_f32, leaf_lanes_f32, sq_dot_leaf_lanes_f32, lanes_f32,
+    f64 => 1e-280, stream_f64, stream_f64, leaf_lanes_f64, sq_dot_leaf_lanes_f64, lanes_f64
+);
+
+/// Makes the streaming stores of [`Acc::stream`] made so far by this thread visible to others
+/// (before the results are handed over); cheap when there are none.
+#[inline(always)]
+pub(super) fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` only orders this thread's stores; SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_sfence();
+    }
+}
 
 /// A storage element and the type it is computed in.
 pub(crate) trait Real: Copy + Send + Sync + bytemuck::Pod + burn::tensor::Element {
     type A: Acc;
     fn up(self) -> Self::A;
     fn down(a: Self::A) -> Self;
+    /// The elements as their computation type, when they are of it (f32, f64): no conversion.
+    fn as_acc(xs: &[Self]) -> Option<&[Self::A]>;
+    /// The same for an output.
+    fn as_acc_out(out: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<Self::A>]>;
+    /// `out[i] = up(xs[i])` (exact), over equal lengths.
+    fn up_slice(xs: &[Self], out: &mut [Self::A]);
+    /// `out[i] = down(xs[i])`, over equal lengths.
+    fn down_slice(xs: &[Self::A], out: &mut [MaybeUninit<Self>]);
 }
 
 /// f32 and f64 are computed in their own type.
@@ -69,12 +492,33 @@ macro_rules! real_in_itself {
             fn down(a: $t) -> Self {
                 a
             }
+            #[inline(always)]
+            fn as_acc(xs: &[Self]) -> Option<&[$t]> {
+                Some(xs)
+            }
+            #[inline(always)]
+            fn as_acc_out(out: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<$t>]> {
+                Some(out)
+            }
+            #[inline(always)]
+            fn up_slice(xs: &[Self], out: &mut [$t]) {
+                out.copy_from_slice(xs);
+            }
+            #[inline(always)]
+            fn down_slice(xs: &[$t], out: &mut [MaybeUninit<Self>]) {
+                assert_eq!(xs.len(), out.len());
+                for (o, &x) in out.iter_mut().zip(xs) {
+                    o.write(x);
+                }
+            }
         }
     )*};
 }
 real_in_itself!(f32, f64);
 
-/// The half types are computed in f32 and rounded once.
+/// The half types are computed in f32 and rounded once; slices are converted with the CPU's
+/// conversion instructions where it has them (`half`'s slice conversions, which give the same
+/// bits as the conversion of one element).
 macro_rules! real_in_f32 {
     ($($t:ty),*) => {$(
         impl Real for $t {
@@ -87,6 +531,28 @@ macro_rules! real_in_f32 {
             fn down(a: f32) -> Self {
                 <$t>::from_f32(a)
             }
+            fn as_acc(_: &[Self]) -> Option<&[f32]> {
+                None
+            }
+            fn as_acc_out(_: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]> {
+                None
+            }
+            #[inline(always)]
+            fn up_slice(xs: &[Self], out: &mut [f32]) {
+                xs.convert_to_f32_slice(out);
+            }
+            #[inline(always)]
+            fn down_slice(xs: &[f32], out: &mut [MaybeUninit<Self>]) {
+                assert_eq!(xs.len(), out.len());
+                let mut buf = [<$t>::ZERO; BLOCK];
+                for (x, o) in xs.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+                    let b = &mut buf[..x.len()];
+                    b.convert_from_f32_slice(x);
+                    for (o, &h) in o.iter_mut().zip(b.iter()) {
+                        o.write(h);
+                    }
+                }
+            }
         }
     )*};
 }
@@ -95,52 +561,207 @@ real_in_f32!(f16, bf16);
 /// Leaves of the pairwise summation: eight lanes of 32 elements.
 pub(super) const LEAF: usize = 256;
 
+/// Leaves summed at once, interleaved.
+const GROUP: usize = 4;
+
+/// Elements converted or computed at once through a buffer on the stack: a group of leaves.
+pub(super) const BLOCK: usize = GROUP * LEAF;
+
+/// The binary counter that combines leaf sums pairwise, in order: `stack[k]` holds the sum of
+/// `2^level[k]` leaves, and equal levels merge, as in binary addition.
+struct Pairwise<A> {
+    stack: [(A, u32); 48],
+    top: usize,
+}
+
+impl<A: Acc> Pairwise<A> {
+    #[inline(always)]
+    fn new() -> Self {
+        Self {
+            stack: [(A::ZERO, 0); 48],
+            top: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, mut s: A) {
+        let mut level = 0;
+        while self.top > 0 && self.stack[self.top - 1].1 == level {
+            s = self.stack[self.top - 1].0 + s;
+            self.top -= 1;
+            level += 1;
+        }
+        self.stack[self.top] = (s, level);
+        self.top += 1;
+    }
+
+    /// The total (of at least one leaf).
+    #[inline(always)]
+    fn finish(self) -> A {
+        let mut s = self.stack[self.top - 1].0;
+        for k in (0..self.top - 1).rev() {
+            s = self.stack[k].0 + s;
+        }
+        s
+    }
+}
+
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`: a leaf's eight lanes combined.
+#[inline(always)]
+fn combine<A: Acc>(l: [A; 8]) -> A {
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
+/// The eight lanes of a leaf's whole chunks of eight: `lanes[l] = sum(a[8k + l] * b[8k + l])`,
+/// in order of `k`.
+#[inline(always)]
+fn lanes<A: Acc>(a: &[A], b: &[A]) -> [A; 8] {
+    let mut lanes = [A::ZERO; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + x[l] * y[l];
+        }
+    }
+    lanes
+}
+
+/// One leaf (at most [`LEAF`] elements): `sum(a[i] * b[i])` over eight lanes, then the
+/// remainder of fewer than eight elements in order.
+#[inline(always)]
+fn leaf<A: Acc>(a: &[A], b: &[A]) -> A {
+    let mut s = combine(A::lanes(a, b));
+    let whole = a.len() / 8 * 8;
+    for (x, y) in a[whole..].iter().zip(&b[whole..]) {
+        s = s + *x * *y;
+    }
+    s
+}
+
+/// Pushes the leaf sums of `a * b` to `p`: groups of [`GROUP`] full leaves at once, then the
+/// remaining full leaves at once, then the last, partial leaf.
+#[inline(always)]
+fn push_dot<A: Acc>(p: &mut Pairwise<A>, a: &[A], b: &[A]) {
+    let full = a.len() / BLOCK * BLOCK;
+    for (ga, gb) in a[..full]
+        .chunks_exact(BLOCK)
+        .zip(b[..full].chunks_exact(BLOCK))
+    {
+        for l in A::leaf_lanes::<GROUP>(ga, gb) {
+            p.push(combine(l));
+        }
+    }
+    let (a, b) = (&a[full..], &b[full..]);
+    let whole = a.len() / LEAF * LEAF;
+    let (wa, wb) = (&a[..whole], &b[..whole]);
+    match whole / LEAF {
+        0 => {}
+        1 => A::leaf_lanes::<1>(wa, wb)
+            .into_iter()
+            .for_each(|l| p.push(combine(l))),
+        2 => A::leaf_lanes::<2>(wa, wb)
+            .into_iter()
+            .for_each(|l| p.push(combine(l))),
+        _ => A::leaf_lanes::<3>(wa, wb)
+            .into_iter()
+            .for_each(|l| p.push(combine(l))),
+    }
+    if whole < a.len() {
+        p.push(leaf(&a[whole..], &b[whole..]));
+    }
+}
+
+/// Pushes the leaf sums of `a * a` and `b * a` to `sq` and `dt`, as [`push_dot`] cuts them.
+#[inline(always)]
+fn push_sq_dot<A: Acc>(sq: &mut Pairwise<A>, dt: &mut Pairwise<A>, a: &[A], b: &[A]) {
+    let mut push = |(s, d): (&[[A; 8]], &[[A; 8]])| {
+        for (s, d) in s.iter().zip(d) {
+            sq.push(combine(*s));
+            dt.push(combine(*d));
+        }
+    };
+    let full = a.len() / BLOCK * BLOCK;
+    for (ga, gb) in a[..full]
+        .chunks_exact(BLOCK)
+        .zip(b[..full].chunks_exact(BLOCK))
+    {
+        let (s, d) = A::sq_dot_leaf_lanes::<GROUP>(ga, gb);
+        push((&s, &d));
+    }
+    let (a, b) = (&a[full..], &b[full..]);
+    let whole = a.len() / LEAF * LEAF;
+    let (wa, wb) = (&a[..whole], &b[..whole]);
+    match whole / LEAF {
+        0 => {}
+        1 => {
+            let (s, d) = A::sq_dot_leaf_lanes::<1>(wa, wb);
+            push((&s, &d));
+        }
+        2 => {
+            let (s, d) = A::sq_dot_leaf_lanes::<2>(wa, wb);
+            push((&s, &d));
+        }
+        _ => {
+            let (s, d) = A::sq_dot_leaf_lanes::<3>(wa, wb);
+            push((&s, &d));
+        }
+    }
+    if whole < a.len() {
+        let (ra, rb) = (&a[whole..], &b[whole..]);
+        sq.push(leaf(ra, ra));
+        dt.push(leaf(rb, ra));
+    }
+}
+
 /// `sum(a[i] * b[i])` by pairwise summation over leaves of eight independent lanes: vectorizable,
 /// and its rounding error grows with the logarithm of the length, not the length. Leaves are
 /// combined with a binary counter (no recursion), so the whole function inlines into the AVX2
 /// clones of the kernels.
 #[inline(always)]
 pub(super) fn dot<T: Real>(a: &[T], b: &[T]) -> T::A {
-    if a.len() <= LEAF {
-        return dot_leaf(a, b);
-    }
-    // stack[k] holds the sum of 2^level[k] leaves; equal levels merge, as in binary addition.
-    let mut stack = [(T::A::ZERO, 0u32); 48];
-    let mut top = 0;
-    for (ca, cb) in a.chunks(LEAF).zip(b.chunks(LEAF)) {
-        let mut s = dot_leaf(ca, cb);
-        let mut level = 0;
-        while top > 0 && stack[top - 1].1 == level {
-            s = stack[top - 1].0 + s;
-            top -= 1;
-            level += 1;
+    assert_eq!(a.len(), b.len());
+    if let (Some(a), Some(b)) = (T::as_acc(a), T::as_acc(b)) {
+        if a.len() <= LEAF {
+            return leaf(a, b);
         }
-        stack[top] = (s, level);
-        top += 1;
+        let mut p = Pairwise::new();
+        push_dot(&mut p, a, b);
+        return p.finish();
     }
-    let mut s = stack[top - 1].0;
-    for k in (0..top - 1).rev() {
-        s = stack[k].0 + s;
+    // Half types: a group of leaves at a time, widened exactly, then as f32.
+    let (mut ba, mut bb) = ([T::A::ZERO; BLOCK], [T::A::ZERO; BLOCK]);
+    let mut p = Pairwise::new();
+    for (ca, cb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let (wa, wb) = (&mut ba[..ca.len()], &mut bb[..ca.len()]);
+        T::up_slice(ca, wa);
+        T::up_slice(cb, wb);
+        if a.len() <= LEAF {
+            return leaf(wa, wb);
+        }
+        push_dot(&mut p, wa, wb);
     }
-    s
+    if a.is_empty() { T::A::ZERO } else { p.finish() }
 }
 
+/// `(dot(a, a), dot(b, a))` in one pass over both, to the same bits.
 #[inline(always)]
-fn dot_leaf<T: Real>(a: &[T], b: &[T]) -> T::A {
-    let mut lanes = [T::A::ZERO; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..8 {
-            lanes[l] = lanes[l] + x[l].up() * y[l].up();
+pub(super) fn sq_dot<T: Real>(a: &[T], b: &[T]) -> (T::A, T::A) {
+    assert_eq!(a.len(), b.len());
+    if a.len() <= LEAF {
+        return (dot(a, a), dot(b, a));
+    }
+    let (mut sq, mut dt) = (Pairwise::new(), Pairwise::new());
+    if let (Some(a), Some(b)) = (T::as_acc(a), T::as_acc(b)) {
+        push_sq_dot(&mut sq, &mut dt, a, b);
+    } else {
+        let (mut ba, mut bb) = ([T::A::ZERO; BLOCK], [T::A::ZERO; BLOCK]);
+        for (ca, cb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+            let (wa, wb) = (&mut ba[..ca.len()], &mut bb[..ca.len()]);
+            T::up_slice(ca, wa);
+            T::up_slice(cb, wb);
+            push_sq_dot(&mut sq, &mut dt, wa, wb);
         }
     }
-    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s = s + x.up() * y.up();
-    }
-    s
+    (sq.finish(), dt.finish())
 }
 
 /// `max(n, eps)`.
@@ -193,11 +814,37 @@ pub(super) fn rescaled_norm<T: Real, I: Iterator<Item = T> + Clone>(elems: I) ->
 /// `(sum(a * a), sum(b * a))` that the backward needs, gathered in one pass over memory.
 pub(super) trait Sums<T: Real>: Copy + Send + Sync {
     const ZERO: Self;
+    /// How many sums: the arrays [`Sums::add_row`] accumulates into.
+    const COUNT: usize;
     fn add(self, other: Self) -> Self;
     /// The sums over two contiguous runs.
     fn run(a: &[T], b: &[T]) -> Self;
     /// The sums' terms for one element of each.
     fn elem(a: T, b: T) -> Self;
+    /// Adds a block of `rows` rows of `n` elements (the last-axis case: column `j` is slice
+    /// `j`) to the column sums in `total`, kept as [`Sums::COUNT`] arrays of `n` one after the
+    /// other: for each column, the rows' terms `elem(a, b)` summed in row order from zero, then
+    /// that block sum added to the total, exactly as `s.add(elem(..))` row by row into a zeroed
+    /// block would. Strips of columns are summed in registers, vectorized over the columns.
+    fn add_block(total: &mut [T::A], a: &[T::A], b: &[T::A], n: usize, rows: usize);
+    /// Column `j` of `cols` laid out as in [`Sums::add_block`].
+    fn column(cols: &[T::A], n: usize, j: usize) -> Self;
+}
+
+/// Columns summed at once in [`Sums::add_block`]: 32 (four AVX registers of f32 per sum).
+const STRIP: usize = 32;
+
+/// Calls `f(j0, width)` for the strips of at most [`STRIP`] columns of `0..n`, in order: the
+/// full strips with the constant width (so that `f`, inlined, has loops of a known length).
+#[inline(always)]
+fn for_strips(n: usize, mut f: impl FnMut(usize, usize)) {
+    let full = n / STRIP * STRIP;
+    for j0 in (0..full).step_by(STRIP) {
+        f(j0, STRIP);
+    }
+    if full < n {
+        f(full, n - full);
+    }
 }
 
 /// `sum(a * b)`.
@@ -210,6 +857,7 @@ pub(super) struct SqDot<A>(pub(super) A, pub(super) A);
 
 impl<T: Real> Sums<T> for Dot<T::A> {
     const ZERO: Self = Dot(T::A::ZERO);
+    const COUNT: usize = 1;
     #[inline(always)]
     fn add(self, o: Self) -> Self {
         Dot(self.0 + o.0)
@@ -222,23 +870,75 @@ impl<T: Real> Sums<T> for Dot<T::A> {
     fn elem(a: T, b: T) -> Self {
         Dot(a.up() * b.up())
     }
+    #[inline(always)]
+    fn add_block(total: &mut [T::A], a: &[T::A], b: &[T::A], n: usize, rows: usize) {
+        for_strips(
+            n,
+            #[inline(always)]
+            |j0, w| {
+                let mut acc = [T::A::ZERO; STRIP];
+                let acc = &mut acc[..w];
+                for r in 0..rows {
+                    let (x, y) = (&a[r * n + j0..][..w], &b[r * n + j0..][..w]);
+                    for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+                        *s = *s + x * y;
+                    }
+                }
+                for (t, &s) in total[j0..j0 + w].iter_mut().zip(acc.iter()) {
+                    *t = *t + s;
+                }
+            },
+        );
+    }
+    fn column(cols: &[T::A], _: usize, j: usize) -> Self {
+        Dot(cols[j])
+    }
 }
 
 impl<T: Real> Sums<T> for SqDot<T::A> {
     const ZERO: Self = SqDot(T::A::ZERO, T::A::ZERO);
+    const COUNT: usize = 2;
     #[inline(always)]
     fn add(self, o: Self) -> Self {
         SqDot(self.0 + o.0, self.1 + o.1)
     }
     #[inline(always)]
     fn run(a: &[T], b: &[T]) -> Self {
-        // The run is in cache after the first pass.
-        SqDot(dot(a, a), dot(b, a))
+        let (s, d) = sq_dot(a, b);
+        SqDot(s, d)
     }
     #[inline(always)]
     fn elem(a: T, b: T) -> Self {
         let x = a.up();
         SqDot(x * x, b.up() * x)
+    }
+    #[inline(always)]
+    fn add_block(total: &mut [T::A], a: &[T::A], b: &[T::A], n: usize, rows: usize) {
+        for_strips(
+            n,
+            #[inline(always)]
+            |j0, w| {
+                let (mut sq, mut dt) = ([T::A::ZERO; STRIP], [T::A::ZERO; STRIP]);
+                let (sq, dt) = (&mut sq[..w], &mut dt[..w]);
+                for r in 0..rows {
+                    let (x, y) = (&a[r * n + j0..][..w], &b[r * n + j0..][..w]);
+                    for ((s, d), (&x, &y)) in sq.iter_mut().zip(dt.iter_mut()).zip(x.iter().zip(y))
+                    {
+                        *s = *s + x * x;
+                        *d = *d + y * x;
+                    }
+                }
+                for (t, &s) in total[j0..j0 + w].iter_mut().zip(sq.iter()) {
+                    *t = *t + s;
+                }
+                for (t, &d) in total[n + j0..n + j0 + w].iter_mut().zip(dt.iter()) {
+                    *t = *t + d;
+                }
+            },
+        );
+    }
+    fn column(cols: &[T::A], n: usize, j: usize) -> Self {
+        SqDot(cols[j], cols[n + j])
     }
 }
 
@@ -395,5 +1095,218 @@ mod tests {
         assert_eq!(slice_norm(0.0f32, || [0.0f32; 3].iter().copied()), 0.0);
         assert!(!slice_norm(f32::NAN, || [f32::NAN].iter().copied()).is_finite());
         assert!(!slice_norm(f32::INFINITY, || [f32::INFINITY].iter().copied()).is_finite());
+    }
+
+    /// The summation as it was written before the leaves were interleaved and vectorized:
+    /// leaf after leaf, eight lanes each, combined by the binary counter.
+    fn reference_dot<A: Acc>(a: &[A], b: &[A]) -> A {
+        fn one_leaf<A: Acc>(a: &[A], b: &[A]) -> A {
+            let mut lanes = [A::ZERO; 8];
+            let mut ca = a.chunks_exact(8);
+            let mut cb = b.chunks_exact(8);
+            for (x, y) in (&mut ca).zip(&mut cb) {
+                for l in 0..8 {
+                    lanes[l] = lanes[l] + x[l] * y[l];
+                }
+            }
+            let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+                s = s + *x * *y;
+            }
+            s
+        }
+        if a.len() <= LEAF {
+            return one_leaf(a, b);
+        }
+        let mut stack = vec![];
+        for (ca, cb) in a.chunks(LEAF).zip(b.chunks(LEAF)) {
+            let (mut s, mut level) = (one_leaf(ca, cb), 0u32);
+            while let Some(&(t, l)) = stack.last() {
+                if l != level {
+                    break;
+                }
+                s = t + s;
+                stack.pop();
+                level += 1;
+            }
+            stack.push((s, level));
+        }
+        let mut s = stack.pop().expect("at least one leaf").0;
+        while let Some((t, _)) = stack.pop() {
+            s = t + s;
+        }
+        s
+    }
+
+    /// Lengths around every boundary of the summation: lanes, leaves, groups of leaves, and
+    /// groups followed by one, two or three full leaves and a partial one.
+    const EDGES: [usize; 22] = [
+        0,
+        1,
+        7,
+        8,
+        9,
+        255,
+        256,
+        257,
+        511,
+        512,
+        513,
+        767,
+        768,
+        1023,
+        1024,
+        1025,
+        1280,
+        1536 + 17,
+        1792,
+        2048,
+        3 * 1024 + 3 * 256 + 13,
+        70_001,
+    ];
+
+    #[test]
+    fn vectorized_sums_give_the_bits_of_one_leaf_at_a_time() {
+        for &n in &EDGES {
+            let (a, b) = (values(n, 41), values(n, 42));
+            assert_eq!(
+                dot::<f64>(&a, &b).to_bits(),
+                reference_dot(&a, &b).to_bits(),
+                "{n}"
+            );
+            let (sq, dt) = sq_dot::<f64>(&a, &b);
+            assert_eq!(sq.to_bits(), reference_dot(&a, &a).to_bits(), "{n}");
+            assert_eq!(dt.to_bits(), reference_dot(&b, &a).to_bits(), "{n}");
+            let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let b32: Vec<f32> = b.iter().map(|&x| (x * 3.0) as f32).collect();
+            let r = reference_dot(&a32, &b32);
+            assert_eq!(dot::<f32>(&a32, &b32).to_bits(), r.to_bits(), "{n}");
+            // Inside the AVX2 clone too.
+            let wide = super::super::schedule::simd(
+                #[inline(always)]
+                || dot::<f32>(&a32, &b32),
+            );
+            assert_eq!(wide.to_bits(), r.to_bits(), "{n}");
+            let (sq, dt) = sq_dot::<f32>(&a32, &b32);
+            assert_eq!(sq.to_bits(), reference_dot(&a32, &a32).to_bits(), "{n}");
+            assert_eq!(dt.to_bits(), reference_dot(&b32, &a32).to_bits(), "{n}");
+        }
+    }
+
+    #[test]
+    fn avx_and_portable_leaves_agree_to_the_bit() {
+        let (a, b) = (values(BLOCK, 43), values(BLOCK, 44));
+        let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+        let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+        let bits32 = |l: &[[f32; 8]]| l.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let bits64 = |l: &[[f64; 8]]| l.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let p32 = leaf_lanes_portable::<f32, GROUP>(&a32, &b32);
+        let p64 = leaf_lanes_portable::<f64, GROUP>(&a, &b);
+        assert_eq!(bits32(&f32::leaf_lanes::<GROUP>(&a32, &b32)), bits32(&p32));
+        assert_eq!(bits64(&f64::leaf_lanes::<GROUP>(&a, &b)), bits64(&p64));
+        let (s, d) = sq_dot_leaf_lanes_portable::<f32, GROUP>(&a32, &b32);
+        let (vs, vd) = f32::sq_dot_leaf_lanes::<GROUP>(&a32, &b32);
+        assert_eq!((bits32(&vs), bits32(&vd)), (bits32(&s), bits32(&d)));
+        let (s, d) = sq_dot_leaf_lanes_portable::<f64, GROUP>(&a, &b);
+        let (vs, vd) = f64::sq_dot_leaf_lanes::<GROUP>(&a, &b);
+        assert_eq!((bits64(&vs), bits64(&vd)), (bits64(&s), bits64(&d)));
+        for len in [0, 5, 8, 13, 64, 255, 256] {
+            assert_eq!(
+                f32::lanes(&a32[..len], &b32[..len]).map(f32::to_bits),
+                lanes(&a32[..len], &b32[..len]).map(f32::to_bits),
+                "{len}"
+            );
+            assert_eq!(
+                f64::lanes(&a[..len], &b[..len]).map(f64::to_bits),
+                lanes(&a[..len], &b[..len]).map(f64::to_bits),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn half_types_are_summed_as_their_f32_values() {
+        for &n in &EDGES {
+            let (a, b) = (values(n, 45), values(n, 46));
+            let (a16, b16): (Vec<f16>, Vec<f16>) = (
+                a.iter().map(|&x| f16::from_f64(x)).collect(),
+                b.iter().map(|&x| f16::from_f64(x)).collect(),
+            );
+            let up = |x: &[f16]| x.iter().map(|h| h.to_f32()).collect::<Vec<f32>>();
+            let (wa, wb) = (up(&a16), up(&b16));
+            assert_eq!(
+                dot::<f16>(&a16, &b16).to_bits(),
+                reference_dot(&wa, &wb).to_bits()
+            );
+            let (sq, dt) = sq_dot::<f16>(&a16, &b16);
+            assert_eq!(sq.to_bits(), reference_dot(&wa, &wa).to_bits(), "{n}");
+            assert_eq!(dt.to_bits(), reference_dot(&wb, &wa).to_bits(), "{n}");
+            let abf: Vec<bf16> = a.iter().map(|&x| bf16::from_f64(x)).collect();
+            let wbf: Vec<f32> = abf.iter().map(|h| h.to_f32()).collect();
+            assert_eq!(
+                dot::<bf16>(&abf, &abf).to_bits(),
+                reference_dot(&wbf, &wbf).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn slice_conversions_are_the_element_conversions() {
+        let mut xs: Vec<f32> = values(3000, 47).iter().map(|&x| (x * 7e4) as f32).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-7,
+            -3e-8,
+            6.1e-5,
+            65504.0,
+            7e4,
+            f32::INFINITY,
+            f32::MIN,
+        ]);
+        let mut h16 = vec![MaybeUninit::new(f16::ZERO); xs.len()];
+        f16::down_slice(&xs, &mut h16);
+        let mut hbf = vec![MaybeUninit::new(bf16::ZERO); xs.len()];
+        bf16::down_slice(&xs, &mut hbf);
+        for (i, &x) in xs.iter().enumerate() {
+            // SAFETY: every element was initialized above.
+            let (a, b) = unsafe { (h16[i].assume_init(), hbf[i].assume_init()) };
+            assert_eq!(a.to_bits(), f16::from_f32(x).to_bits(), "{x}");
+            assert_eq!(b.to_bits(), bf16::from_f32(x).to_bits(), "{x}");
+        }
+        // SAFETY: as above.
+        let h16: Vec<f16> = h16.iter().map(|h| unsafe { h.assume_init() }).collect();
+        let mut back = vec![0f32; xs.len()];
+        f16::up_slice(&h16, &mut back);
+        for (h, b) in h16.iter().zip(&back) {
+            assert_eq!(h.to_f32().to_bits(), b.to_bits());
+        }
+    }
+
+    #[test]
+    fn streaming_stores_write_every_element_wherever_the_slice_starts() {
+        let src64 = values(300, 48);
+        let src32: Vec<f32> = src64.iter().map(|&x| x as f32).collect();
+        for start in 0..9 {
+            for len in [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 33, 64, 100, 291] {
+                let mut out = vec![MaybeUninit::new(-9.0f32); 300];
+                f32::stream(&mut out[start..start + len], &src32[..len]);
+                let mut out64 = vec![MaybeUninit::new(-9.0f64); 300];
+                f64::stream(&mut out64[start..start + len], &src64[..len]);
+                fence();
+                for i in 0..300 {
+                    let inside = (start..start + len).contains(&i);
+                    // SAFETY: every element was initialized above.
+                    let (o, o64) = unsafe { (out[i].assume_init(), out64[i].assume_init()) };
+                    let (e, e64) = if inside {
+                        (src32[i - start], src64[i - start])
+                    } else {
+                        (-9.0, -9.0)
+                    };
+                    assert_eq!((o, o64), (e, e64), "start {start}, len {len}, element {i}");
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,528 @@
+//! `weightnorm bench`: the weight-norm operation (fused and composed, forward and forward +
+//! backward) beside two copies of the same bytes, one training step of an MLP plain and
+//! weight-normalized, and canonicalization of a 10M- and a 100M-parameter MLP; medians of
+//! several runs, as a table or JSON. `scripts/bench_torch.py` times the same cases in PyTorch
+//! with the same names, and `scripts/bench_side_by_side.sh` prints both tables side by side.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use burn::backend::Bytes;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor};
+use burn_flex::{Flex, FlexTensor, Layout};
+use rayon::prelude::*;
+use safetensors::Dtype;
+use serde_json::json;
+use weightnorm::NormAxis;
+use weightnorm::canonical::canonicalize;
+use weightnorm::ops::{WeightNormBackend, composed_backward, composed_forward};
+use weightnorm::torch::{TensorEntry, from_arch};
+
+use crate::model::{Mlp, Param};
+use crate::{Failure, data, malloc};
+
+const AFTER_HELP: &str = "\
+Cases (each timed as the median of several runs, after a warm-up run; all f32):
+
+  For each weight: 4096x4096 (norm per row, axis 0; per column, axis 1, the layout of Burn's
+  Linear weight [d_in, d_out] normalized per output unit; and one norm over the whole tensor),
+  512x256x3x3, 512x512x7 and 784x128 (axis 0, PyTorch's default dim):
+    copy warm                a copy of the weight's bytes into an existing buffer: the bandwidth
+                             the operation is measured against
+    copy fresh               a copy into a freshly allocated buffer, freed after each run: what
+                             allocating a new output costs on top (page faults, unless the
+                             allocator keeps freed blocks; see below)
+    fused forward            w = g * v / ||v||, this crate's fused CPU kernel (a new w per run)
+    fused forward+backward   the forward, then the analytic backward (dv, dg) for a given dw
+    composed forward         the same from Burn's primitive tensor operations (the path other
+                             backends take)
+    composed forward+backward
+                             the composed forward and its backward, also composed
+  bytes: the least memory traffic of each: 2x the weight for a copy and a forward (read v,
+  write w), 5x for forward+backward (the backward reads v and dw and writes dv); GB/s is
+  bytes / median.
+
+  train step plain b16, train step wn b16, train step plain b128, train step wn b128
+                             one step (forward, cross-entropy, backward, Adam) of an MLP
+                             784-1024-1024-10 with plain weights or weight norm on every Linear,
+                             at batch 16 and 128 (no bytes: compute-bound)
+
+  canonicalize 10M, canonicalize 100M
+                             the canonical form (unit-norm rows, one output scale) of a plain MLP
+                             of 6 hidden layers of 1280 or 4096 units (9.9M or 100.7M
+                             parameters), through the library's canonical calculus as
+                             `weightnorm canonicalize` runs it (the network already read; bytes:
+                             every weight read and written once)
+
+The allocator: every command of this binary raises glibc's mmap_threshold and trim_threshold
+(see the first line of the output); `WEIGHTNORM_MALLOC=default weightnorm bench` measures glibc's
+defaults instead. `--threads N` sizes rayon's pool, which Burn's CPU backend (matrix products
+included) and the fused kernels share.
+
+JSON (--json): {\"threads\": N, \"allocator\": {...}, \"cases\": [{\"name\", \"shape\", \"median_ms\",
+\"runs\", \"bytes\", \"gbps\"}, ...]} (bytes and gbps null for the training steps).
+
+Examples:
+  weightnorm bench
+  weightnorm bench --threads 1 --filter 4096
+  weightnorm bench --json > rust.json";
+
+/// The options of `bench`.
+#[derive(clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct BenchArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// One run per case and no warm-up: checks that every case runs, measures nothing.
+    #[arg(long, conflicts_with = "runs")]
+    pub quick: bool,
+    /// Exactly this many timed runs per case. Without it: up to 15, fewer (at least 3) for a
+    /// case whose runs take more than 3 s in all.
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Only the cases whose name and shape, as `NAME SHAPE` (e.g. `fused forward 4096x4096
+    /// axis0`), contain this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// One measured case.
+struct Measured {
+    name: String,
+    shape: String,
+    median_ms: f64,
+    runs: usize,
+    bytes: Option<u64>,
+}
+
+impl Measured {
+    fn gbps(&self) -> Option<f64> {
+        self.bytes.map(|b| b as f64 / (self.median_ms * 1e-3) / 1e9)
+    }
+}
+
+/// How many runs, and whether to warm up first.
+#[derive(Clone, Copy)]
+struct Plan {
+    runs: usize,
+    /// Whether to stop early: once [`Plan::BUDGET`] is spent and [`Plan::MIN_RUNS`] made.
+    adaptive: bool,
+    warm_up: bool,
+}
+
+impl Plan {
+    const BUDGET: Duration = Duration::from_secs(3);
+    const MIN_RUNS: usize = 3;
+    const MAX_RUNS: usize = 15;
+}
+
+/// The median of `xs` (sorted in place).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Times `run` on what `setup` prepares (setup untimed): the median in ms, and the runs made.
+fn time_with<S>(plan: Plan, mut setup: impl FnMut() -> S, mut run: impl FnMut(S)) -> (f64, usize) {
+    if plan.warm_up {
+        run(setup());
+    }
+    let mut times = Vec::new();
+    let started = Instant::now();
+    while times.len() < plan.runs.max(1)
+        && !(plan.adaptive && times.len() >= Plan::MIN_RUNS && started.elapsed() > Plan::BUDGET)
+    {
+        let s = setup();
+        let t0 = Instant::now();
+        run(s);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    (median(&mut times), times.len())
+}
+
+/// The cases measured so far, and which to run.
+struct Bench {
+    plan: Plan,
+    filter: Option<String>,
+    cases: Vec<Measured>,
+    json: bool,
+}
+
+impl Bench {
+    fn wanted(&self, name: &str, shape: &str) -> bool {
+        self.filter
+            .as_deref()
+            .is_none_or(|f| format!("{name} {shape}").contains(f))
+    }
+
+    /// Times `run` after an untimed `setup` per run, and records it.
+    fn case_with<S>(
+        &mut self,
+        name: &str,
+        shape: &str,
+        bytes: Option<u64>,
+        setup: impl FnMut() -> S,
+        run: impl FnMut(S),
+    ) {
+        if !self.wanted(name, shape) {
+            return;
+        }
+        let (median_ms, runs) = time_with(self.plan, setup, run);
+        let m = Measured {
+            name: name.to_string(),
+            shape: shape.to_string(),
+            median_ms,
+            runs,
+            bytes,
+        };
+        if !self.json {
+            print_row(&m);
+        }
+        self.cases.push(m);
+    }
+
+    fn case(&mut self, name: &str, shape: &str, bytes: Option<u64>, mut run: impl FnMut()) {
+        self.case_with(name, shape, bytes, || (), |()| run());
+    }
+}
+
+fn print_row(m: &Measured) {
+    let gbps = m.gbps().map_or(String::new(), |g| format!("{g:8.2}"));
+    println!(
+        "{:<28} {:<24} {:>11.4} {:>8} {:>5}",
+        m.name, m.shape, m.median_ms, gbps, m.runs
+    );
+}
+
+/// Deterministic values in `[-1, 1)` (SplitMix64, one stream per block, filled in parallel).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    const BLOCK: usize = 1 << 16;
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, c)| {
+        let mut rng = data::SplitMix64(seed ^ (b as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+        for x in c {
+            *x = (rng.next_f64() * 2.0 - 1.0) as f32;
+        }
+    });
+    out
+}
+
+fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape.to_vec().into()),
+        DType::F32,
+    )
+}
+
+/// A weight of the bench: its dims, axis and name.
+struct Weight {
+    dims: &'static [usize],
+    axis: NormAxis,
+    label: &'static str,
+}
+
+const WEIGHTS: [Weight; 6] = [
+    Weight {
+        dims: &[4096, 4096],
+        axis: NormAxis::Keep(0),
+        label: "4096x4096 axis0",
+    },
+    Weight {
+        dims: &[4096, 4096],
+        axis: NormAxis::Keep(1),
+        label: "4096x4096 axis1",
+    },
+    Weight {
+        dims: &[4096, 4096],
+        axis: NormAxis::Whole,
+        label: "4096x4096 whole",
+    },
+    Weight {
+        dims: &[512, 256, 3, 3],
+        axis: NormAxis::Keep(0),
+        label: "512x256x3x3 axis0",
+    },
+    Weight {
+        dims: &[512, 512, 7],
+        axis: NormAxis::Keep(0),
+        label: "512x512x7 axis0",
+    },
+    Weight {
+        dims: &[784, 128],
+        axis: NormAxis::Keep(0),
+        label: "784x128 axis0",
+    },
+];
+
+/// The cases of one weight; the copies too if `copies` (once per distinct dims).
+fn weight_cases(b: &mut Bench, w: &Weight, copies: bool) {
+    const NAMES: [&str; 6] = [
+        "copy warm",
+        "copy fresh",
+        "fused forward",
+        "fused forward+backward",
+        "composed forward",
+        "composed forward+backward",
+    ];
+    if !NAMES.iter().any(|n| b.wanted(n, w.label)) {
+        return;
+    }
+    let numel: usize = w.dims.iter().product();
+    let size = (numel * 4) as u64;
+    let v_data = values(numel, 1);
+    // g = ||v||: the function-preserving start, norms of a realistic size.
+    let split = w.axis.split_shape(w.dims);
+    let g_data: Vec<f32> = (0..split[1])
+        .map(|j| {
+            let [outer, n, inner] = split;
+            (0..outer)
+                .flat_map(|o| &v_data[(o * n + j) * inner..][..inner])
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
+        .collect();
+    let (v, g, dw) = (
+        flex(v_data.clone(), w.dims),
+        flex(g_data, &w.axis.g_shape(w.dims)),
+        flex(values(numel, 2), w.dims),
+    );
+    let keep = w.axis.kept();
+    if copies {
+        let copy_shape = w.label.split(' ').next().unwrap_or(w.label);
+        let mut dst = vec![0f32; numel];
+        b.case("copy warm", copy_shape, Some(2 * size), || {
+            dst.copy_from_slice(black_box(&v_data));
+            black_box(&mut dst);
+        });
+        b.case("copy fresh", copy_shape, Some(2 * size), || {
+            black_box(black_box(&v_data).to_vec());
+        });
+    }
+    b.case("fused forward", w.label, Some(2 * size), || {
+        black_box(Flex::weight_norm_forward(v.clone(), g.clone(), keep, 0.0));
+    });
+    b.case("fused forward+backward", w.label, Some(5 * size), || {
+        let out = Flex::weight_norm_forward(v.clone(), g.clone(), keep, 0.0);
+        let grads = Flex::weight_norm_backward(v.clone(), g.clone(), dw.clone(), keep, 0.0);
+        black_box((out, grads));
+    });
+    b.case("composed forward", w.label, Some(2 * size), || {
+        black_box(composed_forward::<Flex>(v.clone(), g.clone(), keep, 0.0));
+    });
+    b.case("composed forward+backward", w.label, Some(5 * size), || {
+        let out = composed_forward::<Flex>(v.clone(), g.clone(), keep, 0.0);
+        let grads = composed_backward::<Flex>(v.clone(), g.clone(), dw.clone(), keep, 0.0);
+        black_box((out, grads));
+    });
+}
+
+/// The MLP of the training-step cases.
+const MLP: [usize; 4] = [784, 1024, 1024, 10];
+
+fn train_cases(b: &mut Bench) -> Result<()> {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let shape = format!(
+        "mlp {}",
+        MLP.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("-")
+    );
+    for batch in [16usize, 128] {
+        for param in [Param::Plain, Param::Wn] {
+            let name = format!("train step {} b{batch}", param.name());
+            if !b.wanted(&name, &shape) {
+                continue;
+            }
+            let x = Tensor::<2>::random([batch, MLP[0]], Distribution::Normal(0.0, 1.0), &device);
+            let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
+            let y = Tensor::<1, Int>::from_data(labels.as_slice(), &device);
+            let loss_fn = CrossEntropyLossConfig::new().init(&device);
+            let mut optim: ModuleOptimizer = AdamConfig::new().init();
+            let mut slot = Some(Mlp::new(&MLP, param, &device)?);
+            b.case(&name, &shape, None, || {
+                let model = slot.take().expect("the model is put back after each step");
+                let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                slot = Some(optim.step(1e-3, model, grads));
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A plain MLP of `hidden` layers of `width` units and 10 outputs, as an architecture file
+/// and checkpoint tensors (PyTorch `nn.Sequential` keys): what `weightnorm canonicalize` reads.
+fn big_mlp(width: usize, hidden: usize) -> (serde_json::Value, Vec<TensorEntry>, usize) {
+    let mut tensors = Vec::new();
+    let mut layers = Vec::new();
+    let mut params = 0;
+    for l in 0..=hidden {
+        let (out, inp) = (if l == hidden { 10 } else { width }, width);
+        let key = (2 * l).to_string();
+        // About +-1/sqrt(in), rows of different norms.
+        let s = 1.7 / (inp as f32).sqrt();
+        let mut w = values(out * inp, 10 + l as u64);
+        w.par_chunks_mut(inp).enumerate().for_each(|(i, row)| {
+            let f = s * (1.0 + i as f32 / out as f32);
+            row.iter_mut().for_each(|x| *x *= f);
+        });
+        let bias: Vec<f32> = (0..out).map(|i| 0.01 * (i % 7) as f32).collect();
+        let bytes = |v: &[f32]| bytemuck_bytes(v);
+        tensors.push(
+            TensorEntry::from_bytes(
+                format!("{key}.weight"),
+                Dtype::F32,
+                vec![out, inp],
+                bytes(&w),
+            )
+            .expect("the bytes fit the shape"),
+        );
+        tensors.push(
+            TensorEntry::from_bytes(format!("{key}.bias"), Dtype::F32, vec![out], bytes(&bias))
+                .expect("the bytes fit the shape"),
+        );
+        params += out * inp + out;
+        layers.push(json!({"op": "linear", "param": key}));
+        if l < hidden {
+            layers.push(json!({"op": "relu"}));
+        }
+    }
+    (json!({"input": [width], "layers": layers}), tensors, params)
+}
+
+fn bytemuck_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn canonicalize_cases(b: &mut Bench) -> Result<()> {
+    for (name, width) in [("canonicalize 10M", 1280), ("canonicalize 100M", 4096)] {
+        let hidden = 6;
+        let params_guess = hidden * width * width;
+        let shape_guess = format!("mlp {hidden}x{width}");
+        if !b.wanted(name, &shape_guess) {
+            continue;
+        }
+        let (arch, tensors, params) = big_mlp(width, hidden);
+        debug_assert!(params >= params_guess);
+        let net = from_arch::<f32>(&arch, &tensors)?.network;
+        drop(tensors);
+        let shape = format!("{shape_guess} ({:.1}M)", params as f64 / 1e6);
+        b.case_with(
+            name,
+            &shape,
+            Some(2 * 4 * params as u64),
+            || net.clone(),
+            |n| {
+                black_box(canonicalize(n).expect("a plain MLP has a canonical form"));
+            },
+        );
+    }
+    Ok(())
+}
+
+/// `weightnorm bench`.
+pub fn bench(args: BenchArgs) -> Result<()> {
+    // `--threads N` is the global option, applied in `main` before any command runs.
+    if args.runs == Some(0) {
+        bail!(Failure::input(anyhow::anyhow!("--runs must be at least 1")));
+    }
+    let threads = rayon::current_num_threads();
+    let allocator = malloc::settings();
+    let mut b = Bench {
+        plan: if args.quick {
+            Plan {
+                runs: 1,
+                adaptive: false,
+                warm_up: false,
+            }
+        } else {
+            Plan {
+                runs: args.runs.unwrap_or(Plan::MAX_RUNS),
+                adaptive: args.runs.is_none(),
+                warm_up: true,
+            }
+        },
+        filter: args.filter.clone(),
+        cases: Vec::new(),
+        json: args.json,
+    };
+    if !args.json {
+        println!("weightnorm bench: {threads} threads; allocator: {allocator}");
+        println!(
+            "{:<28} {:<24} {:>11} {:>8} {:>5}",
+            "case", "shape", "median ms", "GB/s", "runs"
+        );
+    }
+    for (i, w) in WEIGHTS.iter().enumerate() {
+        // The copies are the same for both axes of one weight: measured once.
+        let copies = WEIGHTS[..i].iter().all(|o| o.dims != w.dims);
+        weight_cases(&mut b, w, copies);
+    }
+    train_cases(&mut b)?;
+    canonicalize_cases(&mut b)?;
+    if b.cases.is_empty() {
+        bail!(Failure::input(anyhow::anyhow!(
+            "--filter {:?} matches no case (see `weightnorm bench --help`)",
+            args.filter.unwrap_or_default()
+        )));
+    }
+    if args.json {
+        let cases: Vec<_> = b
+            .cases
+            .iter()
+            .map(|m| {
+                json!({
+                    "name": m.name,
+                    "shape": m.shape,
+                    "median_ms": m.median_ms,
+                    "runs": m.runs,
+                    "bytes": m.bytes,
+                    "gbps": m.gbps(),
+                })
+            })
+            .collect();
+        let out = json!({"threads": threads, "allocator": allocator.json(), "cases": cases});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+    }
+
+    #[test]
+    fn the_big_mlps_have_the_parameters_they_are_named_for() {
+        let (_, tensors, params) = big_mlp(16, 2);
+        assert_eq!(params, 2 * 16 * 16 + 2 * 16 + 10 * 16 + 10);
+        assert_eq!(
+            tensors.iter().map(TensorEntry::numel).sum::<usize>(),
+            params
+        );
+        // 6 x 1280 x 1280 and 6 x 4096 x 4096, with biases and the 10 outputs.
+        let (_, _, p10) = big_mlp(1280, 6);
+        assert_eq!(p10, 9_850_890);
+        let p100 = 6 * (4096 * 4096 + 4096) + 10 * 4096 + 10;
+        assert_eq!(p100, 100_728_842);
+    }
+}

@@ -1,0 +1,103 @@
+//! `weightnorm bench`: the structure of its JSON (every case, positive figures), the thread
+//! count and allocator settings it reports, and bad input. Timings are not checked.
+
+mod common;
+
+use common::{ok, run};
+
+#[test]
+fn quick_json_names_every_case_with_positive_figures() {
+    let o = ok(&["bench", "--quick", "--json", "--threads", "1"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench --json is JSON");
+    assert_eq!(v["threads"], 1);
+    assert!(
+        v["allocator"]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    let cases = v["cases"].as_array().expect("cases");
+    let find = |name: &str, shape: &str| {
+        cases
+            .iter()
+            .find(|c| {
+                c["name"] == name && c["shape"].as_str().is_some_and(|s| s.starts_with(shape))
+            })
+            .unwrap_or_else(|| panic!("no case `{name}` for `{shape}`"))
+    };
+    let weights = [
+        "4096x4096 axis0",
+        "4096x4096 axis1",
+        "4096x4096 whole",
+        "512x256x3x3 axis0",
+        "512x512x7 axis0",
+        "784x128 axis0",
+    ];
+    for shape in weights {
+        for name in [
+            "fused forward",
+            "fused forward+backward",
+            "composed forward",
+            "composed forward+backward",
+        ] {
+            let c = find(name, shape);
+            // forward: v read and w written; forward+backward: also v, dw read and dv written.
+            let elements: u64 = shape
+                .split(' ')
+                .next()
+                .unwrap()
+                .split('x')
+                .map(|d| d.parse::<u64>().unwrap())
+                .product();
+            let passes = if name.ends_with("backward") { 5 } else { 2 };
+            assert_eq!(c["bytes"], passes * 4 * elements, "{name} {shape}");
+        }
+    }
+    for shape in ["4096x4096", "512x256x3x3", "512x512x7", "784x128"] {
+        find("copy warm", shape);
+        find("copy fresh", shape);
+    }
+    for b in [16, 128] {
+        for p in ["plain", "wn"] {
+            let c = find(&format!("train step {p} b{b}"), "mlp 784-1024-1024-10");
+            assert!(c["bytes"].is_null() && c["gbps"].is_null());
+        }
+    }
+    find("canonicalize 10M", "mlp 6x1280");
+    find("canonicalize 100M", "mlp 6x4096");
+    assert_eq!(cases.len(), 6 * 4 + 4 * 2 + 4 + 2);
+    for c in cases {
+        let what = format!("{} {}", c["name"], c["shape"]);
+        assert!(c["median_ms"].as_f64().is_some_and(|t| t > 0.0), "{what}");
+        assert_eq!(c["runs"], 1, "{what}");
+        if !c["bytes"].is_null() {
+            assert!(c["bytes"].as_u64().is_some_and(|b| b > 0), "{what}");
+            assert!(c["gbps"].as_f64().is_some_and(|g| g > 0.0), "{what}");
+        }
+    }
+}
+
+#[test]
+fn the_table_says_threads_and_allocator() {
+    let o = ok(&["bench", "--quick", "--threads", "2", "--filter", "784x128"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let first = out.lines().next().unwrap();
+    assert!(first.contains("2 threads"), "{first}");
+    assert!(first.contains("allocator: "), "{first}");
+    assert!(out.contains("fused forward+backward"), "{out}");
+    assert!(!out.contains("4096x4096"), "{out}");
+}
+
+#[test]
+fn bad_options_exit_2_with_one_line() {
+    for args in [
+        &["bench", "--threads", "0"][..],
+        &["bench", "--filter", "no such case"],
+        &["bench", "--runs", "0"],
+        &["bench", "--quick", "--runs", "3"],
+    ] {
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}

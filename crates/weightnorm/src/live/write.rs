@@ -1,0 +1,288 @@
+//! Writing: a network's weights back into the live module they were read from, in place (every
+//! parameter keeps its id), and the rescaling of a live module through the calculus with the
+//! per-element factors it applied.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::{Tensor, TensorData};
+
+use super::{Canonicalizable, LiveBinding, LiveError, describe, from_rows, survey_params};
+use crate::canonical::{
+    Layer, LayerFactors, Network, canonicalize, global_gain, path_name, reconstitute_with_factors,
+};
+
+/// Replaces the values of the parameters named in `values`, keeping each parameter's id,
+/// dtype, device, gradient requirement and checkpointing strategy.
+struct Writer {
+    values: HashMap<ParamId, (Vec<usize>, Vec<f64>)>,
+    depth: usize,
+}
+
+/// `data` as a tensor that stands where `old` stood.
+fn replace<const D: usize>(old: Tensor<D>, shape: Vec<usize>, data: Vec<f64>) -> Tensor<D> {
+    let device = old.device();
+    let values = TensorData::new(data, shape).convert_dtype(old.dtype());
+    let mut fresh = Tensor::<D>::from_data(values, &device);
+    if let Some(strategy) = old.gradient_checkpointing_strategy() {
+        fresh = fresh.with_gradient_checkpointing_strategy(strategy);
+    }
+    if old.is_require_grad() {
+        fresh = fresh.require_grad();
+    }
+    fresh
+}
+
+impl ModuleMapper for Writer {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        if container_type == "Reparameterization" {
+            self.depth += 1;
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if container_type == "Reparameterization" {
+            self.depth -= 1;
+        }
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.depth > 0 {
+            return param;
+        }
+        let Some((shape, data)) = self.values.remove(&param.id) else {
+            return param;
+        };
+        let (id, old, mapper) = param.consume();
+        Param::from_mapped_value(id, replace(old, shape, data), mapper)
+    }
+}
+
+/// Checks that `module` holds every parameter `bindings` name, none of them reparameterized.
+///
+/// # Errors
+///
+/// [`LiveError::MissingParam`], [`LiveError::Reparameterized`].
+pub(crate) fn check_writable<M: Module>(
+    module: &M,
+    bindings: &[LiveBinding],
+) -> Result<(), LiveError> {
+    let survey = survey_params(module);
+    for b in bindings {
+        for (param, id) in [("weight", Some(b.weight)), ("bias", b.bias)] {
+            let Some(id) = id else { continue };
+            if !survey.all.contains(&id) {
+                return Err(LiveError::MissingParam {
+                    layer: path_name(&b.path),
+                    param,
+                    id: id.val(),
+                });
+            }
+            if let Some((_, r)) = survey.reparameterized.iter().find(|(i, _)| *i == id) {
+                return Err(LiveError::Reparameterized {
+                    layer: path_name(&b.path),
+                    param,
+                    reparameterization: r.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the weights and biases of `network` into `module` through `bindings` (as
+/// [`describe`] returned them): every bound parameter gets the network's values, in Burn's
+/// layout and the parameter's own dtype, and keeps its id, device, gradient requirement and
+/// checkpointing strategy. Nothing else changes.
+///
+/// # Errors
+///
+/// [`LiveError::Layer`] if a binding names no weighted layer of its shape;
+/// [`LiveError::MissingParam`] if `module` does not hold a bound parameter;
+/// [`LiveError::Reparameterized`] if one carries a reparameterization (weight norm, LoRA),
+/// whose stored value is not the weight. Nothing is written when an error is returned.
+pub fn write<M: Module>(
+    module: M,
+    network: &Network<f64>,
+    bindings: &[LiveBinding],
+) -> Result<M, LiveError> {
+    check_writable(&module, bindings)?;
+    let mut values = HashMap::new();
+    for b in bindings {
+        let name = path_name(&b.path);
+        let layer = match network.layer(&b.path) {
+            Some(Layer::Weighted(w))
+                if w.w.data.len() == b.shape.iter().product::<usize>()
+                    && w.b.is_some() == b.bias.is_some() =>
+            {
+                w
+            }
+            other => {
+                return Err(LiveError::Layer {
+                    layer: name,
+                    op: other.map_or("?", Layer::op).into(),
+                    reason: format!(
+                        "the binding of a {:?} weight of shape {:?} does not fit this layer",
+                        b.kind, b.shape
+                    ),
+                });
+            }
+        };
+        values.insert(
+            b.weight,
+            (b.shape.clone(), from_rows(b.kind, &b.shape, &layer.w.data)),
+        );
+        if let (Some(id), Some(bias)) = (b.bias, &layer.b) {
+            values.insert(id, (vec![bias.len()], bias.clone()));
+        }
+    }
+    Ok(module.map(&mut Writer { values, depth: 0 }))
+}
+
+/// The factors a rescaling applied to one weighted layer of a live module, with the layer's
+/// binding: weight element `(i, j)` (output unit `i`, input unit or channel `j`) was multiplied
+/// by `input[j] / output[i]`, bias entry `i` by `1 / output[i]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveFactors {
+    /// The layer and its parameters.
+    pub binding: LiveBinding,
+    /// `s_j`, one per input unit or channel of the layer.
+    pub input: Vec<f64>,
+    /// `d_i`, one per output unit.
+    pub output: Vec<f64>,
+}
+
+impl LiveFactors {
+    /// The factor of every weight element, in Burn's layout of the weight (row-major, the
+    /// weight's [`LiveBinding::shape`]).
+    pub fn weight(&self) -> Vec<f64> {
+        let b = &self.binding;
+        let inverse: Vec<f64> = self.output.iter().map(|d| 1.0 / d).collect();
+        let n: usize = b.shape.iter().product();
+        let mut out = Vec::with_capacity(n);
+        if b.kind.unit_axes().output == 0 {
+            // One row per output unit: row i reads its group's block of input channels, each
+            // for `taps` consecutive elements.
+            let row_len = n / inverse.len().max(1);
+            let per_group = self.input.len() / b.groups.max(1);
+            let taps = (row_len / per_group.max(1)).max(1);
+            let rows_per_group = (inverse.len() / b.groups.max(1)).max(1);
+            for (i, inv) in inverse.iter().enumerate() {
+                let first = (i / rows_per_group) * per_group;
+                out.extend((0..row_len).map(|k| self.input[first + k / taps] * inv));
+            }
+        } else {
+            // `[in, out]` (Linear): element (j, i) is s_j / d_i.
+            for s in &self.input {
+                out.extend(inverse.iter().map(|inv| s * inv));
+            }
+        }
+        out
+    }
+
+    /// The factor of every bias entry: `1 / output[i]`.
+    pub fn bias(&self) -> Vec<f64> {
+        self.output.iter().map(|d| 1.0 / d).collect()
+    }
+}
+
+/// What [`canonicalize_module`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rescaling {
+    /// The global gain before: `||g_final||` of the module's canonical form.
+    pub gain_before: f64,
+    /// The global gain after (the same, unless a maximum gain capped it).
+    pub gain_after: f64,
+    /// The output scale `g_final` before, one entry per output unit or channel.
+    pub scale_before: Vec<f64>,
+    /// The factors applied to every weighted layer, in order.
+    pub factors: Vec<LiveFactors>,
+}
+
+impl Rescaling {
+    /// The factor of every element of every rescaled parameter, by id, in Burn's layout.
+    pub fn by_param(&self) -> HashMap<ParamId, Vec<f64>> {
+        let mut out = HashMap::new();
+        for f in &self.factors {
+            out.insert(f.binding.weight, f.weight());
+            if let Some(id) = f.binding.bias {
+                out.insert(id, f.bias());
+            }
+        }
+        out
+    }
+}
+
+/// Canonicalizes a live module in place, keeping its function: every weighted layer gets the
+/// canonical form's unit-norm rows (transform I, II, III from the first layer to the last),
+/// except where the calculus makes a layer carry a scale (before a barrier, at the end of a
+/// residual body), and the output scale `g_final` is multiplied back into the last layers
+/// ([`crate::canonical::reconstitute`]), so the module computes what it computed before.
+///
+/// With `max_gain`, the output scale is first rescaled so that its norm is at most `max_gain`
+/// (every entry times `max_gain / ||g_final||` where the gain exceeds it): the module's outputs
+/// are then multiplied by that ratio.
+///
+/// Returns the new module (every parameter keeping its id) and the factors applied: the two
+/// passes of the calculus (canonicalize, then reconstitute with the kept or capped scale)
+/// composed per unit.
+///
+/// # Errors
+///
+/// [`LiveError::MaxGain`] for a `max_gain` that is not positive and finite; those of
+/// [`describe`] and [`write`](fn@write) (a reparameterized weight is refused); [`LiveError::Calculus`]
+/// if the canonical form overflows.
+pub fn canonicalize_module<M: Canonicalizable>(
+    module: &M,
+    max_gain: Option<f64>,
+) -> Result<(M, Rescaling), LiveError> {
+    if let Some(m) = max_gain
+        && !(m.is_finite() && m > 0.0)
+    {
+        return Err(LiveError::MaxGain(m));
+    }
+    let live = describe(module)?;
+    // Refuse reparameterized parameters before the work.
+    check_writable(module, &live.bindings)?;
+    let c = canonicalize(live.network)?;
+    let gain_before = c.global_gain();
+    let scale_before = c.scale().to_vec();
+    let ratio = match max_gain {
+        Some(m) if gain_before > m => m / gain_before,
+        _ => 1.0,
+    };
+    let target: Vec<f64> = scale_before.iter().map(|s| s * ratio).collect();
+    let first: Vec<LayerFactors> = c.factors().to_vec();
+    let (network, _) = c.into_parts();
+    let back = reconstitute_with_factors(network, &target)?;
+    let (network, second) = (back.network, back.factors);
+    let module = write(module.clone(), &network, &live.bindings)?;
+    let factors = live
+        .bindings
+        .into_iter()
+        .map(|binding| {
+            let name = path_name(&binding.path);
+            let find = |fs: &[LayerFactors]| {
+                fs.iter()
+                    .find(|f| f.layer == name)
+                    .cloned()
+                    .expect("the calculus reports every weighted layer")
+            };
+            let (a, b) = (find(&first), find(&second));
+            LiveFactors {
+                binding,
+                input: a.input.iter().zip(&b.input).map(|(x, y)| x * y).collect(),
+                output: a.output.iter().zip(&b.output).map(|(x, y)| x * y).collect(),
+            }
+        })
+        .collect();
+    Ok((
+        module,
+        Rescaling {
+            gain_before,
+            gain_after: global_gain(&target),
+            scale_before,
+            factors,
+        },
+    ))
+}
