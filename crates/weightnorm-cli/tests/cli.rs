@@ -261,3 +261,33 @@ fn op_runs_on_the_named_device_and_refuses_a_missing_backend() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `bench --device` names its device (the JSON says which), and refuses a GPU backend this
+/// binary was built without in one line naming the cargo feature, with exit code 2.
+#[test]
+fn bench_takes_a_device_and_refuses_a_missing_backend() {
+    let o = bin()
+        .args(["bench", "--quick", "--json", "--device", "cpu"])
+        .args(["--filter", "784x128 axis0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench --json is JSON");
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["cases"].as_array().map(Vec::len), Some(4));
+
+    let compiled = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ];
+    for (name, _) in compiled.iter().filter(|(_, on)| !on) {
+        let o = bin()
+            .args(["bench", "--quick", "--device", name])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("--features {name}")), "{err}");
+    }
+}
