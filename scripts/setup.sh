@@ -3,11 +3,16 @@
 # packages, only where it is missing:
 #   dataset-fashion-mnist  Fashion-MNIST under /usr/share/datasets/fashion-mnist/ (the main
 #                          job's data set; the tests train and resume on it)
+#   mesa-vulkan-drivers    Mesa's Vulkan drivers, lavapipe (software Vulkan) among them: the
+#                          adapter the GPU kernel's tests (the `wgpu` feature) run on where the
+#                          machine has no GPU
 # Needs root (or sudo) to install; with everything present it does nothing.
 set -euo pipefail
 
 need=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+dpkg-query -W -f='${Status}' mesa-vulkan-drivers 2> /dev/null | grep -q 'install ok installed' ||
+    need+=(mesa-vulkan-drivers)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

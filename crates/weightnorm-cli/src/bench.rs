@@ -11,16 +11,20 @@ use anyhow::{Result, bail};
 use burn::backend::Bytes;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{DType, Device, Distribution, Int, Tensor};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor, Layout};
 use rayon::prelude::*;
 use safetensors::Dtype;
 use serde_json::json;
 use weightnorm::NormAxis;
 use weightnorm::canonical::canonicalize;
-use weightnorm::ops::{WeightNormBackend, composed_backward, composed_forward};
+use weightnorm::ops::{
+    WeightNormBackend, composed_backward, composed_forward, norm_except_dim, weight_norm,
+    weight_norm_composed,
+};
 use weightnorm::torch::{TensorEntry, from_arch};
 
+use crate::device::{Backend, DeviceArg, DeviceParser};
 use crate::model::{Mlp, Param};
 use crate::{Failure, data, malloc};
 
@@ -57,6 +61,13 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
                              `weightnorm canonicalize` runs it (the network already read; bytes:
                              every weight read and written once)
 
+On a GPU (--device cuda or wgpu): the same weights and names, each run ended by a device
+synchronization; `copy warm` is one elementwise kernel reading and writing every value once
+(a GPU allocation comes from Burn's pool, so there is no `copy fresh`), `fused` is this crate's
+CubeCL kernel, `composed` Burn's operations on the device, the forward+backward's dw is all
+ones; the training steps run on the device; canonicalization runs on the CPU as
+`weightnorm canonicalize` does.
+
 The allocator: every command of this binary raises glibc's mmap_threshold and trim_threshold
 (see the first line of the output); `WEIGHTNORM_MALLOC=default weightnorm bench` measures glibc's
 defaults instead. `--threads N` sizes rayon's pool, which Burn's CPU backend (matrix products
@@ -68,6 +79,7 @@ JSON (--json): {\"threads\": N, \"allocator\": {...}, \"cases\": [{\"name\", \"s
 Examples:
   weightnorm bench
   weightnorm bench --threads 1 --filter 4096
+  weightnorm bench --device wgpu --quick
   weightnorm bench --json > rust.json";
 
 /// The options of `bench`.
@@ -88,6 +100,11 @@ pub struct BenchArgs {
     /// axis0`), contain this text.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Where the operation and the training steps run: the CPU, or a GPU through the CubeCL
+    /// backend (`cuda[:N]` and `wgpu[:N]` need the binary built with the cargo feature of the
+    /// same name).
+    #[arg(long, value_parser = DeviceParser, default_value = "cpu")]
+    pub device: DeviceArg,
 }
 
 /// One measured case.
@@ -264,17 +281,19 @@ const WEIGHTS: [Weight; 6] = [
     },
 ];
 
+/// The names of the cases of one weight.
+const WEIGHT_CASES: [&str; 6] = [
+    "copy warm",
+    "copy fresh",
+    "fused forward",
+    "fused forward+backward",
+    "composed forward",
+    "composed forward+backward",
+];
+
 /// The cases of one weight; the copies too if `copies` (once per distinct dims).
 fn weight_cases(b: &mut Bench, w: &Weight, copies: bool) {
-    const NAMES: [&str; 6] = [
-        "copy warm",
-        "copy fresh",
-        "fused forward",
-        "fused forward+backward",
-        "composed forward",
-        "composed forward+backward",
-    ];
-    if !NAMES.iter().any(|n| b.wanted(n, w.label)) {
+    if !WEIGHT_CASES.iter().any(|n| b.wanted(n, w.label)) {
         return;
     }
     let numel: usize = w.dims.iter().product();
@@ -327,11 +346,80 @@ fn weight_cases(b: &mut Bench, w: &Weight, copies: bool) {
     });
 }
 
+/// The cases of one weight on a GPU `device` (see [`AFTER_HELP`]): every run ends with the
+/// device synchronized, its outputs still alive (so that no lazy operation is skipped).
+fn device_weight_cases(b: &mut Bench, w: &Weight, copies: bool, device: &Device) -> Result<()> {
+    match w.dims.len() {
+        2 => device_weight_rank::<2>(b, w, copies, device),
+        3 => device_weight_rank::<3>(b, w, copies, device),
+        4 => device_weight_rank::<4>(b, w, copies, device),
+        r => bail!("no bench weight has rank {r}"),
+    }
+}
+
+fn device_weight_rank<const D: usize>(
+    b: &mut Bench,
+    w: &Weight,
+    copies: bool,
+    device: &Device,
+) -> Result<()> {
+    if !WEIGHT_CASES.iter().any(|n| b.wanted(n, w.label)) {
+        return Ok(());
+    }
+    let numel: usize = w.dims.iter().product();
+    let size = (numel * 4) as u64;
+    let shape: [usize; D] = w.dims.try_into().expect("the rank was matched");
+    let v = Tensor::<D>::from_data(TensorData::new(values(numel, 1), shape), device);
+    // g = ||v||: the function-preserving start, norms of a realistic size.
+    let g = norm_except_dim(v.clone(), 2.0, w.axis)?;
+    let axis = w.axis;
+    let sync = || device.sync().expect("the device synchronizes");
+    if copies {
+        let copy_shape = w.label.split(' ').next().unwrap_or(w.label);
+        b.case("copy warm", copy_shape, Some(2 * size), || {
+            let out = v.clone().add_scalar(1.0);
+            sync();
+            drop(out);
+        });
+    }
+    for (name, composed) in [("fused forward", false), ("composed forward", true)] {
+        b.case(name, w.label, Some(2 * size), || {
+            let out = if composed {
+                weight_norm_composed(v.clone(), g.clone(), axis, 0.0)
+            } else {
+                weight_norm(v.clone(), g.clone(), axis)
+            };
+            sync();
+            drop(out.expect("validated"));
+        });
+    }
+    let (va, ga) = (
+        v.clone().autodiff().require_grad(),
+        g.clone().autodiff().require_grad(),
+    );
+    for (name, composed) in [
+        ("fused forward+backward", false),
+        ("composed forward+backward", true),
+    ] {
+        b.case(name, w.label, Some(5 * size), || {
+            let out = if composed {
+                weight_norm_composed(va.clone(), ga.clone(), axis, 0.0)
+            } else {
+                weight_norm(va.clone(), ga.clone(), axis)
+            };
+            let grads = out.expect("validated").backward();
+            sync();
+            drop(grads);
+        });
+    }
+    Ok(())
+}
+
 /// The MLP of the training-step cases.
 const MLP: [usize; 4] = [784, 1024, 1024, 10];
 
-fn train_cases(b: &mut Bench) -> Result<()> {
-    let device = Device::default().autodiff();
+fn train_cases(b: &mut Bench, device: &Device) -> Result<()> {
+    let device = device.clone().autodiff();
     device.seed(0);
     let shape = format!(
         "mlp {}",
@@ -357,6 +445,7 @@ fn train_cases(b: &mut Bench) -> Result<()> {
                 let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 slot = Some(optim.step(1e-3, model, grads));
+                device.sync().expect("the device synchronizes");
             });
         }
     }
@@ -441,6 +530,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let threads = rayon::current_num_threads();
     let allocator = malloc::settings();
+    let device = args.device.device()?;
+    let on_cpu = args.device.backend == Backend::Cpu;
     let mut b = Bench {
         plan: if args.quick {
             Plan {
@@ -460,7 +551,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         json: args.json,
     };
     if !args.json {
-        println!("weightnorm bench: {threads} threads; allocator: {allocator}");
+        println!(
+            "weightnorm bench on {}: {threads} threads; allocator: {allocator}",
+            args.device
+        );
         println!(
             "{:<28} {:<24} {:>11} {:>8} {:>5}",
             "case", "shape", "median ms", "GB/s", "runs"
@@ -469,9 +563,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     for (i, w) in WEIGHTS.iter().enumerate() {
         // The copies are the same for both axes of one weight: measured once.
         let copies = WEIGHTS[..i].iter().all(|o| o.dims != w.dims);
-        weight_cases(&mut b, w, copies);
+        if on_cpu {
+            weight_cases(&mut b, w, copies);
+        } else {
+            device_weight_cases(&mut b, w, copies, &device)?;
+        }
     }
-    train_cases(&mut b)?;
+    train_cases(&mut b, &device)?;
     canonicalize_cases(&mut b)?;
     if b.cases.is_empty() {
         bail!(Failure::input(anyhow::anyhow!(
@@ -494,7 +592,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 })
             })
             .collect();
-        let out = json!({"threads": threads, "allocator": allocator.json(), "cases": cases});
+        let out = json!({
+            "device": args.device.to_string(),
+            "threads": threads,
+            "allocator": allocator.json(),
+            "cases": cases,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())

@@ -49,7 +49,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
 /// A weight-normalized Linear(10, 5) trained by SGD: the gradient of g is the projection of
 /// the weight gradient on the direction, v's gradient is orthogonal to v.
 fn decoupling(seed: u64) -> Result<()> {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     device.seed(seed);
     let layer = LinearConfig::new(10, 5).init(&device);
     let mut layer = apply_weight_norm(
@@ -104,7 +104,7 @@ fn wn_mlp(device: &Device) -> Result<(burn::nn::Linear, burn::nn::Linear)> {
 /// One sample's output in batches of 1, 2, 8 and 32: identical, since weight norm uses no
 /// batch statistics.
 fn batch_independence(seed: u64) -> Result<()> {
-    let device = Device::default();
+    let device = Device::flex();
     device.seed(seed);
     let (l1, l2) = wn_mlp(&device)?;
     let relu = Relu::new();
@@ -149,7 +149,7 @@ fn batch_independence(seed: u64) -> Result<()> {
 /// Output statistics of a weight-normalized and a batch-normalized network (training mode)
 /// across batch sizes: weight norm's depend only on the inputs, batch norm's on the batch.
 fn wn_vs_bn(seed: u64) -> Result<()> {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     device.seed(seed);
     let wn = apply_weight_norm(
         (

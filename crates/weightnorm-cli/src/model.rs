@@ -435,7 +435,7 @@ mod tests {
     /// every model and parameterization `train` builds.
     #[test]
     fn the_description_computes_the_models_function() {
-        let device = Device::default();
+        let device = Device::flex();
         for kind in [ModelKind::Mlp, ModelKind::Cnn] {
             for &param in <Param as clap::ValueEnum>::value_variants() {
                 let spec = Spec {

@@ -216,3 +216,78 @@ fn every_subcommand_explains_itself() {
         "missing arguments are a usage error"
     );
 }
+
+/// `op --device cpu` runs the fused CPU kernel against the composition and says how far apart
+/// they are; a GPU backend this binary was built without is refused in one line that names the
+/// cargo feature, with exit code 2.
+#[test]
+fn op_runs_on_the_named_device_and_refuses_a_missing_backend() {
+    let o = bin()
+        .args(["op", "--shape", "33,70", "--dim", "1", "--device", "cpu"])
+        .args(["--repeats", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("on cpu"), "{out}");
+    let gap: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("max |fused - composed| = "))
+        .unwrap_or_else(|| panic!("no agreement line in:\n{out}"))
+        .parse()
+        .unwrap();
+    assert!(gap < 1e-5, "fused and composed differ by {gap}");
+    for line in [
+        "forward: fused ",
+        "forward + backward: fused ",
+        "a copy of the same bytes: ",
+    ] {
+        assert!(out.contains(line), "no `{line}` in:\n{out}");
+    }
+
+    let compiled = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ];
+    for (name, _) in compiled.iter().filter(|(_, on)| !on) {
+        let o = bin()
+            .args(["op", "--shape", "4,4", "--device", name])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("--features {name}")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// `bench --device` names its device (the JSON says which), and refuses a GPU backend this
+/// binary was built without in one line naming the cargo feature, with exit code 2.
+#[test]
+fn bench_takes_a_device_and_refuses_a_missing_backend() {
+    let o = bin()
+        .args(["bench", "--quick", "--json", "--device", "cpu"])
+        .args(["--filter", "784x128 axis0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench --json is JSON");
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["cases"].as_array().map(Vec::len), Some(4));
+
+    let compiled = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ];
+    for (name, _) in compiled.iter().filter(|(_, on)| !on) {
+        let o = bin()
+            .args(["bench", "--quick", "--device", name])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("--features {name}")), "{err}");
+    }
+}

@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     device.seed(0);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut group = c.benchmark_group("pcr");

@@ -51,7 +51,7 @@ impl Mlp {
 }
 
 fn bench(c: &mut Criterion) {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     device.seed(0);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut group = c.benchmark_group("train_step");

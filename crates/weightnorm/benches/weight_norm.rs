@@ -61,7 +61,7 @@ fn flex(shape: &[usize], device: &Device) -> FlexTensor {
 }
 
 fn bench(c: &mut Criterion) {
-    let device = Device::default();
+    let device = Device::flex();
     for case in cases() {
         let v = flex(&case.shape, &device);
         let dw = flex(&case.shape, &device);

@@ -354,7 +354,7 @@ pub fn latest_checkpoint(dir: &Path) -> Option<usize> {
 
 /// Trains to `epochs` epochs in `dir`, resuming from its latest checkpoint.
 pub fn train(dir: &Path, epochs: usize, pcr: bool) -> Outcome {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     let data = digits();
     let (train, valid) = data.split_at(1500);
     let loader = |items: &[Digit]| -> Arc<dyn DataLoader<Batch>> {

@@ -45,7 +45,7 @@ fn max_abs_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
 }
 
 fn main() {
-    let device = Device::default().autodiff();
+    let device = Device::flex().autodiff();
     device.seed(42);
     let mlp = Mlp::new(&device);
     let x = Tensor::<2>::random([64, 16], Distribution::Normal(0.0, 1.0), &device);

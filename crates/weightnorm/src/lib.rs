@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | [`axis`] | [`NormAxis`], PyTorch's `dim` rule ([`NormAxis::from_torch`]), the one table of layer layouts ([`LayerKind::unit_axes`], [`LayerKind::torch_unit_axes`]) | nothing |
 //! | [`error`] | [`Error`]: what the operations refuse | nothing |
-//! | [`ops`] | [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm): the [`WeightNormBackend`](ops::WeightNormBackend) extension with a composed default (every backend, `ops/backend.rs`), backend-free CPU kernels on slices (`ops/cpu/`: `sums` (accumulators, pairwise sums over leaves summed four at a time with AVX, norms exact for every finite slice, streaming stores), `schedule` (chunking, rayon above 256 Ki elements, the AVX2 clones, the `unsafe` buffer fill), `kernels` (forward, backward, norms)), the thin Flex adapter (`ops/flex.rs`), and the autodiff node with the analytic backward (`ops/autodiff.rs`) | `axis` |
+//! | [`ops`] | [`norm_except_dim`](ops::norm_except_dim), [`weight_norm`](ops::weight_norm): the [`WeightNormBackend`](ops::WeightNormBackend) extension with a composed default (every backend, `ops/backend.rs`), backend-free CPU kernels on slices (`ops/cpu/`: `sums` (accumulators, pairwise sums over leaves summed four at a time with AVX, norms exact for every finite slice, streaming stores), `schedule` (chunking, rayon above 256 Ki elements, the AVX2 clones, the `unsafe` buffer fill), `kernels` (forward, backward, norms)), the thin Flex adapter (`ops/flex.rs`), the fused GPU kernels in CubeCL with their launch plan (`ops/cube/`, features `cuda` and `wgpu`), and the autodiff node with the analytic backward (`ops/autodiff.rs`) | `axis` |
 //! | [`reparam`] | [`WeightNorm`] as a Burn `Reparameterization`, [`WeightNormConfig`] (a Burn `Config`), [`apply_weight_norm`], [`remove_weight_norm`] | `ops`, `axis` |
 //! | [`init`] | the paper's data-dependent initialisation | `reparam`, `axis` |
 //! | [`nn`] | mean-only batch norm, the WaveNet block, the weight-normalized CNN | `reparam`, `init` |
@@ -26,7 +26,7 @@
 //!
 //! ```text
 //! training     Burn module --apply_weight_norm--> parameters v (+ g in the reparameterization)
-//!              forward: param.val() = ops::weight_norm(v, g) (fused on the CPU, composed elsewhere)
+//!              forward: param.val() = ops::weight_norm(v, g) (fused on the CPU and CubeCL GPUs)
 //!              backward: the autodiff node's analytic gradients for v and g
 //! checkpoints  file --torch::Checkpoint (bounded, typed errors)--> TensorEntry list --detect_pairs-->
 //!              fuse | split | convert --write_safetensors(_with)--> file (atomic)
@@ -51,7 +51,7 @@
 //! use burn::tensor::{Device, Tensor};
 //! use weightnorm::{NormAxis, ops};
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! // A PyTorch Linear(3, 2) weight, [out, in], normalized per output row (dim = 0).
 //! let v = Tensor::<2>::from_data([[1.0, 2.0, 2.0], [0.0, 3.0, 4.0]], &device);
 //! let axis = NormAxis::from_torch(Some(0), 2).unwrap();

@@ -427,7 +427,7 @@ impl Reparameterizer for &mut Applier<'_> {
 /// use burn::tensor::{Device, Tensor};
 /// use weightnorm::reparam::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let linear = LinearConfig::new(3, 2).init(&device);
 /// let x = Tensor::<2>::ones([4, 3], &device);
 /// let before = linear.forward(x.clone());

@@ -64,7 +64,7 @@ fn backend_forward_with_an_axis_out_of_range() {
 // ---- reparam ----
 
 fn normed_linear() -> burn::nn::Linear {
-    let device = Device::default();
+    let device = Device::flex();
     apply_weight_norm(
         LinearConfig::new(4, 5).init(&device),
         &WeightNormConfig::new(),
@@ -86,7 +86,7 @@ fn apply_to_a_v_that_no_longer_fits_g() {
     let layer = normed_linear();
     let wn = layer.weight.reparameterization::<WeightNorm>().unwrap();
     // The right shape, but no longer g's dtype.
-    let v = Tensor::<2>::ones([4, 5], &Device::default()).cast(FloatDType::F64);
+    let v = Tensor::<2>::ones([4, 5], &Device::flex()).cast(FloatDType::F64);
     wn.apply(v);
 }
 
@@ -95,7 +95,7 @@ fn apply_to_a_v_that_no_longer_fits_g() {
 #[test]
 #[should_panic(expected = "num_features must be greater than zero")]
 fn mean_only_batch_norm_without_features() {
-    MeanOnlyBatchNormConfig::new(0).init(&Device::default());
+    MeanOnlyBatchNormConfig::new(0).init(&Device::flex());
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn mean_only_batch_norm_without_features() {
 fn mean_only_batch_norm_with_momentum_above_one() {
     MeanOnlyBatchNormConfig::new(3)
         .with_momentum(1.5)
-        .init(&Device::default());
+        .init(&Device::flex());
 }
 
 #[test]
@@ -111,13 +111,13 @@ fn mean_only_batch_norm_with_momentum_above_one() {
 fn mean_only_batch_norm_with_nan_momentum() {
     MeanOnlyBatchNormConfig::new(3)
         .with_momentum(f64::NAN)
-        .init(&Device::default());
+        .init(&Device::flex());
 }
 
 #[test]
 #[should_panic(expected = "mean-only batch norm: input [2, 3] must have 4 features on axis 1")]
 fn mean_only_batch_norm_on_the_wrong_features() {
-    let device = Device::default();
+    let device = Device::flex();
     let bn = MeanOnlyBatchNormConfig::new(4).init(&device);
     bn.forward(Tensor::<2>::zeros([2, 3], &device));
 }
@@ -125,7 +125,7 @@ fn mean_only_batch_norm_on_the_wrong_features() {
 #[test]
 #[should_panic(expected = "channels, kernel_size and dilation must be positive")]
 fn wavenet_block_without_channels() {
-    let _ = WaveNetBlockConfig::new(0).init(&Device::default());
+    let _ = WaveNetBlockConfig::new(0).init(&Device::flex());
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn wavenet_block_without_channels() {
 fn wavenet_block_with_a_zero_kernel() {
     let _ = WaveNetBlockConfig::new(2)
         .with_kernel_size(0)
-        .init(&Device::default());
+        .init(&Device::flex());
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn wavenet_block_with_a_zero_kernel() {
 fn wavenet_block_with_a_zero_dilation() {
     let _ = WaveNetBlockConfig::new(2)
         .with_dilation(0)
-        .init(&Device::default());
+        .init(&Device::flex());
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn wavenet_block_with_a_zero_dilation() {
 fn cnn_classifier_with_a_zero_width() {
     let _ = WnCnnClassifierConfig::new()
         .with_widths([4, 0, 4])
-        .init(&Device::default());
+        .init(&Device::flex());
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn cnn_classifier_without_classes() {
     let _ = WnCnnClassifierConfig::new()
         .with_widths([2, 2, 2])
         .with_num_classes(0)
-        .init(&Device::default());
+        .init(&Device::flex());
 }
 
 /// Not under the `# Panics` of `WnCnnClassifierConfig::init` (which names only the zero
@@ -169,7 +169,7 @@ fn cnn_classifier_with_a_flatten_input_not_divisible_by_4() {
     let _ = WnCnnClassifierConfig::new()
         .with_widths([2, 2, 2])
         .with_flatten_input(Some([6, 8]))
-        .init(&Device::default());
+        .init(&Device::flex());
 }
 
 // ---- canonical ----

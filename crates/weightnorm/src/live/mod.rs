@@ -38,7 +38,7 @@
 //!     }
 //! }
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let mlp = Mlp {
 //!     hidden: LinearConfig::new(4, 8).init(&device),
 //!     out: LinearConfig::new(8, 3).init(&device),

@@ -2,9 +2,14 @@
 //!
 //! [`WeightNormBackend`] has two operations, the forward `w = g * v / max(||v||, eps)` and its
 //! analytic backward. Their default bodies compose Burn's primitive operations, so every backend
-//! can run them; `Flex` (CPU) overrides both with fused kernels (see `flex.rs`), and
+//! can run them; `Flex` (CPU) overrides both with fused kernels (see `flex.rs`), the CubeCL
+//! backend (CUDA, wgpu; features `cuda`, `wgpu`) with fused GPU kernels (see `cube/`), and
 //! `Autodiff<B, C>` wraps them in one graph node whose backward is the analytic formula
 //! (see `autodiff.rs`).
+//!
+//! With a GPU feature, Burn's `Cube` backend is `Fusion<CubeBackend>` (the features turn Burn's
+//! kernel fusion on, as Burn's own GPU defaults do): the macro's `Fusion` selector makes each
+//! operation one lazy operation in the fusion stream, which runs `CubeBackend`'s fused kernel.
 //!
 //! `keep` is the kept axis (`None` = the whole tensor) and `eps` the opt-in epsilon (0 for
 //! PyTorch parity). The operations trust their arguments: the checked entry points in
@@ -26,11 +31,16 @@ use crate::NormAxis;
 ///
 /// The operations assume validated input: `v` of rank 1 to 5, `g` of the keep-dims shape for
 /// `keep`, one float dtype, `eps >= 0`. Use the functions of [`crate::ops`], which check all of
-/// this and return errors, rather than calling the extension directly. The fused CPU path
-/// panics if `g` does not hold one value per slice of `v` along `keep`, if `dw` does not hold
-/// as many values as `v`, or if `keep` is not an axis of `v`; other backends fail in their
-/// own primitive operations.
-#[backend_extension(Flex, Cube: cfg(any(feature = "cuda", feature = "wgpu")), Autodiff)]
+/// this and return errors, rather than calling the extension directly. The fused CPU and GPU
+/// paths panic if `g` does not hold one value per slice of `v` along `keep`, if `dw` does not
+/// hold as many values as `v`, or if `keep` is not an axis of `v`; other backends fail in
+/// their own primitive operations.
+#[backend_extension(
+    Flex,
+    Cube: cfg(any(feature = "cuda", feature = "wgpu")),
+    Fusion: cfg(any(feature = "cuda", feature = "wgpu")),
+    Autodiff
+)]
 pub trait WeightNormBackend: Backend {
     /// `w = g * v / max(||v||, eps)`, the norm taken per slice along `keep` (or over the whole
     /// tensor for `None`).
@@ -40,6 +50,7 @@ pub trait WeightNormBackend: Backend {
     /// - `v`: any shape of rank 1 to 5
     /// - `g`: `v`'s size on axis `keep`, 1 on every other axis (all ones for `None`)
     /// - output: `v`'s shape
+    #[fusion(dtype = v, shape = v)]
     fn weight_norm_forward(
         v: FloatTensor<Self>,
         g: FloatTensor<Self>,
@@ -58,6 +69,7 @@ pub trait WeightNormBackend: Backend {
     ///
     /// - `v`, `dw`, `dv`: the shape of `v`
     /// - `g`, `dg`: the shape of `g`
+    #[fusion(meta = |v, g, _dw, _keep, _eps| (v.clone(), g.clone()))]
     fn weight_norm_backward(
         v: FloatTensor<Self>,
         g: FloatTensor<Self>,
@@ -169,8 +181,3 @@ pub fn composed_backward<B: Backend>(
     let dv = B::float_sub(B::float_mul(dw, a), B::float_mul(v, b));
     (downcast::<B>(dv, dtype), downcast::<B>(dg, dtype))
 }
-
-/// GPU backends (CUDA, wgpu) run the composed default bodies: one kernel per primitive
-/// operation, differentiated by the same analytic autodiff node.
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-impl WeightNormBackend for burn::backend::Cube {}

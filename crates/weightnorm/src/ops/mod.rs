@@ -2,8 +2,9 @@
 //!
 //! - [`norm_except_dim`]: PyTorch's `torch.norm_except_dim`, for any order `p >= 1`.
 //! - [`weight_norm`]: PyTorch's `torch._weight_norm`, through the [`WeightNormBackend`]
-//!   extension: fused kernels on the CPU (`Flex`) backend, a composition of primitive operations
-//!   on every other backend, and one autodiff node with the analytic backward.
+//!   extension: fused kernels on the CPU (`Flex`) backend and, with the `cuda` or `wgpu` feature,
+//!   on the GPU (CubeCL), a composition of primitive operations on every other backend, and one
+//!   autodiff node with the analytic backward.
 //! - [`weight_norm_eps`]: the same with an opt-in epsilon, `w = g * v / max(||v||, eps)`.
 //! - [`weight_norm_checked`]: the entry point for module code, which also refuses a zero-norm
 //!   slice (where PyTorch would silently produce NaN).
@@ -67,6 +68,8 @@
 mod autodiff;
 mod backend;
 pub(crate) mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube;
 mod flex;
 
 /// The CPU kernels on plain slices, for code that holds bytes rather than Burn tensors (the
@@ -151,7 +154,7 @@ fn max_except<const D: usize>(x: Tensor<D>, axis: NormAxis) -> Tensor<D> {
 /// use burn::tensor::{Device, Tensor};
 /// use weightnorm::{NormAxis, ops::norm_except_dim};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let v = Tensor::<2>::from_data([[3.0, 4.0], [6.0, 8.0]], &device);
 /// let rows = norm_except_dim(v.clone(), 2.0, NormAxis::Keep(0)).unwrap();
 /// assert_eq!(rows.dims(), [2, 1]);
@@ -232,7 +235,7 @@ fn l2_except<const D: usize>(x: Tensor<D>, axis: NormAxis) -> Tensor<D> {
 /// use burn::tensor::{Device, Tensor};
 /// use weightnorm::{NormAxis, ops::weight_norm};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let v = Tensor::<2>::from_data([[3.0, 4.0], [0.0, 2.0]], &device);
 /// let g = Tensor::<2>::from_data([[10.0], [3.0]], &device);
 /// let w = weight_norm(v, g, NormAxis::Keep(0)).unwrap();

@@ -333,7 +333,7 @@ pub enum PcrError {
 ///     }
 /// }
 ///
-/// let device = Device::default().autodiff();
+/// let device = Device::flex().autodiff();
 /// let mut net = Net {
 ///     a: LinearConfig::new(3, 5).init(&device),
 ///     b: LinearConfig::new(5, 2).init(&device),

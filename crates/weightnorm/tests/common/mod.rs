@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
+/// The CPU (Flex) device, named rather than `Device::default()`, which picks a GPU when the
+/// `wgpu` or `cuda` feature is compiled in: the tests run on the CPU either way.
 pub fn device() -> Device {
-    Device::default()
+    Device::flex()
 }
 
 pub fn ad_device() -> Device {
-    Device::default().autodiff()
+    Device::flex().autodiff()
 }
 
 pub fn fixtures_dir(sub: &str) -> PathBuf {
