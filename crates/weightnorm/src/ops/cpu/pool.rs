@@ -22,7 +22,7 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 /// How long an idle helper looks for the next loop before it sleeps.
-const SPIN: Duration = Duration::from_micros(40);
+const SPIN: Duration = Duration::from_micros(20);
 
 /// `state`: the low 32 bits count the helpers inside the current loop; [`OPEN`] is set while
 /// helpers may join it; the bits above hold the loop's number (its epoch).
