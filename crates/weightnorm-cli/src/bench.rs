@@ -71,7 +71,7 @@ ones; the training steps run on the device; canonicalization runs on the CPU as
 The allocator: every command of this binary raises glibc's mmap_threshold and trim_threshold
 (see the first line of the output); `WEIGHTNORM_MALLOC=default weightnorm bench` measures glibc's
 defaults instead. `--threads N` sizes rayon's pool, which Burn's CPU backend (matrix products
-included) and the fused kernels share.
+included) uses; the fused kernels use as many threads (the caller and helpers).
 
 JSON (--json): {\"threads\": N, \"allocator\": {...}, \"cases\": [{\"name\", \"shape\", \"median_ms\",
 \"runs\", \"bytes\", \"gbps\"}, ...]} (bytes and gbps null for the training steps).

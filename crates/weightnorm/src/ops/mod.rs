@@ -27,7 +27,8 @@
 //! kernels read each slice once where it fits in the cache (its norm and its output computed
 //! while it is there; the backward's two sums in the same pass), sum eight lanes of four leaves
 //! at once with AVX where the CPU has it (the same bits as the portable code), run tensors of
-//! fewer than 256 Ki elements on the calling thread and larger ones on rayon's global pool, and
+//! fewer than 64 Ki elements on the calling thread and share larger ones between it and helper
+//! threads that join while it works (`rayon::current_num_threads()` threads in all), and
 //! write outputs of 16 MiB and more with streaming stores (no read of the line before it is
 //! written). `weightnorm bench` (the CLI) times every case beside a copy of the same bytes.
 //!

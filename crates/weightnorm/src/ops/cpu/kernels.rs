@@ -4,10 +4,12 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::schedule::{
-    Store, filled, for_each_row, for_each_run, map_slices, simd, single_pass, slice_sums,
+    Store, filled, for_each_row, for_each_run, map_slice_blocks, map_slices, simd, single_pass,
+    slice_sums,
 };
 use super::sums::{
-    Acc, BLOCK, Dot, Real, SqDot, clamp_norm, dot, rescaled_norm, slice_norm, sq_dot,
+    Acc, BLOCK, Dot, LEAF, Real, SHORT, SqDot, clamp_norm, dot, dot_short, rescaled_norm,
+    slice_norm, sq_dot, sq_dot_short,
 };
 use crate::NormAxis;
 
@@ -210,6 +212,45 @@ fn slice_elems<T: Real>(
     (0..outer).flat_map(move |o| vs[(o * n + j) * inner..][..inner].iter().copied())
 }
 
+/// The forward of one contiguous slice `x` of magnitude `g` and sum of squares `sumsq`, into
+/// all of `o`.
+#[inline(always)]
+fn forward_slice<T: Real>(
+    o: &mut [MaybeUninit<T>],
+    x: &[T],
+    g: T,
+    sumsq: T::A,
+    eps: T::A,
+    store: Store,
+) {
+    let norm = clamp_norm(slice_norm(sumsq, || x.iter().copied()), eps);
+    let factor = g.up() / norm;
+    if factor.is_finite() {
+        write(o, x, x, Op::Scale(factor), store);
+    } else {
+        divide_then_scale(o, x, norm, g.up());
+    }
+}
+
+/// The backward of one contiguous slice `x` of magnitude `g` for the gradient `d`, from its
+/// sums `(sum(x * x), sum(d * x))`: `dv` into all of `o`, and `(dg, whether the slice must be
+/// redone by redo_extreme_slice)`.
+#[inline(always)]
+fn backward_slice<T: Real>(
+    o: &mut [MaybeUninit<T>],
+    x: &[T],
+    d: &[T],
+    g: T,
+    (sumsq, s): (T::A, T::A),
+    eps: T::A,
+    store: Store,
+) -> (T, bool) {
+    let norm = slice_norm(sumsq, || x.iter().copied());
+    let ((dgj, a, b), extreme) = coefficients(norm, s, g.up(), eps);
+    write(o, x, d, Op::Axpby(a, b), store);
+    (T::down(dgj), extreme)
+}
+
 /// The fused forward `w = g * v / max(||v||, eps)` on contiguous `vs` viewed as
 /// `[outer, n, inner]`, `gs` holding one value per slice.
 ///
@@ -223,24 +264,45 @@ pub(crate) fn forward<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) 
     let store = Store::for_output::<T>(vs.len());
 
     // One contiguous block per slice, many slices: norm and output in one visit of each slice.
+    if single_pass(split) && inner <= LEAF {
+        // Short slices: their sums of squares [`SHORT`] at a time.
+        // SAFETY: `map_slice_blocks` hands out a partition of the buffer, in blocks as long as
+        // the blocks of `vs` they come with; every slice of a block is written whole by `one`
+        // (`write` and `divide_then_scale` write all of their output).
+        return unsafe {
+            filled::<T>(vs.len(), |out| {
+                map_slice_blocks(out, vs, vs, inner, SHORT, |j0, o, x, _, r| {
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let sums = if r.len() == SHORT {
+                                dot_short(x, x, inner)
+                            } else {
+                                core::array::from_fn(|i| {
+                                    let x = x.get(i * inner..(i + 1) * inner).unwrap_or(&[]);
+                                    dot(x, x)
+                                })
+                            };
+                            let slices = o.chunks_mut(inner).zip(x.chunks(inner));
+                            for (i, ((o, x), r)) in slices.zip(r.iter_mut()).enumerate() {
+                                forward_slice(o, x, gs[j0 + i], sums[i], eps, store);
+                                *r = Some(());
+                            }
+                        },
+                    )
+                });
+            })
+        };
+    }
     if single_pass(split) {
         // SAFETY: `map_slices` hands out a partition of the buffer, in blocks as long as the
-        // blocks of `vs` they come with, and `write` (like `divide_then_scale`) writes all of
-        // its output when its inputs are as long.
+        // blocks of `vs` they come with, and `one` writes all of a slice.
         return unsafe {
             filled::<T>(vs.len(), |out| {
                 map_slices(out, vs, vs, inner, |j, o, x, _| {
                     simd(
                         #[inline(always)]
-                        || {
-                            let norm = clamp_norm(slice_norm(dot(x, x), || x.iter().copied()), eps);
-                            let factor = gs[j].up() / norm;
-                            if factor.is_finite() {
-                                write(o, x, x, Op::Scale(factor), store);
-                            } else {
-                                divide_then_scale(o, x, norm, gs[j].up());
-                            }
-                        },
+                        || forward_slice(o, x, gs[j], dot(x, x), eps, store),
                     )
                 });
             })
@@ -323,22 +385,54 @@ pub(crate) fn backward<T: Real>(
 
     if single_pass(split) {
         let mut per_slice = Vec::new();
-        // SAFETY: as in `forward`.
+        // SAFETY: as in `forward`: the schedules hand out a partition of the buffer, and `one`
+        // writes all of a slice.
         let mut dv = unsafe {
             filled::<T>(vs.len(), |out| {
-                per_slice = map_slices(out, vs, ds, inner, |j, o, x, d| {
-                    simd(
-                        #[inline(always)]
-                        || {
-                            // ||v||^2 and sum(dw * v) in one pass over both.
-                            let (sumsq, s) = sq_dot(x, d);
-                            let norm = slice_norm(sumsq, || x.iter().copied());
-                            let ((dgj, a, b), extreme) = coefficients(norm, s, gs[j].up(), eps);
-                            write(o, x, d, Op::Axpby(a, b), store);
-                            (T::down(dgj), extreme)
-                        },
-                    )
-                });
+                per_slice = if inner <= LEAF {
+                    // Short slices: their sums [`SHORT`] at a time.
+                    map_slice_blocks(out, vs, ds, inner, SHORT, |j0, o, x, d, r| {
+                        simd(
+                            #[inline(always)]
+                            || {
+                                let (sq, dt) = if r.len() == SHORT {
+                                    sq_dot_short(x, d, inner)
+                                } else {
+                                    let mut sums = ([T::A::ZERO; SHORT], [T::A::ZERO; SHORT]);
+                                    let slices = x.chunks(inner).zip(d.chunks(inner));
+                                    for (i, (x, d)) in slices.enumerate() {
+                                        (sums.0[i], sums.1[i]) = sq_dot(x, d);
+                                    }
+                                    sums
+                                };
+                                let slices = o.chunks_mut(inner).zip(x.chunks(inner));
+                                let slices = slices.zip(d.chunks(inner)).zip(r.iter_mut());
+                                for (i, (((o, x), d), r)) in slices.enumerate() {
+                                    *r = Some(backward_slice(
+                                        o,
+                                        x,
+                                        d,
+                                        gs[j0 + i],
+                                        (sq[i], dt[i]),
+                                        eps,
+                                        store,
+                                    ));
+                                }
+                            },
+                        )
+                    })
+                } else {
+                    // ||v||^2 and sum(dw * v) in one pass over both.
+                    map_slices(out, vs, ds, inner, |j, o, x, d| {
+                        simd(
+                            #[inline(always)]
+                            || {
+                                let (sumsq, s) = sq_dot(x, d);
+                                backward_slice(o, x, d, gs[j], (sumsq, s), eps, store)
+                            },
+                        )
+                    })
+                };
             })
         };
         for (j, &(_, extreme)) in per_slice.iter().enumerate() {

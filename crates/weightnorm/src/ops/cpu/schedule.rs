@@ -11,7 +11,9 @@
 //!   ([`for_each_run`], or [`for_each_row`] when the kept axis is the last one), in reverse.
 //!
 //! Threads only where they pay: an operation on fewer than [`PARALLEL_MIN`] elements runs on the
-//! calling thread, over the same chunks (rayon's global pool is not woken). Outputs of
+//! calling thread, over the same chunks; larger ones are shared between the calling thread and
+//! the helpers of [`super::pool`] (no task is handed to rayon, whose workers the caller would
+//! wait for). Outputs of
 //! [`STREAM_MIN_BYTES`] and more are written with streaming stores ([`Store`]): they would not
 //! stay in the cache anyway, and a streaming store does not read the line from memory before
 //! writing it, which saves a third of the traffic of a forward.
@@ -21,21 +23,21 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
+use super::pool::{Parts, for_each_chunk_mut, map_indices};
 use super::sums::{Acc, Real, Sums, fence, pairwise, pairwise_vecs};
 
 /// Elements per task in reductions and writes: big enough to amortize scheduling, small enough
 /// to stay in L2 and to spread 4096x4096 over many threads.
 pub(super) const CHUNK: usize = 1 << 14;
 
-/// Elements per task of the single pass ([`map_slices`]): whole slices, at least one.
-const GROUP: usize = 1 << 16;
+/// Elements per task of the single pass ([`map_slices`]): whole slices, at least one. Small
+/// enough that two threads share a tensor of a few hundred thousand elements evenly.
+const GROUP: usize = 1 << 14;
 
-/// Operations on fewer elements run on the calling thread: 256 Ki elements (1 MiB of f32), a
-/// few tens of microseconds of work, of the order of what waking the pool's threads and
-/// sharing the work with them costs.
-pub(super) const PARALLEL_MIN: usize = 1 << 18;
+/// Operations on fewer elements run on the calling thread: 64 Ki elements (256 KiB of f32), a
+/// few microseconds of work. From there the caller shares the work with the helpers of
+/// [`super::pool`], which cost it no wake-up wait (it never waits for a helper to start).
+pub(super) const PARALLEL_MIN: usize = 1 << 16;
 
 /// Outputs of at least this many bytes (16 MiB, half of a large last-level cache) are written
 /// with streaming stores.
@@ -61,14 +63,9 @@ impl Store {
     }
 }
 
-/// The least number of items per rayon task for work of `elements` elements cut into `items`
-/// items: all of them (one task, on the calling thread) below [`PARALLEL_MIN`], else `per_task`.
-fn min_items(elements: usize, items: usize, per_task: usize) -> usize {
-    if elements < PARALLEL_MIN {
-        items.max(1)
-    } else {
-        per_task.max(1)
-    }
+/// Whether work on `elements` elements is shared between threads (from [`PARALLEL_MIN`]).
+fn parallel(elements: usize) -> bool {
+    elements >= PARALLEL_MIN
 }
 
 /// Runs `f` compiled for AVX2 when the CPU has it (detected once, at run time), else as built.
@@ -98,6 +95,11 @@ pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2")]
 unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+/// The range of chunk `c` of `chunk` elements in `len`.
+fn chunk_of(c: usize, chunk: usize, len: usize) -> std::ops::Range<usize> {
+    c * chunk..((c + 1) * chunk).min(len)
 }
 
 /// A vector of `len` elements written by `fill`.
@@ -141,28 +143,47 @@ pub(super) fn map_slices<T: Sync + Send, R: Send>(
     inner: usize,
     f: impl Fn(usize, &mut [MaybeUninit<T>], &[T], &[T]) -> R + Sync + Send,
 ) -> Vec<R> {
-    assert!(x.len() == out.len() && y.len() == out.len() && inner > 0);
+    map_slice_blocks(out, x, y, inner, 1, |j, o, x, y, r| {
+        r[0] = Some(f(j, o, x, y))
+    })
+}
+
+/// [`map_slices`] handing out blocks of `per_call` consecutive slices (fewer in the last
+/// block): `f(j0, out, x, y, results)` gets the slices from `j0` (`results.len()` of them, as
+/// many blocks of `inner` elements in `out`, `x` and `y`) and puts each slice's result in
+/// `results`.
+///
+/// # Panics
+///
+/// If `f` leaves a result out.
+pub(super) fn map_slice_blocks<T: Sync + Send, R: Send>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    y: &[T],
+    inner: usize,
+    per_call: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<T>], &[T], &[T], &mut [Option<R>]) + Sync + Send,
+) -> Vec<R> {
+    assert!(x.len() == out.len() && y.len() == out.len() && inner > 0 && per_call > 0);
     let n = out.len() / inner;
-    let per_group = (GROUP / inner).max(1);
+    let per_group = (GROUP / inner).max(1).next_multiple_of(per_call);
     let group = per_group * inner;
     let mut results: Vec<Option<R>> = (0..n).map(|_| None).collect();
-    let min_groups = min_items(out.len(), n.div_ceil(per_group), 1);
-    out.par_chunks_mut(group)
-        .zip(x.par_chunks(group))
-        .zip(y.par_chunks(group))
-        .zip(results.par_chunks_mut(per_group))
-        .enumerate()
-        .with_min_len(min_groups)
-        .for_each(|(g, (((o, x), y), r))| {
-            let slices = o
-                .chunks_mut(inner)
-                .zip(x.chunks(inner))
-                .zip(y.chunks(inner));
-            for (k, (((o, x), y), r)) in slices.zip(r).enumerate() {
-                *r = Some(f(g * per_group + k, o, x, y));
-            }
-            fence();
-        });
+    let len = out.len();
+    let outs = Parts::new(out);
+    for_each_chunk_mut(parallel(len), &mut results, per_group, false, |g, r| {
+        let span = g * group..((g + 1) * group).min(len);
+        // SAFETY: group `g`'s elements, disjoint from every other group's, and each group is
+        // handed out once.
+        let o = unsafe { outs.part(span.clone()) };
+        let (x, y) = (&x[span.clone()], &y[span]);
+        let call = per_call * inner;
+        let blocks = o.chunks_mut(call).zip(x.chunks(call)).zip(y.chunks(call));
+        for (k, (((o, x), y), r)) in blocks.zip(r.chunks_mut(per_call)).enumerate() {
+            f(g * per_group + k * per_call, o, x, y, r);
+        }
+        fence();
+    });
     results
         .into_iter()
         .map(|r| r.expect("every slice was visited"))
@@ -188,33 +209,32 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
                     let sa = &a[j * inner..(j + 1) * inner];
                     let sb = &b[j * inner..(j + 1) * inner];
                     let chunks = inner.div_ceil(CHUNK);
-                    let parts: Vec<S> = sa
-                        .par_chunks(CHUNK)
-                        .zip(sb.par_chunks(CHUNK))
-                        .with_min_len(min_items(a.len(), chunks, 1))
-                        .map(|(x, y)| {
-                            simd(
-                                #[inline(always)]
-                                || S::run(x, y),
-                            )
-                        })
-                        .collect();
+                    let parts: Vec<S> = map_indices(parallel(a.len()), chunks, |c| {
+                        let r = c * CHUNK..((c + 1) * CHUNK).min(inner);
+                        let (x, y) = (&sa[r.clone()], &sb[r]);
+                        simd(
+                            #[inline(always)]
+                            || S::run(x, y),
+                        )
+                    });
                     pairwise::<T, S>(&parts)
                 })
                 .collect();
         }
-        let min_len = (CHUNK / inner).max(1);
-        return a
-            .par_chunks(inner)
-            .zip(b.par_chunks(inner))
-            .with_min_len(min_items(a.len(), n, min_len))
-            .map(|(x, y)| {
-                simd(
+        let per_task = (CHUNK / inner).max(1);
+        let mut sums = vec![S::ZERO; n];
+        for_each_chunk_mut(parallel(a.len()), &mut sums, per_task, false, |t, s| {
+            for (k, s) in s.iter_mut().enumerate() {
+                let j = t * per_task + k;
+                let r = j * inner..(j + 1) * inner;
+                let (x, y) = (&a[r.clone()], &b[r]);
+                *s = simd(
                     #[inline(always)]
                     || S::run(x, y),
-                )
-            })
-            .collect();
+                );
+            }
+        });
+        return sums;
     }
     // Rows of n * inner elements. Each task takes a fixed group of rows and accumulates blocks
     // of 32 rows, adding each block to its total; the tasks' totals are combined pairwise.
@@ -222,37 +242,38 @@ pub(super) fn slice_sums<T: Real, S: Sums<T>>(
     let row = n * inner;
     let rows_per_task = (CHUNK / row).clamp(BLOCK_ROWS / 2, 8 * BLOCK_ROWS);
     let tasks = outer.div_ceil(rows_per_task);
-    let tasks = a
-        .par_chunks(row * rows_per_task)
-        .zip(b.par_chunks(row * rows_per_task))
-        .with_min_len(min_items(a.len(), tasks, 1));
+    let task = |t: usize| {
+        let r = chunk_of(t, row * rows_per_task, a.len());
+        (&a[r.clone()], &b[r])
+    };
+    let par = parallel(a.len());
     if inner == 1 {
         // The kept axis is the last: column sums, kept column-wise until the end.
-        let mut partials: Vec<Vec<T::A>> = tasks
-            .map(|(xa, xb)| column_sums::<T, S>(xa, xb, n, BLOCK_ROWS))
-            .collect();
+        let mut partials: Vec<Vec<T::A>> = map_indices(par, tasks, |t| {
+            let (xa, xb) = task(t);
+            column_sums::<T, S>(xa, xb, n, BLOCK_ROWS)
+        });
         let total = pairwise_columns(&mut partials);
         return (0..n).map(|j| S::column(&total, n, j)).collect();
     }
-    let mut partials: Vec<Vec<S>> = tasks
-        .map(|(xa, xb)| {
-            let mut total = vec![S::ZERO; n];
-            let mut block = vec![S::ZERO; n];
-            for (ba, bb) in xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS)) {
-                block.fill(S::ZERO);
-                for (ra, rb) in ba.chunks_exact(row).zip(bb.chunks_exact(row)) {
-                    simd(
-                        #[inline(always)]
-                        || accumulate_row::<T, S>(&mut block, ra, rb, inner),
-                    );
-                }
-                for (t, s) in total.iter_mut().zip(&block) {
-                    *t = t.add(*s);
-                }
+    let mut partials: Vec<Vec<S>> = map_indices(par, tasks, |t| {
+        let (xa, xb) = task(t);
+        let mut total = vec![S::ZERO; n];
+        let mut block = vec![S::ZERO; n];
+        for (ba, bb) in xa.chunks(row * BLOCK_ROWS).zip(xb.chunks(row * BLOCK_ROWS)) {
+            block.fill(S::ZERO);
+            for (ra, rb) in ba.chunks_exact(row).zip(bb.chunks_exact(row)) {
+                simd(
+                    #[inline(always)]
+                    || accumulate_row::<T, S>(&mut block, ra, rb, inner),
+                );
             }
-            total
-        })
-        .collect();
+            for (t, s) in total.iter_mut().zip(&block) {
+                *t = t.add(*s);
+            }
+        }
+        total
+    });
     pairwise_vecs::<T, S>(&mut partials)
 }
 
@@ -336,24 +357,20 @@ pub(super) fn for_each_run<T: Sync + Send>(
     if out.is_empty() {
         return;
     }
-    let min_chunks = min_items(out.len(), out.len().div_ceil(CHUNK), 1);
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .zip(y.par_chunks(CHUNK))
-        .enumerate()
-        .rev()
-        .with_min_len(min_chunks)
-        .for_each(|(c, ((o, xs), ys))| {
-            let start = c * CHUNK;
-            let mut p = 0;
-            while p < o.len() {
-                let run = (start + p) / inner;
-                let end = ((run + 1) * inner - start).min(o.len());
-                f(run % n, &mut o[p..end], &xs[p..end], &ys[p..end]);
-                p = end;
-            }
-            fence();
-        });
+    let len = out.len();
+    for_each_chunk_mut(parallel(len), out, CHUNK, true, |c, o| {
+        let r = chunk_of(c, CHUNK, len);
+        let (xs, ys) = (&x[r.clone()], &y[r]);
+        let start = c * CHUNK;
+        let mut p = 0;
+        while p < o.len() {
+            let run = (start + p) / inner;
+            let end = ((run + 1) * inner - start).min(o.len());
+            f(run % n, &mut o[p..end], &xs[p..end], &ys[p..end]);
+            p = end;
+        }
+        fence();
+    });
 }
 
 /// The kept axis is the last one (`inner == 1`, e.g. Burn's `[d_in, d_out]` Linear weight per
@@ -372,18 +389,15 @@ pub(super) fn for_each_row<T: Sync + Send>(
         return;
     }
     let rows_per_task = (CHUNK / n).max(1);
-    let min_tasks = min_items(out.len(), out.len().div_ceil(n * rows_per_task), 1);
-    out.par_chunks_mut(n * rows_per_task)
-        .zip(x.par_chunks(n * rows_per_task))
-        .zip(y.par_chunks(n * rows_per_task))
-        .rev()
-        .with_min_len(min_tasks)
-        .for_each(|((o, xs), ys)| {
-            for ((o, xs), ys) in o.chunks_mut(n).zip(xs.chunks(n)).zip(ys.chunks(n)) {
-                f(o, xs, ys);
-            }
-            fence();
-        });
+    let (len, task) = (out.len(), n * rows_per_task);
+    for_each_chunk_mut(parallel(len), out, task, true, |c, o| {
+        let r = chunk_of(c, task, len);
+        let (xs, ys) = (&x[r.clone()], &y[r]);
+        for ((o, xs), ys) in o.chunks_mut(n).zip(xs.chunks(n)).zip(ys.chunks(n)) {
+            f(o, xs, ys);
+        }
+        fence();
+    });
 }
 
 #[cfg(test)]
@@ -638,7 +652,7 @@ mod tests {
     #[test]
     fn small_work_stays_on_the_calling_thread() {
         let here = std::thread::current().id();
-        let x = vec![1.0f64; 261_900]; // just below PARALLEL_MIN, 100 and 3 dividing it
+        let x = vec![1.0f64; 65_100]; // just below PARALLEL_MIN, 100 and 3 dividing it
         assert!(x.len() < PARALLEL_MIN);
         let mut out = vec![MaybeUninit::new(0.0); x.len()];
         let threads = std::sync::Mutex::new(std::collections::HashSet::new());

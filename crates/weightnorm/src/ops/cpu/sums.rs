@@ -35,41 +35,70 @@ pub(crate) trait Acc:
     /// written lines bypass the caches and are not read from memory first. The stores become
     /// visible to other threads after [`fence`].
     fn stream(out: &mut [MaybeUninit<Self>], src: &[Self]);
-    /// The eight lanes of each of `G` full leaves of `a * b` (`[leaf][lane]`, `a` and `b` of
-    /// `G * LEAF` elements), each lane summed in order from zero: what [`leaf`] sums before
-    /// combining its lanes.
-    fn leaf_lanes<const G: usize>(a: &[Self], b: &[Self]) -> [[Self; 8]; G];
+    /// The eight lanes of each of `G` runs of `a * b` (`[run][lane]`): run `q` is the `len`
+    /// elements (at most a leaf) from `q * stride`, and lane `l` its elements `8k + l` summed in
+    /// order from zero, over its whole chunks of eight: what [`leaf`] sums before combining its
+    /// lanes (the remainder of fewer than eight is left to the caller).
+    fn strided_lanes<const G: usize>(
+        a: &[Self],
+        b: &[Self],
+        stride: usize,
+        len: usize,
+    ) -> [[Self; 8]; G];
+    /// The lanes of `a * a` and of `b * a` over `G` runs, in one pass.
+    fn sq_dot_strided_lanes<const G: usize>(
+        a: &[Self],
+        b: &[Self],
+        stride: usize,
+        len: usize,
+    ) -> ([[Self; 8]; G], [[Self; 8]; G]);
+    /// [`Acc::strided_lanes`] of `G` full leaves, one after the other.
+    #[inline(always)]
+    fn leaf_lanes<const G: usize>(a: &[Self], b: &[Self]) -> [[Self; 8]; G] {
+        Self::strided_lanes::<G>(a, b, LEAF, LEAF)
+    }
     /// The eight lanes of the whole chunks of eight of `a * b` (at most a leaf):
     /// `lanes[l] = sum(a[8k + l] * b[8k + l])` in order of `k`; the remainder is left out.
     fn lanes(a: &[Self], b: &[Self]) -> [Self; 8];
-    /// The lanes of `a * a` and of `b * a` over `G` full leaves, in one pass.
+    /// [`Acc::sq_dot_strided_lanes`] of `G` full leaves.
+    #[inline(always)]
     fn sq_dot_leaf_lanes<const G: usize>(
         a: &[Self],
         b: &[Self],
-    ) -> ([[Self; 8]; G], [[Self; 8]; G]);
+    ) -> ([[Self; 8]; G], [[Self; 8]; G]) {
+        Self::sq_dot_strided_lanes::<G>(a, b, LEAF, LEAF)
+    }
 }
 
-/// Leaf `q` of `x`.
+/// Run `q` of `x`: `len` elements from `q * stride`.
 #[inline(always)]
-fn leaf_of<A>(x: &[A], q: usize) -> &[A] {
-    &x[q * LEAF..][..LEAF]
+fn run_of<A>(x: &[A], q: usize, stride: usize, len: usize) -> &[A] {
+    &x[q * stride..][..len]
 }
 
-/// [`Acc::leaf_lanes`] in portable code: one leaf after the other.
+/// [`Acc::strided_lanes`] in portable code: one run after the other.
 #[inline(always)]
-fn leaf_lanes_portable<A: Acc, const G: usize>(a: &[A], b: &[A]) -> [[A; 8]; G] {
-    core::array::from_fn(|q| lanes(leaf_of(a, q), leaf_of(b, q)))
-}
-
-/// [`Acc::sq_dot_leaf_lanes`] in portable code.
-#[inline(always)]
-fn sq_dot_leaf_lanes_portable<A: Acc, const G: usize>(
+fn strided_lanes_portable<A: Acc, const G: usize>(
     a: &[A],
     b: &[A],
+    stride: usize,
+    len: usize,
+) -> [[A; 8]; G] {
+    core::array::from_fn(|q| lanes(run_of(a, q, stride, len), run_of(b, q, stride, len)))
+}
+
+/// [`Acc::sq_dot_strided_lanes`] in portable code.
+#[inline(always)]
+fn sq_dot_strided_lanes_portable<A: Acc, const G: usize>(
+    a: &[A],
+    b: &[A],
+    stride: usize,
+    len: usize,
 ) -> ([[A; 8]; G], [[A; 8]; G]) {
+    let (ra, rb) = (|q| run_of(a, q, stride, len), |q| run_of(b, q, stride, len));
     (
-        core::array::from_fn(|q| lanes(leaf_of(a, q), leaf_of(a, q))),
-        core::array::from_fn(|q| lanes(leaf_of(b, q), leaf_of(a, q))),
+        core::array::from_fn(|q| lanes(ra(q), ra(q))),
+        core::array::from_fn(|q| lanes(rb(q), ra(q))),
     )
 }
 
@@ -81,19 +110,50 @@ mod avx {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::LEAF;
+    /// Runs ahead of which the summing loops ask for lines: two groups, far enough to cover the
+    /// memory's latency at the loops' pace.
+    const AHEAD_GROUPS: usize = 2;
+
+    /// At step `k` of a loop over `G` contiguous runs of `stride` elements of `T` from `p`
+    /// (eight elements of each run per step), asks for the lines that the same step of the
+    /// group [`AHEAD_GROUPS`] groups on will read. The runs interleave four or eight streams
+    /// a kilobyte apart, which the hardware prefetchers follow poorly; a prefetch changes no
+    /// value, and one past the end of the data is dropped (prefetches do not fault).
+    #[inline(always)]
+    fn prefetch_ahead<T, const G: usize>(p: *const T, stride: usize, k: usize) {
+        let step = G * 8 * size_of::<T>();
+        let at = p
+            .cast::<i8>()
+            .wrapping_add(AHEAD_GROUPS * G * stride * size_of::<T>() + k * step);
+        for line in 0..step.div_ceil(64) {
+            // SAFETY: a prefetch reads nothing architecturally and never faults; the address
+            // is only computed (wrapping), never dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64)) };
+        }
+    }
 
     /// # Safety
     ///
-    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    /// The CPU must support AVX, and `a` and `b` must hold `(G - 1) * stride + len` elements.
     #[target_feature(enable = "avx")]
-    pub(super) unsafe fn leaf_lanes_f32<const G: usize>(a: &[f32], b: &[f32]) -> [[f32; 8]; G] {
-        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+    pub(super) unsafe fn strided_lanes_f32<const G: usize>(
+        a: &[f32],
+        b: &[f32],
+        stride: usize,
+        len: usize,
+    ) -> [[f32; 8]; G] {
+        debug_assert!(G > 0 && a.len().min(b.len()) >= (G - 1) * stride + len);
         let mut acc = [_mm256_setzero_ps(); G];
-        for k in 0..LEAF / 8 {
+        for k in 0..len / 8 {
+            if stride == len {
+                prefetch_ahead::<f32, G>(a.as_ptr(), stride, k);
+                if !std::ptr::eq(a, b) {
+                    prefetch_ahead::<f32, G>(b.as_ptr(), stride, k);
+                }
+            }
             for (q, acc) in acc.iter_mut().enumerate() {
-                let i = q * LEAF + k * 8;
-                // SAFETY: `i + 8 <= G * LEAF`, the length of both slices.
+                let i = q * stride + k * 8;
+                // SAFETY: `i + 8 <= (G - 1) * stride + len`, within both slices.
                 let (x, y) = unsafe {
                     (
                         _mm256_loadu_ps(a.as_ptr().add(i)),
@@ -113,18 +173,24 @@ mod avx {
 
     /// # Safety
     ///
-    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    /// The CPU must support AVX, and `a` and `b` must hold `(G - 1) * stride + len` elements.
     #[target_feature(enable = "avx")]
-    pub(super) unsafe fn sq_dot_leaf_lanes_f32<const G: usize>(
+    pub(super) unsafe fn sq_dot_strided_lanes_f32<const G: usize>(
         a: &[f32],
         b: &[f32],
+        stride: usize,
+        len: usize,
     ) -> ([[f32; 8]; G], [[f32; 8]; G]) {
-        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+        debug_assert!(G > 0 && a.len().min(b.len()) >= (G - 1) * stride + len);
         let (mut s, mut d) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
-        for k in 0..LEAF / 8 {
+        for k in 0..len / 8 {
+            if stride == len {
+                prefetch_ahead::<f32, G>(a.as_ptr(), stride, k);
+                prefetch_ahead::<f32, G>(b.as_ptr(), stride, k);
+            }
             for q in 0..G {
-                let i = q * LEAF + k * 8;
-                // SAFETY: `i + 8 <= G * LEAF`, the length of both slices.
+                let i = q * stride + k * 8;
+                // SAFETY: `i + 8 <= (G - 1) * stride + len`, within both slices.
                 let (x, y) = unsafe {
                     (
                         _mm256_loadu_ps(a.as_ptr().add(i)),
@@ -234,16 +300,21 @@ mod avx {
     ///
     /// # Safety
     ///
-    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    /// The CPU must support AVX, and `a` and `b` must hold `(G - 1) * stride + len` elements.
     #[target_feature(enable = "avx")]
-    pub(super) unsafe fn leaf_lanes_f64<const G: usize>(a: &[f64], b: &[f64]) -> [[f64; 8]; G] {
-        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+    pub(super) unsafe fn strided_lanes_f64<const G: usize>(
+        a: &[f64],
+        b: &[f64],
+        stride: usize,
+        len: usize,
+    ) -> [[f64; 8]; G] {
+        debug_assert!(G > 0 && a.len().min(b.len()) >= (G - 1) * stride + len);
         let mut acc = [[_mm256_setzero_pd(); 2]; G];
-        for k in 0..LEAF / 8 {
+        for k in 0..len / 8 {
             for (q, acc) in acc.iter_mut().enumerate() {
                 for (h, acc) in acc.iter_mut().enumerate() {
-                    let i = q * LEAF + k * 8 + 4 * h;
-                    // SAFETY: `i + 4 <= G * LEAF`, the length of both slices.
+                    let i = q * stride + k * 8 + 4 * h;
+                    // SAFETY: `i + 4 <= (G - 1) * stride + len`, within both slices.
                     let (x, y) = unsafe {
                         (
                             _mm256_loadu_pd(a.as_ptr().add(i)),
@@ -259,21 +330,23 @@ mod avx {
 
     /// # Safety
     ///
-    /// The CPU must support AVX, and `a` and `b` must hold `G * LEAF` elements.
+    /// The CPU must support AVX, and `a` and `b` must hold `(G - 1) * stride + len` elements.
     #[target_feature(enable = "avx")]
-    pub(super) unsafe fn sq_dot_leaf_lanes_f64<const G: usize>(
+    pub(super) unsafe fn sq_dot_strided_lanes_f64<const G: usize>(
         a: &[f64],
         b: &[f64],
+        stride: usize,
+        len: usize,
     ) -> ([[f64; 8]; G], [[f64; 8]; G]) {
-        debug_assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+        debug_assert!(G > 0 && a.len().min(b.len()) >= (G - 1) * stride + len);
         let (mut sq, mut dt) = ([[0f64; 8]; G], [[0f64; 8]; G]);
-        // One leaf at a time: four chains (two halves of two sums) already.
+        // One run at a time: four chains (two halves of two sums) already.
         for q in 0..G {
             let (mut s, mut d) = ([_mm256_setzero_pd(); 2], [_mm256_setzero_pd(); 2]);
-            for k in 0..LEAF / 8 {
+            for k in 0..len / 8 {
                 for h in 0..2 {
-                    let i = q * LEAF + k * 8 + 4 * h;
-                    // SAFETY: `i + 4 <= G * LEAF`, the length of both slices.
+                    let i = q * stride + k * 8 + 4 * h;
+                    // SAFETY: `i + 4 <= (G - 1) * stride + len`, within both slices.
                     let (x, y) = unsafe {
                         (
                             _mm256_loadu_pd(a.as_ptr().add(i)),
@@ -411,14 +484,19 @@ macro_rules! acc {
                 }
             }
             #[inline(always)]
-            fn leaf_lanes<const G: usize>(a: &[Self], b: &[Self]) -> [[Self; 8]; G] {
-                assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+            fn strided_lanes<const G: usize>(
+                a: &[Self],
+                b: &[Self],
+                stride: usize,
+                len: usize,
+            ) -> [[Self; 8]; G] {
+                assert!(G > 0 && a.len().min(b.len()) >= (G - 1) * stride + len);
                 #[cfg(target_arch = "x86_64")]
                 if has_avx() {
                     // SAFETY: the CPU supports AVX, checked just above, and the lengths were.
-                    return unsafe { avx::$group::<G>(a, b) };
+                    return unsafe { avx::$group::<G>(a, b, stride, len) };
                 }
-                leaf_lanes_portable(a, b)
+                strided_lanes_portable(a, b, stride, len)
             }
             #[inline(always)]
             fn lanes(a: &[Self], b: &[Self]) -> [Self; 8] {
@@ -431,17 +509,19 @@ macro_rules! acc {
                 lanes(a, b)
             }
             #[inline(always)]
-            fn sq_dot_leaf_lanes<const G: usize>(
+            fn sq_dot_strided_lanes<const G: usize>(
                 a: &[Self],
                 b: &[Self],
+                stride: usize,
+                len: usize,
             ) -> ([[Self; 8]; G], [[Self; 8]; G]) {
-                assert!(a.len() == G * LEAF && b.len() == G * LEAF);
+                assert!(G > 0 && a.len().min(b.len()) >= (G - 1) * stride + len);
                 #[cfg(target_arch = "x86_64")]
                 if has_avx() {
                     // SAFETY: the CPU supports AVX, checked just above, and the lengths were.
-                    return unsafe { avx::$sq_dot::<G>(a, b) };
+                    return unsafe { avx::$sq_dot::<G>(a, b, stride, len) };
                 }
-                sq_dot_leaf_lanes_portable(a, b)
+                sq_dot_strided_lanes_portable(a, b, stride, len)
             }
         }
     )*};
@@ -449,8 +529,8 @@ macro_rules! acc {
 // Squares below the smallest normal number (1.2e-38 in f32, 2.2e-308 in f64) lose bits; in a
 // sum above TINY they are below the type's precision.
 acc!(
-    f32 => 1e-30, stream_f32, stream_f32, leaf_lanes_f32, sq_dot_leaf_lanes_f32, lanes_f32,
-    f64 => 1e-280, stream_f64, stream_f64, leaf_lanes_f64, sq_dot_leaf_lanes_f64, lanes_f64
+    f32 => 1e-30, stream_f32, stream_f32, strided_lanes_f32, sq_dot_strided_lanes_f32, lanes_f32,
+    f64 => 1e-280, stream_f64, stream_f64, strided_lanes_f64, sq_dot_strided_lanes_f64, lanes_f64
 );
 
 /// Makes the streaming stores of [`Acc::stream`] made so far by this thread visible to others
@@ -762,6 +842,69 @@ pub(super) fn sq_dot<T: Real>(a: &[T], b: &[T]) -> (T::A, T::A) {
         }
     }
     (sq.finish(), dt.finish())
+}
+
+/// Slices of at most a leaf summed [`SHORT`] at a time: their lanes interleaved (independent
+/// chains of additions), each slice's sum the bits of [`dot`] on it.
+pub(super) const SHORT: usize = 4;
+
+/// [`dot`] of each of the [`SHORT`] consecutive slices of `len` elements (at most [`LEAF`]) in
+/// `a` and `b`, summed at once.
+#[inline(always)]
+pub(super) fn dot_short<T: Real>(a: &[T], b: &[T], len: usize) -> [T::A; SHORT] {
+    assert!(len <= LEAF && a.len() == SHORT * len && b.len() == a.len());
+    let sums = |a: &[T::A], b: &[T::A]| {
+        let lanes = T::A::strided_lanes::<SHORT>(a, b, len, len);
+        let whole = len / 8 * 8;
+        core::array::from_fn(|q| {
+            let mut s = combine(lanes[q]);
+            for i in q * len + whole..(q + 1) * len {
+                s = s + a[i] * b[i];
+            }
+            s
+        })
+    };
+    if let (Some(a), Some(b)) = (T::as_acc(a), T::as_acc(b)) {
+        return sums(a, b);
+    }
+    let (mut ba, mut bb) = ([T::A::ZERO; BLOCK], [T::A::ZERO; BLOCK]);
+    let (wa, wb) = (&mut ba[..a.len()], &mut bb[..a.len()]);
+    T::up_slice(a, wa);
+    T::up_slice(b, wb);
+    sums(wa, wb)
+}
+
+/// [`sq_dot`] of each of the [`SHORT`] consecutive slices of `len` elements (at most [`LEAF`])
+/// in `a` and `b`, summed at once.
+#[inline(always)]
+pub(super) fn sq_dot_short<T: Real>(
+    a: &[T],
+    b: &[T],
+    len: usize,
+) -> ([T::A; SHORT], [T::A; SHORT]) {
+    assert!(len <= LEAF && a.len() == SHORT * len && b.len() == a.len());
+    let sums = |a: &[T::A], b: &[T::A]| {
+        let (sq, dt) = T::A::sq_dot_strided_lanes::<SHORT>(a, b, len, len);
+        let whole = len / 8 * 8;
+        let mut out = ([T::A::ZERO; SHORT], [T::A::ZERO; SHORT]);
+        for q in 0..SHORT {
+            let (mut s, mut d) = (combine(sq[q]), combine(dt[q]));
+            for i in q * len + whole..(q + 1) * len {
+                s = s + a[i] * a[i];
+                d = d + b[i] * a[i];
+            }
+            (out.0[q], out.1[q]) = (s, d);
+        }
+        out
+    };
+    if let (Some(a), Some(b)) = (T::as_acc(a), T::as_acc(b)) {
+        return sums(a, b);
+    }
+    let (mut ba, mut bb) = ([T::A::ZERO; BLOCK], [T::A::ZERO; BLOCK]);
+    let (wa, wb) = (&mut ba[..a.len()], &mut bb[..a.len()]);
+    T::up_slice(a, wa);
+    T::up_slice(b, wb);
+    sums(wa, wb)
 }
 
 /// `max(n, eps)`.
@@ -1201,14 +1344,14 @@ mod tests {
         let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
         let bits32 = |l: &[[f32; 8]]| l.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
         let bits64 = |l: &[[f64; 8]]| l.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let p32 = leaf_lanes_portable::<f32, GROUP>(&a32, &b32);
-        let p64 = leaf_lanes_portable::<f64, GROUP>(&a, &b);
+        let p32 = strided_lanes_portable::<f32, GROUP>(&a32, &b32, LEAF, LEAF);
+        let p64 = strided_lanes_portable::<f64, GROUP>(&a, &b, LEAF, LEAF);
         assert_eq!(bits32(&f32::leaf_lanes::<GROUP>(&a32, &b32)), bits32(&p32));
         assert_eq!(bits64(&f64::leaf_lanes::<GROUP>(&a, &b)), bits64(&p64));
-        let (s, d) = sq_dot_leaf_lanes_portable::<f32, GROUP>(&a32, &b32);
+        let (s, d) = sq_dot_strided_lanes_portable::<f32, GROUP>(&a32, &b32, LEAF, LEAF);
         let (vs, vd) = f32::sq_dot_leaf_lanes::<GROUP>(&a32, &b32);
         assert_eq!((bits32(&vs), bits32(&vd)), (bits32(&s), bits32(&d)));
-        let (s, d) = sq_dot_leaf_lanes_portable::<f64, GROUP>(&a, &b);
+        let (s, d) = sq_dot_strided_lanes_portable::<f64, GROUP>(&a, &b, LEAF, LEAF);
         let (vs, vd) = f64::sq_dot_leaf_lanes::<GROUP>(&a, &b);
         assert_eq!((bits64(&vs), bits64(&vd)), (bits64(&s), bits64(&d)));
         for len in [0, 5, 8, 13, 64, 255, 256] {
