@@ -34,8 +34,9 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
   For each weight: 4096x4096 (norm per row, axis 0; per column, axis 1, the layout of Burn's
   Linear weight [d_in, d_out] normalized per output unit; and one norm over the whole tensor),
   512x256x3x3, 512x512x7 and 784x128 (axis 0, PyTorch's default dim):
-    copy warm                a copy of the weight's bytes into an existing buffer: the bandwidth
-                             the operation is measured against
+    copy warm                a copy of the weight's bytes into an existing buffer (on every
+                             thread from 4 Mi elements, else on one): the bandwidth the
+                             operation is measured against
     copy fresh               a copy into a freshly allocated buffer, freed after each run: what
                              allocating a new output costs on top (page faults, unless the
                              allocator keeps freed blocks; see below)
@@ -320,8 +321,23 @@ fn weight_cases(b: &mut Bench, w: &Weight, copies: bool) {
     if copies {
         let copy_shape = w.label.split(' ').next().unwrap_or(w.label);
         let mut dst = vec![0f32; numel];
+        // On every thread of the pool, in one contiguous part per thread, for a weight of
+        // 4 Mi elements or more (memory-bound: the bandwidth of every core); a smaller one on
+        // the calling thread, where rayon's hand-off would cost more than the copy.
+        let parts = if numel < 1 << 22 {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
+        let part = numel.div_ceil(parts).max(1);
         b.case("copy warm", copy_shape, Some(2 * size), || {
-            dst.copy_from_slice(black_box(&v_data));
+            if parts == 1 {
+                dst.copy_from_slice(black_box(&v_data));
+            } else {
+                dst.par_chunks_mut(part)
+                    .zip(black_box(&v_data).par_chunks(part))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+            }
             black_box(&mut dst);
         });
         b.case("copy fresh", copy_shape, Some(2 * size), || {
