@@ -107,7 +107,7 @@ fn helper(pool: &'static Pool, number: usize, sleeping: Arc<AtomicBool>) {
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins % 64 == 0 && since.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && since.elapsed() > SPIN {
                 break;
             }
         }
