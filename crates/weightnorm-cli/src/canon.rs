@@ -427,17 +427,7 @@ fn run<T: Real>(
                 "carries": r.carries,
             })).collect::<Vec<_>>(),
             "notes": notes,
-            "verification": {
-                "inputs": inputs.what,
-                "samples": inputs.x.len(),
-                "max_abs_error": agreement.max_abs_error,
-                "max_rel_error": agreement.max_rel_error,
-                "argmax_agreement": agreement.argmax_agreement,
-                "accuracy_original": accuracies.map(|a| a.0),
-                "accuracy_canonical": accuracies.map(|a| a.1),
-                "tolerance": args.tolerance,
-                "passed": ok,
-            },
+            "verification": verification_json(args, &inputs, &agreement, accuracies, ok),
             "max_abs_error": agreement.max_abs_error,
             "max_rel_error": agreement.max_rel_error,
             "timings_s": {"load": load_s, "canonicalize": canon_s, "verify": verify_s, "write": write_s},
@@ -470,6 +460,28 @@ fn run<T: Real>(
         [load_s, canon_s, verify_s, write_s],
         ok,
     )
+}
+
+/// The report's `verification` object: on what, the errors, the accuracies where there are
+/// labels, the tolerance and whether it passed. Shared by both front-ends.
+pub(crate) fn verification_json(
+    args: &CanonicalizeArgs,
+    inputs: &Inputs,
+    agreement: &Agreement,
+    accuracies: Option<(f64, f64)>,
+    ok: bool,
+) -> serde_json::Value {
+    json!({
+        "inputs": inputs.what,
+        "samples": inputs.x.len(),
+        "max_abs_error": agreement.max_abs_error,
+        "max_rel_error": agreement.max_rel_error,
+        "argmax_agreement": agreement.argmax_agreement,
+        "accuracy_original": accuracies.map(|a| a.0),
+        "accuracy_canonical": accuracies.map(|a| a.1),
+        "tolerance": args.tolerance,
+        "passed": ok,
+    })
 }
 
 /// The verification line (`verified`, then the errors and, with labels, the accuracies), the

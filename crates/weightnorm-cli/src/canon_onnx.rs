@@ -15,6 +15,7 @@ use weightnorm::onnx::{Bytes, OnnxModel, OnnxNetwork, encode, write_model};
 
 use crate::canon::{
     CanonicalizeArgs, Form, accuracy, bad, finish, input_files, load_inputs, range_json,
+    verification_json,
 };
 use crate::output::Outputs;
 use crate::text::shown;
@@ -140,6 +141,9 @@ fn run<T: Real>(
         })
         .collect();
     if let Some(report_path) = &args.report {
+        let mut verification = verification_json(args, &inputs, &agreement, accuracies, ok);
+        verification["outputs"] =
+            "the model written, read back and run against the original".into();
         let report = json!({
             "model": path.display().to_string(),
             "form": format!("{:?}", args.form).to_lowercase(),
@@ -164,18 +168,7 @@ fn run<T: Real>(
                 })
             }).collect::<Vec<_>>(),
             "notes": notes,
-            "verification": {
-                "inputs": inputs.what,
-                "samples": inputs.x.len(),
-                "outputs": "the model written, read back and run against the original",
-                "max_abs_error": agreement.max_abs_error,
-                "max_rel_error": agreement.max_rel_error,
-                "argmax_agreement": agreement.argmax_agreement,
-                "accuracy_original": accuracies.map(|a| a.0),
-                "accuracy_canonical": accuracies.map(|a| a.1),
-                "tolerance": args.tolerance,
-                "passed": ok,
-            },
+            "verification": verification,
             "max_abs_error": agreement.max_abs_error,
             "max_rel_error": agreement.max_rel_error,
             "timings_s": {"load": load_s, "canonicalize": canon_s, "verify": verify_s, "write": write_s},
