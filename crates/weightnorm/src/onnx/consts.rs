@@ -52,6 +52,16 @@ pub(crate) fn axis(a: i64, rank: usize) -> Eval<usize> {
     Ok(if a < 0 { (a + r) as usize } else { a as usize })
 }
 
+/// Axes in `[-rank, rank)` as indices, sorted.
+pub(crate) fn sorted_axes(axes: &[i64], rank: usize) -> Eval<Vec<usize>> {
+    let mut ax = axes
+        .iter()
+        .map(|&a| axis(a, rank))
+        .collect::<Eval<Vec<_>>>()?;
+    ax.sort_unstable();
+    Ok(ax)
+}
+
 impl Const {
     /// An integer vector.
     pub(crate) fn ints(values: Vec<Option<i64>>) -> Self {

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::consts::{Const, Data, MAX_CONST, axis};
+use super::consts::{Const, Data, MAX_CONST, axis, sorted_axes};
 use super::proto::{AttributeProto, NodeProto, TensorProto, data_type, type_proto};
 use super::tensor::{External, dtype_name, float_values, is_float};
 use super::{Binding, GraphMap, OnnxError, OnnxModel, OnnxNetwork};
@@ -1363,12 +1363,7 @@ impl Walker<'_, '_> {
                     _ => attr_ints(n, "axes").unwrap_or_default(),
                 };
                 let rank = shape.len() + 1;
-                let mut ax: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| axis(a, rank))
-                    .collect::<Result<_, _>>()
-                    .map_err(|r| g.err(i, r))?;
-                ax.sort_unstable();
+                let ax = sorted_axes(&axes, rank).map_err(|r| g.err(i, r))?;
                 if rank != 4 || ax != [2, 3] {
                     return Err(g.err(
                         i,
@@ -1447,12 +1442,7 @@ impl Walker<'_, '_> {
                     None => attr_ints(n, "axes").unwrap_or_default(),
                 };
                 let rank = shape.len() + 1;
-                let mut ax: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| axis(a, rank))
-                    .collect::<Result<_, _>>()
-                    .map_err(|r| g.err(i, r))?;
-                ax.sort_unstable();
+                let ax = sorted_axes(&axes, rank).map_err(|r| g.err(i, r))?;
                 let spatial: Vec<usize> = (2..rank).collect();
                 if rank < 3 || ax != spatial || shape[1..].iter().any(|&d| d != 1) {
                     return Err(g.err(
