@@ -16,7 +16,9 @@ Cases (f32; medians of several runs after a warm-up run):
   train step plain bB, train step wn bB (B = 16, 128)
                                one step (zero_grad, forward, cross-entropy, backward, Adam) of an
                                MLP 784-1024-1024-10 (nn.Linear), plain or with
-                               torch.nn.utils.parametrizations.weight_norm on every Linear
+                               torch.nn.utils.parametrizations.weight_norm on every Linear; the
+                               two alternate in pairs as in `weightnorm bench`, the overhead is
+                               the median of the pairs' ratios
   canonicalize 10M, canonicalize 100M
                                PyTorch has no canonical form: the same calculus on the same MLPs
                                (6 hidden layers of 1280 or 4096 units) written with torch tensor
@@ -31,9 +33,14 @@ re-executes this script with glibc's thresholds set as `weightnorm` sets them (e
 MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, read by glibc at start-up), so both tables
 come from the same allocator behaviour.
 
+On a GPU (--device cuda[:N]): the weights and the training steps on that device, each run ended
+by torch.cuda.synchronize(), as `weightnorm bench --device cuda` ends each with a device
+synchronization; no `copy fresh` (PyTorch's caching allocator, like Burn's pool, reuses device
+memory); canonicalization on the CPU, as `weightnorm` does it.
+
 Usage:
   python scripts/bench_torch.py [--json] [--quick] [--threads N] [--runs N] [--filter TEXT]
-                                [--same-allocator [BYTES]]
+                                [--same-allocator [BYTES]] [--device cpu|cuda[:N]]
   python scripts/bench_torch.py --table RUST.json TORCH.json [TORCH_SAME.json]
 """
 
@@ -58,16 +65,20 @@ WEIGHTS = [
 ]
 MLP = [784, 1024, 1024, 10]
 BUDGET_S, MIN_RUNS, MAX_RUNS = 3.0, 3, 15
+# Rounds of the paired training steps (as `weightnorm bench`).
+PAIRS = 61
 
 
 class Bench:
-    def __init__(self, args):
+    def __init__(self, args, sync=lambda: None):
+        self.sync = sync
         self.quick = args.quick
         self.runs = 1 if args.quick else (args.runs or MAX_RUNS)
         self.adaptive = not args.quick and args.runs is None
         self.filter = args.filter
         self.json = args.json
         self.cases = []
+        self.overheads = []
 
     def wanted(self, name, shape):
         return self.filter is None or self.filter in "%s %s" % (name, shape)
@@ -77,6 +88,7 @@ class Bench:
             return
         if not self.quick:
             run(setup())
+            self.sync()
         times = []
         start = time.perf_counter()
         while len(times) < self.runs and not (
@@ -85,6 +97,7 @@ class Bench:
             s = setup()
             t0 = time.perf_counter()
             run(s)
+            self.sync()
             times.append((time.perf_counter() - t0) * 1e3)
         med = statistics.median(times)
         c = {
@@ -99,27 +112,66 @@ class Bench:
         if not self.json:
             print(row(c), flush=True)
 
+    def pair(self, names, shape, batch, a, b):
+        """Times `a` and `b` alternately (the order swapped every pair), as `weightnorm bench`
+        times its training steps: both cases, and the median of the pairs' ratios b / a."""
+        if not self.quick:
+            a(None)
+            b(None)
+            self.sync()
+        rounds = 1 if self.quick else (PAIRS if self.adaptive else self.runs)
+        ta, tb, ratios = [], [], []
+        start = time.perf_counter()
+
+        def timed(f):
+            t0 = time.perf_counter()
+            f(None)
+            self.sync()
+            return (time.perf_counter() - t0) * 1e3
+
+        while len(ta) < rounds and not (
+            self.adaptive and len(ta) >= MIN_RUNS and time.perf_counter() - start > 2 * BUDGET_S
+        ):
+            if len(ta) % 2 == 0:
+                x = timed(a)
+                y = timed(b)
+            else:
+                y = timed(b)
+                x = timed(a)
+            ta.append(x)
+            tb.append(y)
+            ratios.append(y / x)
+        for name, times in zip(names, (ta, tb)):
+            c = {"name": name, "shape": shape, "median_ms": statistics.median(times),
+                 "runs": len(times), "bytes": None, "gbps": None}
+            self.cases.append(c)
+            if not self.json:
+                print(row(c), flush=True)
+        self.overheads.append({"batch": batch, "percent": 100 * (statistics.median(ratios) - 1),
+                               "pairs": len(ratios)})
+
 
 def row(c):
     gbps = "" if c["gbps"] is None else "%8.2f" % c["gbps"]
     return "%-28s %-24s %11.4f %8s %5d" % (c["name"], c["shape"], c["median_ms"], gbps, c["runs"])
 
 
-def weight_cases(b, torch, label, dims, dim, copies):
+def weight_cases(b, torch, label, dims, dim, copies, dev):
     names = ["copy warm", "copy fresh", "fused forward", "fused forward+backward",
              "composed forward", "composed forward+backward"]
     if not any(b.wanted(n, label) for n in names):
         return
     torch.manual_seed(0)
-    v = torch.rand(dims) * 2 - 1
-    dw = torch.rand(dims) * 2 - 1
+    v = (torch.rand(dims) * 2 - 1).to(dev)
+    dw = (torch.rand(dims) * 2 - 1).to(dev)
     g = torch.norm_except_dim(v, 2, dim)
     size = v.numel() * 4
     if copies:
         short = label.split(" ")[0]
         dst = torch.empty_like(v)
         b.case("copy warm", short, 2 * size, lambda _: dst.copy_(v))
-        b.case("copy fresh", short, 2 * size, lambda _: v.clone())
+        if dev.type == "cpu":
+            b.case("copy fresh", short, 2 * size, lambda _: v.clone())
     vr = v.clone().requires_grad_(True)
     gr = g.clone().requires_grad_(True)
 
@@ -147,16 +199,21 @@ def weight_cases(b, torch, label, dims, dim, copies):
     b.case("composed forward+backward", label, 5 * size, lambda _: composed_both())
 
 
-def train_cases(b, torch):
+def train_cases(b, torch, dev):
     nn = torch.nn
     from torch.nn.utils.parametrizations import weight_norm
 
     shape = "mlp " + "-".join(map(str, MLP))
     for batch in (16, 128):
+        names = ["train step %s b%d" % (param, batch) for param in ("plain", "wn")]
+        wanted = [b.wanted(n, shape) for n in names]
+        if not any(wanted):
+            continue
+        x = torch.randn(batch, MLP[0]).to(dev)
+        y = (torch.arange(batch) % 10).to(dev)
+        loss_fn = nn.CrossEntropyLoss()
+        steps = []
         for param in ("plain", "wn"):
-            name = "train step %s b%d" % (param, batch)
-            if not b.wanted(name, shape):
-                continue
             torch.manual_seed(0)
             layers = []
             for i in range(len(MLP) - 1):
@@ -164,18 +221,20 @@ def train_cases(b, torch):
                 layers.append(weight_norm(lin) if param == "wn" else lin)
                 if i < len(MLP) - 2:
                     layers.append(nn.ReLU())
-            model = nn.Sequential(*layers)
+            model = nn.Sequential(*layers).to(dev)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            loss_fn = nn.CrossEntropyLoss()
-            x = torch.randn(batch, MLP[0])
-            y = torch.arange(batch) % 10
 
-            def step(_):
+            def step(_, model=model, opt=opt):
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(x), y).backward()
                 opt.step()
 
-            b.case(name, shape, None, step)
+            steps.append(step)
+        if all(wanted):
+            b.pair(names, shape, batch, steps[0], steps[1])
+        else:
+            k = wanted.index(True)
+            b.case(names[k], shape, None, steps[k])
 
 
 def canonicalize_cases(b, torch):
@@ -268,12 +327,18 @@ def table(paths):
         f, fb = get(ours, "fused forward", shape), get(ours, "fused forward+backward", shape)
         if copy and f and fb:
             print("%s: fused forward %.2fx the warm copy, forward+backward %.2fx" % (shape, f / copy, fb / copy))
-    for t, ix in zip(titles, index):
+    for t, ix, r in zip(titles, index, runs):
+        paired = {o["batch"]: o for o in r.get("train_overheads", [])}
         for b in (16, 128):
+            if b in paired:
+                print("%s: weight-norm training-step overhead at batch %d: %+.1f%% (median of %d paired steps)"
+                      % (t, b, paired[b]["percent"], paired[b]["pairs"]))
+                continue
             p = get(ix, "train step plain b%d" % b, "mlp 784-1024-1024-10")
             w = get(ix, "train step wn b%d" % b, "mlp 784-1024-1024-10")
             if p and w:
-                print("%s: weight-norm training-step overhead at batch %d: %+.1f%%" % (t, b, 100 * (w / p - 1)))
+                print("%s: weight-norm training-step overhead at batch %d: %+.1f%% (from the medians)"
+                      % (t, b, 100 * (w / p - 1)))
 
 
 def main():
@@ -287,6 +352,8 @@ def main():
     ap.add_argument("--same-allocator", nargs="?", const=WEIGHTNORM_THRESHOLD, type=int, default=None,
                     metavar="BYTES", help="re-execute with glibc's mmap and trim thresholds at BYTES "
                     "(default %d, what weightnorm sets)" % WEIGHTNORM_THRESHOLD)
+    ap.add_argument("--device", default="cpu",
+                    help="where the weights and the training steps live: cpu (default) or cuda[:N]")
     ap.add_argument("--table", nargs="+", metavar="JSON",
                     help="print the side-by-side table of a weightnorm bench JSON and torch JSONs")
     args = ap.parse_args()
@@ -299,19 +366,33 @@ def main():
 
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
-    b = Bench(args)
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        sys.exit("bench_torch.py: --device takes cpu or cuda[:N], not %r" % args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_torch.py: --device %s, but this PyTorch sees no CUDA device" % args.device)
+    b = Bench(args, (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None))
+    on = "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     alloc = allocator_settings()
     if not args.json:
-        print("torch %s: %d threads; allocator: %s" % (torch.__version__, torch.get_num_threads(), alloc["text"]))
+        print("torch %s on %s: %d threads; allocator: %s"
+              % (torch.__version__, on, torch.get_num_threads(), alloc["text"]))
         print("%-28s %-24s %11s %8s %5s" % ("case", "shape", "median ms", "GB/s", "runs"))
     for i, (label, dims, dim) in enumerate(WEIGHTS):
         copies = all(d != dims for _, d, _ in WEIGHTS[:i])
-        weight_cases(b, torch, label, dims, dim, copies)
-    train_cases(b, torch)
+        weight_cases(b, torch, label, dims, dim, copies, dev)
+    train_cases(b, torch, dev)
     canonicalize_cases(b, torch)
+    if not args.json:
+        for o in b.overheads:
+            print("weight-norm training-step overhead at batch %d: %+.1f%% (median of %d paired steps)"
+                  % (o["batch"], o["percent"], o["pairs"]))
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "allocator": alloc, "cases": b.cases}, indent=2))
+        print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "device": on,
+                          "allocator": alloc, "cases": b.cases, "train_overheads": b.overheads}, indent=2))
 
 
 if __name__ == "__main__":

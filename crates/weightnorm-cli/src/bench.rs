@@ -53,7 +53,10 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
   train step plain b16, train step wn b16, train step plain b128, train step wn b128
                              one step (forward, cross-entropy, backward, Adam) of an MLP
                              784-1024-1024-10 with plain weights or weight norm on every Linear,
-                             at batch 16 and 128 (no bytes: compute-bound)
+                             at batch 16 and 128 (no bytes: compute-bound). The plain and the
+                             weight-normalized step alternate (up to 61 pairs, the order
+                             swapped every pair), so that a change in the machine's speed falls
+                             on both; the overhead printed is the median of the pairs' ratios
 
   canonicalize 10M, canonicalize 100M
                              the canonical form (unit-norm rows, one output scale) of a plain MLP
@@ -74,8 +77,9 @@ The allocator: every command of this binary raises glibc's mmap_threshold and tr
 defaults instead. `--threads N` sizes rayon's pool, which Burn's CPU backend (matrix products
 included) uses; the fused kernels use as many threads (the caller and helpers).
 
-JSON (--json): {\"threads\": N, \"allocator\": {...}, \"cases\": [{\"name\", \"shape\", \"median_ms\",
-\"runs\", \"bytes\", \"gbps\"}, ...]} (bytes and gbps null for the training steps).
+JSON (--json): {\"device\", \"threads\": N, \"allocator\": {...}, \"cases\": [{\"name\", \"shape\",
+\"median_ms\", \"runs\", \"bytes\", \"gbps\"}, ...], \"train_overheads\": [{\"batch\", \"percent\",
+\"pairs\"}, ...]} (bytes and gbps null for the training steps).
 
 Examples:
   weightnorm bench
@@ -136,6 +140,8 @@ impl Plan {
     const BUDGET: Duration = Duration::from_secs(3);
     const MIN_RUNS: usize = 3;
     const MAX_RUNS: usize = 15;
+    /// Rounds of the paired training steps: more, as the overhead is a small difference.
+    const PAIRS: usize = 61;
 }
 
 /// The median of `xs` (sorted in place).
@@ -167,11 +173,65 @@ fn time_with<S>(plan: Plan, mut setup: impl FnMut() -> S, mut run: impl FnMut(S)
     (median(&mut times), times.len())
 }
 
+/// Times `a` and `b` alternately, `a` first in even rounds and `b` first in odd ones, so that a
+/// change in the machine's speed (another process, the clock) falls on both alike: both
+/// medians in ms, the median of the rounds' ratios `b / a`, and the rounds made. Without
+/// `--runs`, up to [`Plan::PAIRS`] rounds, fewer (at least [`Plan::MIN_RUNS`]) once twice
+/// [`Plan::BUDGET`] is spent.
+fn time_pair(plan: Plan, mut a: impl FnMut(), mut b: impl FnMut()) -> [f64; 4] {
+    if plan.warm_up {
+        a();
+        b();
+    }
+    let rounds = if plan.adaptive {
+        Plan::PAIRS
+    } else {
+        plan.runs.max(1)
+    };
+    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    let time = |f: &mut dyn FnMut()| {
+        let t0 = Instant::now();
+        f();
+        t0.elapsed().as_secs_f64() * 1e3
+    };
+    while ta.len() < rounds
+        && !(plan.adaptive && ta.len() >= Plan::MIN_RUNS && started.elapsed() > 2 * Plan::BUDGET)
+    {
+        let (x, y) = if ta.len() % 2 == 0 {
+            let x = time(&mut a);
+            (x, time(&mut b))
+        } else {
+            let y = time(&mut b);
+            (time(&mut a), y)
+        };
+        ta.push(x);
+        tb.push(y);
+        ratios.push(y / x);
+    }
+    let n = ta.len();
+    [
+        median(&mut ta),
+        median(&mut tb),
+        median(&mut ratios),
+        n as f64,
+    ]
+}
+
+/// A weight-norm training-step overhead, from steps timed in pairs (see [`time_pair`]).
+struct Overhead {
+    batch: usize,
+    /// The median of the pairs' `wn / plain - 1`, in percent.
+    percent: f64,
+    pairs: usize,
+}
+
 /// The cases measured so far, and which to run.
 struct Bench {
     plan: Plan,
     filter: Option<String>,
     cases: Vec<Measured>,
+    overheads: Vec<Overhead>,
     json: bool,
 }
 
@@ -210,6 +270,38 @@ impl Bench {
 
     fn case(&mut self, name: &str, shape: &str, bytes: Option<u64>, mut run: impl FnMut()) {
         self.case_with(name, shape, bytes, || (), |()| run());
+    }
+
+    /// A plain and a weight-normalized training step at `batch`, timed in pairs: records both
+    /// cases (names `[plain, wn]`) and the overhead.
+    fn pair(
+        &mut self,
+        names: [String; 2],
+        shape: &str,
+        batch: usize,
+        plain: impl FnMut(),
+        wn: impl FnMut(),
+    ) {
+        let [a, b, ratio, n] = time_pair(self.plan, plain, wn);
+        let pairs = n as usize;
+        for (name, median_ms) in names.into_iter().zip([a, b]) {
+            let m = Measured {
+                name,
+                shape: shape.to_string(),
+                median_ms,
+                runs: pairs,
+                bytes: None,
+            };
+            if !self.json {
+                print_row(&m);
+            }
+            self.cases.push(m);
+        }
+        self.overheads.push(Overhead {
+            batch,
+            percent: 100.0 * (ratio - 1.0),
+            pairs,
+        });
     }
 }
 
@@ -445,24 +537,39 @@ fn train_cases(b: &mut Bench, device: &Device) -> Result<()> {
             .join("-")
     );
     for batch in [16usize, 128] {
+        let names = [Param::Plain, Param::Wn].map(|p| format!("train step {} b{batch}", p.name()));
+        let wanted = names.clone().map(|n| b.wanted(&n, &shape));
+        if !wanted.iter().any(|&w| w) {
+            continue;
+        }
+        let x = Tensor::<2>::random([batch, MLP[0]], Distribution::Normal(0.0, 1.0), &device);
+        let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
+        let y = Tensor::<1, Int>::from_data(labels.as_slice(), &device);
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        // One model and optimizer per parametrization, each step timed on its own.
+        let mut steps = Vec::new();
         for param in [Param::Plain, Param::Wn] {
-            let name = format!("train step {} b{batch}", param.name());
-            if !b.wanted(&name, &shape) {
-                continue;
-            }
-            let x = Tensor::<2>::random([batch, MLP[0]], Distribution::Normal(0.0, 1.0), &device);
-            let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
-            let y = Tensor::<1, Int>::from_data(labels.as_slice(), &device);
-            let loss_fn = CrossEntropyLossConfig::new().init(&device);
             let mut optim: ModuleOptimizer = AdamConfig::new().init();
             let mut slot = Some(Mlp::new(&MLP, param, &device)?);
-            b.case(&name, &shape, None, || {
+            let (x, y, loss_fn, device) = (x.clone(), y.clone(), loss_fn.clone(), device.clone());
+            steps.push(move || {
                 let model = slot.take().expect("the model is put back after each step");
                 let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 slot = Some(optim.step(1e-3, model, grads));
                 device.sync().expect("the device synchronizes");
             });
+        }
+        let [plain, wn] = <[_; 2]>::try_from(steps).unwrap_or_else(|_| unreachable!());
+        if wanted == [true, true] {
+            b.pair(names, &shape, batch, plain, wn);
+        } else {
+            let (name, step) = if wanted[0] {
+                (&names[0], plain)
+            } else {
+                (&names[1], wn)
+            };
+            b.case(name, &shape, None, step);
         }
     }
     Ok(())
@@ -564,6 +671,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         },
         filter: args.filter.clone(),
         cases: Vec::new(),
+        overheads: Vec::new(),
         json: args.json,
     };
     if !args.json {
@@ -608,13 +716,26 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 })
             })
             .collect();
+        let overheads: Vec<_> = b
+            .overheads
+            .iter()
+            .map(|o| json!({"batch": o.batch, "percent": o.percent, "pairs": o.pairs}))
+            .collect();
         let out = json!({
             "device": args.device.to_string(),
             "threads": threads,
             "allocator": allocator.json(),
             "cases": cases,
+            "train_overheads": overheads,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for o in &b.overheads {
+            println!(
+                "weight-norm training-step overhead at batch {}: {:+.1}% (median of {} paired steps)",
+                o.batch, o.percent, o.pairs
+            );
+        }
     }
     Ok(())
 }

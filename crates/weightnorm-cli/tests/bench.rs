@@ -62,6 +62,18 @@ fn quick_json_names_every_case_with_positive_figures() {
             assert!(c["bytes"].is_null() && c["gbps"].is_null());
         }
     }
+    // The plain and weight-normalized steps are timed in pairs: one overhead per batch.
+    let overheads = v["train_overheads"].as_array().expect("train_overheads");
+    assert_eq!(overheads.len(), 2);
+    for (o, b) in overheads.iter().zip([16, 128]) {
+        assert_eq!(o["batch"], b);
+        assert_eq!(o["pairs"], 1);
+        assert!(
+            o["percent"]
+                .as_f64()
+                .is_some_and(|p| p.is_finite() && p > -100.0)
+        );
+    }
     find("canonicalize 10M", "mlp 6x1280");
     find("canonicalize 100M", "mlp 6x4096");
     assert_eq!(cases.len(), 6 * 4 + 4 * 2 + 4 + 2);
@@ -85,6 +97,72 @@ fn the_table_says_threads_and_allocator() {
     assert!(first.contains("allocator: "), "{first}");
     assert!(out.contains("fused forward+backward"), "{out}");
     assert!(!out.contains("4096x4096"), "{out}");
+}
+
+#[test]
+fn training_steps_are_timed_in_pairs_only_when_both_are_asked_for() {
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&ok(args).stdout).expect("bench --json is JSON")
+    };
+    let both = json(&[
+        "bench",
+        "--json",
+        "--threads",
+        "1",
+        "--runs",
+        "3",
+        "--filter",
+        "train step",
+    ]);
+    let cases = both["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    assert!(cases.iter().all(|c| c["runs"] == 3), "{cases:?}");
+    let o = &both["train_overheads"];
+    assert_eq!(o.as_array().map(Vec::len), Some(2), "{o}");
+    // Both steps of each batch ran as many times as the pairs counted.
+    for (k, b) in [16, 128].into_iter().enumerate() {
+        let ms = |p: &str| {
+            cases
+                .iter()
+                .find(|c| c["name"] == format!("train step {p} b{b}"))
+                .and_then(|c| c["median_ms"].as_f64())
+                .unwrap()
+        };
+        assert!(ms("plain") > 0.0 && ms("wn") > 0.0);
+        assert_eq!(o[k]["pairs"], 3);
+        assert!(o[k]["percent"].as_f64().unwrap().is_finite());
+    }
+    // One of the two: timed alone, no overhead.
+    let one = json(&[
+        "bench",
+        "--json",
+        "--threads",
+        "1",
+        "--quick",
+        "--filter",
+        "train step wn b16",
+    ]);
+    assert_eq!(one["cases"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one["cases"][0]["name"], "train step wn b16");
+    assert_eq!(one["train_overheads"], serde_json::json!([]));
+    // The table ends with the overheads.
+    let table = ok(&[
+        "bench",
+        "--quick",
+        "--threads",
+        "1",
+        "--filter",
+        "train step",
+    ]);
+    let out = String::from_utf8_lossy(&table.stdout);
+    for b in [16, 128] {
+        assert!(
+            out.contains(&format!(
+                "weight-norm training-step overhead at batch {b}: "
+            )),
+            "{out}"
+        );
+    }
 }
 
 #[test]
