@@ -15,7 +15,8 @@ Cases (f32; medians of several runs after a warm-up run):
     composed forward+backward  the same through autograd
   train step plain bB, train step wn bB (B = 16, 128)
                                one step (zero_grad, forward, cross-entropy, backward, Adam) of an
-                               MLP 784-1024-1024-10 (nn.Linear), plain or with
+                               MLP 784-1024-1024-10 (nn.Linear) on a cycle of 16 batches of
+                               Gaussian noise, plain or with
                                torch.nn.utils.parametrizations.weight_norm on every Linear; the
                                two alternate in pairs as in `weightnorm bench`, the overhead is
                                the median of the pairs' ratios
@@ -45,6 +46,7 @@ Usage:
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -65,8 +67,8 @@ WEIGHTS = [
 ]
 MLP = [784, 1024, 1024, 10]
 BUDGET_S, MIN_RUNS, MAX_RUNS = 3.0, 3, 15
-# Rounds of the paired training steps (as `weightnorm bench`).
-PAIRS = 61
+# Rounds of the paired training steps, and the batches they cycle through (as `weightnorm bench`).
+PAIRS, TRAIN_BATCHES = 61, 16
 
 
 class Bench:
@@ -209,8 +211,11 @@ def train_cases(b, torch, dev):
         wanted = [b.wanted(n, shape) for n in names]
         if not any(wanted):
             continue
-        x = torch.randn(batch, MLP[0]).to(dev)
-        y = (torch.arange(batch) % 10).to(dev)
+        # A cycle of batches, as in `weightnorm bench` (one batch over and over is memorized,
+        # and its gradients fall into the subnormals).
+        torch.manual_seed(1)
+        batches = [(torch.randn(batch, MLP[0]).to(dev), ((torch.arange(batch) + 3 * k) % 10).to(dev))
+                   for k in range(TRAIN_BATCHES)]
         loss_fn = nn.CrossEntropyLoss()
         steps = []
         for param in ("plain", "wn"):
@@ -224,7 +229,8 @@ def train_cases(b, torch, dev):
             model = nn.Sequential(*layers).to(dev)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-            def step(_, model=model, opt=opt):
+            def step(_, model=model, opt=opt, turn=itertools.cycle(batches)):
+                x, y = next(turn)
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(x), y).backward()
                 opt.step()
@@ -331,7 +337,7 @@ def table(paths):
         paired = {o["batch"]: o for o in r.get("train_overheads", [])}
         for b in (16, 128):
             if b in paired:
-                print("%s: weight-norm training-step overhead at batch %d: %+.1f%% (median of %d paired steps)"
+                print("%s: weight-norm training-step overhead at batch %d: %+.1f%% (median of %d pairs of steps)"
                       % (t, b, paired[b]["percent"], paired[b]["pairs"]))
                 continue
             p = get(ix, "train step plain b%d" % b, "mlp 784-1024-1024-10")
@@ -388,7 +394,7 @@ def main():
     canonicalize_cases(b, torch)
     if not args.json:
         for o in b.overheads:
-            print("weight-norm training-step overhead at batch %d: %+.1f%% (median of %d paired steps)"
+            print("weight-norm training-step overhead at batch %d: %+.1f%% (median of %d pairs of steps)"
                   % (o["batch"], o["percent"], o["pairs"]))
     if args.json:
         print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "device": on,

@@ -53,7 +53,8 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
   train step plain b16, train step wn b16, train step plain b128, train step wn b128
                              one step (forward, cross-entropy, backward, Adam) of an MLP
                              784-1024-1024-10 with plain weights or weight norm on every Linear,
-                             at batch 16 and 128 (no bytes: compute-bound). The plain and the
+                             at batch 16 and 128, on a cycle of 16 batches of Gaussian noise
+                             (no bytes: compute-bound). The plain and the
                              weight-normalized step alternate (up to 61 pairs, the order
                              swapped every pair), so that a change in the machine's speed falls
                              on both; the overhead printed is the median of the pairs' ratios
@@ -526,6 +527,9 @@ fn device_weight_rank<const D: usize>(
 /// The MLP of the training-step cases.
 const MLP: [usize; 4] = [784, 1024, 1024, 10];
 
+/// The training steps cycle through this many batches.
+const TRAIN_BATCHES: usize = 16;
+
 fn train_cases(b: &mut Bench, device: &Device) -> Result<()> {
     let device = device.clone().autodiff();
     device.seed(0);
@@ -542,17 +546,28 @@ fn train_cases(b: &mut Bench, device: &Device) -> Result<()> {
         if !wanted.iter().any(|&w| w) {
             continue;
         }
-        let x = Tensor::<2>::random([batch, MLP[0]], Distribution::Normal(0.0, 1.0), &device);
-        let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
-        let y = Tensor::<1, Int>::from_data(labels.as_slice(), &device);
+        // A cycle of batches of noise with labels in turn: a model trained on one batch over
+        // and over memorizes it, its gradients fall into the subnormals, and on CPUs that take
+        // a slow path for those (Intel's: a plain step at batch 16 took 2x after 60 steps) the
+        // step times measure that instead.
+        let batches: Vec<(Tensor<2>, Tensor<1, Int>)> = (0..TRAIN_BATCHES)
+            .map(|k| {
+                let x =
+                    Tensor::<2>::random([batch, MLP[0]], Distribution::Normal(0.0, 1.0), &device);
+                let labels: Vec<i64> = (0..batch).map(|i| ((i + 3 * k) % 10) as i64).collect();
+                (x, Tensor::<1, Int>::from_data(labels.as_slice(), &device))
+            })
+            .collect();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         // One model and optimizer per parametrization, each step timed on its own.
         let mut steps = Vec::new();
         for param in [Param::Plain, Param::Wn] {
             let mut optim: ModuleOptimizer = AdamConfig::new().init();
             let mut slot = Some(Mlp::new(&MLP, param, &device)?);
-            let (x, y, loss_fn, device) = (x.clone(), y.clone(), loss_fn.clone(), device.clone());
+            let (batches, loss_fn, device) = (batches.clone(), loss_fn.clone(), device.clone());
+            let mut next = (0..TRAIN_BATCHES).cycle();
             steps.push(move || {
+                let (x, y) = &batches[next.next().expect("a cycle never ends")];
                 let model = slot.take().expect("the model is put back after each step");
                 let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -732,7 +747,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         for o in &b.overheads {
             println!(
-                "weight-norm training-step overhead at batch {}: {:+.1}% (median of {} paired steps)",
+                "weight-norm training-step overhead at batch {}: {:+.1}% (median of {} pairs of steps)",
                 o.batch, o.percent, o.pairs
             );
         }
