@@ -35,7 +35,7 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
   Linear weight [d_in, d_out] normalized per output unit; and one norm over the whole tensor),
   512x256x3x3, 512x512x7 and 784x128 (axis 0, PyTorch's default dim):
     copy warm                a copy of the weight's bytes into an existing buffer (on every
-                             thread from 4 Mi elements, else on one): the bandwidth the
+                             thread from 1 Mi elements, else on one): the bandwidth the
                              operation is measured against
     copy fresh               a copy into a freshly allocated buffer, freed after each run: what
                              allocating a new output costs on top (page faults, unless the
@@ -415,9 +415,11 @@ fn weight_cases(b: &mut Bench, w: &Weight, copies: bool) {
         let copy_shape = w.label.split(' ').next().unwrap_or(w.label);
         let mut dst = vec![0f32; numel];
         // On every thread of the pool, in one contiguous part per thread, for a weight of
-        // 4 Mi elements or more (memory-bound: the bandwidth of every core); a smaller one on
-        // the calling thread, where rayon's hand-off would cost more than the copy.
-        let parts = if numel < 1 << 22 {
+        // 1 Mi elements or more (the bandwidth of every core: the kernels share such a weight
+        // between threads too, and on 16 cores a one-thread copy of 512x512x7 took 6x the fused
+        // forward); a smaller one on the calling thread, where rayon's hand-off (microseconds)
+        // would cost more than the copy.
+        let parts = if numel < 1 << 20 {
             1
         } else {
             rayon::current_num_threads()
