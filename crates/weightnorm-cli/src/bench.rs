@@ -179,7 +179,7 @@ fn time_with<S>(plan: Plan, mut setup: impl FnMut() -> S, mut run: impl FnMut(S)
 /// medians in ms, the median of the rounds' ratios `b / a`, and the rounds made. Without
 /// `--runs`, up to [`Plan::PAIRS`] rounds, fewer (at least [`Plan::MIN_RUNS`]) once twice
 /// [`Plan::BUDGET`] is spent.
-fn time_pair(plan: Plan, mut a: impl FnMut(), mut b: impl FnMut()) -> [f64; 4] {
+fn time_pair(plan: Plan, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64, usize) {
     if plan.warm_up {
         a();
         b();
@@ -211,12 +211,7 @@ fn time_pair(plan: Plan, mut a: impl FnMut(), mut b: impl FnMut()) -> [f64; 4] {
         ratios.push(y / x);
     }
     let n = ta.len();
-    [
-        median(&mut ta),
-        median(&mut tb),
-        median(&mut ratios),
-        n as f64,
-    ]
+    (median(&mut ta), median(&mut tb), median(&mut ratios), n)
 }
 
 /// A weight-norm training-step overhead, from steps timed in pairs (see [`time_pair`]).
@@ -283,8 +278,7 @@ impl Bench {
         plain: impl FnMut(),
         wn: impl FnMut(),
     ) {
-        let [a, b, ratio, n] = time_pair(self.plan, plain, wn);
-        let pairs = n as usize;
+        let (a, b, ratio, pairs) = time_pair(self.plan, plain, wn);
         for (name, median_ms) in names.into_iter().zip([a, b]) {
             let m = Measured {
                 name,
@@ -561,32 +555,25 @@ fn train_cases(b: &mut Bench, device: &Device) -> Result<()> {
             })
             .collect();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        // One model and optimizer per parametrization, each step timed on its own.
-        let mut steps = Vec::new();
-        for param in [Param::Plain, Param::Wn] {
+        // One step of a model and optimizer of its own.
+        let step = |param: Param| -> Result<_> {
             let mut optim: ModuleOptimizer = AdamConfig::new().init();
             let mut slot = Some(Mlp::new(&MLP, param, &device)?);
-            let (batches, loss_fn, device) = (batches.clone(), loss_fn.clone(), device.clone());
             let mut next = (0..TRAIN_BATCHES).cycle();
-            steps.push(move || {
+            let (batches, loss_fn, device) = (&batches, &loss_fn, &device);
+            Ok(move || {
                 let (x, y) = &batches[next.next().expect("a cycle never ends")];
                 let model = slot.take().expect("the model is put back after each step");
                 let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 slot = Some(optim.step(1e-3, model, grads));
                 device.sync().expect("the device synchronizes");
-            });
-        }
-        let [plain, wn] = <[_; 2]>::try_from(steps).unwrap_or_else(|_| unreachable!());
-        if wanted == [true, true] {
-            b.pair(names, &shape, batch, plain, wn);
-        } else {
-            let (name, step) = if wanted[0] {
-                (&names[0], plain)
-            } else {
-                (&names[1], wn)
-            };
-            b.case(name, &shape, None, step);
+            })
+        };
+        match wanted {
+            [true, true] => b.pair(names, &shape, batch, step(Param::Plain)?, step(Param::Wn)?),
+            [true, false] => b.case(&names[0], &shape, None, step(Param::Plain)?),
+            _ => b.case(&names[1], &shape, None, step(Param::Wn)?),
         }
     }
     Ok(())
