@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{json, kill_at, ok, run, with_out};
+use common::{json, ok, run, whole_and_resumed, with_out};
 
 fn f(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap()
@@ -176,18 +176,9 @@ fn a_killed_pcr_run_resumes_with_its_schedule_and_optimizer_state() {
             out,
         )
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let whole = tmp.path().join("whole");
-    ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
-    let killed = tmp.path().join("killed");
     // Mid-epoch 2 (90 steps an epoch), between two canonicalizations.
-    kill_at(
-        &args(&killed),
-        &killed.join("steps.jsonl"),
-        131,
-        Duration::from_secs(120),
-    );
-    ok(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
+    let r = whole_and_resumed(args, "steps.jsonl", 131, Duration::from_secs(120), |_| {});
+    let (killed, whole) = (r.killed.clone(), r.whole.clone());
     let (a, b) = (
         json(&killed.join("metrics.json")),
         json(&whole.join("metrics.json")),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{json, kill_at, lines, ok, run, with_out};
+use common::{json, lines, ok, run, whole_and_resumed, with_out};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightnorm");
 
@@ -229,24 +229,16 @@ fn compare_args(out: &Path) -> Vec<String> {
 
 #[test]
 fn a_killed_comparison_resumes_to_the_uninterrupted_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let whole = tmp.path().join("whole");
-    ok(&compare_args(&whole)
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
-
     // SIGKILL in the third run (plain, seed 1), mid-epoch 1.
-    let killed = tmp.path().join("killed");
-    kill_at(
-        &compare_args(&killed),
-        &killed.join("plain/seed-1/steps.jsonl"),
+    let r = whole_and_resumed(
+        compare_args,
+        "plain/seed-1/steps.jsonl",
         40,
         Duration::from_secs(120),
+        |killed| assert!(!killed.join("report.md").exists()),
     );
-    assert!(!killed.join("report.md").exists());
-    let o = ok(&["compare", "--resume", killed.to_str().unwrap(), "--quiet"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("parameterization"));
+    let (killed, whole) = (r.killed.clone(), r.whole.clone());
+    assert!(String::from_utf8_lossy(&r.resume.stdout).contains("parameterization"));
     for run in ["plain/seed-0", "wn/seed-0", "plain/seed-1", "wn/seed-1"] {
         let (a, b) = (
             json(&killed.join(run).join("metrics.json")),
@@ -297,17 +289,8 @@ fn a_killed_fashion_mnist_run_resumes_to_the_uninterrupted_one() {
             out,
         )
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let whole = tmp.path().join("whole");
-    ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
-    let killed = tmp.path().join("killed");
-    kill_at(
-        &args(&killed),
-        &killed.join("steps.jsonl"),
-        150,
-        Duration::from_secs(300),
-    );
-    ok(&["train", "--resume", killed.to_str().unwrap(), "--quiet"]);
+    let r = whole_and_resumed(args, "steps.jsonl", 150, Duration::from_secs(300), |_| {});
+    let (killed, whole) = (r.killed.clone(), r.whole.clone());
     let (a, b) = (
         json(&killed.join("metrics.json")),
         json(&whole.join("metrics.json")),

@@ -66,3 +66,49 @@ pub fn kill_at(args: &[String], log: &std::path::Path, steps: usize, limit: std:
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A run to its end and the same run killed and resumed, side by side (see [`whole_and_resumed`]).
+#[allow(dead_code)]
+pub struct Resumed {
+    /// Holds both runs' directories.
+    _tmp: tempfile::TempDir,
+    /// The run that went to its end.
+    pub whole: std::path::PathBuf,
+    /// The run that was killed, then resumed.
+    pub killed: std::path::PathBuf,
+    /// The output of the resume.
+    pub resume: Output,
+}
+
+/// Runs `args(dir)` (a command and its options, ending with `--out dir`) to its end in one
+/// directory; runs it again in another, killed with [`kill_at`] once the step log `log` (a path
+/// in the run's directory) holds `steps` lines; calls `killed_state` on that directory; then
+/// resumes it with `<command> --resume <dir> --quiet`.
+#[allow(dead_code)]
+pub fn whole_and_resumed(
+    args: impl Fn(&std::path::Path) -> Vec<String>,
+    log: &str,
+    steps: usize,
+    limit: std::time::Duration,
+    killed_state: impl FnOnce(&std::path::Path),
+) -> Resumed {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let killed = tmp.path().join("killed");
+    let killed_args = args(&killed);
+    kill_at(&killed_args, &killed.join(log), steps, limit);
+    killed_state(&killed);
+    let resume = ok(&[
+        killed_args[0].as_str(),
+        "--resume",
+        killed.to_str().unwrap(),
+        "--quiet",
+    ]);
+    Resumed {
+        _tmp: tmp,
+        whole,
+        killed,
+        resume,
+    }
+}
