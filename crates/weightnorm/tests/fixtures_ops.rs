@@ -8,40 +8,6 @@ use common::*;
 use weightnorm::NormAxis;
 use weightnorm::ops::{weight_norm, weight_norm_composed};
 
-fn torch_dim(fx: &Fixture) -> Option<i64> {
-    match fx.meta("dim") {
-        "None" => None,
-        d => Some(d.parse().unwrap()),
-    }
-}
-
-fn shape_of(fx: &Fixture) -> Vec<usize> {
-    let s = fx.meta("shape");
-    s.trim_matches(|c| c == '[' || c == ']' || c == '(' || c == ')')
-        .split(',')
-        .filter(|x| !x.trim().is_empty())
-        .map(|x| x.trim().parse().unwrap())
-        .collect()
-}
-
-/// The inputs of a fixture: stored, or made by the formula the script documents.
-fn inputs(fx: &Fixture, shape: &[usize]) -> (burn::tensor::TensorData, burn::tensor::TensorData) {
-    if fx.meta("inputs") == "stored" {
-        return (fx.get("v").clone(), fx.get("dw").clone());
-    }
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n as i64)
-        .map(|i| (((i * 7919) % 1001) - 500) as f32 / 256.0)
-        .collect();
-    let dw: Vec<f32> = (0..n as i64)
-        .map(|i| (((i * 104729) % 997) - 498) as f32 / 128.0)
-        .collect();
-    (
-        burn::tensor::TensorData::new(v, shape.to_vec()),
-        burn::tensor::TensorData::new(dw, shape.to_vec()),
-    )
-}
-
 /// The exact (f64) results for a fixture: stored by the script, or, for the formula cases,
 /// computed here in f64 by the reference path (itself checked against PyTorch's f64 fixtures to
 /// 1e-12 by this file).
@@ -50,8 +16,7 @@ fn exact(fx: &Fixture) -> [Vec<f64>; 3] {
         return ["w64", "dv64", "dg64"].map(|k| f64s(fx.get(k)));
     }
     assert_eq!(fx.meta("inputs"), "formula", "{}: no exact values", fx.name);
-    let shape = shape_of(fx);
-    let (v, dw) = inputs(fx, &shape);
+    let (v, dw) = fx.inputs();
     let to64 = |d: &burn::tensor::TensorData| d.clone().convert::<f64>();
     let exact_fx = Fixture {
         name: fx.name.clone(),
@@ -81,10 +46,10 @@ struct Outcome {
 
 fn run<const D: usize>(fx: &Fixture, composed: bool) -> Outcome {
     let device: Device = ad_device();
-    let shape = shape_of(fx);
-    let axis = NormAxis::from_torch(torch_dim(fx), D).unwrap();
+    let shape = fx.shape();
+    let axis = NormAxis::from_torch(fx.torch_dim(), D).unwrap();
     let g_shape = axis.g_shape(&shape);
-    let (v, dw) = inputs(fx, &shape);
+    let (v, dw) = fx.inputs();
     let v: Tensor<D> = tensor(&v, &shape, &device).require_grad();
     let g: Tensor<D> = tensor(fx.get("g"), &g_shape, &device).require_grad();
     let dw: Tensor<D> = tensor(&dw, &shape, &device);
@@ -104,7 +69,7 @@ fn run<const D: usize>(fx: &Fixture, composed: bool) -> Outcome {
 }
 
 fn run_any(fx: &Fixture, composed: bool) -> Outcome {
-    match shape_of(fx).len() {
+    match fx.shape().len() {
         1 => run::<1>(fx, composed),
         2 => run::<2>(fx, composed),
         3 => run::<3>(fx, composed),
@@ -118,7 +83,7 @@ fn check(fx: &Fixture, out: &Outcome, path: &str) {
     match out.dtype {
         DType::F64 => {
             let torch = ["w", "dv", "dg"].map(|k| f64s(fx.get(k)));
-            let (v, dw) = inputs(fx, &shape_of(fx));
+            let (v, dw) = fx.inputs();
             let scale_dv = dv_term_scale(&f64s(&v), &torch[0], &f64s(&dw)).max(max_abs(&torch[1]));
             let errs = [
                 elementwise_rel_error(&out.w, &torch[0]),
@@ -136,7 +101,7 @@ fn check(fx: &Fixture, out: &Outcome, path: &str) {
             // against the exact value.
             let composed_tol = if path == "composed" { 5e-6 } else { 1e-6 };
             let exact = exact(fx);
-            let (v, dw) = inputs(fx, &shape_of(fx));
+            let (v, dw) = fx.inputs();
             let scale_dv = dv_term_scale(&f64s(&v), &exact[0], &f64s(&dw));
             let ours = [&out.w, &out.dv, &out.dg];
             for (i, key) in ["w", "dv", "dg"].into_iter().enumerate() {

@@ -281,7 +281,7 @@ fn every_pytorch_fixture_on_the_gpu() {
             println!("{}: {dtype:?} is not supported by this device", fx.name);
             continue;
         }
-        let rank = fixture_shape(&fx).len();
+        let rank = fx.shape().len();
         let case = fixture_case(&fx, rank);
         match dtype {
             DType::F64 => {
@@ -349,41 +349,13 @@ fn every_pytorch_fixture_on_the_gpu() {
     assert!(seen[1] >= 5, "only {} f16 fixtures", seen[1]);
 }
 
-/// A fixture's shape, from its metadata.
-fn fixture_shape(fx: &Fixture) -> Vec<usize> {
-    fx.meta("shape")
-        .trim_matches(|c| c == '[' || c == ']' || c == '(' || c == ')')
-        .split(',')
-        .filter(|x| !x.trim().is_empty())
-        .map(|x| x.trim().parse().unwrap())
-        .collect()
-}
-
-/// A fixture as a case: its stored inputs, or the inputs its formula makes (as in
-/// `fixtures_ops.rs`).
+/// A fixture as a case: its stored inputs, or the inputs its formula makes.
 fn fixture_case(fx: &Fixture, rank: usize) -> Case {
-    let shape = fixture_shape(fx);
-    let dim = match fx.meta("dim") {
-        "None" => None,
-        d => Some(d.parse().unwrap()),
-    };
-    let axis = NormAxis::from_torch(dim, rank).unwrap();
+    let shape = fx.shape();
+    let axis = NormAxis::from_torch(fx.torch_dim(), rank).unwrap();
     let dtype = fx.get("g").dtype();
-    let (v, dw) = if fx.meta("inputs") == "stored" {
-        (fx.get("v").clone(), fx.get("dw").clone())
-    } else {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n as i64)
-            .map(|i| (((i * 7919) % 1001) - 500) as f32 / 256.0)
-            .collect();
-        let dw: Vec<f32> = (0..n as i64)
-            .map(|i| (((i * 104729) % 997) - 498) as f32 / 128.0)
-            .collect();
-        (
-            TensorData::new(v, shape.clone()).convert_dtype(dtype),
-            TensorData::new(dw, shape.clone()).convert_dtype(dtype),
-        )
-    };
+    let (v, dw) = fx.inputs();
+    let (v, dw) = (v.convert_dtype(dtype), dw.convert_dtype(dtype));
     Case {
         name: fx.name.clone(),
         shape: shape.clone(),

@@ -44,6 +44,47 @@ impl Fixture {
             .get(key)
             .unwrap_or_else(|| panic!("{}: no metadata {key}", self.name))
     }
+
+    /// The weight's shape (metadata `shape`, as Python prints a list or tuple).
+    #[allow(dead_code)]
+    pub fn shape(&self) -> Vec<usize> {
+        self.meta("shape")
+            .trim_matches(|c| c == '[' || c == ']' || c == '(' || c == ')')
+            .split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| x.trim().parse().unwrap())
+            .collect()
+    }
+
+    /// PyTorch's `dim` (metadata `dim`; `None` for the whole tensor).
+    #[allow(dead_code)]
+    pub fn torch_dim(&self) -> Option<i64> {
+        match self.meta("dim") {
+            "None" => None,
+            d => Some(d.parse().unwrap()),
+        }
+    }
+
+    /// The inputs `(v, dw)`: stored, or made by the formula `scripts/gen_fixtures.py`
+    /// documents (f32).
+    #[allow(dead_code)]
+    pub fn inputs(&self) -> (TensorData, TensorData) {
+        if self.meta("inputs") == "stored" {
+            return (self.get("v").clone(), self.get("dw").clone());
+        }
+        let shape = self.shape();
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n as i64)
+            .map(|i| (((i * 7919) % 1001) - 500) as f32 / 256.0)
+            .collect();
+        let dw: Vec<f32> = (0..n as i64)
+            .map(|i| (((i * 104729) % 997) - 498) as f32 / 128.0)
+            .collect();
+        (
+            TensorData::new(v, shape.clone()),
+            TensorData::new(dw, shape),
+        )
+    }
 }
 
 fn dtype_of(d: Dtype) -> DType {
