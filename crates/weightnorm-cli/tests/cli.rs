@@ -245,16 +245,19 @@ fn op_runs_on_the_named_device_and_refuses_a_missing_backend() {
         assert!(out.contains(line), "no `{line}` in:\n{out}");
     }
 
+    refuses_missing_backends(&["op", "--shape", "4,4"]);
+}
+
+/// `args` with `--device NAME`, for each GPU backend this binary was built without: exit code
+/// 2 and one line naming the cargo feature.
+fn refuses_missing_backends(args: &[&str]) {
     let compiled = [
         ("cuda", cfg!(feature = "cuda")),
         ("wgpu", cfg!(feature = "wgpu")),
     ];
     for (name, _) in compiled.iter().filter(|(_, on)| !on) {
-        let o = bin()
-            .args(["op", "--shape", "4,4", "--device", name])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let o = bin().args(args).args(["--device", name]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?} {name}: {}", stderr(&o));
         let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(&format!("--features {name}")), "{err}");
@@ -276,18 +279,5 @@ fn bench_takes_a_device_and_refuses_a_missing_backend() {
     assert_eq!(v["device"], "cpu");
     assert_eq!(v["cases"].as_array().map(Vec::len), Some(4));
 
-    let compiled = [
-        ("cuda", cfg!(feature = "cuda")),
-        ("wgpu", cfg!(feature = "wgpu")),
-    ];
-    for (name, _) in compiled.iter().filter(|(_, on)| !on) {
-        let o = bin()
-            .args(["bench", "--quick", "--device", name])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        let err = stderr(&o);
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains(&format!("--features {name}")), "{err}");
-    }
+    refuses_missing_backends(&["bench", "--quick"]);
 }
