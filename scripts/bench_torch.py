@@ -11,6 +11,9 @@ Cases (f32; medians of several runs after a warm-up run):
     fused forward              torch._weight_norm(v, g, dim), no autograd
     fused forward+backward     the same with v, g requiring grad, then
                                torch.autograd.grad(w, (v, g), dw)
+    fused backward             the kernel that backward calls, alone:
+                               aten._weight_norm_interface_backward with the forward's norms
+                               (dims 0 and 1 only: the whole tensor has no fused kernel)
     composed forward           v * (g / torch.norm_except_dim(v, 2, dim)), no autograd
     composed forward+backward  the same through autograd
   train step plain bB, train step wn bB (B = 16, 128)
@@ -160,7 +163,7 @@ def row(c):
 
 def weight_cases(b, torch, label, dims, dim, copies, dev):
     names = ["copy warm", "copy fresh", "fused forward", "fused forward+backward",
-             "composed forward", "composed forward+backward"]
+             "fused backward", "composed forward", "composed forward+backward"]
     if not any(b.wanted(n, label) for n in names):
         return
     torch.manual_seed(0)
@@ -197,6 +200,12 @@ def weight_cases(b, torch, label, dims, dim, copies, dev):
 
     b.case("fused forward", label, 2 * size, lambda _: fused())
     b.case("fused forward+backward", label, 5 * size, lambda _: fused_both())
+    if dim in (0, v.dim() - 1):
+        # The kernel autograd calls, with the norms the forward saved (torch._weight_norm takes
+        # the composed path for the whole tensor, so there is no fused backward to time).
+        _, norms = torch._weight_norm_interface(v, g, dim)
+        backward = torch.ops.aten._weight_norm_interface_backward
+        b.case("fused backward", label, 3 * size, lambda _: backward(dw, v, g, norms, dim))
     b.case("composed forward", label, 2 * size, lambda _: composed_fwd())
     b.case("composed forward+backward", label, 5 * size, lambda _: composed_both())
 

@@ -42,12 +42,13 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
                              allocator keeps freed blocks; see below)
     fused forward            w = g * v / ||v||, this crate's fused CPU kernel (a new w per run)
     fused forward+backward   the forward, then the analytic backward (dv, dg) for a given dw
+    fused backward           the analytic backward alone (it finds the norms itself)
     composed forward         the same from Burn's primitive tensor operations (the path other
                              backends take)
     composed forward+backward
                              the composed forward and its backward, also composed
   bytes: the least memory traffic of each: 2x the weight for a copy and a forward (read v,
-  write w), 5x for forward+backward (the backward reads v and dw and writes dv); GB/s is
+  write w), 3x for a backward (read v and dw, write dv), 5x for forward+backward; GB/s is
   bytes / median.
 
   train step plain b16, train step wn b16, train step plain b128, train step wn b128
@@ -370,11 +371,12 @@ const WEIGHTS: [Weight; 6] = [
 ];
 
 /// The names of the cases of one weight.
-const WEIGHT_CASES: [&str; 6] = [
+const WEIGHT_CASES: [&str; 7] = [
     "copy warm",
     "copy fresh",
     "fused forward",
     "fused forward+backward",
+    "fused backward",
     "composed forward",
     "composed forward+backward",
 ];
@@ -440,6 +442,15 @@ fn weight_cases(b: &mut Bench, w: &Weight, copies: bool) {
         let out = Flex::weight_norm_forward(v.clone(), g.clone(), keep, 0.0);
         let grads = Flex::weight_norm_backward(v.clone(), g.clone(), dw.clone(), keep, 0.0);
         black_box((out, grads));
+    });
+    b.case("fused backward", w.label, Some(3 * size), || {
+        black_box(Flex::weight_norm_backward(
+            v.clone(),
+            g.clone(),
+            dw.clone(),
+            keep,
+            0.0,
+        ));
     });
     b.case("composed forward", w.label, Some(2 * size), || {
         black_box(composed_forward::<Flex>(v.clone(), g.clone(), keep, 0.0));

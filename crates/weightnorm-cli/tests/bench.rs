@@ -36,11 +36,13 @@ fn quick_json_names_every_case_with_positive_figures() {
         for name in [
             "fused forward",
             "fused forward+backward",
+            "fused backward",
             "composed forward",
             "composed forward+backward",
         ] {
             let c = find(name, shape);
-            // forward: v read and w written; forward+backward: also v, dw read and dv written.
+            // forward: v read and w written; backward: v, dw read and dv written; forward+backward:
+            // both.
             let elements: u64 = shape
                 .split(' ')
                 .next()
@@ -48,7 +50,11 @@ fn quick_json_names_every_case_with_positive_figures() {
                 .split('x')
                 .map(|d| d.parse::<u64>().unwrap())
                 .product();
-            let passes = if name.ends_with("backward") { 5 } else { 2 };
+            let passes = match name {
+                "fused backward" => 3,
+                n if n.ends_with("backward") => 5,
+                _ => 2,
+            };
             assert_eq!(c["bytes"], passes * 4 * elements, "{name} {shape}");
         }
     }
