@@ -25,12 +25,13 @@
 //! The operation moves memory and does little arithmetic: a forward reads `v` and writes `w`, as
 //! a copy of the same bytes does, and a backward reads `v` and `dw` and writes `dv`. The fused
 //! kernels read each slice once where it fits in the cache (its norm and its output computed
-//! while it is there; the backward's two sums in the same pass), sum eight lanes of four leaves
-//! at once with AVX where the CPU has it (the same bits as the portable code), run tensors of
-//! fewer than 64 Ki elements on the calling thread and share larger ones between it and helper
-//! threads that join while it works (`rayon::current_num_threads()` threads in all), and
-//! write outputs of 16 MiB and more with streaming stores (no read of the line before it is
-//! written). `weightnorm bench` (the CLI) times every case beside a copy of the same bytes.
+//! while it is there; the backward's two sums in the same pass), sum each leaf of 256 elements
+//! front to back in four chains of eight lanes with AVX where the CPU has it (the same bits as
+//! the portable code), run tensors of fewer than 64 Ki elements on the calling thread and share
+//! larger ones between it and helper threads that join while it works
+//! (`rayon::current_num_threads()` threads in all), and write outputs of 16 MiB and more with
+//! streaming stores (no read of the line before it is written). `weightnorm bench` (the CLI)
+//! times every case beside a copy of the same bytes.
 //!
 //! ## What your binary should do about the allocator
 //!

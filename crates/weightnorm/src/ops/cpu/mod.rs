@@ -8,15 +8,15 @@
 //! contiguous runs of `inner` elements.
 //!
 //! - [`sums`]: the element and accumulation types, and the summations (pairwise dot products
-//!   over eight independent lanes, four leaves at a time with AVX where the CPU has it; the
-//!   per-slice sums a pass gathers, column-wise in register strips when the kept axis is the
-//!   last), half types widened a block at a time, and streaming stores.
+//!   over leaves read front to back in independent chains of eight lanes, with AVX where the
+//!   CPU has it; the per-slice sums a pass gathers, column-wise in register strips when the
+//!   kept axis is the last), half types widened a block at a time, and streaming stores.
 //! - [`pool`]: the parallel loops: the calling thread and helper threads claim indices from one
 //!   counter, so the caller never waits for a thread to wake up (rayon's `current_num_threads`
 //!   threads in all).
 //! - [`schedule`]: how the work is cut into slices, runs, rows and fixed chunks and spread over
-//!   the threads of [`pool`] (only from 64 Ki elements: smaller work runs on the calling thread), which
-//!   outputs are streamed (16 MiB and more), and the AVX2 dispatch.
+//!   the threads of [`pool`] (only from 64 Ki elements: smaller work runs on the calling
+//!   thread), which outputs are streamed (16 MiB and more), and the AVX2 dispatch.
 //! - [`kernels`]: the forward, the backward and the norms on slices, and how an output element
 //!   is written (the definitions' expressions, whatever the store).
 //!
