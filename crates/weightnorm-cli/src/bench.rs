@@ -69,7 +69,8 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
 
 On a GPU (--device cuda or wgpu): the same weights and names, each run ended by a device
 synchronization; `copy warm` is one elementwise kernel reading and writing every value once
-(a GPU allocation comes from Burn's pool, so there is no `copy fresh`), `fused` is this crate's
+(a GPU allocation comes from Burn's pool, so there is no `copy fresh`; nor is there a `fused
+backward`, the backward being reached through autodiff there), `fused` is this crate's
 CubeCL kernel, `composed` Burn's operations on the device, the forward+backward's dw is all
 ones; the training steps run on the device; canonicalization runs on the CPU as
 `weightnorm canonicalize` does.

@@ -82,7 +82,7 @@ fn quick_json_names_every_case_with_positive_figures() {
     }
     find("canonicalize 10M", "mlp 6x1280");
     find("canonicalize 100M", "mlp 6x4096");
-    assert_eq!(cases.len(), 6 * 4 + 4 * 2 + 4 + 2);
+    assert_eq!(cases.len(), 6 * 5 + 4 * 2 + 4 + 2);
     for c in cases {
         let what = format!("{} {}", c["name"], c["shape"]);
         assert!(c["median_ms"].as_f64().is_some_and(|t| t > 0.0), "{what}");
