@@ -277,7 +277,7 @@ fn bench_takes_a_device_and_refuses_a_missing_backend() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench --json is JSON");
     assert_eq!(v["device"], "cpu");
-    assert_eq!(v["cases"].as_array().map(Vec::len), Some(4));
+    assert_eq!(v["cases"].as_array().map(Vec::len), Some(5));
 
     refuses_missing_backends(&["bench", "--quick"]);
 }
