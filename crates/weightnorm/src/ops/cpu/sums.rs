@@ -42,9 +42,10 @@ pub(crate) trait Acc:
     /// visible to other threads after [`fence`].
     fn stream(out: &mut [MaybeUninit<Self>], src: &[Self]);
     /// The eight lanes of each of `G` runs of `a * b` (`[run][lane]`): run `q` is the `len`
-    /// elements (at most a leaf) from `q * stride`, and lane `l` its elements `8k + l` summed in
-    /// order from zero, over its whole chunks of eight: what [`leaf`] sums before combining its
-    /// lanes (the remainder of fewer than eight is left to the caller).
+    /// elements (at most a leaf) from `q * stride`, summed over its whole chunks of eight as
+    /// [`lanes`] sums them (chains, then merged): what [`leaf`] sums before combining its lanes
+    /// (the remainder of fewer than eight is left to the caller). The runs are read one after
+    /// the other.
     fn strided_lanes<const G: usize>(
         a: &[Self],
         b: &[Self],
@@ -63,8 +64,8 @@ pub(crate) trait Acc:
     fn leaf_lanes<const G: usize>(a: &[Self], b: &[Self]) -> [[Self; 8]; G] {
         Self::strided_lanes::<G>(a, b, LEAF, LEAF)
     }
-    /// The eight lanes of the whole chunks of eight of `a * b` (at most a leaf):
-    /// `lanes[l] = sum(a[8k + l] * b[8k + l])` in order of `k`; the remainder is left out.
+    /// The eight lanes of the whole chunks of eight of `a * b` (at most a leaf), as the
+    /// portable [`lanes`] defines them; the remainder is left out.
     fn lanes(a: &[Self], b: &[Self]) -> [Self; 8];
     /// [`Acc::sq_dot_strided_lanes`] of `G` full leaves.
     #[inline(always)]
@@ -486,6 +487,8 @@ fn has_avx() -> bool {
 
 macro_rules! acc {
     ($($t:ty => $tiny:expr, $chains:expr, $stream_avx:ident, $stream_sse:ident, $group:ident, $sq_dot:ident, $one:ident),*) => {$(
+        // `merge_chains` and the AVX code know two and four chains only.
+        const _: () = assert!($chains == 2 || $chains == 4);
         impl Acc for $t {
             const ZERO: Self = 0.0;
             const CHAINS: usize = $chains;
