@@ -94,6 +94,14 @@ pub enum Error {
         /// Which slice, in words.
         slice: String,
     },
+    /// The operands of the paper-form linear layer do not fit together.
+    #[error("linear weight norm: {what} ({shapes})")]
+    LinearShapeMismatch {
+        /// What does not fit, in words.
+        what: String,
+        /// The operands' shapes, in words (`x [..], v [d_in, d_out] [..], g [..], bias [..]`).
+        shapes: String,
+    },
 }
 
 /// The library's result type.

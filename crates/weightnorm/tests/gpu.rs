@@ -543,6 +543,37 @@ fn a_weight_normalized_layer_on_the_gpu() {
     }
 }
 
+/// The paper-form layer (`nn::WnLinear`: the composed default bodies of the extension on the
+/// GPU, lazily through Burn's fusion) trains on the GPU: its output and gradients as on the
+/// CPU, where the fused kernels run.
+#[test]
+fn the_paper_form_linear_on_the_gpu() {
+    let cpu_ad = cpu().autodiff();
+    let layer = weightnorm::nn::WnLinearConfig::new(70, 33).init(&cpu_ad);
+    let input = Rng(4).vec(5 * 70);
+    let run = |device: &Device| {
+        let layer = layer.clone().fork(device);
+        let x = Tensor::<2>::from_data(TensorData::new(input.clone(), [5, 70]), device);
+        let y = layer.forward(x);
+        let grads = (y.clone() * y.clone()).sum().backward();
+        let mut grad_values = Vec::new();
+        layer.visit(&mut Collect {
+            grads: &grads,
+            out: &mut grad_values,
+        });
+        (values(&y), grad_values)
+    };
+    let (y_cpu, g_cpu) = run(&cpu_ad);
+    let (y_gpu, g_gpu) = run(&gpu().autodiff());
+    assert!(rel_error(&y_gpu, &y_cpu) <= F32_TOL);
+    assert_eq!(g_cpu.len(), 3, "gradients of v, g and the bias");
+    assert_eq!(g_gpu.len(), 3, "gradients of v, g and the bias");
+    for (a, b) in g_gpu.iter().zip(&g_cpu) {
+        let err = rel_error(a, b);
+        assert!(err <= 4.0 * F32_TOL, "gradient {err:e} from the CPU's");
+    }
+}
+
 /// Collects the gradient of every float parameter.
 struct Collect<'a> {
     grads: &'a burn::tensor::Gradients,

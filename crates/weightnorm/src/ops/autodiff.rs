@@ -1,8 +1,9 @@
-//! The autodiff node: one graph node for the whole weight-norm forward, whose backward is the
-//! analytic formula of [`WeightNormBackend::weight_norm_backward`].
+//! The autodiff nodes: one graph node for the whole weight-norm forward, whose backward is the
+//! analytic formula of [`WeightNormBackend::weight_norm_backward`], and one for the paper-form
+//! linear layer [`WeightNormBackend::weight_norm_linear`].
 
-use burn::backend::AutodiffBackend;
 use burn::backend::tensor::FloatTensor;
+use burn::backend::{AutodiffBackend, TensorMetadata, get_or_init_device_settings};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -42,6 +43,77 @@ impl<B: WeightNormBackend> Backward<B, 2> for WeightNormNode {
         }
         if let Some(node) = node_g {
             grads.register::<B>(node.id, dg);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WnLinearNode;
+
+/// What the linear layer's backward needs: the input and `v` (which a plain layer's matmul
+/// keeps too), `g`, the unclamped column norms and `u = x v` (both of the output's size or
+/// smaller).
+#[derive(Clone, Debug)]
+struct WnLinearState<B: WeightNormBackend> {
+    x: FloatTensor<B>,
+    v: FloatTensor<B>,
+    g: FloatTensor<B>,
+    norm: FloatTensor<B>,
+    u: FloatTensor<B>,
+    eps: f64,
+}
+
+/// `max(norm, eps)`.
+fn clamped<B: WeightNormBackend>(norm: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    if eps > 0.0 {
+        B::float_clamp_min(norm, eps.into())
+    } else {
+        norm
+    }
+}
+
+impl<B: WeightNormBackend> Backward<B, 3> for WnLinearNode {
+    type State = WnLinearState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_v, node_g] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let WnLinearState {
+            x,
+            v,
+            g,
+            norm,
+            u,
+            eps,
+        } = ops.state;
+        let n = clamped::<B>(norm.clone(), eps);
+        // y = u s with s = g / n: du = dy s, and the gradient of s is sum_rows(dy u).
+        let s = B::float_div(g.clone(), n.clone());
+        let du = B::float_mul(dy.clone(), s);
+        if let Some(node) = node_x {
+            let dx = B::float_matmul(du.clone(), B::float_transpose(v.clone()));
+            grads.register::<B>(node.id, dx);
+        }
+        let ds = B::float_sum_dim(B::float_mul(dy, u), 0);
+        if let Some(node) = node_g {
+            grads.register::<B>(node.id, B::float_div(ds.clone(), n.clone()));
+        }
+        if let Some(node) = node_v {
+            let gp = B::float_matmul(B::float_transpose(x), du);
+            // c = g ds / n^3, zero where the norm is clamped (s does not depend on v there).
+            let n3 = B::float_mul(B::float_mul(n.clone(), n.clone()), n);
+            let mut c = B::float_div(B::float_mul(g, ds), n3);
+            if eps > 0.0 {
+                let bool_dtype = get_or_init_device_settings::<B>(&norm.device()).bool_dtype;
+                let below = B::float_lower_elem(norm, eps.into(), bool_dtype);
+                c = B::float_mask_fill(c, below, 0.0.into());
+            }
+            grads.register::<B>(node.id, B::weight_norm_sub_scaled(gp, v, c, Some(1)));
         }
     }
 }
@@ -87,5 +159,36 @@ impl<B: WeightNormBackend, C: CheckpointStrategy> WeightNormBackend for Autodiff
             <Self as AutodiffBackend>::from_inner(dv),
             <Self as AutodiffBackend>::from_inner(dg),
         )
+    }
+
+    fn weight_norm_linear(
+        x: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let prep = WnLinearNode
+            .prepare::<C>([x.node(), v.node(), g.node()])
+            .compute_bound()
+            .stateful();
+        let (x, v, g) = (x.into_primitive(), v.into_primitive(), g.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let norm = B::weight_norm_norms(v.clone(), Some(1));
+                let s = B::float_div(g.clone(), clamped::<B>(norm.clone(), eps));
+                let u = B::float_matmul(x.clone(), v.clone());
+                let y = B::float_mul(u.clone(), s);
+                let state = WnLinearState {
+                    x,
+                    v,
+                    g,
+                    norm,
+                    u,
+                    eps,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::weight_norm_linear(x, v, g, eps)),
+        }
     }
 }

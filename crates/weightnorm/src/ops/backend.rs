@@ -1,11 +1,13 @@
 //! The weight-norm backend extension and its composed default.
 //!
 //! [`WeightNormBackend`] has two operations, the forward `w = g * v / max(||v||, eps)` and its
-//! analytic backward. Their default bodies compose Burn's primitive operations, so every backend
-//! can run them; `Flex` (CPU) overrides both with fused kernels (see `flex.rs`), the CubeCL
-//! backend (CUDA, wgpu; features `cuda`, `wgpu`) with fused GPU kernels (see `cube/`), and
-//! `Autodiff<B, C>` wraps them in one graph node whose backward is the analytic formula
-//! (see `autodiff.rs`).
+//! analytic backward, and three for the paper-form linear layer: the layer itself, the slice
+//! norms and `d - x c`. Their default bodies compose Burn's primitive operations, so every
+//! backend can run them; `Flex` (CPU) overrides the forward, the backward, the norms and
+//! `d - x c` with fused kernels (see `flex.rs`), the CubeCL backend (CUDA, wgpu; features
+//! `cuda`, `wgpu`) the forward and the backward with fused GPU kernels (see `cube/`), and
+//! `Autodiff<B, C>` wraps the forward and the linear layer each in one graph node whose
+//! backward is the analytic formula (see `autodiff.rs`).
 //!
 //! With a GPU feature, Burn's `Cube` backend is `Fusion<CubeBackend>` (the features turn Burn's
 //! kernel fusion on, as Burn's own GPU defaults do): the macro's `Fusion` selector makes each
@@ -78,6 +80,65 @@ pub trait WeightNormBackend: Backend {
         eps: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         composed_backward::<Self>(v, g, dw, keep, eps)
+    }
+
+    /// The L2 norm of every slice of `v` along `keep` (the whole tensor for `None`), not
+    /// clamped: `||v||` in `g`'s keep-dims shape. Half types are accumulated in f32.
+    #[fusion(dtype = v, shape = Shape::from(NormAxis::from(*keep).g_shape(v)))]
+    fn weight_norm_norms(v: FloatTensor<Self>, keep: Option<usize>) -> FloatTensor<Self> {
+        let dtype = v.dtype();
+        let v = upcast::<Self>(v);
+        let sq = sum_except::<Self>(Self::float_mul(v.clone(), v), keep);
+        downcast::<Self>(Self::float_sqrt(sq), dtype)
+    }
+
+    /// `d - x * c`, `c` holding one value per slice of `x` along `keep`, in `g`'s keep-dims
+    /// shape: the last step of [`Self::weight_norm_linear`]'s backward, `dv = G - v * c`.
+    ///
+    /// # Shapes
+    ///
+    /// - `d`, `x`, output: one shape
+    /// - `c`: `g`'s keep-dims shape for `keep`
+    #[fusion(dtype = d, shape = d)]
+    fn weight_norm_sub_scaled(
+        d: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        keep: Option<usize>,
+    ) -> FloatTensor<Self> {
+        let _ = keep; // `c`'s keep-dims shape broadcasts over the other axes
+        Self::float_sub(d, Self::float_mul(x, c))
+    }
+
+    /// A weight-normalized linear layer in the paper's form (Salimans & Kingma 2016, eq. 2):
+    /// `y = (x v) * (g / max(||v||, eps))`, the norm of every column of `v` (every output
+    /// unit), so the weight `w = g v / ||v||` is never formed. On `Autodiff` this is one graph
+    /// node whose backward is `dv = x^T (dy s) - v c` with `s = g / ||v||`,
+    /// `c = g (sum_rows dy u) / ||v||^3` and `u = x v` kept from the forward: the weight-sized
+    /// work is the two products a plain layer does, one read of `v` for the norms and one pass
+    /// for `dv`.
+    ///
+    /// # Shapes
+    ///
+    /// - `x`: `[rows, d_in]`
+    /// - `v`: `[d_in, d_out]` (Burn's Linear layout)
+    /// - `g`: `[1, d_out]`
+    /// - output: `[rows, d_out]`
+    #[fusion(default)]
+    fn weight_norm_linear(
+        x: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let norm = Self::weight_norm_norms(v.clone(), Some(1));
+        let norm = if eps > 0.0 {
+            Self::float_clamp_min(norm, eps.into())
+        } else {
+            norm
+        };
+        let s = Self::float_div(g, norm);
+        Self::float_mul(Self::float_matmul(x, v), s)
     }
 }
 

@@ -3,6 +3,7 @@
 //! composed default.
 
 use burn::backend::Bytes;
+use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, bf16, f16};
 use burn_flex::{Flex, FlexTensor, Layout};
 
@@ -39,6 +40,31 @@ impl WeightNormBackend for Flex {
             DType::F16 => backward::<f16>(&v, &g, &dw, keep, eps),
             DType::BF16 => backward::<bf16>(&v, &g, &dw, keep, eps),
             _ => composed_backward::<Flex>(v, g, dw, keep, eps),
+        }
+    }
+
+    fn weight_norm_norms(v: FlexTensor, keep: Option<usize>) -> FlexTensor {
+        match v.dtype() {
+            DType::F32 => norms::<f32>(&v, keep),
+            DType::F64 => norms::<f64>(&v, keep),
+            DType::F16 => norms::<f16>(&v, keep),
+            DType::BF16 => norms::<bf16>(&v, keep),
+            _ => composed_norms(v, keep),
+        }
+    }
+
+    fn weight_norm_sub_scaled(
+        d: FlexTensor,
+        x: FlexTensor,
+        c: FlexTensor,
+        keep: Option<usize>,
+    ) -> FlexTensor {
+        match x.dtype() {
+            DType::F32 => sub_scaled::<f32>(&d, &x, &c, keep),
+            DType::F64 => sub_scaled::<f64>(&d, &x, &c, keep),
+            DType::F16 => sub_scaled::<f16>(&d, &x, &c, keep),
+            DType::BF16 => sub_scaled::<bf16>(&d, &x, &c, keep),
+            _ => Flex::float_sub(d, Flex::float_mul(x, c)),
         }
     }
 }
@@ -94,4 +120,33 @@ fn backward<T: Element>(
         eps,
     );
     (tensor_from(dv, shape), tensor_from(dg, g_shape))
+}
+
+/// The norms of a dtype the kernels do not handle: the trait's composed default.
+fn composed_norms(v: FlexTensor, keep: Option<usize>) -> FlexTensor {
+    let sq = super::backend::sum_except::<Flex>(Flex::float_mul(v.clone(), v), keep);
+    Flex::float_sqrt(sq)
+}
+
+fn norms<T: Element>(v: &FlexTensor, keep: Option<usize>) -> FlexTensor {
+    let shape = v.layout().shape().clone();
+    let axis = NormAxis::from(keep);
+    let n = cpu::norms::<T>(&contiguous::<T>(v), &shape, axis);
+    tensor_from(n, Shape::from(axis.g_shape(&shape)))
+}
+
+fn sub_scaled<T: Element>(
+    d: &FlexTensor,
+    x: &FlexTensor,
+    c: &FlexTensor,
+    keep: Option<usize>,
+) -> FlexTensor {
+    let (shape, split) = view(x, keep);
+    let out = cpu::sub_scaled::<T>(
+        &contiguous::<T>(d),
+        &contiguous::<T>(x),
+        &contiguous::<T>(c),
+        split,
+    );
+    tensor_from(out, shape)
 }

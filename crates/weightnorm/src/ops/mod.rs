@@ -10,6 +10,9 @@
 //!   slice (where PyTorch would silently produce NaN).
 //! - [`weight_norm_composed`]: the reference composition of Burn tensor operations,
 //!   differentiated by Burn's own autodiff; the fused path is tested against it.
+//! - [`weight_norm_linear`]: a weight-normalized linear layer in the paper's form,
+//!   `y = (x v) * (g / ||v||) + b`, which scales the output instead of forming `w`; one autodiff
+//!   node, fused norms and `dv` on the CPU (see "In training" below).
 //!
 //! All of them validate their input: the axis against the rank (1 to 5), `g`'s shape against
 //! `v`'s (PyTorch does not check it), the dtypes and the epsilon.
@@ -32,6 +35,16 @@
 //! (`rayon::current_num_threads()` threads in all), and write outputs of 16 MiB and more with
 //! streaming stores (no read of the line before it is written). `weightnorm bench` (the CLI)
 //! times every case beside a copy of the same bytes.
+//!
+//! ## In training: the paper's form
+//!
+//! Through [`weight_norm`] (and `apply_weight_norm`), a training step forms `w` and
+//! differentiates through it: a forward and a backward over the whole weight on top of the
+//! layer's own products. For a linear layer, [`weight_norm_linear`] gets the one sum the
+//! backward needs per unit, `sum(dw * v)`, from the batch instead (`sum_rows(dy * x v)`), and
+//! adds only a read of `v` (the norms) and one pass writing `dv`: on an MLP 784-1024-1024-10
+//! with Adam on a 2-core AMD EPYC, the step's overhead over plain layers falls from +10-16% to
+//! -3-2% at batch 16 and +9-14% at batch 128 (`weightnorm bench --filter "train step"`).
 //!
 //! ## What your binary should do about the allocator
 //!
@@ -318,6 +331,103 @@ pub fn weight_norm_checked<const D: usize>(
     validate(&v, &g, axis, eps)?;
     check_norms(&v, axis, eps)?;
     weight_norm_eps(v, g, axis, eps)
+}
+
+/// A weight-normalized linear layer in the paper's form (Salimans & Kingma 2016, eq. 2):
+/// `y = (x v) * (g / max(||v||, eps)) + bias`, with the norm of every column of `v` (every
+/// output unit of Burn's `[d_in, d_out]` layout, `NormAxis::Keep(1)`). The result equals
+/// `linear(x, weight_norm(v, g), bias)` up to rounding, but the weight is never formed: the
+/// scale is applied to the output instead. With autodiff the layer is one graph node with an
+/// analytic backward, so a training step does a plain layer's two weight-sized products plus one
+/// read of `v` for the norms and one pass for `dv`, where the weight-norm reparameterization
+/// (`apply_weight_norm`) does a forward and a backward over the whole weight on top.
+/// [`crate::nn::WnLinear`] is the module around it.
+///
+/// # Shapes
+///
+/// - `x`: `[..., d_in]` (rank 1 or more)
+/// - `v`: `[d_in, d_out]`
+/// - `g`: `[d_out]`
+/// - `bias`: `[d_out]`
+/// - output: `[..., d_out]`
+///
+/// # Errors
+///
+/// [`Error::LinearShapeMismatch`] when the shapes do not fit, [`Error::DTypeMismatch`] for
+/// operands of different dtypes, [`Error::InvalidEpsilon`]. A zero column of `v` gives NaN
+/// without an epsilon, as [`weight_norm`] does.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use weightnorm::{NormAxis, ops::{weight_norm, weight_norm_linear}};
+///
+/// let device = Device::flex();
+/// let x = Tensor::<2>::from_data([[1.0, 2.0], [0.5, -1.0]], &device);
+/// let v = Tensor::<2>::from_data([[3.0, 0.0, 1.0], [4.0, 2.0, -1.0]], &device);
+/// let g = Tensor::<1>::from_data([10.0, 3.0, 0.5], &device);
+/// let y = weight_norm_linear(x.clone(), v.clone(), g.clone(), None, 0.0).unwrap();
+/// let w = weight_norm(v, g.reshape([1, 3]), NormAxis::Keep(1)).unwrap();
+/// let expected = x.matmul(w);
+/// y.into_data().assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+/// ```
+pub fn weight_norm_linear<const D: usize>(
+    x: Tensor<D>,
+    v: Tensor<2>,
+    g: Tensor<1>,
+    bias: Option<Tensor<1>>,
+    eps: f64,
+) -> Result<Tensor<D>> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::InvalidEpsilon { eps });
+    }
+    let dims = x.dims();
+    let [d_in, d_out] = v.dims();
+    let mismatch = |what: &str| Error::LinearShapeMismatch {
+        what: what.to_string(),
+        shapes: format!(
+            "x {dims:?}, v [d_in, d_out] {:?}, g {:?}, bias {}",
+            [d_in, d_out],
+            g.dims(),
+            bias.as_ref()
+                .map_or("none".to_string(), |b| format!("{:?}", b.dims()))
+        ),
+    };
+    if D == 0 || dims[D - 1] != d_in {
+        return Err(mismatch("the input's last axis is not v's d_in"));
+    }
+    if g.dims() != [d_out] {
+        return Err(mismatch(
+            "g does not hold one value per output unit (d_out)",
+        ));
+    }
+    if bias.as_ref().is_some_and(|b| b.dims() != [d_out]) {
+        return Err(mismatch(
+            "the bias does not hold one value per output unit (d_out)",
+        ));
+    }
+    let (xt, vt, gt) = (x.dtype(), v.dtype(), g.dtype());
+    if vt != gt || !vt.is_float() {
+        return Err(Error::DTypeMismatch { v: vt, g: gt });
+    }
+    if xt != vt {
+        return Err(Error::DTypeMismatch { v: vt, g: xt });
+    }
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x2 = x.reshape([rows, d_in]);
+    let y = Dispatch::weight_norm_linear(
+        x2.into_dispatch(),
+        v.into_dispatch(),
+        g.reshape([1, d_out]).into_dispatch(),
+        eps,
+    );
+    let y = Tensor::<2>::from_dispatch(y);
+    let y = match bias {
+        Some(b) => y + b.unsqueeze::<2>(),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = d_out;
+    Ok(y.reshape(out))
 }
 
 /// The reference path: `v * (g / max(||v||, eps))` composed of Burn tensor operations and

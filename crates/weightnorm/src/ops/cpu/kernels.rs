@@ -491,6 +491,44 @@ pub(crate) fn backward<T: Real>(
     (dv, dg)
 }
 
+/// `d - x * c` on contiguous `d` and `x` viewed as `[outer, n, inner]`, `c` holding one value
+/// per slice: the `dv = G - v c` of the paper-form linear layer's backward, one pass that reads
+/// `d` and `x` and writes the result (computed as `1 * d - c * x`, the backward's own
+/// expression, which has the same bits).
+///
+/// # Panics
+///
+/// If the lengths do not fit `split` (see `check_lengths`).
+pub(crate) fn sub_scaled<T: Real>(ds: &[T], xs: &[T], cs: &[T], split: [usize; 3]) -> Vec<T> {
+    check_lengths(split, xs.len(), cs.len(), Some(ds.len()));
+    let [_, n, inner] = split;
+    let store = Store::for_output::<T>(xs.len());
+    let c: Vec<T::A> = cs.iter().map(|c| c.up()).collect();
+    let one = T::A::from_f64(1.0);
+    // SAFETY: as in `backward`; `write` writes all of a row (`ones` and `c` are `n` long) and
+    // all of a run.
+    unsafe {
+        filled::<T>(xs.len(), |out| {
+            if inner == 1 {
+                let ones = vec![one; n];
+                for_each_row(out, xs, ds, n, |o, x, d| {
+                    simd(
+                        #[inline(always)]
+                        || write(o, x, d, Op::AxpbyCols(&ones, &c), store),
+                    )
+                });
+            } else {
+                for_each_run(out, xs, ds, split, |j, o, x, d| {
+                    simd(
+                        #[inline(always)]
+                        || write(o, x, d, Op::Axpby(one, c[j]), store),
+                    )
+                });
+            }
+        })
+    }
+}
+
 /// `w = g * v / max(||v||, eps)` on contiguous `v` of `shape`, `g` holding one value per slice
 /// along `axis`.
 pub(crate) fn weight_norm<T: Real>(
@@ -852,6 +890,49 @@ mod tests {
                 (bits(&w), bits(&dv), bits(&dg))
             };
             assert!(one.install(run) == four.install(run), "{split:?}");
+        }
+    }
+
+    /// `sub_scaled` gives `d - x c` to the bit (it computes `1 * d - c * x`, and `1 * d` is
+    /// `d`) on every schedule, including large outputs that are streamed, for f32 and f64, and
+    /// within one rounding for the half types.
+    #[test]
+    fn sub_scaled_is_d_minus_x_times_c() {
+        let big = super::super::schedule::STREAM_MIN_BYTES / 4 + 2049;
+        let mut splits = SPLITS.to_vec();
+        splits.extend([[big / 2051, 2051, 1], [3, 5, big / 15]]);
+        for split in splits {
+            let len: usize = split.iter().product();
+            let (d, x) = (values(len, 81), values(len, 82));
+            let c = values(split[1], 83);
+            let [_, n, inner] = split;
+            let expected = |i: usize| d[i] - x[i] * c[(i / inner.max(1)) % n.max(1)];
+            let got = sub_scaled::<f64>(&d, &x, &c, split);
+            assert_eq!(got.len(), len);
+            for (i, g) in got.iter().enumerate() {
+                assert_eq!(g.to_bits(), expected(i).to_bits(), "f64 {split:?} at {i}");
+            }
+            let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            let (d32, x32, c32) = (f(&d), f(&x), f(&c));
+            let got = sub_scaled::<f32>(&d32, &x32, &c32, split);
+            for (i, g) in got.iter().enumerate() {
+                let e = d32[i] - x32[i] * c32[(i / inner.max(1)) % n.max(1)];
+                assert_eq!(g.to_bits(), e.to_bits(), "f32 {split:?} at {i}");
+            }
+            if len < 1 << 20 {
+                let h = |v: &[f64]| v.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>();
+                let got = sub_scaled::<f16>(&h(&d), &h(&x), &h(&c), split);
+                for (i, g) in got.iter().enumerate() {
+                    let (dh, xh) = (h(&d[i..=i])[0], h(&x[i..=i])[0]);
+                    let ch = f16::from_f64(c[(i / inner.max(1)) % n.max(1)]);
+                    let e = dh.to_f32() - xh.to_f32() * ch.to_f32();
+                    assert_eq!(
+                        g.to_bits(),
+                        f16::from_f32(e).to_bits(),
+                        "f16 {split:?} at {i}"
+                    );
+                }
+            }
         }
     }
 }
