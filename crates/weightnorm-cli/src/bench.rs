@@ -18,6 +18,7 @@ use safetensors::Dtype;
 use serde_json::json;
 use weightnorm::NormAxis;
 use weightnorm::canonical::canonicalize;
+use weightnorm::nn::{WnLinear, WnLinearConfig};
 use weightnorm::ops::{
     WeightNormBackend, composed_backward, composed_forward, norm_except_dim, weight_norm,
     weight_norm_composed,
@@ -51,14 +52,17 @@ Cases (each timed as the median of several runs, after a warm-up run; all f32):
   write w), 3x for a backward (read v and dw, write dv), 5x for forward+backward; GB/s is
   bytes / median.
 
-  train step plain b16, train step wn b16, train step plain b128, train step wn b128
+  train step plain bB, train step wn bB, train step wn-linear bB   (B = 16 and 128)
                              one step (forward, cross-entropy, backward, Adam) of an MLP
-                             784-1024-1024-10 with plain weights or weight norm on every Linear,
-                             at batch 16 and 128, on a cycle of 16 batches of Gaussian noise
-                             (no bytes: compute-bound). The plain and the
-                             weight-normalized step alternate (up to 61 pairs, the order
-                             swapped every pair), so that a change in the machine's speed falls
-                             on both; the overhead printed is the median of the pairs' ratios
+                             784-1024-1024-10 at batch 16 and 128, on a cycle of 16 batches of
+                             Gaussian noise (no bytes: compute-bound): `plain` Burn's Linear,
+                             `wn` Linear with weight norm attached (apply_weight_norm, the
+                             reparameterization PyTorch's parametrizations mirror: w is formed
+                             each step), `wn-linear` the paper-form layer nn::WnLinear (the
+                             output scaled, w never formed). The steps of a batch size run in
+                             rounds, one of each per round, the first rotating (up to 61
+                             rounds), so that a change in the machine's speed falls on all; each
+                             overhead printed is the median of the rounds' ratios to plain
 
   canonicalize 10M, canonicalize 100M
                              the canonical form (unit-norm rows, one output scale) of a plain MLP
@@ -81,8 +85,9 @@ defaults instead. `--threads N` sizes rayon's pool, which Burn's CPU backend (ma
 included) uses; the fused kernels use as many threads (the caller and helpers).
 
 JSON (--json): {\"device\", \"threads\": N, \"allocator\": {...}, \"cases\": [{\"name\", \"shape\",
-\"median_ms\", \"runs\", \"bytes\", \"gbps\"}, ...], \"train_overheads\": [{\"batch\", \"percent\",
-\"pairs\"}, ...]} (bytes and gbps null for the training steps).
+\"median_ms\", \"runs\", \"bytes\", \"gbps\"}, ...], \"train_overheads\": [{\"batch\", \"kind\"
+(wn or wn-linear), \"percent\", \"pairs\" (the rounds)}, ...]} (bytes and gbps null for the
+training steps).
 
 Examples:
   weightnorm bench
@@ -176,49 +181,53 @@ fn time_with<S>(plan: Plan, mut setup: impl FnMut() -> S, mut run: impl FnMut(S)
     (median(&mut times), times.len())
 }
 
-/// Times `a` and `b` alternately, `a` first in even rounds and `b` first in odd ones, so that a
-/// change in the machine's speed (another process, the clock) falls on both alike: both
-/// medians in ms, the median of the rounds' ratios `b / a`, and the rounds made. Without
-/// `--runs`, up to [`Plan::PAIRS`] rounds, fewer (at least [`Plan::MIN_RUNS`]) once twice
+/// Times the steps `fs` in rounds, one run of each per round, the first step of round `k`
+/// being `fs[k % n]` (for two: `a` first in even rounds and `b` in odd ones), so that a change
+/// in the machine's speed (another process, the clock) falls on all alike: the medians in ms,
+/// the medians of the rounds' ratios `fs[i] / fs[0]`, and the rounds made. Without `--runs`,
+/// up to [`Plan::PAIRS`] rounds, fewer (at least [`Plan::MIN_RUNS`]) once `n` times
 /// [`Plan::BUDGET`] is spent.
-fn time_pair(plan: Plan, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64, usize) {
+fn time_group(plan: Plan, fs: &mut [&mut dyn FnMut()]) -> (Vec<f64>, Vec<f64>, usize) {
+    let n = fs.len();
     if plan.warm_up {
-        a();
-        b();
+        fs.iter_mut().for_each(|f| f());
     }
     let rounds = if plan.adaptive {
         Plan::PAIRS
     } else {
         plan.runs.max(1)
     };
-    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut times = vec![Vec::new(); n];
+    let mut ratios = vec![Vec::new(); n];
     let started = Instant::now();
-    let time = |f: &mut dyn FnMut()| {
-        let t0 = Instant::now();
-        f();
-        t0.elapsed().as_secs_f64() * 1e3
-    };
-    while ta.len() < rounds
-        && !(plan.adaptive && ta.len() >= Plan::MIN_RUNS && started.elapsed() > 2 * Plan::BUDGET)
+    let budget = Plan::BUDGET * n as u32;
+    let mut made = 0;
+    while made < rounds && !(plan.adaptive && made >= Plan::MIN_RUNS && started.elapsed() > budget)
     {
-        let (x, y) = if ta.len() % 2 == 0 {
-            let x = time(&mut a);
-            (x, time(&mut b))
-        } else {
-            let y = time(&mut b);
-            (time(&mut a), y)
-        };
-        ta.push(x);
-        tb.push(y);
-        ratios.push(y / x);
+        let mut round = vec![0.0; n];
+        for k in 0..n {
+            let i = (made + k) % n;
+            let t0 = Instant::now();
+            fs[i]();
+            round[i] = t0.elapsed().as_secs_f64() * 1e3;
+        }
+        for i in 0..n {
+            times[i].push(round[i]);
+            ratios[i].push(round[i] / round[0]);
+        }
+        made += 1;
     }
-    let n = ta.len();
-    (median(&mut ta), median(&mut tb), median(&mut ratios), n)
+    let medians = times.iter_mut().map(|t| median(t)).collect();
+    let ratio_medians = ratios.iter_mut().map(|r| median(r)).collect();
+    (medians, ratio_medians, made)
 }
 
-/// A weight-norm training-step overhead, from steps timed in pairs (see [`time_pair`]).
+/// A weight-norm training-step overhead, from steps timed in rounds (see [`time_group`]).
 struct Overhead {
     batch: usize,
+    /// Which weight-normalized step: `wn` (the reparameterization) or `wn-linear` (the
+    /// paper-form layer).
+    kind: &'static str,
     /// The median of the pairs' `wn / plain - 1`, in percent.
     percent: f64,
     pairs: usize,
@@ -270,23 +279,27 @@ impl Bench {
         self.case_with(name, shape, bytes, || (), |()| run());
     }
 
-    /// A plain and a weight-normalized training step at `batch`, timed in pairs: records both
-    /// cases (names `[plain, wn]`) and the overhead.
-    fn pair(
-        &mut self,
-        names: [String; 2],
-        shape: &str,
-        batch: usize,
-        plain: impl FnMut(),
-        wn: impl FnMut(),
-    ) {
-        let (a, b, ratio, pairs) = time_pair(self.plan, plain, wn);
-        for (name, median_ms) in names.into_iter().zip([a, b]) {
+    /// A plain training step and weight-normalized ones at `batch`, timed in rounds: records
+    /// every case (`steps`: the name, the kind for the overhead, and the step; the plain one
+    /// first) and the overhead of each weight-normalized one against the plain one.
+    fn group(&mut self, shape: &str, batch: usize, steps: Vec<(String, &'static str, Step<'_>)>) {
+        let (names, kinds, mut fs): (Vec<_>, Vec<_>, Vec<_>) = steps.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut n, mut k, mut f), (name, kind, step)| {
+                n.push(name);
+                k.push(kind);
+                f.push(step);
+                (n, k, f)
+            },
+        );
+        let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as _).collect();
+        let (medians, ratios, rounds) = time_group(self.plan, &mut refs);
+        for (name, &median_ms) in names.into_iter().zip(&medians) {
             let m = Measured {
                 name,
                 shape: shape.to_string(),
                 median_ms,
-                runs: pairs,
+                runs: rounds,
                 bytes: None,
             };
             if !self.json {
@@ -294,13 +307,19 @@ impl Bench {
             }
             self.cases.push(m);
         }
-        self.overheads.push(Overhead {
-            batch,
-            percent: 100.0 * (ratio - 1.0),
-            pairs,
-        });
+        for (kind, ratio) in kinds.into_iter().zip(ratios).skip(1) {
+            self.overheads.push(Overhead {
+                batch,
+                kind,
+                percent: 100.0 * (ratio - 1.0),
+                pairs: rounds,
+            });
+        }
     }
 }
+
+/// One training step, boxed.
+type Step<'a> = Box<dyn FnMut() + 'a>;
 
 fn print_row(m: &Measured) {
     let gbps = m.gbps().map_or(String::new(), |g| format!("{g:8.2}"));
@@ -549,9 +568,12 @@ fn train_cases(b: &mut Bench, device: &Device) -> Result<()> {
             .join("-")
     );
     for batch in [16usize, 128] {
-        let names = [Param::Plain, Param::Wn].map(|p| format!("train step {} b{batch}", p.name()));
-        let wanted = names.clone().map(|n| b.wanted(&n, &shape));
-        if !wanted.iter().any(|&w| w) {
+        let kinds = [StepKind::Plain, StepKind::Wn, StepKind::WnLinear];
+        let wanted: Vec<StepKind> = kinds
+            .into_iter()
+            .filter(|k| b.wanted(&k.case(batch), &shape))
+            .collect();
+        if wanted.is_empty() {
             continue;
         }
         // A cycle of batches of noise with labels in turn: a model trained on one batch over
@@ -567,28 +589,113 @@ fn train_cases(b: &mut Bench, device: &Device) -> Result<()> {
             })
             .collect();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        // One step of a model and optimizer of its own.
-        let step = |param: Param| -> Result<_> {
-            let mut optim: ModuleOptimizer = AdamConfig::new().init();
-            let mut slot = Some(Mlp::new(&MLP, param, &device)?);
-            let mut next = (0..TRAIN_BATCHES).cycle();
+        let mut steps = Vec::new();
+        for kind in &wanted {
             let (batches, loss_fn, device) = (&batches, &loss_fn, &device);
-            Ok(move || {
-                let (x, y) = &batches[next.next().expect("a cycle never ends")];
-                let model = slot.take().expect("the model is put back after each step");
-                let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                slot = Some(optim.step(1e-3, model, grads));
-                device.sync().expect("the device synchronizes");
-            })
-        };
-        match wanted {
-            [true, true] => b.pair(names, &shape, batch, step(Param::Plain)?, step(Param::Wn)?),
-            [true, false] => b.case(&names[0], &shape, None, step(Param::Plain)?),
-            _ => b.case(&names[1], &shape, None, step(Param::Wn)?),
+            let step: Step<'_> = match kind {
+                StepKind::Plain | StepKind::Wn => {
+                    let param = if *kind == StepKind::Plain {
+                        Param::Plain
+                    } else {
+                        Param::Wn
+                    };
+                    let model = Mlp::new(&MLP, param, device)?;
+                    train_step(model, Mlp::forward, batches, loss_fn, device)
+                }
+                StepKind::WnLinear => {
+                    let model = WnLinearMlp::new(&MLP, device);
+                    train_step(model, WnLinearMlp::forward, batches, loss_fn, device)
+                }
+            };
+            steps.push((kind.case(batch), kind.name(), step));
+        }
+        if wanted.len() > 1 && wanted[0] == StepKind::Plain {
+            b.group(&shape, batch, steps);
+        } else {
+            // Without the plain step there is nothing to compare with: each is timed alone.
+            for (name, _, mut step) in steps {
+                b.case(&name, &shape, None, &mut *step);
+            }
         }
     }
     Ok(())
+}
+
+/// The training steps of the bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepKind {
+    /// Burn's `Linear`, plain weights.
+    Plain,
+    /// `Linear` with weight norm attached by `apply_weight_norm` (the reparameterization).
+    Wn,
+    /// The paper-form layer `weightnorm::nn::WnLinear`.
+    WnLinear,
+}
+
+impl StepKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Wn => "wn",
+            Self::WnLinear => "wn-linear",
+        }
+    }
+
+    fn case(self, batch: usize) -> String {
+        format!("train step {} b{batch}", self.name())
+    }
+}
+
+/// One step (forward, cross-entropy, backward, Adam) of `model` per call, on the batches in turn.
+fn train_step<'a, M: burn::module::Module + 'a>(
+    model: M,
+    forward: fn(&M, Tensor<2>) -> Tensor<2>,
+    batches: &'a [(Tensor<2>, Tensor<1, Int>)],
+    loss_fn: &'a burn::nn::loss::CrossEntropyLoss,
+    device: &'a Device,
+) -> Step<'a> {
+    let mut optim: ModuleOptimizer = AdamConfig::new().init();
+    let mut slot = Some(model);
+    let mut next = (0..batches.len()).cycle();
+    Box::new(move || {
+        let (x, y) = &batches[next.next().expect("a cycle never ends")];
+        let model = slot.take().expect("the model is put back after each step");
+        let loss = loss_fn.forward(forward(&model, x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        slot = Some(optim.step(1e-3, model, grads));
+        device.sync().expect("the device synchronizes");
+    })
+}
+
+/// The bench's MLP with the paper-form layer [`WnLinear`] for every Linear.
+#[derive(burn::module::Module, Debug)]
+struct WnLinearMlp {
+    layers: Vec<WnLinear>,
+    relu: burn::nn::Relu,
+}
+
+impl WnLinearMlp {
+    fn new(sizes: &[usize], device: &Device) -> Self {
+        Self {
+            layers: sizes
+                .windows(2)
+                .map(|w| WnLinearConfig::new(w[0], w[1]).init(device))
+                .collect(),
+            relu: burn::nn::Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        let mut h = x;
+        for (i, l) in self.layers.iter().enumerate() {
+            h = l.forward(h);
+            if i < last {
+                h = self.relu.forward(h);
+            }
+        }
+        h
+    }
 }
 
 /// A plain MLP of `hidden` layers of `width` units and 10 outputs, as an architecture file
@@ -735,7 +842,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let overheads: Vec<_> = b
             .overheads
             .iter()
-            .map(|o| json!({"batch": o.batch, "percent": o.percent, "pairs": o.pairs}))
+            .map(|o| {
+                json!({"batch": o.batch, "kind": o.kind, "percent": o.percent, "pairs": o.pairs})
+            })
             .collect();
         let out = json!({
             "device": args.device.to_string(),
@@ -747,8 +856,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for o in &b.overheads {
+            let what = match o.kind {
+                "wn" => "weight-norm",
+                _ => "paper-form WnLinear",
+            };
             println!(
-                "weight-norm training-step overhead at batch {}: {:+.1}% (median of {} pairs of steps)",
+                "{what} training-step overhead at batch {}: {:+.1}% (median of {} rounds of steps)",
                 o.batch, o.percent, o.pairs
             );
         }

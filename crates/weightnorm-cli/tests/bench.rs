@@ -63,16 +63,24 @@ fn quick_json_names_every_case_with_positive_figures() {
         find("copy fresh", shape);
     }
     for b in [16, 128] {
-        for p in ["plain", "wn"] {
+        for p in ["plain", "wn", "wn-linear"] {
             let c = find(&format!("train step {p} b{b}"), "mlp 784-1024-1024-10");
             assert!(c["bytes"].is_null() && c["gbps"].is_null());
         }
     }
-    // The plain and weight-normalized steps are timed in pairs: one overhead per batch.
+    // The plain and weight-normalized steps are timed in rounds: one overhead per batch and
+    // weight-normalized kind.
     let overheads = v["train_overheads"].as_array().expect("train_overheads");
-    assert_eq!(overheads.len(), 2);
-    for (o, b) in overheads.iter().zip([16, 128]) {
+    assert_eq!(overheads.len(), 4);
+    let expected = [
+        (16, "wn"),
+        (16, "wn-linear"),
+        (128, "wn"),
+        (128, "wn-linear"),
+    ];
+    for (o, (b, kind)) in overheads.iter().zip(expected) {
         assert_eq!(o["batch"], b);
+        assert_eq!(o["kind"], kind);
         assert_eq!(o["pairs"], 1);
         assert!(
             o["percent"]
@@ -82,7 +90,7 @@ fn quick_json_names_every_case_with_positive_figures() {
     }
     find("canonicalize 10M", "mlp 6x1280");
     find("canonicalize 100M", "mlp 6x4096");
-    assert_eq!(cases.len(), 6 * 5 + 4 * 2 + 4 + 2);
+    assert_eq!(cases.len(), 6 * 5 + 4 * 2 + 6 + 2);
     for c in cases {
         let what = format!("{} {}", c["name"], c["shape"]);
         assert!(c["median_ms"].as_f64().is_some_and(|t| t > 0.0), "{what}");
@@ -121,12 +129,12 @@ fn training_steps_are_timed_in_pairs_only_when_both_are_asked_for() {
         "train step",
     ]);
     let cases = both["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), 6);
     assert!(cases.iter().all(|c| c["runs"] == 3), "{cases:?}");
     let o = &both["train_overheads"];
-    assert_eq!(o.as_array().map(Vec::len), Some(2), "{o}");
-    // Both steps of each batch ran as many times as the pairs counted.
-    for (k, b) in [16, 128].into_iter().enumerate() {
+    assert_eq!(o.as_array().map(Vec::len), Some(4), "{o}");
+    // Every step of each batch ran as many times as the rounds counted.
+    for (k, b) in [16, 16, 128, 128].into_iter().enumerate() {
         let ms = |p: &str| {
             cases
                 .iter()
@@ -134,7 +142,7 @@ fn training_steps_are_timed_in_pairs_only_when_both_are_asked_for() {
                 .and_then(|c| c["median_ms"].as_f64())
                 .unwrap()
         };
-        assert!(ms("plain") > 0.0 && ms("wn") > 0.0);
+        assert!(ms("plain") > 0.0 && ms("wn") > 0.0 && ms("wn-linear") > 0.0);
         assert_eq!(o[k]["pairs"], 3);
         assert!(o[k]["percent"].as_f64().unwrap().is_finite());
     }
@@ -162,12 +170,12 @@ fn training_steps_are_timed_in_pairs_only_when_both_are_asked_for() {
     ]);
     let out = String::from_utf8_lossy(&table.stdout);
     for b in [16, 128] {
-        assert!(
-            out.contains(&format!(
-                "weight-norm training-step overhead at batch {b}: "
-            )),
-            "{out}"
-        );
+        for what in ["weight-norm", "paper-form WnLinear"] {
+            assert!(
+                out.contains(&format!("{what} training-step overhead at batch {b}: ")),
+                "{out}"
+            );
+        }
     }
 }
 
