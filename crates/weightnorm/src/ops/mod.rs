@@ -43,8 +43,9 @@
 //! layer's own products. For a linear layer, [`weight_norm_linear`] gets the one sum the
 //! backward needs per unit, `sum(dw * v)`, from the batch instead (`sum_rows(dy * x v)`), and
 //! adds only a read of `v` (the norms) and one pass writing `dv`: on an MLP 784-1024-1024-10
-//! with Adam on a 2-core AMD EPYC, the step's overhead over plain layers falls from +10-16% to
-//! -3-2% at batch 16 and +9-14% at batch 128 (`weightnorm bench --filter "train step"`).
+//! with Adam on a 2-core AMD EPYC, the step's overhead over plain layers falls from +7-12% to
+//! -4-2% at batch 16 and from +16-19% to +7-14% at batch 128 (`weightnorm bench --filter
+//! "train step"`).
 //!
 //! ## What your binary should do about the allocator
 //!
