@@ -514,33 +514,49 @@ fn strided_input_is_read_by_its_values() {
     assert!(err <= F32_TOL, "{err:e}");
 }
 
-/// A weight-normalized Linear layer trains on the GPU: its output and gradients as on the CPU.
-#[test]
-fn a_weight_normalized_layer_on_the_gpu() {
-    let cpu_ad = cpu().autodiff();
-    let layer = LinearConfig::new(70, 33).init(&cpu_ad);
-    let layer = apply_weight_norm(layer, &WeightNormConfig::new()).unwrap();
-    let input = Rng(3).vec(5 * 70);
-    let run = |device: &Device| {
-        let layer = layer.clone().fork(device);
-        let x = Tensor::<2>::from_data(TensorData::new(input.clone(), [5, 70]), device);
-        let y = layer.forward(x);
-        let grads = (y.clone() * y.clone()).sum().backward();
-        let mut grad_values = Vec::new();
-        layer.visit(&mut Collect {
-            grads: &grads,
-            out: &mut grad_values,
-        });
-        (values(&y), grad_values)
-    };
-    let (y_cpu, g_cpu) = run(&cpu_ad);
-    let (y_gpu, g_gpu) = run(&gpu().autodiff());
+/// The output and the parameters' gradients of `forward(layer, x)` for a fixed input
+/// `[5, 70]`, with `layer` moved to `device`: what the layer tests compare between devices.
+fn output_and_grads<M: Module + Clone>(
+    layer: &M,
+    forward: impl Fn(&M, Tensor<2>) -> Tensor<2>,
+    seed: u64,
+    device: &Device,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let layer = layer.clone().fork(device);
+    let x = Tensor::<2>::from_data(TensorData::new(Rng(seed).vec(5 * 70), [5, 70]), device);
+    let y = forward(&layer, x);
+    let grads = (y.clone() * y.clone()).sum().backward();
+    let mut grad_values = Vec::new();
+    layer.visit(&mut Collect {
+        grads: &grads,
+        out: &mut grad_values,
+    });
+    (values(&y), grad_values)
+}
+
+/// The GPU's output and three gradients against the CPU's.
+fn assert_gpu_matches_cpu<M: Module + Clone>(
+    layer: &M,
+    forward: impl Fn(&M, Tensor<2>) -> Tensor<2> + Copy,
+    seed: u64,
+) {
+    let (y_cpu, g_cpu) = output_and_grads(layer, forward, seed, &cpu().autodiff());
+    let (y_gpu, g_gpu) = output_and_grads(layer, forward, seed, &gpu().autodiff());
     assert!(rel_error(&y_gpu, &y_cpu) <= F32_TOL);
-    assert_eq!(g_cpu.len(), 3, "gradients of g, v and the bias");
+    assert_eq!(g_cpu.len(), 3, "gradients of v, g and the bias on the CPU");
+    assert_eq!(g_gpu.len(), 3, "gradients of v, g and the bias on the GPU");
     for (a, b) in g_gpu.iter().zip(&g_cpu) {
         let err = rel_error(a, b);
         assert!(err <= 4.0 * F32_TOL, "gradient {err:e} from the CPU's");
     }
+}
+
+/// A weight-normalized Linear layer trains on the GPU: its output and gradients as on the CPU.
+#[test]
+fn a_weight_normalized_layer_on_the_gpu() {
+    let layer = LinearConfig::new(70, 33).init(&cpu().autodiff());
+    let layer = apply_weight_norm(layer, &WeightNormConfig::new()).unwrap();
+    assert_gpu_matches_cpu(&layer, |l, x| l.forward(x), 3);
 }
 
 /// The paper-form layer (`nn::WnLinear`: the composed default bodies of the extension on the
@@ -548,30 +564,8 @@ fn a_weight_normalized_layer_on_the_gpu() {
 /// CPU, where the fused kernels run.
 #[test]
 fn the_paper_form_linear_on_the_gpu() {
-    let cpu_ad = cpu().autodiff();
-    let layer = weightnorm::nn::WnLinearConfig::new(70, 33).init(&cpu_ad);
-    let input = Rng(4).vec(5 * 70);
-    let run = |device: &Device| {
-        let layer = layer.clone().fork(device);
-        let x = Tensor::<2>::from_data(TensorData::new(input.clone(), [5, 70]), device);
-        let y = layer.forward(x);
-        let grads = (y.clone() * y.clone()).sum().backward();
-        let mut grad_values = Vec::new();
-        layer.visit(&mut Collect {
-            grads: &grads,
-            out: &mut grad_values,
-        });
-        (values(&y), grad_values)
-    };
-    let (y_cpu, g_cpu) = run(&cpu_ad);
-    let (y_gpu, g_gpu) = run(&gpu().autodiff());
-    assert!(rel_error(&y_gpu, &y_cpu) <= F32_TOL);
-    assert_eq!(g_cpu.len(), 3, "gradients of v, g and the bias");
-    assert_eq!(g_gpu.len(), 3, "gradients of v, g and the bias");
-    for (a, b) in g_gpu.iter().zip(&g_cpu) {
-        let err = rel_error(a, b);
-        assert!(err <= 4.0 * F32_TOL, "gradient {err:e} from the CPU's");
-    }
+    let layer = weightnorm::nn::WnLinearConfig::new(70, 33).init(&cpu().autodiff());
+    assert_gpu_matches_cpu(&layer, |l, x| l.forward(x), 4);
 }
 
 /// Collects the gradient of every float parameter.
