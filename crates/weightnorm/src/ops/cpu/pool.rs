@@ -5,9 +5,12 @@
 //! global pool from a thread outside the pool (the usual caller: a training loop) puts the
 //! caller to sleep and wakes two workers, once per call: on a busy machine that costs as much
 //! as the work. Here the caller publishes the loop, wakes the helpers only if they sleep, and
-//! claims indices itself from a shared counter; helpers claim from the same counter once they
-//! run. The caller never waits for a helper that has not started, only for indices a helper has
-//! claimed. An idle helper keeps looking for the next loop for [`SPIN`], then sleeps.
+//! starts claiming indices itself. The indices are cut into one contiguous range per
+//! participant, each with its own counter: a participant claims its own range first, then
+//! what is left of the others' (see [`Job`]), so the same thread handles the same part of the
+//! data call after call, and a helper that starts late finds its range partly done. The caller
+//! never waits for a helper that has not started, only for indices a helper has claimed. An
+//! idle helper keeps looking for the next loop for [`SPIN`], then sleeps.
 //!
 //! The number of participants is rayon's `current_num_threads()` (the global pool's size, or
 //! that of the pool a caller runs in): `--threads`, `RAYON_NUM_THREADS` and
@@ -30,24 +33,57 @@ const OPEN: u64 = 1 << 32;
 const JOINED: u64 = OPEN - 1;
 const EPOCH_SHIFT: u32 = 33;
 
-/// One loop: `f(i)` for every `i < count`, claimed from `next`.
+/// One loop: `f(i)` for every `i < count`. The indices are cut into one contiguous range per
+/// participant (the caller first, then the helpers in their order), each with its own counter:
+/// a participant claims the indices of its own range first, then those left in the others'
+/// ranges, so every index is claimed once whoever arrives late. The same thread gets the same
+/// part of the data call after call, which keeps that part in the caches near it (on this
+/// machine's virtual CPUs, a 512x512x7 backward on two threads took 0.25-0.27 ms with a fixed
+/// half each against 0.28-0.30 ms with the indices dealt out in turn).
 struct Job<'a> {
-    next: AtomicUsize,
-    count: usize,
+    ranges: Vec<Claim>,
     /// Helpers allowed in (those numbered below it).
     helpers: usize,
     f: &'a (dyn Fn(usize) + Sync),
     panicked: AtomicBool,
 }
 
+/// The next index to claim in a range and its end, on a cache line of its own.
+#[repr(align(64))]
+struct Claim {
+    next: AtomicUsize,
+    end: usize,
+}
+
 impl Job<'_> {
-    fn work(&self) {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.count {
-                return;
+    fn new(count: usize, participants: usize, f: &(dyn Fn(usize) + Sync)) -> Job<'_> {
+        let ranges = (0..participants)
+            .map(|p| Claim {
+                next: AtomicUsize::new(count * p / participants),
+                end: count * (p + 1) / participants,
+            })
+            .collect();
+        Job {
+            ranges,
+            helpers: participants - 1,
+            f,
+            panicked: AtomicBool::new(false),
+        }
+    }
+
+    /// The work of participant `p` (0: the caller; helper `h`: `h + 1`): its own range, then
+    /// what is left of the others'.
+    fn work(&self, p: usize) {
+        let n = self.ranges.len();
+        for q in (0..n).map(|k| (p + k) % n) {
+            let range = &self.ranges[q];
+            loop {
+                let i = range.next.fetch_add(1, Ordering::Relaxed);
+                if i >= range.end {
+                    break;
+                }
+                (self.f)(i);
             }
-            (self.f)(i);
         }
     }
 }
@@ -95,7 +131,7 @@ fn helper(pool: &'static Pool, number: usize, sleeping: Arc<AtomicBool>) {
                     // not return (nor free the job) before every helper inside has left.
                     let job = unsafe { &*pool.job.load(Ordering::Acquire).cast::<Job<'_>>() };
                     if number < job.helpers
-                        && catch_unwind(AssertUnwindSafe(|| job.work())).is_err()
+                        && catch_unwind(AssertUnwindSafe(|| job.work(number + 1))).is_err()
                     {
                         job.panicked.store(true, Ordering::Relaxed);
                     }
@@ -195,13 +231,7 @@ pub(super) fn for_each_index(parallel: bool, count: usize, f: &(dyn Fn(usize) + 
             return;
         }
     };
-    let job = Job {
-        next: AtomicUsize::new(0),
-        count,
-        helpers: threads - 1,
-        f,
-        panicked: AtomicBool::new(false),
-    };
+    let job = Job::new(count, threads, f);
     // No helper is inside a loop now (the last owner waited for them), so none reads `job`
     // until the loop opens.
     pool.job
@@ -212,7 +242,7 @@ pub(super) fn for_each_index(parallel: bool, count: usize, f: &(dyn Fn(usize) + 
         .store(epoch << EPOCH_SHIFT | OPEN, Ordering::SeqCst);
     let close = Close(pool);
     pool.wake(threads - 1);
-    job.work();
+    job.work(0);
     drop(close);
     assert!(
         !job.panicked.load(Ordering::Relaxed),
@@ -301,6 +331,44 @@ mod tests {
                 let squares = map_indices(parallel, count, |i| i * i);
                 assert_eq!(squares, (0..count).map(|i| i * i).collect::<Vec<_>>());
             }
+        }
+    }
+
+    #[test]
+    fn a_participant_takes_its_own_range_first_then_what_the_others_left() {
+        use std::sync::Mutex;
+        for (count, participants) in [(10, 2), (7, 3), (2, 4), (0, 2)] {
+            let order = Mutex::new(Vec::new());
+            let f = |i: usize| order.lock().unwrap().push(i);
+            let job = Job::new(count, participants, &f);
+            // The last participant alone (the others never came): its own range, in order,
+            // then every other range from the next one on, wrapping around.
+            job.work(participants - 1);
+            let own = count * (participants - 1) / participants;
+            let expected: Vec<usize> = (own..count).chain(0..own).collect();
+            assert_eq!(
+                *order.lock().unwrap(),
+                expected,
+                "{count} over {participants}"
+            );
+            // Nothing is left for a late participant.
+            job.work(0);
+            assert_eq!(order.lock().unwrap().len(), count);
+        }
+    }
+
+    #[test]
+    fn ranges_are_contiguous_and_cover_the_indices_once() {
+        for (count, participants) in [(10, 2), (7, 3), (2, 4), (1000, 7)] {
+            let job = Job::new(count, participants, &|_| {});
+            let mut at = 0;
+            for r in &job.ranges {
+                assert_eq!(r.next.load(Ordering::Relaxed), at);
+                assert!(r.end >= at);
+                at = r.end;
+            }
+            assert_eq!(at, count);
+            assert_eq!(job.helpers, participants - 1);
         }
     }
 
