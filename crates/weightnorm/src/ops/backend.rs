@@ -94,6 +94,9 @@ pub trait WeightNormBackend: Backend {
 
     /// `d - x * c`, `c` holding one value per slice of `x` along `keep`, in `g`'s keep-dims
     /// shape: the last step of [`Self::weight_norm_linear`]'s backward, `dv = G - v * c`.
+    /// `d` is taken by value so that a backend may write the result into its buffer when
+    /// nothing else holds it (`Flex` does, for f32 and f64: `G` is the fresh output of a
+    /// matmul).
     ///
     /// # Shapes
     ///

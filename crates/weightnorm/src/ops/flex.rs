@@ -60,10 +60,10 @@ impl WeightNormBackend for Flex {
         keep: Option<usize>,
     ) -> FlexTensor {
         match x.dtype() {
-            DType::F32 => sub_scaled::<f32>(&d, &x, &c, keep),
-            DType::F64 => sub_scaled::<f64>(&d, &x, &c, keep),
-            DType::F16 => sub_scaled::<f16>(&d, &x, &c, keep),
-            DType::BF16 => sub_scaled::<bf16>(&d, &x, &c, keep),
+            DType::F32 => sub_scaled::<f32>(d, &x, &c, keep),
+            DType::F64 => sub_scaled::<f64>(d, &x, &c, keep),
+            DType::F16 => sub_scaled::<f16>(d, &x, &c, keep),
+            DType::BF16 => sub_scaled::<bf16>(d, &x, &c, keep),
             _ => Flex::float_sub(d, Flex::float_mul(x, c)),
         }
     }
@@ -135,18 +135,90 @@ fn norms<T: Element>(v: &FlexTensor, keep: Option<usize>) -> FlexTensor {
     tensor_from(n, Shape::from(axis.g_shape(&shape)))
 }
 
+/// `d - x c`, written into `d`'s own buffer when `d` is a contiguous tensor of `x`'s shape
+/// that nothing else holds (the matmul output of the paper-form layer's backward), else into a
+/// new one.
 fn sub_scaled<T: Element>(
-    d: &FlexTensor,
+    mut d: FlexTensor,
     x: &FlexTensor,
     c: &FlexTensor,
     keep: Option<usize>,
 ) -> FlexTensor {
     let (shape, split) = view(x, keep);
-    let out = cpu::sub_scaled::<T>(
-        &contiguous::<T>(d),
-        &contiguous::<T>(x),
-        &contiguous::<T>(c),
-        split,
-    );
+    let numel = shape.num_elements();
+    let (xs, cs) = (contiguous::<T>(x), contiguous::<T>(c));
+    if d.dtype() == x.dtype()
+        && *d.layout().shape() == shape
+        && d.layout().contiguous_offsets() == Some((0, numel))
+        && let Some(storage) = d.try_storage_mut::<T>()
+        && storage.len() >= numel
+        && cpu::sub_scaled_in_place::<T>(&mut storage[..numel], &xs, &cs, split)
+    {
+        return d;
+    }
+    let out = cpu::sub_scaled::<T>(&contiguous::<T>(&d), &xs, &cs, split);
     tensor_from(out, shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(data: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
+        tensor_from(data, Shape::from(shape.to_vec()))
+    }
+
+    fn data_of(t: &FlexTensor) -> &[f32] {
+        t.as_slice::<f32>().expect("contiguous f32")
+    }
+
+    /// `d - x c` per column: into `d`'s own buffer when nothing else holds `d`, into a new
+    /// buffer (leaving `d` as it was) when it is shared or a strided view; the same values
+    /// every way.
+    #[test]
+    fn sub_scaled_updates_an_unshared_d_in_place_and_never_a_shared_one() {
+        let (rows, cols) = (37, 5);
+        let d: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let x: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 - 2.5).collect();
+        let c = vec![0.5f32, -1.0, 2.0, 0.0, 3.25];
+        let minus = |d: &[f32]| -> Vec<f32> {
+            (0..rows * cols)
+                .map(|i| d[i] - x[i] * c[i % cols])
+                .collect()
+        };
+        let (xt, ct) = (
+            tensor(x.clone(), [rows, cols]),
+            tensor(c.clone(), [1, cols]),
+        );
+        let sub = |d: FlexTensor| Flex::weight_norm_sub_scaled(d, xt.clone(), ct.clone(), Some(1));
+
+        let unshared = tensor(d.clone(), [rows, cols]);
+        let at = data_of(&unshared).as_ptr();
+        let out = sub(unshared);
+        assert_eq!(
+            data_of(&out).as_ptr(),
+            at,
+            "an unshared d is updated in place"
+        );
+        assert_eq!(data_of(&out), minus(&d).as_slice());
+
+        let shared = tensor(d.clone(), [rows, cols]);
+        let kept = shared.clone();
+        let out = sub(shared);
+        assert_eq!(data_of(&out), minus(&d).as_slice());
+        assert_eq!(data_of(&kept), d.as_slice(), "a shared d is left as it was");
+
+        // The transpose of a contiguous [cols, rows] tensor: a strided view, read, not written.
+        let base = tensor(d.clone(), [cols, rows]);
+        let out = sub(Flex::float_transpose(base.clone()));
+        let transposed: Vec<f32> = (0..rows * cols)
+            .map(|i| d[(i % cols) * rows + i / cols])
+            .collect();
+        assert_eq!(data_of(&out), minus(&transposed).as_slice());
+        assert_eq!(
+            data_of(&base),
+            d.as_slice(),
+            "a view's buffer is left as it was"
+        );
+    }
 }

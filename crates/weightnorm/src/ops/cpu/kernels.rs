@@ -4,8 +4,8 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::schedule::{
-    Store, filled, for_each_row, for_each_run, map_slice_blocks, map_slices, simd, single_pass,
-    slice_sums,
+    Store, filled, for_each_row, for_each_row_in_place, for_each_run, for_each_run_in_place,
+    map_slice_blocks, map_slices, simd, single_pass, slice_sums,
 };
 use super::sums::{
     Acc, BLOCK, Dot, LEAF, Real, SHORT, SqDot, clamp_norm, dot, dot_short, rescaled_norm,
@@ -529,6 +529,54 @@ pub(crate) fn sub_scaled<T: Real>(ds: &[T], xs: &[T], cs: &[T], split: [usize; 3
     }
 }
 
+/// [`sub_scaled`] into `ds` itself: `d = d - x c` with the same expression per element, so the
+/// same bits, but no output buffer the size of `d` (a fresh buffer's lines are read from memory
+/// before they are written: a quarter of the traffic of the out-of-place pass). For f32 and
+/// f64; the half types (computed through f32) return `false` with `ds` untouched.
+///
+/// # Panics
+///
+/// If the lengths do not fit `split` (see `check_lengths`).
+pub(crate) fn sub_scaled_in_place<T: Real>(
+    ds: &mut [T],
+    xs: &[T],
+    cs: &[T],
+    split: [usize; 3],
+) -> bool {
+    check_lengths(split, xs.len(), cs.len(), Some(ds.len()));
+    let (Some(d), Some(x)) = (T::as_acc_mut(ds), T::as_acc(xs)) else {
+        return false;
+    };
+    let [_, n, inner] = split;
+    let c: Vec<T::A> = cs.iter().map(|c| c.up()).collect();
+    let one = T::A::from_f64(1.0);
+    if inner == 1 {
+        for_each_row_in_place(d, x, n, |d, x| {
+            simd(
+                #[inline(always)]
+                || {
+                    for ((d, &x), &c) in d.iter_mut().zip(x).zip(&c) {
+                        *d = one * *d - c * x;
+                    }
+                },
+            )
+        });
+    } else {
+        for_each_run_in_place(d, x, split, |j, d, x| {
+            let c = c[j];
+            simd(
+                #[inline(always)]
+                || {
+                    for (d, &x) in d.iter_mut().zip(x) {
+                        *d = one * *d - c * x;
+                    }
+                },
+            )
+        });
+    }
+    true
+}
+
 /// `w = g * v / max(||v||, eps)` on contiguous `v` of `shape`, `g` holding one value per slice
 /// along `axis`.
 pub(crate) fn weight_norm<T: Real>(
@@ -895,7 +943,7 @@ mod tests {
 
     /// `sub_scaled` gives `d - x c` to the bit (it computes `1 * d - c * x`, and `1 * d` is
     /// `d`) on every schedule, including large outputs that are streamed, for f32 and f64, and
-    /// within one rounding for the half types.
+    /// within one rounding for the half types; in place, the same bits for f32 and f64.
     #[test]
     fn sub_scaled_is_d_minus_x_times_c() {
         let big = super::super::schedule::STREAM_MIN_BYTES / 4 + 2049;
@@ -908,17 +956,32 @@ mod tests {
             let [_, n, inner] = split;
             let expected = |i: usize| d[i] - x[i] * c[(i / inner.max(1)) % n.max(1)];
             let got = sub_scaled::<f64>(&d, &x, &c, split);
+            let mut in_place = d.clone();
+            assert!(sub_scaled_in_place::<f64>(&mut in_place, &x, &c, split));
             assert_eq!(got.len(), len);
-            for (i, g) in got.iter().enumerate() {
+            for (i, (g, p)) in got.iter().zip(&in_place).enumerate() {
                 assert_eq!(g.to_bits(), expected(i).to_bits(), "f64 {split:?} at {i}");
+                assert_eq!(
+                    p.to_bits(),
+                    expected(i).to_bits(),
+                    "f64 in place {split:?} at {i}"
+                );
             }
             let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
             let (d32, x32, c32) = (f(&d), f(&x), f(&c));
             let got = sub_scaled::<f32>(&d32, &x32, &c32, split);
-            for (i, g) in got.iter().enumerate() {
+            let mut in_place = d32.clone();
+            assert!(sub_scaled_in_place::<f32>(&mut in_place, &x32, &c32, split));
+            for (i, (g, p)) in got.iter().zip(&in_place).enumerate() {
                 let e = d32[i] - x32[i] * c32[(i / inner.max(1)) % n.max(1)];
                 assert_eq!(g.to_bits(), e.to_bits(), "f32 {split:?} at {i}");
+                assert_eq!(p.to_bits(), e.to_bits(), "f32 in place {split:?} at {i}");
             }
+            // The half types are not updated in place: nothing is written.
+            let mut halves = vec![f16::ONE; len];
+            let (xh, ch) = (vec![f16::ONE; len], vec![f16::ONE; split[1]]);
+            assert!(!sub_scaled_in_place::<f16>(&mut halves, &xh, &ch, split));
+            assert!(halves.iter().all(|&h| h == f16::ONE));
             if len < 1 << 20 {
                 let h = |v: &[f64]| v.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>();
                 let got = sub_scaled::<f16>(&h(&d), &h(&x), &h(&c), split);

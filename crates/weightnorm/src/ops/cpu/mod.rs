@@ -32,7 +32,7 @@ mod pool;
 mod schedule;
 mod sums;
 
-pub(crate) use kernels::{backward, forward, norms, sub_scaled, weight_norm};
+pub(crate) use kernels::{backward, forward, norms, sub_scaled, sub_scaled_in_place, weight_norm};
 /// An element type the kernels handle: f32, f64, f16, bf16.
 pub(crate) use sums::Real as Element;
 

@@ -400,6 +400,54 @@ pub(super) fn for_each_row<T: Sync + Send>(
     });
 }
 
+/// [`for_each_row`] updating `d` in place: `f(d_row, x_row)` for every row of `n` elements
+/// (the kept axis is the last), the rows handed out as [`for_each_row`] hands them out.
+pub(super) fn for_each_row_in_place<A: Sync + Send>(
+    d: &mut [A],
+    x: &[A],
+    n: usize,
+    f: impl Fn(&mut [A], &[A]) + Sync + Send,
+) {
+    assert_eq!(x.len(), d.len());
+    if d.is_empty() {
+        return;
+    }
+    let rows_per_task = (CHUNK / n).max(1);
+    let (len, task) = (d.len(), n * rows_per_task);
+    for_each_chunk_mut(parallel(len), d, task, true, |c, part| {
+        let xs = &x[chunk_of(c, task, len)];
+        for (d, x) in part.chunks_mut(n).zip(xs.chunks(n)) {
+            f(d, x);
+        }
+    });
+}
+
+/// [`for_each_run`] updating `d` in place: `f(j, d_run, x_run)` for every run of (at most)
+/// `inner` contiguous elements of slice `j`.
+pub(super) fn for_each_run_in_place<A: Sync + Send>(
+    d: &mut [A],
+    x: &[A],
+    [_, n, inner]: [usize; 3],
+    f: impl Fn(usize, &mut [A], &[A]) + Sync + Send,
+) {
+    assert_eq!(x.len(), d.len());
+    if d.is_empty() {
+        return;
+    }
+    let len = d.len();
+    for_each_chunk_mut(parallel(len), d, CHUNK, true, |c, part| {
+        let xs = &x[chunk_of(c, CHUNK, len)];
+        let start = c * CHUNK;
+        let mut p = 0;
+        while p < part.len() {
+            let run = (start + p) / inner;
+            let end = ((run + 1) * inner - start).min(part.len());
+            f(run % n, &mut part[p..end], &xs[p..end]);
+            p = end;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -606,6 +606,8 @@ pub(crate) trait Real: Copy + Send + Sync + bytemuck::Pod + burn::tensor::Elemen
     fn as_acc(xs: &[Self]) -> Option<&[Self::A]>;
     /// The same for an output.
     fn as_acc_out(out: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<Self::A>]>;
+    /// The same for elements updated in place.
+    fn as_acc_mut(xs: &mut [Self]) -> Option<&mut [Self::A]>;
     /// `out[i] = up(xs[i])` (exact), over equal lengths.
     fn up_slice(xs: &[Self], out: &mut [Self::A]);
     /// `out[i] = down(xs[i])`, over equal lengths.
@@ -632,6 +634,10 @@ macro_rules! real_in_itself {
             #[inline(always)]
             fn as_acc_out(out: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<$t>]> {
                 Some(out)
+            }
+            #[inline(always)]
+            fn as_acc_mut(xs: &mut [Self]) -> Option<&mut [$t]> {
+                Some(xs)
             }
             #[inline(always)]
             fn up_slice(xs: &[Self], out: &mut [$t]) {
@@ -668,6 +674,9 @@ macro_rules! real_in_f32 {
                 None
             }
             fn as_acc_out(_: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]> {
+                None
+            }
+            fn as_acc_mut(_: &mut [Self]) -> Option<&mut [f32]> {
                 None
             }
             #[inline(always)]
