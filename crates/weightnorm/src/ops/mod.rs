@@ -32,9 +32,12 @@
 //! front to back in four chains of eight lanes with AVX where the CPU has it (the same bits as
 //! the portable code), run tensors of fewer than 64 Ki elements on the calling thread and share
 //! larger ones between it and helper threads that join while it works
-//! (`rayon::current_num_threads()` threads in all), and write outputs of 16 MiB and more with
-//! streaming stores (no read of the line before it is written). `weightnorm bench` (the CLI)
-//! times every case beside a copy of the same bytes.
+//! (`rayon::current_num_threads()` threads in all), each thread on the same part of the data
+//! call after call. Outputs are written with plain stores; [`set_streaming_stores`] switches
+//! large ones to streaming stores (no read of the line before it is written), which may pay on
+//! a machine whose memory bandwidth is the limit: measure first (on the machine this was
+//! measured on, a 4096x4096 forward took 3.5-4.0 ms with plain stores, 4.8-7.3 ms streamed).
+//! `weightnorm bench` (the CLI) times every case beside a copy of the same bytes.
 //!
 //! ## In training: the paper's form
 //!
@@ -93,6 +96,33 @@ mod flex;
 pub(crate) use cpu as slices;
 
 pub use backend::{WeightNormBackend, composed_backward, composed_forward};
+
+/// Writes the CPU kernels' outputs of `min_bytes` bytes and more with streaming (non-temporal)
+/// stores, or none with `None` (the default). Without a call, the environment variable
+/// `WEIGHTNORM_STREAM_MIN_BYTES` (a size in bytes) sets it, read at the first kernel call.
+///
+/// A streaming store writes a whole cache line without reading it from memory first, which
+/// saves a third of a forward's memory traffic when the output does not fit in the cache; but
+/// the output is then not in the cache for what reads it next, and on the machine this was
+/// measured on (a 2-core virtual machine on an AMD EPYC), plain stores were faster at every
+/// alignment of the output. What is computed does not depend on it: the results are the same
+/// bits either way. `weightnorm bench` prints the setting it ran with.
+///
+/// ```
+/// weightnorm::ops::set_streaming_stores(Some(16 << 20));
+/// assert_eq!(weightnorm::ops::streaming_stores(), Some(16 << 20));
+/// weightnorm::ops::set_streaming_stores(None);
+/// assert_eq!(weightnorm::ops::streaming_stores(), None);
+/// ```
+pub fn set_streaming_stores(min_bytes: Option<usize>) {
+    cpu::set_stream_min_bytes(min_bytes);
+}
+
+/// The size from which the CPU kernels write their outputs with streaming stores, if any (see
+/// [`set_streaming_stores`]).
+pub fn streaming_stores() -> Option<usize> {
+    cpu::stream_min_bytes()
+}
 
 use backend::{compute_dtype, float_dtype};
 

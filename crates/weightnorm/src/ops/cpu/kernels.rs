@@ -875,11 +875,14 @@ mod tests {
         check_write::<bf16>(bf16::from_f64);
     }
 
-    /// Outputs of 16 MiB and more are streamed: every schedule still writes every element
-    /// right (against the f64 definition).
+    /// Outputs streamed (from 16 MiB here): every schedule still writes every element right
+    /// (against the f64 definition). (Other tests may run meanwhile with streaming on: what
+    /// they compute does not depend on the stores.)
     #[test]
     fn large_outputs_are_written_whole_and_right() {
-        let len = super::super::schedule::STREAM_MIN_BYTES / 4 + 2049;
+        let min = super::super::schedule::STREAM_MIN_BYTES;
+        super::super::schedule::set_stream_min_bytes(Some(min));
+        let len = min / 4 + 2049;
         for split in [
             [1, 2051, len / 2051],
             [1, 1, len],
@@ -946,7 +949,9 @@ mod tests {
     /// within one rounding for the half types; in place, the same bits for f32 and f64.
     #[test]
     fn sub_scaled_is_d_minus_x_times_c() {
-        let big = super::super::schedule::STREAM_MIN_BYTES / 4 + 2049;
+        let min = super::super::schedule::STREAM_MIN_BYTES;
+        super::super::schedule::set_stream_min_bytes(Some(min));
+        let big = min / 4 + 2049;
         let mut splits = SPLITS.to_vec();
         splits.extend([[big / 2051, 2051, 1], [3, 5, big / 15]]);
         for split in splits {

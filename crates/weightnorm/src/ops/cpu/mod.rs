@@ -11,12 +11,13 @@
 //!   over leaves read front to back in independent chains of eight lanes, with AVX where the
 //!   CPU has it; the per-slice sums a pass gathers, column-wise in register strips when the
 //!   kept axis is the last), half types widened a block at a time, and streaming stores.
-//! - [`pool`]: the parallel loops: the calling thread and helper threads claim indices from one
-//!   counter, so the caller never waits for a thread to wake up (rayon's `current_num_threads`
-//!   threads in all).
+//! - [`pool`]: the parallel loops: the calling thread and helper threads claim indices, each
+//!   from its own contiguous range first, then from the others', so the caller never waits for
+//!   a thread to wake up (rayon's `current_num_threads` threads in all).
 //! - [`schedule`]: how the work is cut into slices, runs, rows and fixed chunks and spread over
 //!   the threads of [`pool`] (only from 64 Ki elements: smaller work runs on the calling
-//!   thread), which outputs are streamed (16 MiB and more), and the AVX2 dispatch.
+//!   thread), which outputs are streamed (none unless asked: [`set_stream_min_bytes`]), and
+//!   the AVX2 dispatch.
 //! - [`kernels`]: the forward, the backward and the norms on slices, and how an output element
 //!   is written (the definitions' expressions, whatever the store).
 //!
@@ -33,6 +34,7 @@ mod schedule;
 mod sums;
 
 pub(crate) use kernels::{backward, forward, norms, sub_scaled, sub_scaled_in_place, weight_norm};
+pub(crate) use schedule::{set_stream_min_bytes, stream_min_bytes};
 /// An element type the kernels handle: f32, f64, f16, bf16.
 pub(crate) use sums::Real as Element;
 

@@ -13,15 +13,19 @@
 //! Threads only where they pay: an operation on fewer than [`PARALLEL_MIN`] elements runs on the
 //! calling thread, over the same chunks; larger ones are shared between the calling thread and
 //! the helpers of [`super::pool`] (no task is handed to rayon, whose workers the caller would
-//! wait for). Outputs of
-//! [`STREAM_MIN_BYTES`] and more are written with streaming stores ([`Store`]): they would not
-//! stay in the cache anyway, and a streaming store does not read the line from memory before
-//! writing it, which saves a third of the traffic of a forward.
+//! wait for). Outputs are written with plain stores unless [`set_stream_min_bytes`] (or the
+//! environment variable `WEIGHTNORM_STREAM_MIN_BYTES`) asks for streaming stores ([`Store`])
+//! from some size on: a streaming store does not read the line before writing it, which saves
+//! a third of the traffic of a forward where memory is the limit, but on the machine this was
+//! measured on (a 2-core virtual machine on an AMD EPYC) plain stores were faster at every
+//! alignment of the output (a 4096x4096 forward: 3.5-4.0 ms against 4.8-7.3 ms streamed, the
+//! slowest when the output started 48 bytes past a cache line).
 //!
 //! Chunk boundaries never depend on the thread count, so results are bit-identical whatever the
 //! size of the thread pool, whether the work ran on one thread, and however it was stored.
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::pool::{Parts, for_each_chunk_mut, map_indices};
 use super::sums::{Acc, Real, Sums, fence, pairwise, pairwise_vecs};
@@ -39,9 +43,49 @@ const GROUP: usize = 1 << 14;
 /// [`super::pool`], which cost it no wake-up wait (it never waits for a helper to start).
 pub(super) const PARALLEL_MIN: usize = 1 << 16;
 
-/// Outputs of at least this many bytes (16 MiB, half of a large last-level cache) are written
-/// with streaming stores.
+/// The threshold of streaming stores in the tests that exercise them, and the value to try on
+/// a machine where they pay (half of a large last-level cache).
+#[cfg(test)]
 pub(super) const STREAM_MIN_BYTES: usize = 16 << 20;
+
+/// No output is streamed.
+const NEVER: usize = usize::MAX;
+/// Not read from the environment yet.
+const UNSET: usize = usize::MAX - 1;
+
+/// Outputs of at least this many bytes are written with streaming stores; [`NEVER`] (the
+/// default) or [`UNSET`].
+static STREAM_MIN: AtomicUsize = AtomicUsize::new(UNSET);
+
+/// The size from which outputs are written with streaming stores, if any: as
+/// [`set_stream_min_bytes`] set it, else from `WEIGHTNORM_STREAM_MIN_BYTES` (bytes), read once;
+/// by default none.
+pub(crate) fn stream_min_bytes() -> Option<usize> {
+    let mut min = STREAM_MIN.load(Ordering::Relaxed);
+    if min == UNSET {
+        let from_env = std::env::var("WEIGHTNORM_STREAM_MIN_BYTES")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map_or(NEVER, |b| b.min(UNSET - 1));
+        // A value set meanwhile wins over the environment's.
+        min = match STREAM_MIN.compare_exchange(
+            UNSET,
+            from_env,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => from_env,
+            Err(set) => set,
+        };
+    }
+    (min != NEVER).then_some(min)
+}
+
+/// Sets the size (bytes) from which outputs are written with streaming stores, or none.
+pub(crate) fn set_stream_min_bytes(min: Option<usize>) {
+    let min = min.map_or(NEVER, |b| b.min(UNSET - 1));
+    STREAM_MIN.store(min, Ordering::Relaxed);
+}
 
 /// How a kernel writes its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +97,17 @@ pub(super) enum Store {
 }
 
 impl Store {
-    /// The stores for an output of `len` elements of `T`.
+    /// The stores for an output of `len` elements of `T`, as [`stream_min_bytes`] says.
     pub(super) fn for_output<T: Real>(len: usize) -> Self {
-        if len.saturating_mul(size_of::<T>()) >= STREAM_MIN_BYTES {
-            Self::Streaming
-        } else {
-            Self::Cached
+        Self::for_output_from::<T>(len, stream_min_bytes())
+    }
+
+    /// The stores for an output of `len` elements of `T` when outputs of `min` bytes and more
+    /// are streamed.
+    pub(super) fn for_output_from<T: Real>(len: usize, min: Option<usize>) -> Self {
+        match min {
+            Some(min) if len.saturating_mul(size_of::<T>()) >= min => Self::Streaming,
+            _ => Self::Cached,
         }
     }
 }
@@ -719,13 +768,18 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![here]
         );
+        let min = Some(STREAM_MIN_BYTES);
         assert_eq!(
-            Store::for_output::<f32>(STREAM_MIN_BYTES / 4 - 1),
+            Store::for_output_from::<f32>(STREAM_MIN_BYTES / 4 - 1, min),
             Store::Cached
         );
         assert_eq!(
-            Store::for_output::<f64>(STREAM_MIN_BYTES / 8),
+            Store::for_output_from::<f64>(STREAM_MIN_BYTES / 8, min),
             Store::Streaming
+        );
+        assert_eq!(
+            Store::for_output_from::<f64>(usize::MAX, None),
+            Store::Cached
         );
     }
 }
