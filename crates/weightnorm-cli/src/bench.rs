@@ -20,8 +20,8 @@ use weightnorm::NormAxis;
 use weightnorm::canonical::canonicalize;
 use weightnorm::nn::{WnLinear, WnLinearConfig};
 use weightnorm::ops::{
-    WeightNormBackend, composed_backward, composed_forward, norm_except_dim, weight_norm,
-    weight_norm_composed,
+    WeightNormBackend, composed_backward, composed_forward, norm_except_dim, streaming_stores,
+    weight_norm, weight_norm_composed,
 };
 use weightnorm::torch::{TensorEntry, from_arch};
 
@@ -82,9 +82,12 @@ ones; the training steps run on the device; canonicalization runs on the CPU as
 The allocator: every command of this binary raises glibc's mmap_threshold and trim_threshold
 (see the first line of the output); `WEIGHTNORM_MALLOC=default weightnorm bench` measures glibc's
 defaults instead. `--threads N` sizes rayon's pool, which Burn's CPU backend (matrix products
-included) uses; the fused kernels use as many threads (the caller and helpers).
+included) uses; the fused kernels use as many threads (the caller and helpers). The kernels
+write with plain stores; WEIGHTNORM_STREAM_MIN_BYTES=N streams outputs of N bytes and more
+(the first line says which).
 
-JSON (--json): {\"device\", \"threads\": N, \"allocator\": {...}, \"cases\": [{\"name\", \"shape\",
+JSON (--json): {\"device\", \"threads\": N, \"allocator\": {...}, \"streaming_stores_from\":
+bytes or null, \"cases\": [{\"name\", \"shape\",
 \"median_ms\", \"runs\", \"bytes\", \"gbps\"}, ...], \"train_overheads\": [{\"batch\", \"kind\"
 (wn or wn-linear), \"percent\", \"pairs\" (the rounds)}, ...]} (bytes and gbps null for the
 training steps).
@@ -105,8 +108,9 @@ pub struct BenchArgs {
     /// One run per case and no warm-up: checks that every case runs, measures nothing.
     #[arg(long, conflicts_with = "runs")]
     pub quick: bool,
-    /// Exactly this many timed runs per case. Without it: up to 15, fewer (at least 3) for a
-    /// case whose runs take more than 3 s in all.
+    /// Exactly this many timed runs per case. Without it: 15, more (up to 1001) while a case has
+    /// run for less than 0.25 s, fewer (at least 3) for a case whose runs take more than 3 s in
+    /// all.
     #[arg(long)]
     pub runs: Option<usize>,
     /// Only the cases whose name and shape, as `NAME SHAPE` (e.g. `fused forward 4096x4096
@@ -148,6 +152,11 @@ impl Plan {
     const BUDGET: Duration = Duration::from_secs(3);
     const MIN_RUNS: usize = 3;
     const MAX_RUNS: usize = 15;
+    /// A fast case keeps running past [`Plan::MAX_RUNS`] until this much time is spent (up to
+    /// [`Plan::MANY_RUNS`] runs): its median then spans the machine's slower swings (another
+    /// process, the clock) rather than a few milliseconds of them.
+    const MIN_TIME: Duration = Duration::from_millis(250);
+    const MANY_RUNS: usize = 1001;
     /// Rounds of the paired training steps: more, as the overhead is a small difference.
     const PAIRS: usize = 61;
 }
@@ -170,9 +179,14 @@ fn time_with<S>(plan: Plan, mut setup: impl FnMut() -> S, mut run: impl FnMut(S)
     }
     let mut times = Vec::new();
     let started = Instant::now();
-    while times.len() < plan.runs.max(1)
-        && !(plan.adaptive && times.len() >= Plan::MIN_RUNS && started.elapsed() > Plan::BUDGET)
-    {
+    let more = |made: usize, spent: Duration| {
+        if !plan.adaptive {
+            return made < plan.runs.max(1);
+        }
+        (made < plan.runs || (spent < Plan::MIN_TIME && made < Plan::MANY_RUNS))
+            && !(made >= Plan::MIN_RUNS && spent > Plan::BUDGET)
+    };
+    while more(times.len(), started.elapsed()) {
         let s = setup();
         let t0 = Instant::now();
         run(s);
@@ -798,8 +812,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         json: args.json,
     };
     if !args.json {
+        let stores = match streaming_stores() {
+            Some(min) => format!("streaming stores from {min} bytes"),
+            None => "plain stores".to_string(),
+        };
         println!(
-            "weightnorm bench on {}: {threads} threads; allocator: {allocator}",
+            "weightnorm bench on {}: {threads} threads; allocator: {allocator}; {stores}",
             args.device
         );
         println!(
@@ -850,6 +868,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "device": args.device.to_string(),
             "threads": threads,
             "allocator": allocator.json(),
+            "streaming_stores_from": streaming_stores(),
             "cases": cases,
             "train_overheads": overheads,
         });

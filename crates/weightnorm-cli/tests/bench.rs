@@ -5,6 +5,43 @@ mod common;
 
 use common::{ok, run};
 
+/// `WEIGHTNORM_STREAM_MIN_BYTES` switches the kernels' large outputs to streaming stores, and
+/// the bench says so (in the JSON and on the table's first line).
+#[test]
+fn the_streaming_threshold_from_the_environment_is_reported() {
+    let bench = |json: bool| {
+        let mut args = vec!["bench", "--quick", "--filter", "fused forward 784x128"];
+        if json {
+            args.push("--json");
+        }
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_weightnorm"))
+            .args(&args)
+            .env("WEIGHTNORM_STREAM_MIN_BYTES", "1048576")
+            .output()
+            .expect("the binary runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bench(true)).expect("JSON");
+    assert_eq!(v["streaming_stores_from"], 1048576);
+    let table = String::from_utf8(bench(false)).expect("UTF-8");
+    let first = table.lines().next().unwrap_or_default();
+    assert!(
+        first.ends_with("streaming stores from 1048576 bytes"),
+        "{first}"
+    );
+    let plain = ok(&["bench", "--quick", "--filter", "fused forward 784x128"]);
+    let first = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        first
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .ends_with("; plain stores"),
+        "{first}"
+    );
+}
+
 #[test]
 fn quick_json_names_every_case_with_positive_figures() {
     let o = ok(&["bench", "--quick", "--json", "--threads", "1"]);
@@ -14,6 +51,10 @@ fn quick_json_names_every_case_with_positive_figures() {
         v["allocator"]["text"]
             .as_str()
             .is_some_and(|t| !t.is_empty())
+    );
+    assert!(
+        v["streaming_stores_from"].is_null(),
+        "plain stores by default"
     );
     let cases = v["cases"].as_array().expect("cases");
     let find = |name: &str, shape: &str| {
