@@ -45,10 +45,11 @@
 //! differentiates through it: a forward and a backward over the whole weight on top of the
 //! layer's own products. For a linear layer, [`weight_norm_linear`] gets the one sum the
 //! backward needs per unit, `sum(dw * v)`, from the batch instead (`sum_rows(dy * x v)`), and
-//! adds only a read of `v` (the norms) and one pass writing `dv`: on an MLP 784-1024-1024-10
-//! with Adam on a 2-core AMD EPYC, the step's overhead over plain layers falls from +7-12% to
-//! -4-2% at batch 16 and from +16-19% to +7-14% at batch 128 (`weightnorm bench --filter
-//! "train step"`).
+//! adds only a read of `v` (the norms) and one pass updating `G = x^T du` into `dv` in place:
+//! on an MLP 784-1024-1024-10 with Adam on a 2-core AMD EPYC (four runs), the step's overhead
+//! over plain layers falls from +9-16% to -5-+6% at batch 16 and from +10-12% to +4-10% at
+//! batch 128 (`weightnorm bench --filter "train step"`). The two weight-sized passes take
+//! 4.5% of the step's CPU time at batch 128: they, not the bookkeeping, are what is left.
 //!
 //! ## What your binary should do about the allocator
 //!
@@ -57,8 +58,8 @@
 //! the kernel when it is freed; it also returns the free top of its heap once that exceeds
 //! 128 KiB (`trim_threshold`). Every call on a large weight then faults its output in page by
 //! page: a forward on a 4096x4096 f32 weight takes 16,385 page faults per call (none with the
-//! settings below), which makes it four to five times slower (on a 2-core AMD EPYC, 25-28 ms
-//! against 6 ms, where a warm copy of the same 64 MiB takes 2.7 ms); a training step of an MLP
+//! settings below), which makes it four to six times slower (on a 2-core AMD EPYC, 22.8 ms
+//! against 3.9 ms, where a warm copy of the same 64 MiB takes 2.7-4.5 ms); a training step of an MLP
 //! 784-1024-1024-10 at batch 128 took 5,805 faults (none with the settings below). A library
 //! cannot choose the process's allocator, so a binary that trains or runs large weights should
 //! raise both thresholds first thing in `main`, before any thread starts (the `weightnorm` CLI
