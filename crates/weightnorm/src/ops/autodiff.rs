@@ -2,15 +2,15 @@
 //! analytic formula of [`WeightNormBackend::weight_norm_backward`], and one for the paper-form
 //! linear layer [`WeightNormBackend::weight_norm_linear`].
 
+use burn::backend::AutodiffBackend;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{AutodiffBackend, TensorMetadata, get_or_init_device_settings};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
-use super::backend::WeightNormBackend;
+use super::backend::{LINEAR_KEEP, WeightNormBackend, clamp_norm, v_coefficient};
 
 #[derive(Debug)]
 struct WeightNormNode;
@@ -63,15 +63,6 @@ struct WnLinearState<B: WeightNormBackend> {
     eps: f64,
 }
 
-/// `max(norm, eps)`.
-fn clamped<B: WeightNormBackend>(norm: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
-    if eps > 0.0 {
-        B::float_clamp_min(norm, eps.into())
-    } else {
-        norm
-    }
-}
-
 impl<B: WeightNormBackend> Backward<B, 3> for WnLinearNode {
     type State = WnLinearState<B>;
 
@@ -91,7 +82,7 @@ impl<B: WeightNormBackend> Backward<B, 3> for WnLinearNode {
             u,
             eps,
         } = ops.state;
-        let n = clamped::<B>(norm.clone(), eps);
+        let n = clamp_norm::<B>(norm.clone(), eps);
         // y = u s with s = g / n: du = dy s, and the gradient of s is sum_rows(dy u).
         let s = B::float_div(g.clone(), n.clone());
         let du = B::float_mul(dy.clone(), s);
@@ -106,14 +97,8 @@ impl<B: WeightNormBackend> Backward<B, 3> for WnLinearNode {
         if let Some(node) = node_v {
             let gp = B::float_matmul(B::float_transpose(x), du);
             // c = g ds / n^3, zero where the norm is clamped (s does not depend on v there).
-            let n3 = B::float_mul(B::float_mul(n.clone(), n.clone()), n);
-            let mut c = B::float_div(B::float_mul(g, ds), n3);
-            if eps > 0.0 {
-                let bool_dtype = get_or_init_device_settings::<B>(&norm.device()).bool_dtype;
-                let below = B::float_lower_elem(norm, eps.into(), bool_dtype);
-                c = B::float_mask_fill(c, below, 0.0.into());
-            }
-            grads.register::<B>(node.id, B::weight_norm_sub_scaled(gp, v, c, Some(1)));
+            let c = v_coefficient::<B>(g, ds, n, norm, eps);
+            grads.register::<B>(node.id, B::weight_norm_sub_scaled(gp, v, c, LINEAR_KEEP));
         }
     }
 }
@@ -174,8 +159,8 @@ impl<B: WeightNormBackend, C: CheckpointStrategy> WeightNormBackend for Autodiff
         let (x, v, g) = (x.into_primitive(), v.into_primitive(), g.into_primitive());
         match prep {
             OpsKind::Tracked(prep) => {
-                let norm = B::weight_norm_norms(v.clone(), Some(1));
-                let s = B::float_div(g.clone(), clamped::<B>(norm.clone(), eps));
+                let norm = B::weight_norm_norms(v.clone(), LINEAR_KEEP);
+                let s = B::float_div(g.clone(), clamp_norm::<B>(norm.clone(), eps));
                 let u = B::float_matmul(x.clone(), v.clone());
                 let y = B::float_mul(u.clone(), s);
                 let state = WnLinearState {

@@ -23,6 +23,10 @@ use burn::tensor::{DType, FloatDType, Shape};
 
 use crate::NormAxis;
 
+/// The axis the paper-form linear layer keeps in its `v` (`[d_in, d_out]`): the output units, as
+/// the layout table says for a `Linear` weight.
+pub(crate) const LINEAR_KEEP: Option<usize> = Some(crate::LayerKind::Linear.unit_axes().output);
+
 /// Weight normalization as a Burn backend extension.
 ///
 /// The default bodies compose primitive operations and work on every backend; a backend may
@@ -134,12 +138,7 @@ pub trait WeightNormBackend: Backend {
         g: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        let norm = Self::weight_norm_norms(v.clone(), Some(1));
-        let norm = if eps > 0.0 {
-            Self::float_clamp_min(norm, eps.into())
-        } else {
-            norm
-        };
+        let norm = clamp_norm::<Self>(Self::weight_norm_norms(v.clone(), LINEAR_KEEP), eps);
         let s = Self::float_div(g, norm);
         Self::float_mul(Self::float_matmul(x, v), s)
     }
@@ -204,13 +203,39 @@ pub fn composed_forward<B: Backend>(
     let v = upcast::<B>(v);
     let g = upcast::<B>(g);
     let norm = B::float_sqrt(sum_except::<B>(B::float_mul(v.clone(), v.clone()), keep));
-    let norm = if eps > 0.0 {
+    let w = B::float_mul(v, B::float_div(g, clamp_norm::<B>(norm, eps)));
+    downcast::<B>(w, dtype)
+}
+
+/// `max(norm, eps)`: the norm a weight-normalized weight is divided by (`norm` itself without an
+/// epsilon).
+pub(crate) fn clamp_norm<B: Backend>(norm: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    if eps > 0.0 {
         B::float_clamp_min(norm, eps.into())
     } else {
         norm
-    };
-    let w = B::float_mul(v, B::float_div(g, norm));
-    downcast::<B>(w, dtype)
+    }
+}
+
+/// The coefficient of `v` in the backward, `g s / n^3` (`n` the clamped norm, `s` the slice's
+/// `sum(dw * v)`), zero where the raw norm is below `eps`: `n = eps` does not depend on `v`
+/// there. Shared by the composed backward and the paper-form linear layer's node.
+pub(crate) fn v_coefficient<B: Backend>(
+    g: FloatTensor<B>,
+    s: FloatTensor<B>,
+    n: FloatTensor<B>,
+    raw: FloatTensor<B>,
+    eps: f64,
+) -> FloatTensor<B> {
+    let n3 = B::float_mul(B::float_mul(n.clone(), n.clone()), n);
+    let c = B::float_div(B::float_mul(g, s), n3);
+    if eps > 0.0 {
+        let bool_dtype = get_or_init_device_settings::<B>(&raw.device()).bool_dtype;
+        let below = B::float_lower_elem(raw, eps.into(), bool_dtype);
+        B::float_mask_fill(c, below, 0.0.into())
+    } else {
+        c
+    }
 }
 
 /// The analytic backward of [`WeightNormBackend`] from primitive operations.
@@ -227,21 +252,10 @@ pub fn composed_backward<B: Backend>(
     let dw = upcast::<B>(dw);
     let raw = B::float_sqrt(sum_except::<B>(B::float_mul(v.clone(), v.clone()), keep));
     let s = sum_except::<B>(B::float_mul(dw.clone(), v.clone()), keep);
-    let norm = if eps > 0.0 {
-        B::float_clamp_min(raw.clone(), eps.into())
-    } else {
-        raw.clone()
-    };
+    let norm = clamp_norm::<B>(raw.clone(), eps);
     let dg = B::float_div(s.clone(), norm.clone());
     let a = B::float_div(g.clone(), norm.clone());
-    // b = g s / n^3, the coefficient of v; zero where the norm is clamped to eps.
-    let n3 = B::float_mul(B::float_mul(norm.clone(), norm.clone()), norm);
-    let mut b = B::float_div(B::float_mul(g, s), n3);
-    if eps > 0.0 {
-        let bool_dtype = get_or_init_device_settings::<B>(&raw.device()).bool_dtype;
-        let clamped = B::float_lower_elem(raw, eps.into(), bool_dtype);
-        b = B::float_mask_fill(b, clamped, 0.0.into());
-    }
+    let b = v_coefficient::<B>(g, s, norm, raw, eps);
     let dv = B::float_sub(B::float_mul(dw, a), B::float_mul(v, b));
     (downcast::<B>(dv, dtype), downcast::<B>(dg, dtype))
 }
