@@ -379,7 +379,7 @@ pub(crate) fn backward<T: Real>(
     eps: f64,
 ) -> (Vec<T>, Vec<T>) {
     check_lengths(split, vs.len(), gs.len(), Some(ds.len()));
-    let [outer, n, inner] = split;
+    let [outer, _, inner] = split;
     let eps = T::A::from_f64(eps);
     let store = Store::for_output::<T>(vs.len());
 
@@ -459,30 +459,9 @@ pub(crate) fn backward<T: Real>(
         })
         .unzip();
     let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
-    // SAFETY: as in `forward`; `write` writes all of a row (`a` and `b` are `n` long) and all
-    // of a run.
-    let mut dv = unsafe {
-        filled::<T>(vs.len(), |out| {
-            if inner == 1 {
-                let a: Vec<T::A> = coef.iter().map(|c| c.1).collect();
-                let b: Vec<T::A> = coef.iter().map(|c| c.2).collect();
-                for_each_row(out, vs, ds, n, |o, x, d| {
-                    simd(
-                        #[inline(always)]
-                        || write(o, x, d, Op::AxpbyCols(&a, &b), store),
-                    )
-                });
-            } else {
-                for_each_run(out, vs, ds, split, |j, o, x, d| {
-                    let (_, a, b) = coef[j];
-                    simd(
-                        #[inline(always)]
-                        || write(o, x, d, Op::Axpby(a, b), store),
-                    )
-                });
-            }
-        })
-    };
+    let a: Vec<T::A> = coef.iter().map(|c| c.1).collect();
+    let b: Vec<T::A> = coef.iter().map(|c| c.2).collect();
+    let mut dv = axpby_slices(vs, ds, split, &a, &b, store);
     for (j, &e) in extreme.iter().enumerate() {
         if e {
             redo_extreme_slice(&mut dv, vs, ds, split, j, gs[j].up());
@@ -501,27 +480,40 @@ pub(crate) fn backward<T: Real>(
 /// If the lengths do not fit `split` (see `check_lengths`).
 pub(crate) fn sub_scaled<T: Real>(ds: &[T], xs: &[T], cs: &[T], split: [usize; 3]) -> Vec<T> {
     check_lengths(split, xs.len(), cs.len(), Some(ds.len()));
-    let [_, n, inner] = split;
     let store = Store::for_output::<T>(xs.len());
     let c: Vec<T::A> = cs.iter().map(|c| c.up()).collect();
-    let one = T::A::from_f64(1.0);
-    // SAFETY: as in `backward`; `write` writes all of a row (`ones` and `c` are `n` long) and
-    // all of a run.
+    let ones = vec![T::A::from_f64(1.0); split[1]];
+    axpby_slices(xs, ds, split, &ones, &c, store)
+}
+
+/// `a[j] * d - b[j] * x` for every element of slice `j` of contiguous `x` and `d` viewed as
+/// `[outer, n, inner]` (the lengths checked by the caller): the write of the backward and of
+/// [`sub_scaled`], by rows when the kept axis is the last, else by runs.
+fn axpby_slices<T: Real>(
+    xs: &[T],
+    ds: &[T],
+    [outer, n, inner]: [usize; 3],
+    a: &[T::A],
+    b: &[T::A],
+    store: Store,
+) -> Vec<T> {
+    assert!(a.len() == n && b.len() == n);
+    // SAFETY: as in `forward`; `write` writes all of a row (`a` and `b` are `n` long) and all
+    // of a run.
     unsafe {
         filled::<T>(xs.len(), |out| {
             if inner == 1 {
-                let ones = vec![one; n];
                 for_each_row(out, xs, ds, n, |o, x, d| {
                     simd(
                         #[inline(always)]
-                        || write(o, x, d, Op::AxpbyCols(&ones, &c), store),
+                        || write(o, x, d, Op::AxpbyCols(a, b), store),
                     )
                 });
             } else {
-                for_each_run(out, xs, ds, split, |j, o, x, d| {
+                for_each_run(out, xs, ds, [outer, n, inner], |j, o, x, d| {
                     simd(
                         #[inline(always)]
-                        || write(o, x, d, Op::Axpby(one, c[j]), store),
+                        || write(o, x, d, Op::Axpby(a[j], b[j]), store),
                     )
                 });
             }
