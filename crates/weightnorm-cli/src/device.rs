@@ -223,6 +223,31 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))
 }
 
+/// Applies `WEIGHTNORM_STREAM_MIN_BYTES` (a size in bytes, or `none`): the CPU kernels write
+/// outputs of that size and more with streaming stores (see
+/// [`weightnorm::ops::set_streaming_stores`]). Unset: plain stores, the library's default.
+///
+/// # Errors
+///
+/// A value that is neither a size in bytes nor `none` (an input error, exit code 2).
+pub fn set_streaming_stores() -> Result<()> {
+    const VAR: &str = "WEIGHTNORM_STREAM_MIN_BYTES";
+    let Some(value) = std::env::var_os(VAR) else {
+        return Ok(());
+    };
+    let text = value.to_string_lossy();
+    let min = match text.trim() {
+        "none" => None,
+        t => Some(t.parse::<usize>().map_err(|_| {
+            Failure::input(anyhow::anyhow!(
+                "{VAR}={text:?} is neither a size in bytes nor `none`"
+            ))
+        })?),
+    };
+    weightnorm::ops::set_streaming_stores(min);
+    Ok(())
+}
+
 /// The number of worker threads the CPU backend uses.
 pub fn threads() -> usize {
     rayon::current_num_threads()

@@ -143,18 +143,20 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(), // --help and --version: printed as clap lays them out
     };
-    let result = device::set_threads(cli.threads).and_then(|()| match cli.command {
-        Command::Op(args) => op::op(args),
-        Command::Inspect(args) => ckpt::inspect(args),
-        Command::Fuse(args) => ckpt::fuse_cmd(args),
-        Command::Split(args) => ckpt::split_cmd(args),
-        Command::Convert(args) => ckpt::convert_cmd(args),
-        Command::Train(args) => train::train(args),
-        Command::Compare(args) => train::compare(args),
-        Command::Canonicalize(args) => canon::canonicalize_cmd(args),
-        Command::Demo(args) => demo::demo(args),
-        Command::Bench(args) => bench::bench(args),
-    });
+    let result = device::set_threads(cli.threads)
+        .and_then(|()| device::set_streaming_stores())
+        .and_then(|()| match cli.command {
+            Command::Op(args) => op::op(args),
+            Command::Inspect(args) => ckpt::inspect(args),
+            Command::Fuse(args) => ckpt::fuse_cmd(args),
+            Command::Split(args) => ckpt::split_cmd(args),
+            Command::Convert(args) => ckpt::convert_cmd(args),
+            Command::Train(args) => train::train(args),
+            Command::Compare(args) => train::compare(args),
+            Command::Canonicalize(args) => canon::canonicalize_cmd(args),
+            Command::Demo(args) => demo::demo(args),
+            Command::Bench(args) => bench::bench(args),
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,7 +6,8 @@ mod common;
 use common::{ok, run};
 
 /// `WEIGHTNORM_STREAM_MIN_BYTES` switches the kernels' large outputs to streaming stores, and
-/// the bench says so (in the JSON and on the table's first line).
+/// the bench says so (in the JSON and on the table's first line); a value that is no size is
+/// an input error.
 #[test]
 fn the_streaming_threshold_from_the_environment_is_reported() {
     let bench = |json: bool| {
@@ -30,6 +31,14 @@ fn the_streaming_threshold_from_the_environment_is_reported() {
         first.ends_with("streaming stores from 1048576 bytes"),
         "{first}"
     );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_weightnorm"))
+        .args(["bench", "--quick", "--filter", "fused forward 784x128"])
+        .env("WEIGHTNORM_STREAM_MIN_BYTES", "lots")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(bad.status.code(), Some(2), "an input error");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("WEIGHTNORM_STREAM_MIN_BYTES"), "{err}");
     let plain = ok(&["bench", "--quick", "--filter", "fused forward 784x128"]);
     let first = String::from_utf8_lossy(&plain.stdout);
     assert!(

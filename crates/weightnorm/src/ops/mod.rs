@@ -99,8 +99,8 @@ pub(crate) use cpu as slices;
 pub use backend::{WeightNormBackend, composed_backward, composed_forward};
 
 /// Writes the CPU kernels' outputs of `min_bytes` bytes and more with streaming (non-temporal)
-/// stores, or none with `None` (the default). Without a call, the environment variable
-/// `WEIGHTNORM_STREAM_MIN_BYTES` (a size in bytes) sets it, read at the first kernel call.
+/// stores, or none with `None` (the default). It applies to the whole process, from the next
+/// kernel call on. (The `weightnorm` binary sets it from `WEIGHTNORM_STREAM_MIN_BYTES`.)
 ///
 /// A streaming store writes a whole cache line without reading it from memory first, which
 /// saves a third of a forward's memory traffic when the output does not fit in the cache; but

@@ -13,9 +13,8 @@
 //! Threads only where they pay: an operation on fewer than [`PARALLEL_MIN`] elements runs on the
 //! calling thread, over the same chunks; larger ones are shared between the calling thread and
 //! the helpers of [`super::pool`] (no task is handed to rayon, whose workers the caller would
-//! wait for). Outputs are written with plain stores unless [`set_stream_min_bytes`] (or the
-//! environment variable `WEIGHTNORM_STREAM_MIN_BYTES`) asks for streaming stores ([`Store`])
-//! from some size on: a streaming store does not read the line before writing it, which saves
+//! wait for). Outputs are written with plain stores unless [`set_stream_min_bytes`] asks for
+//! streaming stores ([`Store`]) from some size on: a streaming store does not read the line before writing it, which saves
 //! a third of the traffic of a forward where memory is the limit, but on the machine this was
 //! measured on (a 2-core virtual machine on an AMD EPYC) plain stores were faster at every
 //! alignment of the output (a 4096x4096 forward: 3.5-4.0 ms against 4.8-7.3 ms streamed, the
@@ -50,41 +49,21 @@ pub(super) const STREAM_MIN_BYTES: usize = 16 << 20;
 
 /// No output is streamed.
 const NEVER: usize = usize::MAX;
-/// Not read from the environment yet.
-const UNSET: usize = usize::MAX - 1;
 
 /// Outputs of at least this many bytes are written with streaming stores; [`NEVER`] (the
-/// default) or [`UNSET`].
-static STREAM_MIN: AtomicUsize = AtomicUsize::new(UNSET);
+/// default): none.
+static STREAM_MIN: AtomicUsize = AtomicUsize::new(NEVER);
 
-/// The size from which outputs are written with streaming stores, if any: as
-/// [`set_stream_min_bytes`] set it, else from `WEIGHTNORM_STREAM_MIN_BYTES` (bytes), read once;
-/// by default none.
+/// The size from which outputs are written with streaming stores, if any (as
+/// [`set_stream_min_bytes`] set it; by default none).
 pub(crate) fn stream_min_bytes() -> Option<usize> {
-    let mut min = STREAM_MIN.load(Ordering::Relaxed);
-    if min == UNSET {
-        let from_env = std::env::var("WEIGHTNORM_STREAM_MIN_BYTES")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .map_or(NEVER, |b| b.min(UNSET - 1));
-        // A value set meanwhile wins over the environment's.
-        min = match STREAM_MIN.compare_exchange(
-            UNSET,
-            from_env,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => from_env,
-            Err(set) => set,
-        };
-    }
+    let min = STREAM_MIN.load(Ordering::Relaxed);
     (min != NEVER).then_some(min)
 }
 
 /// Sets the size (bytes) from which outputs are written with streaming stores, or none.
 pub(crate) fn set_stream_min_bytes(min: Option<usize>) {
-    let min = min.map_or(NEVER, |b| b.min(UNSET - 1));
-    STREAM_MIN.store(min, Ordering::Relaxed);
+    STREAM_MIN.store(min.unwrap_or(NEVER), Ordering::Relaxed);
 }
 
 /// How a kernel writes its output.
