@@ -26,6 +26,8 @@ pub struct RunSetup {
     pub device: String,
     /// Worker threads of the CPU backend.
     pub threads: usize,
+    /// The allocator settings the steps were timed under (as `weightnorm bench` prints them).
+    pub allocator: String,
 }
 
 /// What one training run measured.
@@ -156,6 +158,7 @@ impl RunMetrics {
             "seed": setup.seed,
             "device": setup.device,
             "threads": setup.threads,
+            "allocator": setup.allocator,
             "test_accuracy": last.map(|e| e.test_accuracy),
             "test_loss": last.map(|e| e.test_loss),
             "ece": last.map(|e| e.ece),
@@ -196,6 +199,7 @@ pub(crate) mod tests {
             seed: 7,
             device: "cpu".into(),
             threads: 2,
+            allocator: "glibc malloc defaults".into(),
         };
         let mut m = RunMetrics::new("wn", 7);
         m.step_losses = vec![2.0, 1.5, 1.0];

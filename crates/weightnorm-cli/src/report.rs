@@ -275,6 +275,7 @@ fn setup_section(setup: &RunSetup, seeds: &[u64], command: &str) -> String {
          - training: {} epochs, batch {}, Adam with learning rate {}\n\
          - seeds: {} (each seed sets the initialisation and the data order; every parameterization sees the same order)\n\
          - device: {}, {} CPU thread{}\n\
+         - allocator (the step times were taken under it, as in `weightnorm bench`): {}\n\
          - command: `{}`\n\
          - version: weightnorm {}\n",
         setup.dataset,
@@ -289,6 +290,7 @@ fn setup_section(setup: &RunSetup, seeds: &[u64], command: &str) -> String {
         setup.device,
         setup.threads,
         if setup.threads == 1 { "" } else { "s" },
+        setup.allocator,
         command,
         env!("CARGO_PKG_VERSION"),
     )

@@ -257,6 +257,20 @@ fn compare_writes_a_report_and_plots() {
     );
     assert!(report.contains("| wn | 5 | "), "{report}");
     assert!(report.contains("- seeds: 3, 5"), "{report}");
+    // The step times say which allocator settings they were taken under: those the bench
+    // reports on its first line.
+    let bench = ok(&["bench", "--quick", "--filter", "fused forward 784x128"]);
+    let first = String::from_utf8_lossy(&bench.stdout);
+    let allocator = first
+        .lines()
+        .next()
+        .and_then(|l| l.split("; allocator: ").nth(1))
+        .and_then(|l| l.split("; ").next())
+        .unwrap_or_else(|| panic!("no allocator in the bench's first line:\n{first}"));
+    let line = format!(
+        "- allocator (the step times were taken under it, as in `weightnorm bench`): {allocator}\n"
+    );
+    assert!(report.contains(&line), "{line}\n{report}");
     assert!(
         report.contains("- command: `weightnorm compare --dataset digits --params 'plain, wn'"),
         "{report}"

@@ -168,6 +168,7 @@ impl DataModelArgs {
             seed: self.seed,
             device: self.device.to_string(),
             threads: crate::device::threads(),
+            allocator: crate::malloc::settings().to_string(),
         }
     }
 
