@@ -99,7 +99,7 @@ impl NormAxis {
     }
 
     /// The kept axis, if any.
-    pub fn kept(self) -> Option<usize> {
+    pub const fn kept(self) -> Option<usize> {
         match self {
             Self::Keep(k) => Some(k),
             Self::Whole => None,

@@ -452,11 +452,6 @@ impl WnCnnClassifier {
     }
 }
 
-/// The axis `WnLinear` keeps: its output units, as the layout table says for a `Linear` weight
-/// (`[d_in, d_out]`, one norm per column).
-const WN_LINEAR_UNITS: crate::NormAxis =
-    crate::NormAxis::Keep(crate::LayerKind::Linear.unit_axes().output);
-
 /// Configuration of [`WnLinear`].
 #[derive(Config, Debug)]
 pub struct WnLinearConfig {
@@ -536,7 +531,7 @@ impl WnLinear {
             return Err(crate::Error::InvalidEpsilon { eps });
         }
         let w = linear.weight.val().detach();
-        let axis = WN_LINEAR_UNITS;
+        let axis = crate::ops::LINEAR_UNITS;
         crate::ops::check_norms(&w, axis, eps)?;
         let [_, d_out] = w.dims();
         let g = crate::ops::norm_except_dim(w.clone(), 2.0, axis)?
@@ -556,7 +551,7 @@ impl WnLinear {
         crate::ops::weight_norm_eps(
             self.v.val(),
             self.g.val().reshape([1, d_out]),
-            WN_LINEAR_UNITS,
+            crate::ops::LINEAR_UNITS,
             self.eps,
         )
         .expect("v and g keep the shapes the layer was made with")

@@ -24,8 +24,12 @@ use burn::tensor::{DType, FloatDType, Shape};
 use crate::NormAxis;
 
 /// The axis the paper-form linear layer keeps in its `v` (`[d_in, d_out]`): the output units, as
-/// the layout table says for a `Linear` weight.
-pub(crate) const LINEAR_KEEP: Option<usize> = Some(crate::LayerKind::Linear.unit_axes().output);
+/// the layout table says for a `Linear` weight (one norm per column).
+pub(crate) const LINEAR_UNITS: crate::NormAxis =
+    crate::NormAxis::Keep(crate::LayerKind::Linear.unit_axes().output);
+
+/// [`LINEAR_UNITS`] as the backend methods take it.
+pub(crate) const LINEAR_KEEP: Option<usize> = LINEAR_UNITS.kept();
 
 /// Weight normalization as a Burn backend extension.
 ///

@@ -96,6 +96,7 @@ mod flex;
 /// checkpoint tools of [`crate::torch`]): bit-identical to [`weight_norm`] on the CPU backend.
 pub(crate) use cpu as slices;
 
+pub(crate) use backend::LINEAR_UNITS;
 pub use backend::{WeightNormBackend, composed_backward, composed_forward};
 
 /// Writes the CPU kernels' outputs of `min_bytes` bytes and more with streaming (non-temporal)
