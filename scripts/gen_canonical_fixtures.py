@@ -2,7 +2,7 @@
 """Makes the canonical-form fixtures: small PyTorch networks using every op of the
 architecture format, with their checkpoints, architecture files, inputs and PyTorch's outputs.
 
-For each network NAME, writes under crates/weightnorm/tests/fixtures/canonical/:
+For each network NAME, writes under crates/weightnorm-core/tests/fixtures/canonical/:
   NAME.safetensors      the state dict (float32; some layers as weight-norm pairs, in both
                         key schemes; batch norms with random running statistics)
   NAME.arch.json        the architecture file
@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(__file__))
 from torch_nets import Gate, MeanOnlyBatchNorm, Residual  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "weightnorm", "tests", "fixtures", "canonical")
+OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "weightnorm-core", "tests", "fixtures", "canonical")
 
 
 def randomize(model):

@@ -17,7 +17,7 @@ onnxscript; and the TorchScript one, `dynamo=False`), each with a dynamic batch 
                                (MatMul + Add), one as `torch.addmm(b, x, W, beta=.5,
                                alpha=2)` (Gemm, transB = 0), and a trailing Softmax
 
-and writes under crates/weightnorm/tests/fixtures/onnx/:
+and writes under crates/weightnorm-core/tests/fixtures/onnx/:
 
   NAME.ts.onnx, NAME.dynamo.onnx   the two exports
   NAME.io.safetensors              x: inputs (float32), ort_ts / ort_dynamo: onnxruntime's
@@ -56,8 +56,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from torch_nets import fuse_pairs, network  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "..", "crates", "weightnorm", "tests", "fixtures", "onnx")
-CANONICAL = os.path.join(HERE, "..", "crates", "weightnorm", "tests", "fixtures", "canonical")
+OUT = os.path.join(HERE, "..", "crates", "weightnorm-core", "tests", "fixtures", "onnx")
+CANONICAL = os.path.join(HERE, "..", "crates", "weightnorm-core", "tests", "fixtures", "canonical")
 SAMPLES = 6
 
 

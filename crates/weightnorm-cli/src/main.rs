@@ -10,8 +10,7 @@
 //! | `device` | `--device cpu\|cuda[:N]\|wgpu[:N]` and the global `--threads N` |
 //! | `op` | `weightnorm op`: the operation on a random tensor, fused against composed |
 //! | `ckpt` | `inspect`, `fuse`, `split`, `convert` |
-//! | `canon` | `canonicalize`: its options, the verification inputs, a checkpoint and its architecture file |
-//! | `canon_onnx` | `canonicalize MODEL.onnx`: the ONNX model read, canonicalized, written back and verified |
+//! | `canon` | `canonicalize`: one pipeline (`canon/pipeline.rs`: read, verify, canonicalize, write, report with one schema) over two front-ends, a checkpoint with its architecture file (`canon/arch.rs`) and an ONNX model read back before it is put in place (`canon/onnx.rs`); the options and the verification inputs |
 //! | `data` | data sets (Fashion-MNIST IDX files, the built-in digits), validated at load |
 //! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
 //! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
@@ -29,7 +28,6 @@
 
 mod bench;
 mod canon;
-mod canon_onnx;
 mod ckpt;
 mod data;
 mod demo;

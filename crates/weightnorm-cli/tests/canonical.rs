@@ -14,7 +14,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weightnorm/tests/fixtures/canonical")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weightnorm-core/tests/fixtures/canonical")
 }
 
 fn s(p: &Path) -> &str {

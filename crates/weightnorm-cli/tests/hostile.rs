@@ -23,7 +23,7 @@ fn s(p: &Path) -> &str {
 
 fn canonical_fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../weightnorm/tests/fixtures/canonical")
+        .join("../weightnorm-core/tests/fixtures/canonical")
         .join(name)
 }
 

@@ -23,7 +23,7 @@ const MODELS: [&str; 6] = [
 ];
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weightnorm/tests/fixtures/onnx")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weightnorm-core/tests/fixtures/onnx")
 }
 
 fn corpus() -> PathBuf {
@@ -188,7 +188,7 @@ fn options_that_do_not_apply_to_a_model_are_refused() {
         "--key selects a state dict",
     );
     let ckpt = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../weightnorm/tests/fixtures/canonical/zoo2d.safetensors");
+        .join("../weightnorm-core/tests/fixtures/canonical/zoo2d.safetensors");
     refused(
         &["canonicalize", s(&ckpt), "-o", s(&out)],
         "--arch ARCH.json is required for the checkpoint",

@@ -104,8 +104,8 @@ fn check<M: Canonicalizable, const D: usize>(
         let (lo, hi) = r.row_norms_before;
         assert!(
             (lo - 1.0).abs() < 1e-5 && (hi - 1.0).abs() < 1e-5,
-            "{name}: layer {} has rows of norm {lo}..{hi}",
-            r.layer
+            "{name}: layer {:?} has rows of norm {lo}..{hi}",
+            r.at
         );
     }
 }
@@ -241,8 +241,8 @@ fn weight_norm_is_described_but_not_rewritten() {
     assert!(Agreement::between(&a.forward(&xs), &b.forward(&xs)).max_rel_error < 1e-5);
     let e = canonicalize_module(&wn, None).unwrap_err();
     assert!(
-        matches!(&e, LiveError::Reparameterized { layer, param: "weight", reparameterization }
-            if layer == "0" && reparameterization == "weight_norm"),
+        matches!(&e, LiveError::Reparameterized { at, param: "weight", reparameterization }
+            if at == &[0] && reparameterization == "weight_norm"),
         "{e}"
     );
     assert!(e.to_string().contains("remove_weight_norm"), "{e}");

@@ -138,7 +138,8 @@ fn a_zero_norm_slice_is_refused_by_the_checked_entry_point() {
     assert_eq!(
         err,
         Error::ZeroNorm {
-            slice: "index 1 of axis 0".into()
+            axis: NormAxis::Keep(0),
+            index: 1
         }
     );
     assert_eq!(
@@ -163,7 +164,8 @@ fn non_finite_norms_are_refused() {
     assert_eq!(
         err,
         Error::NonFiniteNorm {
-            slice: "the whole tensor".into()
+            axis: NormAxis::Whole,
+            index: 0
         }
     );
 }
@@ -206,7 +208,7 @@ fn bad_axis_order_epsilon_and_dtype_are_refused() {
     let err = weight_norm(v, g64, NormAxis::Keep(0)).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "v and g must be float tensors of one dtype, got v: F32 and g: F64"
+        "v and g must be float tensors of one dtype, got v: f32 and g: f64"
     );
 }
 

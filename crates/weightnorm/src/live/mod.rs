@@ -77,7 +77,8 @@ use thiserror::Error;
 
 use crate::LayerKind;
 use crate::canonical::{
-    Activation, Barrier, CanonicalError, ConvGeometry, Layer, Network, Pool, Rows, Weighted, child,
+    Activation, Barrier, CanonicalError, ConvGeometry, Layer, LayerPath, Namer, Network, Pool,
+    Rows, Weighted, child, path_name,
 };
 
 pub(crate) use write::check_writable;
@@ -134,35 +135,33 @@ pub trait Canonicalizable: Module {
 
 /// Why a live module could not be described, rescaled or written.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum LiveError {
-    /// A layer (named by its position, `"3"` or `"4.body.0"`) the front-end cannot describe.
-    #[error("layer {layer} ({op}): {reason}")]
+    /// A layer the front-end cannot describe.
+    #[error("layer {} ({op}): {fault}", path_name(at))]
     Layer {
-        /// The layer's position.
-        layer: String,
+        /// The layer's position in the description.
+        at: Vec<usize>,
         /// Its op.
-        op: String,
+        op: &'static str,
         /// What is wrong.
-        reason: String,
+        fault: LiveFault,
     },
     /// A parameter to be written carries a reparameterization.
-    #[error(
-        "layer {layer}: its `{param}` carries a `{reparameterization}` reparameterization; \
-         rescaling writes plain weights (remove it first, e.g. with `remove_weight_norm`)"
-    )]
+    #[error("layer {}: {}", path_name(at), self.reason())]
     Reparameterized {
         /// The layer's position.
-        layer: String,
+        at: Vec<usize>,
         /// `weight` or `bias`.
         param: &'static str,
         /// The reparameterization's name (`weight_norm`, `lora`).
         reparameterization: String,
     },
     /// A binding names a parameter the module being written does not hold.
-    #[error("layer {layer}: the module holds no parameter {id} (its `{param}`)")]
+    #[error("layer {}: {}", path_name(at), self.reason())]
     MissingParam {
         /// The layer's position.
-        layer: String,
+        at: Vec<usize>,
         /// `weight` or `bias`.
         param: &'static str,
         /// The parameter's id.
@@ -174,6 +173,102 @@ pub enum LiveError {
     /// The calculus refused the network.
     #[error(transparent)]
     Calculus(#[from] CanonicalError),
+}
+
+/// What is wrong with one layer of a live module's description ([`LiveError::Layer`]).
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum LiveFault {
+    /// A layer receiving another number of spatial axes than it has.
+    #[error("takes [channels{}], receives shape {shape:?}", ", length".repeat(*.spatial))]
+    SpatialAxes {
+        /// Its spatial axes.
+        spatial: usize,
+        /// The shape it receives.
+        shape: Vec<usize>,
+    },
+    /// Padding that differs between the two sides of an axis.
+    #[error(
+        "{axis} padding {sides:?} differs between the two sides; the calculus takes symmetric \
+         padding"
+    )]
+    AsymmetricPadding {
+        /// Which axis (`the`, `the vertical`, `the horizontal`).
+        axis: &'static str,
+        /// The padding before and after.
+        sides: (usize, usize),
+    },
+    /// Max pooling with dilation or ceil mode.
+    #[error("dilation and ceil mode are not in the calculus")]
+    PoolMode,
+    /// Average pooling with ceil mode, or padding left out of the count.
+    #[error("ceil mode, and padding left out of the count, are not in the calculus")]
+    AvgPoolMode,
+    /// Adaptive pooling whose windows are not equal.
+    #[error("an output of {output:?} does not divide the input {input:?} into equal windows")]
+    AdaptiveWindows {
+        /// The pooled size.
+        output: [usize; 2],
+        /// The input's spatial size.
+        input: Vec<usize>,
+    },
+    /// A residual body changing the shape the skip path carries.
+    #[error("the body produces shape {body:?} but the skip path carries {skip:?}")]
+    ResidualShape {
+        /// The body's output shape.
+        body: Vec<usize>,
+        /// The block's input shape.
+        skip: Vec<usize>,
+    },
+    /// A layer the calculus cannot pass.
+    #[error("not a layer the canonical form can pass (it is not a rescaling-equivariant map)")]
+    Unsupported,
+    /// A description with no weighted layer.
+    #[error("has no weighted layer")]
+    NoWeights,
+    /// A binding that does not fit the network's layer when writing back.
+    #[error("the binding of a {kind:?} weight of shape {shape:?} does not fit this layer")]
+    BindingMismatch {
+        /// The binding's layer kind.
+        kind: LayerKind,
+        /// The weight's shape.
+        shape: Vec<usize>,
+    },
+}
+
+impl LiveError {
+    /// What is wrong, without the layer's position.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Layer { fault, .. } => fault.to_string(),
+            Self::Reparameterized {
+                param,
+                reparameterization,
+                ..
+            } => format!(
+                "its `{param}` carries a `{reparameterization}` reparameterization; rescaling \
+                 writes plain weights (remove it first, e.g. with `remove_weight_norm`)"
+            ),
+            Self::MissingParam { param, id, .. } => {
+                format!("the module holds no parameter {id} (its `{param}`)")
+            }
+            Self::Calculus(e) => e.reason(),
+            e @ Self::MaxGain(_) => e.to_string(),
+        }
+    }
+
+    /// The message with the layer named by `namer` (a module's parameter path, say) instead of
+    /// its position.
+    pub fn render(&self, namer: &dyn Namer) -> String {
+        match self {
+            Self::Layer { at, op, fault } => format!("layer {} ({op}): {fault}", namer.name(at)),
+            Self::Reparameterized { at, .. } | Self::MissingParam { at, .. } => {
+                format!("layer {}: {}", namer.name(at), self.reason())
+            }
+            Self::Calculus(e) => e.render(namer),
+            e @ Self::MaxGain(_) => e.to_string(),
+        }
+    }
 }
 
 /// What a layer with parameters is in the live module.
@@ -264,14 +359,11 @@ impl WeightedRef<'_> {
 }
 
 /// The padding of one axis when it is the same on both sides.
-fn symmetric(pair: (usize, usize), what: &str) -> Result<usize, String> {
+fn symmetric(pair: (usize, usize), axis: &'static str) -> Result<usize, LiveFault> {
     if pair.0 == pair.1 {
         Ok(pair.0)
     } else {
-        Err(format!(
-            "{what} padding {pair:?} differs between the two sides; the calculus takes \
-             symmetric padding"
-        ))
+        Err(LiveFault::AsymmetricPadding { axis, sides: pair })
     }
 }
 
@@ -286,7 +378,7 @@ fn same_padding(kernel: usize, stride: usize, size: usize) -> (usize, usize) {
     (total / 2, total - total / 2)
 }
 
-fn padding_1d(p: &PaddingConfig1d, n: usize, k: usize, s: usize) -> Result<usize, String> {
+fn padding_1d(p: &PaddingConfig1d, n: usize, k: usize, s: usize) -> Result<usize, LiveFault> {
     symmetric(
         match p {
             PaddingConfig1d::Valid => (0, 0),
@@ -302,7 +394,7 @@ fn padding_2d(
     hw: [usize; 2],
     k: [usize; 2],
     s: [usize; 2],
-) -> Result<[usize; 2], String> {
+) -> Result<[usize; 2], LiveFault> {
     let (h, w) = match p {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
         PaddingConfig2d::Same => (
@@ -349,14 +441,14 @@ pub(crate) fn plan<M: Canonicalizable>(module: &M) -> Result<Plan<'_>, LiveError
     if input.is_empty() || input.contains(&0) {
         return Err(CanonicalError::Input { shape: input }.into());
     }
-    let (nodes, _) = plan_layers(module.layers(), &input, "")?;
+    let (nodes, _) = plan_layers(module.layers(), &input, &[])?;
     Ok(Plan { input, nodes })
 }
 
 fn plan_layers<'a>(
     layers: Vec<LiveLayer<'a>>,
     input: &[usize],
-    path: &str,
+    path: &LayerPath,
 ) -> Result<(Vec<Node<'a>>, Vec<usize>), LiveError> {
     let mut shape = input.to_vec();
     let mut nodes = Vec::with_capacity(layers.len());
@@ -385,23 +477,23 @@ fn shell(geometry: Option<ConvGeometry>, out: usize, row_len: usize) -> Layer<f6
 fn plan_one<'a>(
     layer: LiveLayer<'a>,
     shape: &[usize],
-    name: &str,
+    name: &LayerPath,
 ) -> Result<(Node<'a>, Vec<usize>), LiveError> {
-    let err = |op: &str, reason: String| LiveError::Layer {
-        layer: name.to_string(),
-        op: op.to_string(),
-        reason,
+    let err = |op: &'static str, fault: LiveFault| LiveError::Layer {
+        at: name.to_vec(),
+        op,
+        fault,
     };
-    let spatial = |n: usize, op: &str| -> Result<&[usize], LiveError> {
+    let spatial = |n: usize, op: &'static str| -> Result<&[usize], LiveError> {
         if shape.len() == n + 1 {
             Ok(&shape[1..])
         } else {
             Err(err(
                 op,
-                format!(
-                    "takes [channels{}], receives shape {shape:?}",
-                    ", length".repeat(n)
-                ),
+                LiveFault::SpatialAxes {
+                    spatial: n,
+                    shape: shape.to_vec(),
+                },
             ))
         }
     };
@@ -477,10 +569,7 @@ fn plan_one<'a>(
         LiveLayer::MaxPool2d(p) => {
             let hw = spatial(2, "max_pool2d")?;
             if p.dilation != [1, 1] || p.ceil_mode {
-                return Err(err(
-                    "max_pool2d",
-                    "dilation and ceil mode are not in the calculus".into(),
-                ));
+                return Err(err("max_pool2d", LiveFault::PoolMode));
             }
             let padding = padding_2d(&p.padding, [hw[0], hw[1]], p.kernel_size, p.stride)
                 .map_err(|r| err("max_pool2d", r))?;
@@ -491,10 +580,7 @@ fn plan_one<'a>(
             let padding = padding_2d(&p.padding, [hw[0], hw[1]], p.kernel_size, p.stride)
                 .map_err(|r| err("avg_pool2d", r))?;
             if p.ceil_mode || (!p.count_include_pad && padding != [0, 0]) {
-                return Err(err(
-                    "avg_pool2d",
-                    "ceil mode, and padding left out of the count, are not in the calculus".into(),
-                ));
+                return Err(err("avg_pool2d", LiveFault::AvgPoolMode));
             }
             pool(false, p.kernel_size, p.stride, padding)
         }
@@ -504,10 +590,10 @@ fn plan_one<'a>(
             if oh == 0 || ow == 0 || hw[0] % oh != 0 || hw[1] % ow != 0 {
                 return Err(err(
                     "adaptive_avg_pool2d",
-                    format!(
-                        "an output of {:?} does not divide the input {hw:?} into equal windows",
-                        p.output_size
-                    ),
+                    LiveFault::AdaptiveWindows {
+                        output: p.output_size,
+                        input: hw.to_vec(),
+                    },
                 ));
             }
             let k = [hw[0] / oh, hw[1] / ow];
@@ -516,20 +602,19 @@ fn plan_one<'a>(
         LiveLayer::Flatten => plain(Layer::Flatten),
         LiveLayer::Barrier(b) => plain(Layer::Barrier(b)),
         LiveLayer::Residual(body) => {
-            let (nodes, out) = plan_layers(body, shape, &format!("{name}.body"))?;
+            let (nodes, out) = plan_layers(body, shape, name)?;
             if out != shape {
                 return Err(err(
                     "residual",
-                    format!("the body produces shape {out:?} but the skip path carries {shape:?}"),
+                    LiveFault::ResidualShape {
+                        body: out,
+                        skip: shape.to_vec(),
+                    },
                 ));
             }
             Ok((Node::Residual(nodes), out))
         }
-        LiveLayer::Unsupported(what) => Err(err(
-            what,
-            "not a layer the canonical form can pass (it is not a rescaling-equivariant map)"
-                .into(),
-        )),
+        LiveLayer::Unsupported(what) => Err(err(what, LiveFault::Unsupported)),
     }
 }
 

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 
-use super::{Canonicalizable, LiveBinding, LiveError, describe, from_rows, survey_params};
-use crate::canonical::{
-    Layer, LayerFactors, Network, canonicalize, global_gain, path_name, reconstitute_with_factors,
+use super::{
+    Canonicalizable, LiveBinding, LiveError, LiveFault, describe, from_rows, survey_params,
 };
+use crate::canonical::{Layer, LayerFactors, Network, rescale};
 
 /// Replaces the values of the parameters named in `values`, keeping each parameter's id,
 /// dtype, device, gradient requirement and checkpointing strategy.
@@ -73,14 +73,14 @@ pub(crate) fn check_writable<M: Module>(
             let Some(id) = id else { continue };
             if !survey.all.contains(&id) {
                 return Err(LiveError::MissingParam {
-                    layer: path_name(&b.path),
+                    at: b.path.clone(),
                     param,
                     id: id.val(),
                 });
             }
             if let Some((_, r)) = survey.reparameterized.iter().find(|(i, _)| *i == id) {
                 return Err(LiveError::Reparameterized {
-                    layer: path_name(&b.path),
+                    at: b.path.clone(),
                     param,
                     reparameterization: r.clone(),
                 });
@@ -118,7 +118,6 @@ fn write_checked<M: Module>(
 ) -> Result<M, LiveError> {
     let mut values = HashMap::new();
     for b in bindings {
-        let name = path_name(&b.path);
         let layer = match network.layer(&b.path) {
             Some(Layer::Weighted(w))
                 if w.w.data.len() == b.shape.iter().product::<usize>()
@@ -128,12 +127,12 @@ fn write_checked<M: Module>(
             }
             other => {
                 return Err(LiveError::Layer {
-                    layer: name,
-                    op: other.map_or("?", Layer::op).into(),
-                    reason: format!(
-                        "the binding of a {:?} weight of shape {:?} does not fit this layer",
-                        b.kind, b.shape
-                    ),
+                    at: b.path.clone(),
+                    op: other.map_or("?", Layer::op),
+                    fault: LiveFault::BindingMismatch {
+                        kind: b.kind,
+                        shape: b.shape.clone(),
+                    },
                 });
             }
         };
@@ -166,27 +165,12 @@ impl LiveFactors {
     /// weight's [`LiveBinding::shape`]).
     pub fn weight(&self) -> Vec<f64> {
         let b = &self.binding;
-        let inverse: Vec<f64> = self.output.iter().map(|d| 1.0 / d).collect();
-        let n: usize = b.shape.iter().product();
-        let mut out = Vec::with_capacity(n);
-        if b.kind.unit_axes().output == 0 {
-            // One row per output unit: row i reads its group's block of input channels, each
-            // for `taps` consecutive elements.
-            let row_len = n / inverse.len().max(1);
-            let per_group = self.input.len() / b.groups.max(1);
-            let taps = (row_len / per_group.max(1)).max(1);
-            let rows_per_group = (inverse.len() / b.groups.max(1)).max(1);
-            for (i, inv) in inverse.iter().enumerate() {
-                let first = (i / rows_per_group) * per_group;
-                out.extend((0..row_len).map(|k| self.input[first + k / taps] * inv));
-            }
-        } else {
-            // `[in, out]` (Linear): element (j, i) is s_j / d_i.
-            for s in &self.input {
-                out.extend(inverse.iter().map(|inv| s * inv));
-            }
+        LayerFactors {
+            at: b.path.clone(),
+            input: self.input.clone(),
+            output: self.output.clone(),
         }
-        out
+        .weight_factors(&b.shape, b.kind.unit_axes().output, b.groups)
     }
 
     /// The factor of every bias entry: `1 / output[i]`.
@@ -253,44 +237,30 @@ pub fn canonicalize_module<M: Canonicalizable>(
     let live = describe(module)?;
     // Refuse reparameterized parameters before the work.
     check_writable(module, &live.bindings)?;
-    let c = canonicalize(live.network)?;
-    let gain_before = c.global_gain();
-    let scale_before = c.scale().to_vec();
-    let ratio = match max_gain {
-        Some(m) if gain_before > m => m / gain_before,
-        _ => 1.0,
-    };
-    let target: Vec<f64> = scale_before.iter().map(|s| s * ratio).collect();
-    let first: Vec<LayerFactors> = c.factors().to_vec();
-    let (network, _) = c.into_parts();
-    let back = reconstitute_with_factors(network, &target)?;
-    let (network, second) = (back.network, back.factors);
-    let module = write_checked(module.clone(), &network, &live.bindings)?;
+    let r = rescale(live.network, max_gain)?;
+    let module = write_checked(module.clone(), &r.network, &live.bindings)?;
     let factors = live
         .bindings
         .into_iter()
         .map(|binding| {
-            let name = path_name(&binding.path);
-            let find = |fs: &[LayerFactors]| {
-                fs.iter()
-                    .find(|f| f.layer == name)
-                    .cloned()
-                    .expect("the calculus reports every weighted layer")
-            };
-            let (a, b) = (find(&first), find(&second));
+            let f = r
+                .factors
+                .iter()
+                .find(|f| f.at == binding.path)
+                .expect("the calculus reports every weighted layer");
             LiveFactors {
+                input: f.input.clone(),
+                output: f.output.clone(),
                 binding,
-                input: a.input.iter().zip(&b.input).map(|(x, y)| x * y).collect(),
-                output: a.output.iter().zip(&b.output).map(|(x, y)| x * y).collect(),
             }
         })
         .collect();
     Ok((
         module,
         Rescaling {
-            gain_before,
-            gain_after: global_gain(&target),
-            scale_before,
+            gain_before: r.gain_before,
+            gain_after: r.gain_after,
+            scale_before: r.scale_before,
             factors,
         },
     ))

@@ -1,5 +1,5 @@
 //! The `Flex` (CPU) backend's weight norm: a thin adapter from Burn's Flex tensors to the
-//! backend-free kernels of [`super::cpu`] and back. Dtypes the kernels do not handle take the
+//! framework-free kernels of [`weightnorm_core::kernels`] and back. Dtypes the kernels do not handle take the
 //! composed default.
 
 use burn::backend::Bytes;
@@ -8,8 +8,12 @@ use burn::tensor::{DType, Shape, bf16, f16};
 use burn_flex::{Flex, FlexTensor, Layout};
 
 use super::backend::{WeightNormBackend, composed_backward, composed_forward};
-use super::cpu::{self, Element};
+use super::cpu;
 use crate::NormAxis;
+
+/// An element type both the kernels and Burn know: f32, f64, f16, bf16.
+trait Element: cpu::Element + burn::tensor::Element {}
+impl<T: cpu::Element + burn::tensor::Element> Element for T {}
 
 impl WeightNormBackend for Flex {
     fn weight_norm_forward(

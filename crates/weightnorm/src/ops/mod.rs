@@ -87,14 +87,14 @@
 
 mod autodiff;
 mod backend;
-pub(crate) mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod cube;
 mod flex;
 
-/// The CPU kernels on plain slices, for code that holds bytes rather than Burn tensors (the
-/// checkpoint tools of [`crate::torch`]): bit-identical to [`weight_norm`] on the CPU backend.
-pub(crate) use cpu as slices;
+/// The CPU kernels on plain slices (from `weightnorm-core`), for code that holds bytes rather
+/// than Burn tensors: bit-identical to [`weight_norm`] on the CPU backend.
+pub use weightnorm_core::kernels as slices;
+use weightnorm_core::kernels as cpu;
 
 pub(crate) use backend::LINEAR_UNITS;
 pub use backend::{WeightNormBackend, composed_backward, composed_forward};
@@ -132,7 +132,27 @@ use burn::backend::Dispatch;
 use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::axis::NormAxis;
-use crate::error::{Error, Result};
+use crate::error::{Error, LinearMismatch, Result};
+
+/// Burn's dtype as [`Error::DTypeMismatch`] names it.
+pub(crate) fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F64 => "f64",
+        DType::F32 | DType::Flex32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::I64 => "i64",
+        DType::I32 => "i32",
+        DType::I16 => "i16",
+        DType::I8 => "i8",
+        DType::U64 => "u64",
+        DType::U32 => "u32",
+        DType::U16 => "u16",
+        DType::U8 => "u8",
+        DType::Bool(_) => "bool",
+        _ => "another dtype",
+    }
+}
 
 /// Checks everything the operations assume about their input.
 fn validate<const D: usize>(v: &Tensor<D>, g: &Tensor<D>, axis: NormAxis, eps: f64) -> Result<()> {
@@ -142,7 +162,10 @@ fn validate<const D: usize>(v: &Tensor<D>, g: &Tensor<D>, axis: NormAxis, eps: f
     }
     let (vt, gt) = (v.dtype(), g.dtype());
     if vt != gt || !vt.is_float() {
-        return Err(Error::DTypeMismatch { v: vt, g: gt });
+        return Err(Error::DTypeMismatch {
+            v: dtype_name(vt),
+            g: dtype_name(gt),
+        });
     }
     let v_shape = v.dims().to_vec();
     let expected = axis.g_shape(&v_shape);
@@ -152,7 +175,7 @@ fn validate<const D: usize>(v: &Tensor<D>, g: &Tensor<D>, axis: NormAxis, eps: f
             got,
             expected,
             v_shape,
-            axis: axis.describe(),
+            axis,
         });
     }
     Ok(())
@@ -337,13 +360,12 @@ pub fn check_norms<const D: usize>(v: &Tensor<D>, axis: NormAxis, eps: f64) -> R
         .convert::<f64>()
         .try_to_vec::<f64>()
         .expect("converted to f64");
-    let name = |j: usize| axis.describe_slice(j);
-    for (j, &n) in norms.iter().enumerate() {
+    for (index, &n) in norms.iter().enumerate() {
         if !n.is_finite() {
-            return Err(Error::NonFiniteNorm { slice: name(j) });
+            return Err(Error::NonFiniteNorm { axis, index });
         }
         if n == 0.0 && eps == 0.0 {
-            return Err(Error::ZeroNorm { slice: name(j) });
+            return Err(Error::ZeroNorm { axis, index });
         }
     }
     Ok(())
@@ -415,35 +437,34 @@ pub fn weight_norm_linear<const D: usize>(
     }
     let dims = x.dims();
     let [d_in, d_out] = v.dims();
-    let mismatch = |what: &str| Error::LinearShapeMismatch {
-        what: what.to_string(),
-        shapes: format!(
-            "x {dims:?}, v [d_in, d_out] {:?}, g {:?}, bias {}",
-            [d_in, d_out],
-            g.dims(),
-            bias.as_ref()
-                .map_or("none".to_string(), |b| format!("{:?}", b.dims()))
-        ),
+    let mismatch = |what: LinearMismatch| Error::LinearShapeMismatch {
+        what,
+        x: dims.to_vec(),
+        v: [d_in, d_out],
+        g: g.dims().to_vec(),
+        bias: bias.as_ref().map(|b| b.dims().to_vec()),
     };
     if D == 0 || dims[D - 1] != d_in {
-        return Err(mismatch("the input's last axis is not v's d_in"));
+        return Err(mismatch(LinearMismatch::Input));
     }
     if g.dims() != [d_out] {
-        return Err(mismatch(
-            "g does not hold one value per output unit (d_out)",
-        ));
+        return Err(mismatch(LinearMismatch::Gain));
     }
     if bias.as_ref().is_some_and(|b| b.dims() != [d_out]) {
-        return Err(mismatch(
-            "the bias does not hold one value per output unit (d_out)",
-        ));
+        return Err(mismatch(LinearMismatch::Bias));
     }
     let (xt, vt, gt) = (x.dtype(), v.dtype(), g.dtype());
     if vt != gt || !vt.is_float() {
-        return Err(Error::DTypeMismatch { v: vt, g: gt });
+        return Err(Error::DTypeMismatch {
+            v: dtype_name(vt),
+            g: dtype_name(gt),
+        });
     }
     if xt != vt {
-        return Err(Error::DTypeMismatch { v: vt, g: xt });
+        return Err(Error::DTypeMismatch {
+            v: dtype_name(vt),
+            g: dtype_name(xt),
+        });
     }
     let rows = dims[..D - 1].iter().product::<usize>();
     let x2 = x.reshape([rows, d_in]);

@@ -122,9 +122,9 @@ fn propagate(nodes: &[Node<'_>], mut g: Tensor<1>) -> Tensor<1> {
 pub fn output_scale<M: Canonicalizable>(module: &M) -> Result<Tensor<1>, LiveError> {
     let plan = plan(module)?;
     let device = first_device(&plan.nodes).ok_or_else(|| LiveError::Layer {
-        layer: "0".into(),
-        op: "network".into(),
-        reason: "has no weighted layer".into(),
+        at: Vec::new(),
+        op: "network",
+        fault: crate::live::LiveFault::NoWeights,
     })?;
     let g = Tensor::<1>::ones([plan.input[0]], &device);
     Ok(propagate(&plan.nodes, g))

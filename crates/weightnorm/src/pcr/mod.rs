@@ -140,57 +140,8 @@ impl Penalty {
     }
 }
 
-/// How the optimizer's state crosses a rescaling that multiplied a parameter element by `a`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// `m / a`, `v / a^2`: the state the optimizer would hold had it run in the new
-    /// coordinates all along.
-    Covariant,
-    /// `a m`, `a^2 v`.
-    WeightScaled,
-    /// The rescaled parameters' state starts afresh (zero moments, step count 0).
-    Reset,
-    /// The state is left as it is.
-    Keep,
-}
-
-impl Transport {
-    /// Every policy, in the order of the command line's documentation.
-    pub const ALL: [Transport; 4] = [
-        Transport::Covariant,
-        Transport::WeightScaled,
-        Transport::Reset,
-        Transport::Keep,
-    ];
-
-    /// `covariant`, `weight-scaled`, `reset` or `keep`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Covariant => "covariant",
-            Self::WeightScaled => "weight-scaled",
-            Self::Reset => "reset",
-            Self::Keep => "keep",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Transport {
-    type Err = PcrError;
-
-    fn from_str(s: &str) -> Result<Self, PcrError> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == s.trim())
-            .ok_or_else(|| PcrError::Transport(s.to_string()))
-    }
-}
+/// How the optimizer's state crosses a rescaling (from the core: [`crate::transport`]).
+pub use weightnorm_core::transport::Transport;
 
 /// What PCR does and when (serializable with serde).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -278,10 +229,8 @@ pub enum PcrError {
     )]
     Penalty(String),
     /// A transport that is not one of the four.
-    #[error(
-        "invalid PCR transport `{0}`: expected `covariant`, `weight-scaled`, `reset` or `keep`"
-    )]
-    Transport(String),
+    #[error(transparent)]
+    Transport(#[from] weightnorm_core::transport::UnknownTransport),
     /// The module could not be described or rescaled.
     #[error(transparent)]
     Live(#[from] LiveError),
@@ -291,7 +240,7 @@ pub enum PcrError {
     /// A state tensor whose transport is unknown.
     #[error(
         "the optimizer's state `{field}` has no known transport (PCR carries Adam's, AdamW's \
-         and SGD's momentum); use `--pcr-transport reset` or `keep`"
+         and SGD's momentum); transport it with `reset` or `keep` instead"
     )]
     UnknownState {
         /// The field's path below the parameter (`momentum.moment_1`).

@@ -1,4 +1,5 @@
-//! The optimizer's state carried across a rescaling, element by element.
+//! The optimizer's state carried across a rescaling, element by element: the core's arithmetic
+//! ([`crate::transport`]) on Burn's optimizer record.
 //!
 //! Burn keeps an optimizer's state per parameter, keyed by [`ParamId`], and exposes it only as
 //! an [`OptimizerRecord`] (burnpack: tensors named `"{param_id}.{field path}"` with the id
@@ -22,15 +23,15 @@ use std::collections::HashMap;
 use burn::module::ParamId;
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::{DType, TensorData};
+use weightnorm_core::transport::{Order, transport_f32, transport_f64};
 
 use super::{PcrError, Transport};
 
-/// The order of a state field in the gradient (1 for a first moment or a velocity, 2 for a
-/// second moment), from its path below the parameter id.
-fn order(field: &str) -> Option<i32> {
+/// The order of a state field in the gradient, from its path below the parameter id.
+fn order(field: &str) -> Option<Order> {
     match field.rsplit('.').next()? {
-        "moment_1" | "velocity" => Some(1),
-        "moment_2" | "max_moment_2" => Some(2),
+        "moment_1" | "velocity" => Some(Order::First),
+        "moment_2" | "max_moment_2" => Some(Order::Second),
         _ => None,
     }
 }
@@ -89,36 +90,20 @@ pub fn transport_record(
                 expected: a.len(),
             });
         }
-        // What each value is multiplied by: a^k (weight-scaled) or a^-k (covariant), k = 1, 2;
-        // one division per element at most, and no call to `powi`.
-        let covariant = policy == Transport::Covariant;
-        let by = |f: f64| {
-            let b = if covariant { 1.0 / f } else { f };
-            if k == 2 { b * b } else { b }
-        };
         let moved = if dtype == DType::F32 {
             // The common case without a round trip through f64 vectors: each value times its
-            // factor in f64, rounded once.
-            // Read in place where the bytes are aligned for f32, copied where they are not.
-            let values: std::borrow::Cow<'_, [f32]> =
-                match bytemuck::try_cast_slice(data.as_bytes()) {
-                    Ok(v) => v.into(),
-                    Err(_) => bytemuck::pod_collect_to_vec(data.as_bytes()).into(),
-                };
-            let out: Vec<f32> = values
-                .iter()
-                .zip(a.iter())
-                .map(|(&x, &f)| (f64::from(x) * by(f)) as f32)
-                .collect();
-            TensorData::new(out, shape.clone())
+            // factor in f64, rounded once. Read in place where the bytes are aligned for f32,
+            // copied where they are not.
+            let mut values: Vec<f32> = match bytemuck::try_cast_slice(data.as_bytes()) {
+                Ok(v) => v.to_vec(),
+                Err(_) => bytemuck::pod_collect_to_vec(data.as_bytes()),
+            };
+            transport_f32(&mut values, a, k, policy);
+            TensorData::new(values, shape.clone())
         } else {
-            let values = data.try_into_vec_as::<f64>().map_err(record_error)?;
-            let out: Vec<f64> = values
-                .iter()
-                .zip(a.iter())
-                .map(|(x, &f)| x * by(f))
-                .collect();
-            TensorData::new(out, shape.clone()).convert_dtype(dtype)
+            let mut values = data.try_into_vec_as::<f64>().map_err(record_error)?;
+            transport_f64(&mut values, a, k, policy);
+            TensorData::new(values, shape.clone()).convert_dtype(dtype)
         };
         let (bytes, _, _) = moved.into_parts();
         tensors.push(burn_pack::Tensor::new(name, dtype, shape, param_id, bytes));

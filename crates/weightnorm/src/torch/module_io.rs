@@ -11,12 +11,9 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, Parameter};
 use burn::tensor::{DType, Tensor, TensorData};
-use safetensors::Dtype;
+use weightnorm_core::formats::{Dtype, Result, TensorEntry, TorchError};
+use weightnorm_core::surgery::{Scheme, detect_pairs, fuse_tensor, pair_keys};
 
-use super::checkpoint::TensorEntry;
-use super::pairs::{Scheme, detect_pairs, pair_keys};
-use super::transform::fuse_tensor;
-use super::{Result, TorchError};
 use crate::axis::{LayerKind, NormAxis};
 use crate::reparam::{ParamInfo, WeightNorm, survey};
 use burn::module::Reparameterization;
