@@ -90,13 +90,15 @@ impl CanonicalError {
     /// };
     /// assert_eq!(e.to_string(), "layer 2 (linear): takes 4 inputs, receives 3");
     /// let onnx = |p: &[usize]| format!("/fc{}/Gemm", p[0]);
-    /// assert_eq!(e.render(&onnx), "/fc2/Gemm (linear): takes 4 inputs, receives 3");
+    /// assert_eq!(e.render(&onnx), "layer /fc2/Gemm (linear): takes 4 inputs, receives 3");
     /// ```
     pub fn render(&self, namer: &dyn Namer) -> String {
         match self {
-            Self::Layer { at, op, fault } => format!("{} ({op}): {fault}", namer.name(at)),
+            Self::Layer { at, op, fault } => {
+                format!("layer {} ({op}): {fault}", namer.name(at))
+            }
             Self::NegativeScale { at, .. } | Self::Overflow { at, .. } => {
-                format!("{}: {}", namer.name(at), self.reason())
+                format!("layer {}: {}", namer.name(at), self.reason())
             }
             e @ Self::Input { .. } => e.to_string(),
         }

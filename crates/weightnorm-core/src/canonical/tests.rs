@@ -787,3 +787,93 @@ fn a_softmax_is_a_barrier_on_flat_activations() {
     let e = Network::<f64>::new(vec![2, 2], vec![Layer::Barrier(Barrier::Softmax)]).unwrap_err();
     assert!(e.to_string().contains("takes a flat input"), "{e}");
 }
+
+#[test]
+fn notes_reports_and_errors_are_named_by_each_front_end() {
+    // conv -> batch norm -> relu -> tanh -> linear: a folded norm (a note), a layer carrying
+    // the scale before a barrier (a report), and an error at a position.
+    let mut rng = Rng(11);
+    let conv: Layer = conv_layer(
+        &mut rng,
+        3,
+        2,
+        ConvGeometry {
+            kernel: vec![2, 2],
+            stride: vec![1, 1],
+            padding: vec![0, 0],
+            dilation: vec![1, 1],
+            groups: 1,
+        },
+        true,
+    );
+    let bn = Layer::Norm(Norm {
+        kind: NormKind::Batch,
+        a: Some(vec![2.0, 0.5, 1.5]),
+        c: vec![0.1, 0.2, -0.3],
+    });
+    let net = Network::new(
+        vec![2, 3, 3],
+        vec![
+            conv,
+            bn,
+            Layer::Act(Activation::Relu),
+            Layer::Barrier(Barrier::Tanh),
+            Layer::Flatten,
+            dense(2, 12, vec![0.25; 24], None),
+        ],
+    )
+    .unwrap();
+    let c = canonicalize(net).unwrap();
+    // The calculus's own names, and an ONNX-like front-end's.
+    let positions = Positions(&c.network);
+    let onnx = |p: &LayerPath| match p {
+        [0] => "/features/conv/Conv".to_string(),
+        [1] => "/features/bn/BatchNormalization".to_string(),
+        [3] => "/act/Tanh".to_string(),
+        p => format!("#{p:?}"),
+    };
+    let [note] = c.notes() else {
+        panic!("{:?}", c.notes())
+    };
+    assert_eq!(
+        note.render(&positions),
+        "layer 1 (batch_norm) folded into layer 0 (conv2d): its multiplier is in the rows, the \
+         layer's bias is carried as its shift"
+    );
+    assert_eq!(note.to_string(), note.render(&positions));
+    assert_eq!(
+        note.render(&onnx),
+        "layer /features/bn/BatchNormalization (batch_norm) folded into layer \
+         /features/conv/Conv (conv2d): its multiplier is in the rows, the layer's bias is carried \
+         as its shift"
+    );
+    let carried = c.reports()[0].carries.as_ref().unwrap();
+    assert_eq!(
+        carried.render(&positions),
+        "the scale, multiplied back before tanh (layer 3)"
+    );
+    assert_eq!(
+        carried.render(&onnx),
+        "the scale, multiplied back before tanh (layer /act/Tanh)"
+    );
+    // An error names its layer either way; its Display is the calculus's.
+    let e = reconstitute(c.network.clone(), &[1.0]).unwrap_err();
+    assert_eq!(e.at(), Some(&[][..]));
+    assert_eq!(
+        e.to_string(),
+        "layer output (scale): 1 scale entries for 2 output channels"
+    );
+    let e = CanonicalError::Overflow {
+        at: vec![0],
+        what: Overflow::RowNorm { row: 2 },
+    };
+    assert_eq!(
+        e.render(&positions),
+        "layer 0: the norm of row 2 times its input scale exceeds the range of f64"
+    );
+    assert_eq!(
+        e.render(&onnx),
+        "layer /features/conv/Conv: the norm of row 2 times its input scale exceeds the range of \
+         f64"
+    );
+}

@@ -8,6 +8,8 @@ use super::proto::*;
 use super::*;
 use crate::canonical::{Agreement, Layer, canonicalize};
 
+mod faults;
+
 fn floats(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
