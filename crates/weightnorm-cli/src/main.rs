@@ -12,6 +12,7 @@
 //! | `ckpt` | `inspect`, `fuse`, `split`, `convert` |
 //! | `canon` | `canonicalize`: one pipeline (`canon/pipeline.rs`: read, verify, canonicalize, write, report with one schema) over two front-ends, a checkpoint with its architecture file (`canon/arch.rs`) and an ONNX model read back before it is put in place (`canon/onnx.rs`); the options and the verification inputs |
 //! | `data` | data sets (Fashion-MNIST IDX files, the built-in digits), validated at load |
+//! | `cnn` | the CNN classifier of `train --model cnn` (plain or weight-normalized, with batch norms or mean-only batch norms), described for the canonical form |
 //! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
 //! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
 //! | `metrics` | what a run measured, and `metrics.json` |
@@ -29,6 +30,7 @@
 mod bench;
 mod canon;
 mod ckpt;
+mod cnn;
 mod data;
 mod demo;
 mod device;

@@ -4,9 +4,9 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
-use weightnorm::nn::{
-    CnnNorm, MeanOnlyBatchNorm, MeanOnlyBatchNormConfig, WnCnnClassifier, WnCnnClassifierConfig,
-};
+use weightnorm::nn::{MeanOnlyBatchNorm, MeanOnlyBatchNormConfig};
+
+use crate::cnn::{CnnClassifier, CnnClassifierConfig, CnnNorm};
 use weightnorm::torch::arch::spec::{ConvSpec, PoolSpec};
 use weightnorm::torch::arch::{ArchSpec, LayerSpec};
 use weightnorm::torch::{Scheme, TensorEntry, save_module};
@@ -61,7 +61,9 @@ impl Param {
 pub enum ModelKind {
     /// An MLP with hidden layers 256 and 128.
     Mlp,
-    /// The weight-normalized CNN classifier.
+    /// A CNN: three 3x3 convolution stages (max pooling after the first two), then two linear
+    /// layers; its weights parameterized as `--param` says (weight-normalized under `wn` and
+    /// `wn-mobn`, plain otherwise).
     Cnn,
 }
 
@@ -222,7 +224,7 @@ pub enum Model {
     /// An MLP.
     Mlp(Mlp),
     /// The CNN classifier.
-    Cnn(WnCnnClassifier),
+    Cnn(CnnClassifier),
 }
 
 /// The layers of an architecture file being built, and for each layer with parameters the
@@ -286,7 +288,7 @@ impl Spec {
                     Param::Bn => CnnNorm::Batch,
                 };
                 Ok(Model::Cnn(
-                    WnCnnClassifierConfig::new()
+                    CnnClassifierConfig::new()
                         .with_channels_in(self.input[0])
                         .with_num_classes(self.classes)
                         .with_widths(self.cnn_widths)

@@ -11,60 +11,16 @@
 
 use std::time::Duration;
 
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
-use weightnorm::live::{Canonicalizable, LiveLayer};
-use weightnorm::nn::WnCnnClassifierConfig;
 use weightnorm::pcr::{Pcr, PcrConfig, Penalty, Transport, transport};
 
-#[derive(Module, Debug)]
-struct Mlp {
-    layers: Vec<Linear>,
-}
-
-impl Mlp {
-    fn new(device: &Device) -> Self {
-        Self {
-            layers: [784, 256, 128, 10]
-                .windows(2)
-                .map(|w| LinearConfig::new(w[0], w[1]).init(device))
-                .collect(),
-        }
-    }
-
-    fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = relu(x);
-            }
-        }
-        x
-    }
-}
-
-impl Canonicalizable for Mlp {
-    fn input_shape(&self) -> Vec<usize> {
-        vec![784]
-    }
-
-    fn layers(&self) -> Vec<LiveLayer<'_>> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            if i > 0 {
-                out.push(LiveLayer::Relu);
-            }
-            out.push(LiveLayer::Linear(l));
-        }
-        out
-    }
-}
+/// The shared test models.
+#[path = "../tests/common/models.rs"]
+mod models;
+use models::{Cnn, Mlp};
 
 /// A model and Adam after a few steps (so that Adam has a state to carry).
 fn warmed(device: &Device, steps: usize) -> (Mlp, ModuleOptimizer, Tensor<2>, Tensor<1, Int>) {
@@ -72,7 +28,7 @@ fn warmed(device: &Device, steps: usize) -> (Mlp, ModuleOptimizer, Tensor<2>, Te
     let x = Tensor::<2>::random([128, 784], Distribution::Normal(0.0, 1.0), device);
     let labels: Vec<i64> = (0..128).map(|i| i % 10).collect();
     let y = Tensor::<1, Int>::from_data(labels.as_slice(), device);
-    let mut model = Mlp::new(device);
+    let mut model = Mlp::new(&[784, 256, 128, 10], device);
     let mut optim = AdamConfig::new().init();
     for _ in 0..steps {
         let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
@@ -143,11 +99,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let cnn = WnCnnClassifierConfig::new()
-        .with_weight_norm(false)
-        .with_flatten_input(Some([28, 28]))
-        .init(&device)
-        .unwrap();
+    let cnn = Cnn::new([1, 28, 28], [64, 128, 256], 128, 10, &device);
     let mut optim = AdamConfig::new().init();
     let x = Tensor::<4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
     let y = Tensor::<1, Int>::from_data([0i64, 1, 2, 3, 4, 5, 6, 7].as_slice(), &device);

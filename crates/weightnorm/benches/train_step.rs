@@ -12,43 +12,16 @@
 
 use std::time::Duration;
 
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use weightnorm::{WeightNormConfig, apply_weight_norm};
 
-#[derive(Module, Debug)]
-struct Mlp {
-    layers: Vec<Linear>,
-    relu: Relu,
-}
-
-impl Mlp {
-    fn new(device: &Device) -> Self {
-        let sizes = [784, 1024, 1024, 10];
-        Self {
-            layers: sizes
-                .windows(2)
-                .map(|w| LinearConfig::new(w[0], w[1]).init(device))
-                .collect(),
-            relu: Relu::new(),
-        }
-    }
-
-    fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = self.relu.forward(x);
-            }
-        }
-        x
-    }
-}
+/// The shared test models.
+#[path = "../tests/common/models.rs"]
+mod models;
+use models::Mlp;
 
 fn bench(c: &mut Criterion) {
     let device = Device::flex().autodiff();
@@ -62,7 +35,7 @@ fn bench(c: &mut Criterion) {
         let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
         let y = Tensor::<1, Int>::from_data(labels.as_slice(), &device);
         for wn in [false, true] {
-            let mut model = Mlp::new(&device);
+            let mut model = Mlp::new(&[784, 1024, 1024, 10], &device);
             if wn {
                 model = apply_weight_norm(model, &WeightNormConfig::new()).unwrap();
             }

@@ -2,43 +2,16 @@
 //!
 //! Run: `cargo run --release --example quickstart -p weightnorm`
 
-use burn::module::Module;
 use burn::nn::loss::{MseLoss, Reduction};
-use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use weightnorm::{WeightNormConfig, apply_weight_norm, remove_weight_norm};
 
-/// A small MLP: 16 -> 32 -> 32 -> 4.
-#[derive(Module, Debug)]
-struct Mlp {
-    layers: Vec<Linear>,
-    relu: Relu,
-}
-
-impl Mlp {
-    fn new(device: &Device) -> Self {
-        let sizes = [16, 32, 32, 4];
-        Self {
-            layers: sizes
-                .windows(2)
-                .map(|w| LinearConfig::new(w[0], w[1]).init(device))
-                .collect(),
-            relu: Relu::new(),
-        }
-    }
-
-    fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = self.relu.forward(x);
-            }
-        }
-        x
-    }
-}
+/// The model: the MLP of the project's tests (`Linear -> ReLU` per hidden layer, then a Linear
+/// to the outputs), here 16 -> 32 -> 32 -> 4.
+#[path = "../tests/common/models.rs"]
+mod models;
+use models::Mlp;
 
 fn max_abs_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
@@ -47,7 +20,7 @@ fn max_abs_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
 fn main() {
     let device = Device::flex().autodiff();
     device.seed(42);
-    let mlp = Mlp::new(&device);
+    let mlp = Mlp::new(&[16, 32, 32, 4], &device);
     let x = Tensor::<2>::random([64, 16], Distribution::Normal(0.0, 1.0), &device);
     let target = Tensor::<2>::random([64, 4], Distribution::Normal(0.0, 1.0), &device);
 

@@ -8,7 +8,7 @@ use burn::nn::{BatchNormConfig, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Distribution, Tensor};
 use common::*;
 use weightnorm::init::{InitError, data_dependent_conv2d, data_dependent_linear};
-use weightnorm::nn::{MeanOnlyBatchNormConfig, WaveNetBlockConfig, WnCnnClassifierConfig};
+use weightnorm::nn::{MeanOnlyBatchNormConfig, WaveNetBlockConfig};
 use weightnorm::reparam::weight_normed_params;
 use weightnorm::{AxisChoice, WeightNorm, WeightNormConfig, apply_weight_norm};
 
@@ -313,40 +313,5 @@ fn wavenet_block() {
         // Both outputs depend on the input through the weight-normed convolutions.
         let grads = (res.sum() + skip.sum()).backward();
         assert!(x.grad(&grads).is_some());
-    }
-}
-
-#[test]
-fn cnn_classifier_weight_norm_and_data_dependent_init() {
-    let device = ad_device();
-    device.seed(1);
-    let config = WnCnnClassifierConfig::new()
-        .with_widths([4, 6, 8])
-        .with_hidden(12);
-    let model = config.init(&device).unwrap();
-    assert_eq!(weight_normed_params(&model).len(), 5);
-    let x = randn([6, 1, 12, 12], &device);
-    assert_eq!(model.forward(x.clone()).dims(), [6, 10]);
-    // Weight norm does not change the function the network computes at init.
-    let plain = config
-        .clone()
-        .with_weight_norm(false)
-        .init(&device)
-        .unwrap();
-    assert!(weight_normed_params(&plain).is_empty());
-    let model = apply_weight_norm(plain.clone(), &WeightNormConfig::new()).unwrap();
-    let err = error_at_scale(
-        &values(&model.forward(x.clone())),
-        &values(&plain.forward(x.clone())),
-        1.0,
-    );
-    assert!(err <= 1e-5, "{err:e}");
-    // Data-dependent init: the logits are standardized per class on the batch.
-    let init = model.data_dependent_init(x.clone(), 1.0).unwrap();
-    for (m, s) in stats(&init.forward(x), 1) {
-        assert!(
-            m.abs() < 1e-4 && (s - 1.0).abs() < 1e-4,
-            "mean {m}, std {s}"
-        );
     }
 }

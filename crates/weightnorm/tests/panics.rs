@@ -5,7 +5,7 @@ use burn::nn::LinearConfig;
 use burn::tensor::{Device, FloatDType, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use weightnorm::canonical::{Activation, Agreement, Layer, Network, Rows};
-use weightnorm::nn::{MeanOnlyBatchNormConfig, WaveNetBlockConfig, WnCnnClassifierConfig};
+use weightnorm::nn::{MeanOnlyBatchNormConfig, WaveNetBlockConfig};
 use weightnorm::ops::WeightNormBackend;
 use weightnorm::{NormAxis, WeightNorm, WeightNormConfig, apply_weight_norm};
 
@@ -141,34 +141,6 @@ fn wavenet_block_with_a_zero_kernel() {
 fn wavenet_block_with_a_zero_dilation() {
     let _ = WaveNetBlockConfig::new(2)
         .with_dilation(0)
-        .init(&Device::flex());
-}
-
-#[test]
-#[should_panic(expected = "every width must be positive")]
-fn cnn_classifier_with_a_zero_width() {
-    let _ = WnCnnClassifierConfig::new()
-        .with_widths([4, 0, 4])
-        .init(&Device::flex());
-}
-
-#[test]
-#[should_panic(expected = "every width must be positive")]
-fn cnn_classifier_without_classes() {
-    let _ = WnCnnClassifierConfig::new()
-        .with_widths([2, 2, 2])
-        .with_num_classes(0)
-        .init(&Device::flex());
-}
-
-/// Not under the `# Panics` of `WnCnnClassifierConfig::init` (which names only the zero
-/// sizes), but asserted there too.
-#[test]
-#[should_panic(expected = "flatten_input must be divisible by 4")]
-fn cnn_classifier_with_a_flatten_input_not_divisible_by_4() {
-    let _ = WnCnnClassifierConfig::new()
-        .with_widths([2, 2, 2])
-        .with_flatten_input(Some([6, 8]))
         .init(&Device::flex());
 }
 

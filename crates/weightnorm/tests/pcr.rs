@@ -14,11 +14,10 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::store::ModuleRecord;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::models::{Mlp, cnn, rel_diff, uniform, values};
+use common::models::{Cnn, Mlp, cnn, rel_diff, uniform, values};
 use common::{ad_device, device};
 use weightnorm::canonical::canonicalize;
 use weightnorm::live::{Canonicalizable, LiveError, canonicalize_module, describe};
-use weightnorm::nn::WnCnnClassifier;
 use weightnorm::pcr::{Pcr, PcrConfig, PcrError, PcrState, Penalty, Transport, gain, transport};
 use weightnorm::{WeightNorm, WeightNormConfig, apply_weight_norm};
 
@@ -133,7 +132,7 @@ fn mlp_loss(m: &Mlp, x: Tensor<2>, y: Tensor<1, Int>) -> Tensor<1> {
     ce.forward(m.forward(x), y)
 }
 
-fn cnn_loss(m: &WnCnnClassifier, x: Tensor<4>, y: Tensor<1, Int>) -> Tensor<1> {
+fn cnn_loss(m: &Cnn, x: Tensor<4>, y: Tensor<1, Int>) -> Tensor<1> {
     let ce = CrossEntropyLossConfig::new().init(&x.device());
     ce.forward(m.forward(x), y)
 }
@@ -367,7 +366,7 @@ fn penalty_none_keeps_the_batch_loss_and_the_gain() {
         let (x, y) = batch4(8, 5, 400 + k);
         let grads =
             GradientsParams::from_grads(cnn_loss(&net, x.clone(), y.clone()).backward(), &net);
-        let measure = |m: &WnCnnClassifier| values(cnn_loss(m, x.clone(), y.clone()))[0];
+        let measure = |m: &Cnn| values(cnn_loss(m, x.clone(), y.clone()))[0];
         let (next, event) = pcr
             .step_measured(&mut optim, LR, net, grads, Some(measure))
             .unwrap();

@@ -1,16 +1,18 @@
-//! Live Burn models for the canonical form's live front-end and PCR: the CLI's MLP shape, the
-//! library's CNN classifier, and two "zoo" networks with every layer kind the calculus passes
-//! (grouped and 1-D convolutions, leaky ReLU, pooling, residual blocks, barriers).
+//! The one set of test models, shared by the tests, the benches and the examples (`#[path]`):
+//! live Burn models for the canonical form's live front-end and PCR: an MLP (the CLI's shape),
+//! a CNN (the CLI's classifier's shape, plain), and two "zoo" networks with every layer kind the
+//! calculus passes (grouped and 1-D convolutions, leaky ReLU, pooling, residual blocks,
+//! barriers).
+#![allow(dead_code)]
 
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
-use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::activation::{leaky_relu, relu, sigmoid, tanh};
 use burn::tensor::{Device, Tensor};
 use weightnorm::canonical::Barrier;
 use weightnorm::live::{Canonicalizable, LiveLayer};
-use weightnorm::nn::{WnCnnClassifier, WnCnnClassifierConfig};
 
 /// The CLI's MLP: `Linear -> ReLU` per hidden layer, then a Linear to the classes.
 #[derive(Module, Debug)]
@@ -58,17 +60,85 @@ impl Canonicalizable for Mlp {
     }
 }
 
-/// The CLI's CNN (the library's classifier, plain, flattening every position) at small widths.
-pub fn cnn(device: &Device) -> WnCnnClassifier {
-    WnCnnClassifierConfig::new()
-        .with_channels_in(1)
-        .with_num_classes(5)
-        .with_widths([4, 6, 8])
-        .with_hidden(12)
-        .with_weight_norm(false)
-        .with_flatten_input(Some([8, 8]))
-        .init(device)
-        .unwrap()
+/// A CNN of the CLI classifier's shape, plain: three 3x3 convolutions (padding 1) with ReLU,
+/// 2x2 max pooling after the first two, every position of the third flattened, then
+/// `Linear -> ReLU -> Linear`.
+#[derive(Module, Debug)]
+pub struct Cnn {
+    pub convs: Vec<Conv2d>,
+    pub pool: MaxPool2d,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    #[module(skip)]
+    pub input: [usize; 3],
+}
+
+impl Cnn {
+    /// `channels` input channels of `hw` images (divisible by 4), `widths` of the convolutions,
+    /// `hidden` units, `classes` outputs.
+    pub fn new(
+        [channels, h, w]: [usize; 3],
+        widths: [usize; 3],
+        hidden: usize,
+        classes: usize,
+        device: &Device,
+    ) -> Self {
+        let ins = [channels, widths[0], widths[1]];
+        Self {
+            convs: ins
+                .iter()
+                .zip(widths)
+                .map(|(&i, o)| {
+                    Conv2dConfig::new([i, o], [3, 3])
+                        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                        .init(device)
+                })
+                .collect(),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            fc1: LinearConfig::new(widths[2] * (h / 4) * (w / 4), hidden).init(device),
+            fc2: LinearConfig::new(hidden, classes).init(device),
+            input: [channels, h, w],
+        }
+    }
+
+    /// Class logits of `[batch, channels, h, w]` images.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut h = x;
+        for (i, conv) in self.convs.iter().enumerate() {
+            h = relu(conv.forward(h));
+            if i < 2 {
+                h = self.pool.forward(h);
+            }
+        }
+        self.fc2.forward(relu(self.fc1.forward(h.flatten(1, 3))))
+    }
+}
+
+impl Canonicalizable for Cnn {
+    fn input_shape(&self) -> Vec<usize> {
+        self.input.to_vec()
+    }
+
+    fn layers(&self) -> Vec<LiveLayer<'_>> {
+        let mut out = Vec::new();
+        for (i, conv) in self.convs.iter().enumerate() {
+            out.push(LiveLayer::Conv2d(conv));
+            out.push(LiveLayer::Relu);
+            if i < 2 {
+                out.push(LiveLayer::MaxPool2d(&self.pool));
+            }
+        }
+        out.push(LiveLayer::Flatten);
+        out.push(LiveLayer::Linear(&self.fc1));
+        out.push(LiveLayer::Relu);
+        out.push(LiveLayer::Linear(&self.fc2));
+        out
+    }
+}
+
+/// The CNN at small widths on 8x8 grey images, five classes.
+pub fn cnn(device: &Device) -> Cnn {
+    Cnn::new([1, 8, 8], [4, 6, 8], 12, 5, device)
 }
 
 /// A 1-D network: grouped convolution, leaky ReLU, a residual block, a tanh barrier, a

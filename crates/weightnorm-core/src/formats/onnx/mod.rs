@@ -28,7 +28,18 @@
 //!
 //! Shape computations (`Shape`, `Gather`, `Concat`, `Unsqueeze`, `Slice`, arithmetic, `Cast`,
 //! `Constant`) are evaluated where an op needs their values. Anything else on the way from the
-//! input to the output is an [`OnnxError::Node`] naming the node and its op type.
+//! input to the output is an [`OnnxError::Node`] naming the node and its op type, with a typed
+//! reason ([`NodeFault`]).
+//!
+//! # Files
+//!
+//! `proto.rs` the messages; `tensor.rs` tensors inline or external; `graph.rs` the graph
+//! indexed and its constants evaluated (`consts.rs` the arithmetic); `lower.rs` this
+//! front-end's [`Dataflow`](crate::graph::Dataflow) for the core's graph lowering
+//! ([`crate::graph::lower`], which walks forks, residual blocks, barrier clusters, the gate and
+//! the head for every front-end) and the per-op lowering of layers without parameters;
+//! `layers.rs` the layers with parameters; `read.rs` the two together; `write.rs` canonical
+//! weights back into the graph; `fault.rs` the typed reasons.
 //!
 //! # Writing
 //!
@@ -52,6 +63,7 @@
 mod consts;
 mod fault;
 mod graph;
+mod layers;
 mod lower;
 pub mod proto;
 mod read;
