@@ -8,25 +8,9 @@ use anyhow::{Result, bail};
 use crate::Failure;
 use crate::text::shown;
 
-/// SplitMix64 (Steele, Lea and Flood, 2014): the generator behind the digits split (which
-/// `scripts/check_model.py` repeats) and the random verification inputs.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// SplitMix64 (Steele, Lea and Flood, 2014), the core's: the generator behind the digits split
+/// (which `scripts/check_model.py` repeats) and the random verification inputs.
+pub use weightnorm::weightnorm_core::rng::SplitMix64;
 
 /// The four files of Fashion-MNIST (or any MNIST-layout data) in `dir`: training images and
 /// labels, test images and labels.

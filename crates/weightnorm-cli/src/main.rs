@@ -16,6 +16,7 @@
 //! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
 //! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
 //! | `metrics` | what a run measured, and `metrics.json` |
+//! | `stats` | a quantity over seeds (mean, spread, the test of a difference), moving averages, quantiles |
 //! | `summary` | runs grouped by parameterization: means and spreads over seeds, bands of curves |
 //! | `report` | `report.md` (a conclusion computed from the numbers) and the terminal table |
 //! | `plot` | PNG plots from metrics only (no training, no clap) |
@@ -41,6 +42,7 @@ mod op;
 mod output;
 mod plot;
 mod report;
+mod stats;
 mod summary;
 mod text;
 mod train;

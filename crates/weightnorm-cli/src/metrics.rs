@@ -1,7 +1,5 @@
 //! What a training run measured, how it was set up, and their JSON (`metrics.json`).
 
-use serde_json::json;
-
 /// How a run was set up: what its metrics file and the comparison report print beside the
 /// numbers. Plain data, so that metrics, reports and plots need no command-line types.
 #[derive(Clone, Debug)]
@@ -133,7 +131,7 @@ impl RunMetrics {
             return self.mean_step_ms;
         }
         t.sort_by(f64::total_cmp);
-        crate::summary::quantile(&t, 0.5)
+        crate::stats::quantile(&t, 0.5)
     }
 
     /// One per-epoch quantity, in epoch order.
@@ -141,49 +139,131 @@ impl RunMetrics {
         self.epochs.iter().map(f).collect()
     }
 
-    /// The run's `metrics.json` (without the fields only the trained model knows, such as its
-    /// global gain).
-    pub fn json(&self, setup: &RunSetup) -> serde_json::Value {
+    /// The run's `metrics.json`: its setup, the last epoch's scores, every curve, and the
+    /// trained network's global gain where the caller knows it.
+    pub fn file<'a>(
+        &'a self,
+        setup: &'a RunSetup,
+        final_global_gain: Option<f64>,
+    ) -> MetricsFile<'a> {
         let last = self.last();
-        json!({
-            "dataset": setup.dataset,
-            "input_mean": setup.input_norm.0,
-            "input_std": setup.input_norm.1,
-            "model": setup.model,
-            "param": self.param,
-            "init": setup.init,
-            "epochs": setup.epochs,
-            "batch_size": setup.batch_size,
-            "lr": setup.lr,
-            "seed": setup.seed,
-            "device": setup.device,
-            "threads": setup.threads,
-            "allocator": setup.allocator,
-            "test_accuracy": last.map(|e| e.test_accuracy),
-            "test_loss": last.map(|e| e.test_loss),
-            "ece": last.map(|e| e.ece),
-            "per_epoch": {
-                "train_loss": self.per_epoch(|e| e.train_loss),
-                "test_loss": self.per_epoch(|e| e.test_loss),
-                "test_accuracy": self.per_epoch(|e| e.test_accuracy),
-                "ece": self.per_epoch(|e| e.ece),
+        MetricsFile {
+            dataset: setup.dataset,
+            input_mean: setup.input_norm.0,
+            input_std: setup.input_norm.1,
+            model: &setup.model,
+            param: &self.param,
+            init: &setup.init,
+            epochs: setup.epochs,
+            batch_size: setup.batch_size,
+            lr: setup.lr,
+            seed: setup.seed,
+            device: &setup.device,
+            threads: setup.threads,
+            allocator: &setup.allocator,
+            test_accuracy: last.map(|e| e.test_accuracy),
+            test_loss: last.map(|e| e.test_loss),
+            ece: last.map(|e| e.ece),
+            per_epoch: PerEpoch {
+                train_loss: self.per_epoch(|e| e.train_loss),
+                test_loss: self.per_epoch(|e| e.test_loss),
+                test_accuracy: self.per_epoch(|e| e.test_accuracy),
+                ece: self.per_epoch(|e| e.ece),
             },
-            "pcr": self.pcr,
-            "pcr_events": self.pcr_events,
-            "global_gain": self.global_gain,
-            "step_loss": self.step_losses,
-            "step_ms": self.step_ms,
-            "step_seconds": self.step_seconds,
-            "mean_step_ms": self.mean_step_ms,
-            "median_step_ms": self.median_step_ms(),
-            "examples_per_s": self.examples_per_s,
-            "seconds": self.seconds,
-        })
+            pcr: self.pcr.as_deref(),
+            pcr_events: &self.pcr_events,
+            global_gain: &self.global_gain,
+            final_global_gain,
+            step_loss: &self.step_losses,
+            step_ms: &self.step_ms,
+            step_seconds: &self.step_seconds,
+            mean_step_ms: self.mean_step_ms,
+            median_step_ms: self.median_step_ms(),
+            examples_per_s: self.examples_per_s,
+            seconds: self.seconds,
+        }
     }
+}
+
+/// `metrics.json`: one schema, written by `train` and `compare` for every run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MetricsFile<'a> {
+    /// The data set's name.
+    pub dataset: &'a str,
+    /// The training pixels' mean the inputs were standardized with.
+    pub input_mean: f32,
+    /// Their standard deviation.
+    pub input_std: f32,
+    /// `mlp` or `cnn`.
+    pub model: &'a str,
+    /// The parameterization.
+    pub param: &'a str,
+    /// `fp` or `ddi`.
+    pub init: &'a str,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// The learning rate.
+    pub lr: f64,
+    /// The seed.
+    pub seed: u64,
+    /// Where it computed.
+    pub device: &'a str,
+    /// Worker threads of the CPU backend.
+    pub threads: usize,
+    /// The allocator settings the steps were timed under.
+    pub allocator: &'a str,
+    /// The last epoch's test accuracy (none before an epoch finished).
+    pub test_accuracy: Option<f64>,
+    /// The last epoch's test loss.
+    pub test_loss: Option<f64>,
+    /// The last epoch's expected calibration error.
+    pub ece: Option<f64>,
+    /// Every epoch's scores.
+    pub per_epoch: PerEpoch,
+    /// PCR's setup, for PCR runs.
+    pub pcr: Option<&'a str>,
+    /// Every canonicalization of a PCR run.
+    pub pcr_events: &'a [PcrEvent],
+    /// The global gain over training, `(step, value)`.
+    pub global_gain: &'a [(usize, f64)],
+    /// The trained network's global gain (the norm of its canonical output scale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_global_gain: Option<f64>,
+    /// Every step's training loss.
+    pub step_loss: &'a [f64],
+    /// Every step's wall time, milliseconds.
+    pub step_ms: &'a [f64],
+    /// Seconds since the run began at the end of every step.
+    pub step_seconds: &'a [f64],
+    /// The mean step time, milliseconds.
+    pub mean_step_ms: f64,
+    /// The median step time, milliseconds.
+    pub median_step_ms: f64,
+    /// Training throughput.
+    pub examples_per_s: f64,
+    /// Wall time of the whole run.
+    pub seconds: f64,
+}
+
+/// Every epoch's scores in `metrics.json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PerEpoch {
+    /// Mean training loss.
+    pub train_loss: Vec<f64>,
+    /// Test loss.
+    pub test_loss: Vec<f64>,
+    /// Test accuracy.
+    pub test_accuracy: Vec<f64>,
+    /// Expected calibration error.
+    pub ece: Vec<f64>,
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use serde_json::json;
+
     use super::*;
 
     /// A setup and a two-epoch run with distinct numbers everywhere, for tests.
@@ -215,10 +295,15 @@ pub(crate) mod tests {
         (setup, m)
     }
 
+    fn json(f: &MetricsFile<'_>) -> serde_json::Value {
+        serde_json::to_value(f).unwrap()
+    }
+
     #[test]
     fn the_json_holds_the_setup_the_last_epoch_and_the_curves() {
         let (setup, m) = sample();
-        let j = m.json(&setup);
+        let j = json(&m.file(&setup, Some(2.5)));
+        assert_eq!(j["final_global_gain"], 2.5);
         assert_eq!(j["dataset"], "digits");
         assert_eq!(j["input_std"], 0.5);
         assert_eq!(j["model"], "mlp");
@@ -237,7 +322,8 @@ pub(crate) mod tests {
     #[test]
     fn a_run_without_epochs_has_null_scores() {
         let (setup, _) = sample();
-        let j = RunMetrics::new("plain", 0).json(&setup);
+        let j = json(&RunMetrics::new("plain", 0).file(&setup, None));
+        assert!(j.get("final_global_gain").is_none());
         assert!(j["test_accuracy"].is_null() && j["ece"].is_null());
         assert_eq!(j["per_epoch"]["ece"], json!([]));
     }

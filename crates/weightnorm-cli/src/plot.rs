@@ -14,7 +14,8 @@ use plotters::prelude::*;
 
 use crate::metrics::RunMetrics;
 use crate::output::Outputs;
-use crate::summary::{Band, Group, groups, moving_average, quantile};
+use crate::stats::{moving_average, quantile};
+use crate::summary::{Band, Group, groups};
 
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),

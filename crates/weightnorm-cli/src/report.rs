@@ -3,7 +3,8 @@
 //! scores with their spread over seeds, each run, the plots and the definitions.
 
 use crate::metrics::{RunMetrics, RunSetup};
-use crate::summary::{Group, Scores, Stat, groups};
+use crate::stats::Stat;
+use crate::summary::{Group, Scores, groups};
 
 /// The file names of the comparison's plots, in the order the report shows them.
 pub const PLOTS: &[(&str, &str)] = &[

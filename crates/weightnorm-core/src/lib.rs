@@ -19,6 +19,7 @@
 //! | [`kernels`] | forward, backward and norms on slices (f32, f64; f16 and bf16 summed in f32), exact for every finite input, threaded above 64 Ki elements | [`axis`] |
 //! | [`canonical`] | the calculus: networks in output and input units ([`canonical::Network`]), the three transforms, batch-norm folding, canonicalize, reconstitute, verify, gains, the per-unit factors of every rescaling, typed notes ([`canonical::Note`]) and positions ([`canonical::LayerPath`], [`canonical::Namer`]); the f64 interpreter in its own file | nothing |
 //! | [`graph`] | one lowering of a dataflow graph onto the calculus (chains, residual forks, shortcuts, barrier clusters, WaveNet's gate, the head), parameterized by a front-end ([`graph::Dataflow`]) that lowers its own ops and names its own positions | [`canonical`] |
+//! | [`rng`] | SplitMix64: the one deterministic generator of test data, data orders and random verification inputs | nothing |
 //! | [`transport`] | an optimizer's moments carried across a rescaling, element by element, on plain slices: covariant, weight-scaled, reset, keep | nothing |
 //! | [`formats`] (feature `formats`) | checkpoints: `.safetensors` memory-mapped, `.pt` (zip and legacy) through a restricted unpickler that calls nothing; atomic writers; architecture files ([`formats::arch`]); ONNX models ([`formats::onnx`], feature `onnx`: protobuf, constants, per-op lowering through [`graph`], writing back) | [`canonical`], [`graph`], [`axis`] |
 //! | [`surgery`] (feature `formats`) | weight-norm pairs in both PyTorch key schemes; fuse, split, convert and their statistics on tensor maps | [`formats`], [`kernels`], [`axis`] |
@@ -53,6 +54,7 @@ pub mod error;
 pub mod formats;
 pub mod graph;
 pub mod kernels;
+pub mod rng;
 #[cfg(feature = "formats")]
 pub mod surgery;
 pub mod transport;

@@ -82,18 +82,7 @@ pub fn digits() -> Vec<Digit> {
         })
         .collect();
     // Fisher-Yates with SplitMix64 (a fixed seed): one order for every run and every epoch.
-    let mut state = 0x5eed_u64;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    for i in (1..rows.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        rows.swap(i, j);
-    }
+    weightnorm::weightnorm_core::rng::SplitMix64(0x5eed).shuffle(&mut rows);
     rows
 }
 

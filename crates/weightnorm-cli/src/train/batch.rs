@@ -55,16 +55,11 @@ pub fn forward(model: &Model, b: Batch) -> Tensor<2> {
     }
 }
 
-/// A deterministic permutation of `0..n` for the seed (xorshift).
+/// A deterministic permutation of `0..n` for the seed (Fisher-Yates with SplitMix64).
 pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x9E37_79B9_7F4A_7C15;
-    for i in (1..n).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        order.swap(i, (state % (i as u64 + 1)) as usize);
-    }
+    weightnorm::weightnorm_core::rng::SplitMix64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D))
+        .shuffle(&mut order);
     order
 }
 

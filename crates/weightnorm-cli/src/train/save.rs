@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::Result;
 use burn::module::Module;
-use serde_json::json;
 
 use crate::metrics::{RunMetrics, RunSetup};
 use crate::model::{Model, Spec};
@@ -28,10 +27,9 @@ pub fn save_run(
     setup: &RunSetup,
 ) -> Result<()> {
     outputs.create_dir_all(out)?;
-    let mut m = metrics.json(setup);
     // The trained network's global gain (the norm of its canonical output scale).
     let canonical = weightnorm::canonical::canonicalize(spec.network(&model.valid())?)?;
-    m["final_global_gain"] = json!(canonical.global_gain());
+    let m = serde_json::to_value(metrics.file(setup, Some(canonical.global_gain())))?;
     outputs.json(&out.join("metrics.json"), true, &m)?;
     outputs.json(&out.join("arch.json"), true, &spec.arch())?;
     let tensors = spec.export(&model.valid())?;

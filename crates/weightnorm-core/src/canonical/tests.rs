@@ -4,18 +4,26 @@
 
 use super::*;
 
-struct Rng(u64);
+/// The core's generator, with what the random networks draw.
+struct Rng {
+    r: crate::rng::SplitMix64,
+}
+
+/// A generator seeded with `seed` (named like a constructor).
+#[allow(non_snake_case)]
+fn Rng(seed: u64) -> Rng {
+    Rng {
+        r: crate::rng::SplitMix64(seed),
+    }
+}
 
 impl Rng {
     /// Uniform in [-1, 1).
     fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        self.r.uniform()
     }
     fn below(&mut self, n: usize) -> usize {
-        ((self.next() + 1.0) / 2.0 * n as f64) as usize % n
+        self.r.below(n)
     }
     fn chance(&mut self, one_in: usize) -> bool {
         self.below(one_in) == 0

@@ -231,28 +231,9 @@ pub fn ulps_off(actual: &[f64], exact: &[f64], dtype: DType) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// A deterministic pseudo-random stream (SplitMix64), so tests need no RNG crate.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    pub fn vec(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| self.uniform()).collect()
-    }
-}
+/// The deterministic generator of test data (the core's SplitMix64), so tests need no RNG
+/// crate.
+pub use weightnorm::weightnorm_core::rng::SplitMix64 as Rng;
 
 /// A tensor of `shape` from f64 values, stored as `dtype`.
 pub fn from_f64<const D: usize>(

@@ -285,15 +285,7 @@ pub fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
 /// `n` deterministic values in [-1, 1) from SplitMix64 (Steele, Lea and Flood, 2014): test data
 /// that does not depend on Burn's global generator, which tests running in parallel share.
 pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    use weightnorm::weightnorm_core::rng::{GOLDEN, SplitMix64};
+    let mut rng = SplitMix64(seed.wrapping_mul(GOLDEN));
+    (0..n).map(|_| rng.uniform_f32()).collect()
 }
