@@ -2,8 +2,6 @@
 
 use thiserror::Error;
 
-use crate::axis::NormAxis;
-
 /// Everything that can go wrong in the weight-norm operations when the input comes from outside:
 /// shapes, axes, dtypes and values.
 ///
@@ -45,7 +43,7 @@ pub enum Error {
     #[error(
         "g has shape {got:?}, but v of shape {v_shape:?} normalized {} needs g of shape \
          {expected:?} (the kept axis's size there, 1 elsewhere)",
-        .axis.describe()
+        per_slice(*.kept)
     )]
     GShapeMismatch {
         /// The shape of `g`.
@@ -54,8 +52,9 @@ pub enum Error {
         expected: Vec<usize>,
         /// The shape of `v`.
         v_shape: Vec<usize>,
-        /// The axis the norms keep.
-        axis: NormAxis,
+        /// The axis the norms keep (`None`: one norm over the whole tensor), as
+        /// [`NormAxis::kept`](crate::NormAxis::kept) gives it.
+        kept: Option<usize>,
     },
 
     /// `v` and `g` differ in dtype, or one of them is not a float tensor.
@@ -85,11 +84,11 @@ pub enum Error {
     #[error(
         "v has a zero-norm slice ({}): its direction is undefined, so w = g * v / ||v|| \
          would be NaN; give that slice a non-zero value or opt into an epsilon",
-        .axis.describe_slice(*.index)
+        slice(*.kept, *.index)
     )]
     ZeroNorm {
-        /// The axis the norms keep.
-        axis: NormAxis,
+        /// The axis the norms keep (`None`: the whole tensor).
+        kept: Option<usize>,
         /// Which slice along it (0 for the whole tensor).
         index: usize,
     },
@@ -97,11 +96,11 @@ pub enum Error {
     /// A norm that is NaN or infinite: `v` holds NaN or infinite values, or overflows.
     #[error(
         "v has a slice whose norm is not finite ({}): v holds NaN or infinite values",
-        .axis.describe_slice(*.index)
+        slice(*.kept, *.index)
     )]
     NonFiniteNorm {
-        /// The axis the norms keep.
-        axis: NormAxis,
+        /// The axis the norms keep (`None`: the whole tensor).
+        kept: Option<usize>,
         /// Which slice along it (0 for the whole tensor).
         index: usize,
     },
@@ -122,6 +121,22 @@ pub enum Error {
         /// The bias's shape, if there is a bias.
         bias: Option<Vec<usize>>,
     },
+}
+
+/// `per slice of axis k` or `over the whole tensor`.
+fn per_slice(kept: Option<usize>) -> String {
+    match kept {
+        Some(k) => format!("per slice of axis {k}"),
+        None => "over the whole tensor".to_string(),
+    }
+}
+
+/// `index j of axis k` or `the whole tensor`.
+fn slice(kept: Option<usize>, j: usize) -> String {
+    match kept {
+        Some(k) => format!("index {j} of axis {k}"),
+        None => "the whole tensor".to_string(),
+    }
 }
 
 /// Which operand of the paper-form linear layer does not fit ([`Error::LinearShapeMismatch`]).

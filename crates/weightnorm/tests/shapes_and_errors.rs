@@ -138,7 +138,7 @@ fn a_zero_norm_slice_is_refused_by_the_checked_entry_point() {
     assert_eq!(
         err,
         Error::ZeroNorm {
-            axis: NormAxis::Keep(0),
+            kept: Some(0),
             index: 1
         }
     );
@@ -164,7 +164,7 @@ fn non_finite_norms_are_refused() {
     assert_eq!(
         err,
         Error::NonFiniteNorm {
-            axis: NormAxis::Whole,
+            kept: None,
             index: 0
         }
     );

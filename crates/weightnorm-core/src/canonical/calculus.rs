@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::CanonicalError;
 use super::error::{LayerFault, Overflow};
-use super::position::LayerPath;
+use super::path::LayerPath;
 
 /// The element types a network's weights are stored in: `f32` or `f64`. Every sum is taken in
 /// `f64` whatever the storage.

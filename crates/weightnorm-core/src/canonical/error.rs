@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use super::position::{Namer, path_name};
+use super::path::{Namer, path_name};
 
 /// Why a network could not be described or put in canonical form.
 ///

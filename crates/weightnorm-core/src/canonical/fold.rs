@@ -11,7 +11,8 @@ use thiserror::Error;
 
 use super::error::Overflow;
 use super::network::{Layer, Norm, NormKind};
-use super::position::{LayerPath, Note, NoteKind, child};
+use super::path::{LayerPath, child};
+use super::position::{Note, NoteKind};
 use super::{CanonicalError, Real};
 
 /// Statistics that do not define a batch norm.

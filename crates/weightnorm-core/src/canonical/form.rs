@@ -13,7 +13,8 @@
 use super::error::{LayerFault, Overflow};
 use super::fold::fold_norms;
 use super::network::{Layer, Network, Norm, shapes_from};
-use super::position::{Carry, LayerPath, Note, child};
+use super::path::{LayerPath, child};
+use super::position::{Carry, Note};
 use super::{CanonicalError, Real, absorb_in_place, flatten_scale, gain_direction, global_gain};
 
 /// What [`canonicalize`] did to one weighted layer (or batch norm).

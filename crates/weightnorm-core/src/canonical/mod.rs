@@ -76,6 +76,7 @@ mod eval;
 mod fold;
 mod form;
 mod network;
+mod path;
 mod position;
 
 pub use calculus::{
@@ -92,7 +93,8 @@ pub use network::{
     Barrier, ConvGeometry, Layer, MAX_VALUES, Network, Norm, NormKind, Pool, Weighted,
     shapes_through,
 };
-pub use position::{Carry, LayerPath, Namer, Note, NoteKind, Positions, child, path_name};
+pub use path::{LayerPath, Namer, child, path_name};
+pub use position::{Carry, Note, NoteKind, Positions};
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 //! ([`LayerPath`]).
 
 use super::error::LayerFault;
-use super::position::{LayerPath, child};
+use super::path::{LayerPath, child};
 use super::{Activation, CanonicalError, Real, Rows};
 
 /// The geometry of a convolution (`conv1d`: one spatial axis, `conv2d`: two).

@@ -37,10 +37,8 @@ const EPOCH_SHIFT: u32 = 33;
 /// participant (the caller first, then the helpers in their order), each with its own counter:
 /// a participant claims the indices of its own range first, then those left in the others'
 /// ranges, so every index is claimed once whoever arrives late. The same thread gets the same
-/// part of the data call after call, which keeps that part in the caches near it. On a 2-core
-/// virtual machine, a standalone loop of the 512x512x7 backward on two threads took 0.25-0.27
-/// ms with a fixed half each against 0.28-0.30 ms with the slices dealt out in turn; the
-/// library's backward went from 0.40 to 0.29 ms with these ranges.
+/// part of the data call after call, which keeps that part in the caches near it (the README's
+/// benchmark section has what that gained).
 struct Job<'a> {
     ranges: Vec<Claim>,
     /// Helpers allowed in (those numbered below it).

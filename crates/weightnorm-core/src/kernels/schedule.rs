@@ -15,10 +15,8 @@
 //! the helpers of [`super::pool`] (no task is handed to rayon, whose workers the caller would
 //! wait for). Outputs are written with plain stores unless [`set_stream_min_bytes`] asks for
 //! streaming stores ([`Store`]) from some size on: a streaming store does not read the line before writing it, which saves
-//! a third of the traffic of a forward where memory is the limit, but on the machine this was
-//! measured on (a 2-core virtual machine on an AMD EPYC) plain stores were faster at every
-//! alignment of the output (a 4096x4096 forward: 3.5-4.0 ms against 4.8-7.3 ms streamed, the
-//! slowest when the output started 48 bytes past a cache line).
+//! a third of the traffic of a forward where memory is the limit, but where it was measured plain
+//! stores were faster at every alignment of the output (the README's benchmark section).
 //!
 //! Chunk boundaries never depend on the thread count, so results are bit-identical whatever the
 //! size of the thread pool, whether the work ran on one thread, and however it was stored.

@@ -5,10 +5,10 @@
 //! bf16 and f32, f64 for f64. A leaf is read once, front to back, into [`Acc::CHAINS`]
 //! independent chains of eight lanes (so that the adder's latency is hidden), merged at its end:
 //! the order of every addition is fixed by this structure, not by the vector width, and one
-//! sequential stream per array is what the hardware prefetchers follow best. (Four leaves summed
-//! at once, interleaved, with software prefetches, read 30% slower on a 4096x4096 backward and
-//! twice as slow on 512x512x7 from the last-level cache.) Half types are widened (exactly) a
-//! group of leaves at a time into buffers on the stack and summed as f32.
+//! sequential stream per array is what the hardware prefetchers follow best (four leaves summed
+//! at once, interleaved, with software prefetches, measured slower: see the README's
+//! benchmarks). Half types are widened (exactly) a group of leaves at a time into buffers on
+//! the stack and summed as f32.
 
 use std::mem::MaybeUninit;
 

@@ -80,7 +80,10 @@ fn check_zero_norms<T: slices::Element>(
         None => Ok(()),
         Some(j) => Err(TorchError::Op {
             name: name.to_string(),
-            source: Box::new(crate::Error::ZeroNorm { axis, index: j }),
+            source: Box::new(crate::Error::ZeroNorm {
+                kept: axis.kept(),
+                index: j,
+            }),
         }),
     }
 }

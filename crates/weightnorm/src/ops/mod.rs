@@ -35,8 +35,8 @@
 //! (`rayon::current_num_threads()` threads in all), each thread on the same part of the data
 //! call after call. Outputs are written with plain stores; [`set_streaming_stores`] switches
 //! large ones to streaming stores (no read of the line before it is written), which may pay on
-//! a machine whose memory bandwidth is the limit: measure first (on the machine this was
-//! measured on, a 4096x4096 forward took 3.5-4.0 ms with plain stores, 4.8-7.3 ms streamed).
+//! a machine whose memory bandwidth is the limit: measure first (the README's benchmark section
+//! has the figures of one machine).
 //! `weightnorm bench` (the CLI) times every case beside a copy of the same bytes.
 //!
 //! ## In training: the paper's form
@@ -45,11 +45,10 @@
 //! differentiates through it: a forward and a backward over the whole weight on top of the
 //! layer's own products. For a linear layer, [`weight_norm_linear`] gets the one sum the
 //! backward needs per unit, `sum(dw * v)`, from the batch instead (`sum_rows(dy * x v)`), and
-//! adds only a read of `v` (the norms) and one pass updating `G = x^T du` into `dv` in place:
-//! on an MLP 784-1024-1024-10 with Adam on a 2-core AMD EPYC (four runs), the step's overhead
-//! over plain layers falls from +9-16% to -5-+6% at batch 16 and from +10-12% to +4-10% at
-//! batch 128 (`weightnorm bench --filter "train step"`). The two weight-sized passes take
-//! 4.5% of the step's CPU time at batch 128: they, not the bookkeeping, are what is left.
+//! adds only a read of `v` (the norms) and one pass updating `G = x^T du` into `dv` in place: on
+//! top of a plain layer, two weight-sized passes instead of a forward and a backward over the
+//! whole weight (`weightnorm bench --filter "train step"` measures the step's overhead; the
+//! README has one machine's figures).
 //!
 //! ## What your binary should do about the allocator
 //!
@@ -57,10 +56,9 @@
 //! a fresh `mmap` (its `mmap_threshold`, raised by itself to 32 MiB at most) and gives it back to
 //! the kernel when it is freed; it also returns the free top of its heap once that exceeds
 //! 128 KiB (`trim_threshold`). Every call on a large weight then faults its output in page by
-//! page: a forward on a 4096x4096 f32 weight takes 16,385 page faults per call (none with the
-//! settings below), which makes it four to six times slower (on a 2-core AMD EPYC, 22.8 ms
-//! against 3.9 ms, where a warm copy of the same 64 MiB takes 2.7-4.5 ms); a training step of an MLP
-//! 784-1024-1024-10 at batch 128 took 5,805 faults (none with the settings below). A library
+//! page: a forward on a 4096x4096 f32 weight takes one page fault per 4 KiB page on every call
+//! (none with the settings below), several times slower than a warm copy of the same bytes (the
+//! README's benchmark section has the figures). A library
 //! cannot choose the process's allocator, so a binary that trains or runs large weights should
 //! raise both thresholds first thing in `main`, before any thread starts (the `weightnorm` CLI
 //! does, to 1 GiB):
@@ -175,7 +173,7 @@ fn validate<const D: usize>(v: &Tensor<D>, g: &Tensor<D>, axis: NormAxis, eps: f
             got,
             expected,
             v_shape,
-            axis,
+            kept: axis.kept(),
         });
     }
     Ok(())
@@ -362,10 +360,16 @@ pub fn check_norms<const D: usize>(v: &Tensor<D>, axis: NormAxis, eps: f64) -> R
         .expect("converted to f64");
     for (index, &n) in norms.iter().enumerate() {
         if !n.is_finite() {
-            return Err(Error::NonFiniteNorm { axis, index });
+            return Err(Error::NonFiniteNorm {
+                kept: axis.kept(),
+                index,
+            });
         }
         if n == 0.0 && eps == 0.0 {
-            return Err(Error::ZeroNorm { axis, index });
+            return Err(Error::ZeroNorm {
+                kept: axis.kept(),
+                index,
+            });
         }
     }
     Ok(())

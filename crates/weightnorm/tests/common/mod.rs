@@ -233,6 +233,7 @@ pub fn ulps_off(actual: &[f64], exact: &[f64], dtype: DType) -> f64 {
 
 /// The deterministic generator of test data (the core's SplitMix64), so tests need no RNG
 /// crate.
+#[allow(unused_imports)]
 pub use weightnorm::weightnorm_core::rng::SplitMix64 as Rng;
 
 /// A tensor of `shape` from f64 values, stored as `dtype`.
