@@ -452,11 +452,11 @@ fn pooling_and_zero_padding_commute_with_a_positive_scale() {
     }
 }
 
-#[test]
-fn batch_norm_folds_into_the_layer_before_it() {
-    let mut rng = Rng(11);
+/// A 2x2 convolution of 2 to 3 channels with a bias, and a batch norm of multipliers `a` after
+/// it.
+fn conv_and_batch_norm(a: Vec<f64>) -> (Layer, Layer) {
     let conv: Layer = conv_layer(
-        &mut rng,
+        &mut Rng(11),
         3,
         2,
         ConvGeometry {
@@ -470,9 +470,15 @@ fn batch_norm_folds_into_the_layer_before_it() {
     );
     let bn = Layer::Norm(Norm {
         kind: NormKind::Batch,
-        a: Some(vec![2.0, -0.5, 1.5]),
+        a: Some(a),
         c: vec![0.1, 0.2, -0.3],
     });
+    (conv, bn)
+}
+
+#[test]
+fn batch_norm_folds_into_the_layer_before_it() {
+    let (conv, bn) = conv_and_batch_norm(vec![2.0, -0.5, 1.5]);
     let net = Network::new(vec![2, 4, 4], vec![conv, bn, Layer::Act(Activation::Relu)]).unwrap();
     let c = canonicalize(net.clone()).unwrap();
     assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
@@ -487,7 +493,7 @@ fn batch_norm_folds_into_the_layer_before_it() {
         w.b.as_ref().unwrap().iter().all(|&b| b == 0.0),
         "the bias moved into the norm's shift"
     );
-    let xs = inputs(&mut rng, &[2, 4, 4], 4);
+    let xs = inputs(&mut Rng(12), &[2, 4, 4], 4);
     assert!(verify(&net, &c, &xs).max_rel_error < 1e-12);
     // A batch norm with nothing before it to fold into is a per-channel layer: its multiplier
     // becomes the sign, the magnitude joins the scale.
@@ -510,7 +516,7 @@ fn batch_norm_folds_into_the_layer_before_it() {
     assert_eq!(n.a, Some(vec![1.0, -1.0, 0.0]));
     assert_eq!(c.scale, vec![2.0, 0.5, 1.0]);
     assert_eq!(c.reports[0].zero_rows, vec![2]);
-    assert!(verify(&net, &c, &inputs(&mut rng, &[3], 5)).max_abs_error < 1e-15);
+    assert!(verify(&net, &c, &inputs(&mut Rng(13), &[3], 5)).max_abs_error < 1e-15);
 }
 
 #[test]
@@ -800,25 +806,7 @@ fn a_softmax_is_a_barrier_on_flat_activations() {
 fn notes_reports_and_errors_are_named_by_each_front_end() {
     // conv -> batch norm -> relu -> tanh -> linear: a folded norm (a note), a layer carrying
     // the scale before a barrier (a report), and an error at a position.
-    let mut rng = Rng(11);
-    let conv: Layer = conv_layer(
-        &mut rng,
-        3,
-        2,
-        ConvGeometry {
-            kernel: vec![2, 2],
-            stride: vec![1, 1],
-            padding: vec![0, 0],
-            dilation: vec![1, 1],
-            groups: 1,
-        },
-        true,
-    );
-    let bn = Layer::Norm(Norm {
-        kind: NormKind::Batch,
-        a: Some(vec![2.0, 0.5, 1.5]),
-        c: vec![0.1, 0.2, -0.3],
-    });
+    let (conv, bn) = conv_and_batch_norm(vec![2.0, 0.5, 1.5]);
     let net = Network::new(
         vec![2, 3, 3],
         vec![
