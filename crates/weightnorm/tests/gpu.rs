@@ -478,6 +478,39 @@ fn extreme_magnitudes_have_their_exact_norms() {
     }
 }
 
+/// Slices whose norm itself is beyond f32's range (elements up to 3e38) go through their exact
+/// direction on the GPU as on the CPU: `w = g u`, and the gradients finite, against the exact
+/// values computed in f64.
+#[test]
+fn norms_beyond_the_f32_range_give_the_exact_direction() {
+    let shape = [4usize, 300];
+    let mut rng = Rng(9);
+    let scales = [3e38, 1.0, 1e30, 0.5];
+    let v: Vec<f64> = (0..4)
+        .flat_map(|r| {
+            let s = scales[r];
+            rng.vec(300).into_iter().map(move |x| x * s)
+        })
+        .collect();
+    let dw = rng.vec(1200);
+    // Per row: a slice mixing 3e38 with 1.0 would have dv of order 1e-39 at the small elements,
+    // subnormal in f32 and so short of bits whatever the kernel.
+    for axis in [NormAxis::Keep(0)] {
+        let g_shape = axis.g_shape(&shape);
+        let g = vec![1.5; g_shape.iter().product()];
+        let case = Case {
+            name: format!("beyond the range {}", axis.describe()),
+            shape: shape.to_vec(),
+            axis,
+            eps: 0.0,
+            v: TensorData::new(v.clone(), shape).convert_dtype(DType::F32),
+            g: TensorData::new(g, g_shape).convert_dtype(DType::F32),
+            dw: TensorData::new(dw.clone(), shape).convert_dtype(DType::F32),
+        };
+        check_f32(&case, F32_TOL);
+    }
+}
+
 /// With an epsilon, a zero slice trains (`dv = (g / eps) dw`) as on the CPU.
 #[test]
 fn an_epsilon_clamps_zero_and_small_slices() {

@@ -338,6 +338,21 @@ pub enum TorchError {
         /// The dtype, in words (`f32`, `f16`, `bf16`).
         dtype: &'static str,
     },
+    /// A slice's norm beyond the dtype's range: `g = ||w||` cannot hold it (`split`).
+    #[error(
+        "`{name}`: the norm of slice {slice} ({}) exceeds the range of {dtype}, so g cannot hold it",
+        if norm.is_finite() { format!("{norm:e}") } else { "beyond f64 too".to_string() }
+    )]
+    NormOverflow {
+        /// The tensor.
+        name: String,
+        /// The slice.
+        slice: usize,
+        /// The norm, computed in f64 (infinite where it is beyond f64 too).
+        norm: f64,
+        /// The dtype (`f32`, `f64`, `f16`, `bf16`).
+        dtype: &'static str,
+    },
     /// A Linear weight (transposed between the layouts) that is not 2-D.
     #[error("`{name}` should be a 2-D Linear weight, but has shape {shape:?}")]
     NotLinear {

@@ -33,7 +33,9 @@ mod pool;
 mod schedule;
 mod sums;
 
-pub use passes::{backward, forward, norms, sub_scaled, sub_scaled_in_place, weight_norm};
+pub use passes::{
+    backward, forward, norms, norms_f64, sub_scaled, sub_scaled_in_place, weight_norm,
+};
 pub use schedule::{set_stream_min_bytes, stream_min_bytes};
 pub use sums::Real as Element;
 

@@ -8,8 +8,8 @@ use super::schedule::{
     map_slice_blocks, map_slices, simd, single_pass, slice_sums,
 };
 use super::sums::{
-    Acc, BLOCK, Dot, LEAF, Real, SHORT, SqDot, clamp_norm, dot, dot_short, rescaled_norm,
-    slice_norm, sq_dot, sq_dot_short,
+    Acc, BLOCK, Dot, LEAF, Real, SHORT, Scaled, SqDot, clamp_norm, dot, dot_short, exact_product,
+    rescaled_norm, scaled_norm, slice_norm, sq_dot, sq_dot_short,
 };
 use crate::NormAxis;
 
@@ -178,7 +178,10 @@ fn coefficients<A: Acc>(raw: A, s: A, g: A, eps: A) -> (Coefficients<A>, bool) {
 }
 
 /// `dv = (g / n) (dw - ((s / n) / n) v)` for slice `j`, the form of the backward that neither
-/// overflows nor underflows where `n^3` would (huge or tiny but finite slices).
+/// overflows nor underflows where `n^3` would (huge or tiny but finite slices). Where the norm
+/// `n = m r` itself is not exact (beyond the range, or subnormal), through the direction
+/// `u = (v / m) / r` instead: `dv = g ((dw - <dw, u> u) / m) / r`, and `dg = <dw, u>` is
+/// returned (the plain `sum(dw v) / n` may then overflow or lose bits).
 #[cold]
 fn redo_extreme_slice<T: Real>(
     dv: &mut [T],
@@ -187,19 +190,61 @@ fn redo_extreme_slice<T: Real>(
     [outer, n, inner]: [usize; 3],
     j: usize,
     g: T::A,
-) {
+) -> Option<T::A> {
     let at = |o: usize, i: usize| (o * n + j) * inner + i;
     let idx = || (0..outer).flat_map(move |o| (0..inner).map(move |i| at(o, i)));
-    let norm = rescaled_norm(idx().map(|k| vs[k]));
-    let mut s = T::A::ZERO;
+    let (m, r) = match scaled_norm(idx().map(|k| vs[k])) {
+        Scaled::Finite { m, r } if !exact_product(m, r) => (m, r),
+        _ => {
+            let norm = rescaled_norm(idx().map(|k| vs[k]));
+            let mut s = T::A::ZERO;
+            for k in idx() {
+                // (dw / n) * v: each factor of order 1 or below, so the sum cannot overflow.
+                s = s + ds[k].up() / norm * vs[k].up();
+            }
+            let k_coef = s / norm;
+            let a = g / norm;
+            for k in idx() {
+                dv[k] = T::down(a * (ds[k].up() - k_coef * vs[k].up()));
+            }
+            return None;
+        }
+    };
+    let u = |k: usize| vs[k].up() / m / r;
+    let mut c = T::A::ZERO;
     for k in idx() {
-        // (dw / n) * v: each factor of order 1 or below, so the sum cannot overflow.
-        s = s + ds[k].up() / norm * vs[k].up();
+        c = c + ds[k].up() * u(k);
     }
-    let k_coef = s / norm;
-    let a = g / norm;
     for k in idx() {
-        dv[k] = T::down(a * (ds[k].up() - k_coef * vs[k].up()));
+        // g ((t / m) / r): a zero t (dw along v) gives zero, not infinity times zero.
+        dv[k] = T::down(g * ((ds[k].up() - c * u(k)) / m / r));
+    }
+    Some(c)
+}
+
+/// `out[i] = g * ((x[i] / m) / r)`: the forward of a slice whose norm `m r` is not exact in the
+/// computation type (beyond its range, or subnormal), through the exact direction.
+#[cold]
+fn write_direction<T: Real>(out: &mut [MaybeUninit<T>], x: &[T], m: T::A, r: T::A, g: T::A) {
+    for (o, &xv) in out.iter_mut().zip(x) {
+        o.write(T::down(g * (xv.up() / m / r)));
+    }
+}
+
+/// The scaled norm `(m, r)` of a slice whose plain sum of squares `sumsq` is not exact, where
+/// its forward must go through the direction: the norm `m r` inexact and not clamped to `eps`.
+#[inline(always)]
+fn needs_direction<T: Real, I: Iterator<Item = T> + Clone>(
+    sumsq: T::A,
+    eps: T::A,
+    elems: impl FnOnce() -> I,
+) -> Option<(T::A, T::A)> {
+    if sumsq.is_finite() && sumsq >= T::A::TINY {
+        return None;
+    }
+    match scaled_norm(elems()) {
+        Scaled::Finite { m, r } if !exact_product(m, r) && !(m * r < eps) => Some((m, r)),
+        _ => None,
     }
 }
 
@@ -223,6 +268,10 @@ fn forward_slice<T: Real>(
     eps: T::A,
     store: Store,
 ) {
+    if let Some((m, r)) = needs_direction(sumsq, eps, || x.iter().copied()) {
+        write_direction(o, x, m, r, g.up());
+        return;
+    }
     let norm = clamp_norm(slice_norm(sumsq, || x.iter().copied()), eps);
     let factor = g.up() / norm;
     if factor.is_finite() {
@@ -342,9 +391,19 @@ pub fn forward<T: Real>(vs: &[T], gs: &[T], split: [usize; 3], eps: f64) -> Vec<
             }
         })
     };
-    // A tiny slice whose `g / n` overflows: `g * (v / n)` instead.
+    // A slice whose norm is not exact in the computation type: through its direction. A tiny
+    // slice whose `g / n` overflows: `g * (v / n)` instead.
     for (j, f) in factors.iter().enumerate() {
-        if !f.is_finite() && norms[j].is_finite() {
+        if let Some((m, r)) = needs_direction(sumsq[j].0, eps, || slice_elems(vs, split, j)) {
+            let [outer, n, inner] = split;
+            let g = gs[j].up();
+            for o in 0..outer {
+                for i in 0..inner {
+                    let k = (o * n + j) * inner + i;
+                    w[k] = T::down(g * (vs[k].up() / m / r));
+                }
+            }
+        } else if !f.is_finite() && norms[j].is_finite() {
             let [outer, n, inner] = split;
             for o in 0..outer {
                 for i in 0..inner {
@@ -435,12 +494,13 @@ pub fn backward<T: Real>(
                 };
             })
         };
+        let mut dg: Vec<T> = per_slice.iter().map(|&(dg, _)| dg).collect();
         for (j, &(_, extreme)) in per_slice.iter().enumerate() {
-            if extreme {
-                redo_extreme_slice(&mut dv, vs, ds, split, j, gs[j].up());
+            if extreme && let Some(c) = redo_extreme_slice(&mut dv, vs, ds, split, j, gs[j].up()) {
+                dg[j] = T::down(c);
             }
         }
-        return (dv, per_slice.into_iter().map(|(dg, _)| dg).collect());
+        return (dv, dg);
     }
 
     let empty_slices = outer == 0 || inner == 0;
@@ -458,13 +518,13 @@ pub fn backward<T: Real>(
             }
         })
         .unzip();
-    let dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
+    let mut dg: Vec<T> = coef.iter().map(|c| T::down(c.0)).collect();
     let a: Vec<T::A> = coef.iter().map(|c| c.1).collect();
     let b: Vec<T::A> = coef.iter().map(|c| c.2).collect();
     let mut dv = axpby_slices(vs, ds, split, &a, &b, store);
     for (j, &e) in extreme.iter().enumerate() {
-        if e {
-            redo_extreme_slice(&mut dv, vs, ds, split, j, gs[j].up());
+        if e && let Some(c) = redo_extreme_slice(&mut dv, vs, ds, split, j, gs[j].up()) {
+            dg[j] = T::down(c);
         }
     }
     (dv, dg)
@@ -578,6 +638,30 @@ pub fn norms<T: Real>(v: &[T], shape: &[usize], axis: NormAxis) -> Vec<T> {
         .into_iter()
         .enumerate()
         .map(|(j, s)| T::down(slice_norm(s.0, || slice_elems(v, split, j))))
+        .collect()
+}
+
+/// The L2 norm of every slice of `v` along `axis` as `f64`: [`norms`] where its value is exact
+/// in `T`, and computed again in `f64` with scaling where it is not (beyond `T`'s range, or
+/// subnormal), so that a slice of `f32`, `f16` or `bf16` values has its true norm whatever its
+/// magnitude. (A slice of `f64` whose norm is beyond `f64`'s range gives infinity.)
+pub fn norms_f64<T: Real>(v: &[T], shape: &[usize], axis: NormAxis) -> Vec<f64> {
+    let split = axis.split_shape(shape);
+    norms::<T>(v, shape, axis)
+        .into_iter()
+        .enumerate()
+        .map(|(j, n)| {
+            let n = n.to_f64();
+            if n.is_finite() && (n == 0.0 || n >= f64::from(f32::MIN_POSITIVE)) {
+                return n;
+            }
+            let xs = || slice_elems(v, split, j).map(|x| x.to_f64());
+            let m = xs().fold(0.0f64, |a, x| a.max(x.abs()));
+            if m == 0.0 || !m.is_finite() {
+                return n;
+            }
+            m * xs().map(|x| (x / m) * (x / m)).sum::<f64>().sqrt()
+        })
         .collect()
 }
 

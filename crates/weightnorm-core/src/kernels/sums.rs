@@ -35,6 +35,8 @@ pub trait Acc:
     const CHAINS: usize;
     /// Below this, a sum of squares may have lost squares to underflow (and the norm bits).
     const TINY: Self;
+    /// The smallest normal value.
+    const MIN_NORMAL: Self;
     fn sqrt(self) -> Self;
     fn abs(self) -> Self;
     fn is_finite(self) -> bool;
@@ -138,6 +140,7 @@ macro_rules! acc {
             const ZERO: Self = 0.0;
             const CHAINS: usize = $chains;
             const TINY: Self = $tiny;
+            const MIN_NORMAL: Self = <$t>::MIN_POSITIVE;
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
             }
@@ -687,25 +690,62 @@ pub(super) fn slice_norm<T: Real, I: Iterator<Item = T> + Clone>(
 /// `m * sqrt(sum((x / m)^2))` with `m = max |x|` (the norm, without overflow or underflow).
 #[cold]
 pub(super) fn rescaled_norm<T: Real, I: Iterator<Item = T> + Clone>(elems: I) -> T::A {
+    match scaled_norm(elems) {
+        Scaled::Finite { m, r } => m * r,
+        Scaled::Zero => T::A::ZERO,
+        Scaled::NotFinite(a) => a,
+    }
+}
+
+/// A slice's norm as `m * r`, `m = max |x|` and `r = sqrt(sum((x / m)^2))` (`1 <= r <=
+/// sqrt(len)`): both factors representable whatever the slice, so the direction `x / (m r)` is
+/// exact even where the product `m r` is not representable (beyond the type's range) or loses
+/// bits (subnormal).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Scaled<A> {
+    /// A slice with a non-zero finite element.
+    Finite {
+        /// The largest magnitude.
+        m: A,
+        /// The norm over `m`.
+        r: A,
+    },
+    /// Every element zero.
+    Zero,
+    /// NaN or an infinity among the elements: the norm (infinity or NaN).
+    NotFinite(A),
+}
+
+/// The slice's norm in scaled form (see [`Scaled`]).
+#[cold]
+pub(super) fn scaled_norm<T: Real, I: Iterator<Item = T> + Clone>(elems: I) -> Scaled<T::A> {
     let mut m = T::A::ZERO;
     for x in elems.clone() {
         let a = x.up().abs();
         if !a.is_finite() {
-            return a + a; // NaN or infinity: the norm is not finite
+            return Scaled::NotFinite(a + a);
         }
         if a > m {
             m = a;
         }
     }
     if m == T::A::ZERO {
-        return m;
+        return Scaled::Zero;
     }
     let mut s = T::A::ZERO;
     for x in elems {
         let y = x.up() / m;
         s = s + y * y;
     }
-    m * s.sqrt()
+    Scaled::Finite { m, r: s.sqrt() }
+}
+
+/// Whether the norm `m * r` of a slice is exact as a value of the computation type: finite, and
+/// not subnormal (where it would carry fewer bits than the direction needs).
+#[inline]
+pub(super) fn exact_product<A: Acc>(m: A, r: A) -> bool {
+    let n = m * r;
+    n.is_finite() && n >= A::MIN_NORMAL
 }
 
 /// What a reduction accumulates per slice: one sum (`sum(a * b)`), or the pair

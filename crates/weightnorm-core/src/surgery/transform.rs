@@ -203,19 +203,29 @@ fn split_g(name: &str, w: &TensorEntry, axis: NormAxis) -> Result<TensorEntry> {
             w: &[u8],
             shape: &[usize],
             axis: NormAxis,
+            dtype: &'static str,
         ) -> Result<Vec<u8>> {
             let w = decode::<T>(w);
             finite(name, &w)?;
             let norms = slices::norms(&w, shape, axis);
             check_zero_norms(name, &norms, shape, axis)?;
+            // g holds the norms: one beyond the type's range cannot be stored.
+            if let Some(slice) = norms.iter().position(|n| !n.to_f64().is_finite()) {
+                return Err(TorchError::NormOverflow {
+                    name: name.to_string(),
+                    slice,
+                    norm: slices::norms_f64(&w, shape, axis)[slice],
+                    dtype,
+                });
+            }
             Ok(bytemuck::cast_slice(&norms).to_vec())
         }
         let bytes = w2.bytes()?;
         let g = match w2.dtype {
-            Dtype::F32 => run::<f32>(&label, &bytes, &w2.shape, axis),
-            Dtype::F64 => run::<f64>(&label, &bytes, &w2.shape, axis),
-            Dtype::F16 => run::<f16>(&label, &bytes, &w2.shape, axis),
-            _ => run::<bf16>(&label, &bytes, &w2.shape, axis),
+            Dtype::F32 => run::<f32>(&label, &bytes, &w2.shape, axis, "f32"),
+            Dtype::F64 => run::<f64>(&label, &bytes, &w2.shape, axis, "f64"),
+            Dtype::F16 => run::<f16>(&label, &bytes, &w2.shape, axis, "f16"),
+            _ => run::<bf16>(&label, &bytes, &w2.shape, axis, "bf16"),
         };
         drop(bytes);
         w2.release();
@@ -414,10 +424,9 @@ pub fn pair_stats(
         axis: NormAxis,
     ) -> (Vec<f64>, Vec<f64>) {
         let (v, g) = (decode::<T>(v), decode::<T>(g));
-        let norms = slices::norms(&v, shape, axis);
         (
             g.iter().map(|x| x.to_f64()).collect(),
-            norms.iter().map(|x| x.to_f64()).collect(),
+            slices::norms_f64(&v, shape, axis),
         )
     }
     let name = v.name.clone();

@@ -27,7 +27,10 @@
 //! `m * sqrt(sum((v / m)^2))`. The backward also takes that second pass where `n^3` leaves the
 //! f32 range, and then writes `dv = (g / n) (dw - (s' / n) v)` with `s' = sum(dw v) / n`
 //! computed as `(m / n) sum(dw (v / m))`, which neither overflows nor underflows. A slice whose
-//! `g / n` overflows (a tiny norm) is written as `g (v / n)`.
+//! `g / n` overflows (a tiny norm) is written as `g (v / n)`. A slice whose norm `n = m r`
+//! (`r = sqrt(sum((v / m)^2))`) is itself not exact in f32 (beyond its range, or subnormal)
+//! goes through its exact direction `u = (v / m) / r`: `w = g u`, `dv = g ((dw - <dw, u> u) /
+//! m) / r`.
 
 use cubecl::prelude::*;
 
@@ -85,6 +88,19 @@ fn plain_norm(ss: f32, mx: f32) -> f32 {
         }
     }
     norm
+}
+
+/// The smallest normal f32.
+#[cube]
+fn min_normal() -> f32 {
+    1.175_494_4e-38f32
+}
+
+/// Whether a slice's rescaled norm `norm = m r` must be bypassed by its direction: rescaled,
+/// not exact in f32 (beyond the range, or subnormal) and not clamped to `eps`.
+#[cube]
+fn direction(rescale: bool, norm: f32, eps: f32) -> bool {
+    rescale && !(norm >= min_normal() && norm <= f32_max()) && !(norm < eps)
 }
 
 /// `max(norm, eps)`, keeping NaN.
@@ -322,6 +338,7 @@ pub(super) fn runs_kernel<F: Float>(
     // cube, and for every cube of the slice).
     let rescale = needs_rescale(ss, mx);
     let mut norm = plain_norm(ss, mx);
+    let mut root = 1.0f32;
     let mut t2 = 0.0f32;
     if slow(ss, mx, eps, backward) {
         let mut s2 = 0.0f32;
@@ -359,7 +376,8 @@ pub(super) fn runs_kernel<F: Float>(
             terminate!();
         }
         if rescale {
-            norm = mx * s2.sqrt();
+            root = s2.sqrt();
+            norm = mx * root;
         }
     }
     if comptime!(phase == RESCALE) {
@@ -370,12 +388,27 @@ pub(super) fn runs_kernel<F: Float>(
     // One pass writing the output.
     let gj = f32::cast_from(g[j]);
     let nrm = clamp_norm(norm, eps);
+    let through_direction = direction(rescale, norm, eps);
     if comptime!(backward) {
         if t == 0 && q == 0 {
-            dg[j] = F::cast_from(sd / nrm);
+            if through_direction {
+                // dg = <dw, u>, where sum(dw v) and n may both leave the range.
+                dg[j] = F::cast_from(t2 / root);
+            } else {
+                dg[j] = F::cast_from(sd / nrm);
+            }
         }
         let a = gj / nrm;
-        if extreme(norm, eps) {
+        if through_direction {
+            let c = t2 / root;
+            let mut k = start + t;
+            while k < end {
+                let at = run_index(k, inner, row, base, one_run);
+                let u = (f32::cast_from(v[at]) / mx) / root;
+                out[at] = F::cast_from(gj * (((f32::cast_from(dw[at]) - c * u) / mx) / root));
+                k += threads;
+            }
+        } else if extreme(norm, eps) {
             let kc = ((mx / norm) * t2) / norm;
             let mut k = start + t;
             while k < end {
@@ -419,7 +452,14 @@ pub(super) fn runs_kernel<F: Float>(
         }
     } else {
         let factor = gj / nrm;
-        if !finite(factor) && finite(nrm) {
+        if through_direction {
+            let mut k = start + t;
+            while k < end {
+                let at = run_index(k, inner, row, base, one_run);
+                out[at] = F::cast_from(gj * ((f32::cast_from(v[at]) / mx) / root));
+                k += threads;
+            }
+        } else if !finite(factor) && finite(nrm) {
             let mut k = start + t;
             while k < end {
                 let at = run_index(k, inner, row, base, one_run);
@@ -617,6 +657,7 @@ pub(super) fn columns_kernel<F: Float>(
 
     let rescale = needs_rescale(ss, mx);
     let mut norm = plain_norm(ss, mx);
+    let mut root = 1.0f32;
     let mut t2 = 0.0f32;
     if any {
         // The scaled sums of every slice of the tile (kept only where a slice needs them).
@@ -678,7 +719,8 @@ pub(super) fn columns_kernel<F: Float>(
         }
         t2 = tot_b[mine];
         if rescale {
-            norm = mx * tot_a[mine].sqrt();
+            root = tot_a[mine].sqrt();
+            norm = mx * root;
         }
     }
     if comptime!(phase == RESCALE) {
@@ -693,13 +735,20 @@ pub(super) fn columns_kernel<F: Float>(
     // One pass writing this lane's column of the output.
     let gj = f32::cast_from(g[j]);
     let nrm = clamp_norm(norm, eps);
+    let through_direction = direction(rescale, norm, eps);
     if comptime!(backward) {
         if y == 0 && q == 0 && x == local * inner {
-            dg[j] = F::cast_from(sd / nrm);
+            if through_direction {
+                // dg = <dw, u>, where sum(dw v) and n may both leave the range.
+                dg[j] = F::cast_from(t2 / root);
+            } else {
+                dg[j] = F::cast_from(sd / nrm);
+            }
         }
         let a = gj / nrm;
         let ext = extreme(norm, eps);
         let kc = ((mx / norm) * t2) / norm;
+        let c = t2 / root;
         let clamped = norm < eps;
         let mut b = 0.0f32;
         if !clamped {
@@ -710,7 +759,10 @@ pub(super) fn columns_kernel<F: Float>(
             let at = o * row + col;
             let e = f32::cast_from(v[at]);
             let d = f32::cast_from(dw[at]);
-            if ext {
+            if through_direction {
+                let u = (e / mx) / root;
+                out[at] = F::cast_from(gj * (((d - c * u) / mx) / root));
+            } else if ext {
                 out[at] = F::cast_from(a * (d - kc * e));
             } else {
                 out[at] = F::cast_from(a * d - b * e);
@@ -720,7 +772,13 @@ pub(super) fn columns_kernel<F: Float>(
     } else {
         let factor = gj / nrm;
         let mut o = start + y;
-        if !finite(factor) && finite(nrm) {
+        if through_direction {
+            while o < end {
+                let at = o * row + col;
+                out[at] = F::cast_from(gj * ((f32::cast_from(v[at]) / mx) / root));
+                o += groups;
+            }
+        } else if !finite(factor) && finite(nrm) {
             while o < end {
                 let at = o * row + col;
                 out[at] = F::cast_from(gj * (f32::cast_from(v[at]) / nrm));
