@@ -243,7 +243,8 @@ fn needs_direction<T: Real, I: Iterator<Item = T> + Clone>(
         return None;
     }
     match scaled_norm(elems()) {
-        Scaled::Finite { m, r } if !exact_product(m, r) && !(m * r < eps) => Some((m, r)),
+        // m r is never NaN here: m is finite and positive, r finite and at least 1.
+        Scaled::Finite { m, r } if !exact_product(m, r) && m * r >= eps => Some((m, r)),
         _ => None,
     }
 }

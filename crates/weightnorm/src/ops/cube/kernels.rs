@@ -100,7 +100,7 @@ fn min_normal() -> f32 {
 /// not exact in f32 (beyond the range, or subnormal) and not clamped to `eps`.
 #[cube]
 fn direction(rescale: bool, norm: f32, eps: f32) -> bool {
-    rescale && !(norm >= min_normal() && norm <= f32_max()) && !(norm < eps)
+    rescale && !(norm >= min_normal() && norm <= f32_max()) && norm >= eps
 }
 
 /// `max(norm, eps)`, keeping NaN.
