@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use weightnorm::torch::{
-    Checkpoint, FuseOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError, convert,
-    detect_pairs, fuse, pair_stats, split,
+    Checkpoint, FuseOptions, SaveOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError,
+    convert, detect_pairs, fuse, pair_stats, split,
 };
+
+use weightnorm::onnx::{OnnxModel, encode};
 
 use crate::Failure;
 use crate::output::Outputs;
@@ -38,11 +40,15 @@ impl From<SchemeArg> for Scheme {
 /// Arguments shared by the commands that read a checkpoint.
 #[derive(clap::Args)]
 pub struct Input {
-    /// The checkpoint: `.safetensors`, or a PyTorch `.pt` / `.pth` / `.bin` (zip) file.
+    /// The checkpoint: `.safetensors`, a PyTorch file (`.pt`, `.pth`, `.bin`, `.ckpt`: zip or
+    /// legacy), or a sharded checkpoint's index (`model.safetensors.index.json`,
+    /// `pytorch_model.bin.index.json`), read as one.
     pub input: PathBuf,
-    /// For a PyTorch checkpoint: the key of the state dict inside it (e.g. `model`,
-    /// `state_dict`, or a dotted path). Without it, a file whose top level is a single dict
-    /// under one key is opened at that key.
+    /// For a PyTorch file: the key of the state dict inside it (e.g. `generator`,
+    /// `state_dict`, or a dotted path such as `model.generator`). Without it, the file's top
+    /// level (or the single dict it holds) must hold tensors alone; a training checkpoint
+    /// (`{'generator': ..., 'optim_g': ..., 'steps': ...}`) is listed and refused, naming the
+    /// key to use.
     #[arg(long)]
     pub key: Option<String>,
 }
@@ -50,13 +56,21 @@ pub struct Input {
 /// Arguments shared by the commands that write a checkpoint.
 #[derive(clap::Args)]
 pub struct Output {
-    /// Where to write the `.safetensors` result (written atomically; the input is never
-    /// modified).
+    /// Where to write (atomically; the input is never modified), in the format its name asks
+    /// for: `.safetensors`; a PyTorch file (`.pt`, `.pth`, `.bin`, `.ckpt`), which keeps the
+    /// input's nesting and every other entry of a training checkpoint; or, for a sharded input,
+    /// an index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`) with its
+    /// shards beside it, sharded as the input is.
     #[arg(short, long = "output", value_name = "OUT")]
     pub output: PathBuf,
-    /// Overwrite OUT if it exists.
+    /// Overwrite OUT (and, for an index, its shards) if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Write the state dict alone: leave out the other entries of a training checkpoint (and
+    /// any value in the state dict that is not a tensor). Without it, a `.safetensors` output
+    /// of such a file is refused, naming what would be lost.
+    #[arg(long)]
+    pub state_dict_only: bool,
 }
 
 /// The options of `inspect`.
@@ -132,9 +146,34 @@ pub struct ConvertArgs {
     pub scheme: SchemeArg,
 }
 
-/// Opens the input checkpoint; a file that cannot be read is bad input.
+/// Opens the input checkpoint; a file that cannot be read is bad input. A file that is not a
+/// state dict is refused with the `--key` to use.
 pub(crate) fn open(input: &Input) -> Result<Checkpoint> {
-    Checkpoint::open(&input.input, input.key.as_deref()).map_err(|e| Failure::input(e).into())
+    Checkpoint::open(&input.input, input.key.as_deref()).map_err(|e| {
+        let hint = match &e {
+            TorchError::NotAStateDict {
+                suggestion: Some(k),
+                ..
+            } => Some(format!(" (--key {})", shell_word(k))),
+            _ => None,
+        };
+        match hint {
+            Some(h) => Failure::input(anyhow::anyhow!("{e}{h}")).into(),
+            None => Failure::input(e).into(),
+        }
+    })
+}
+
+/// `s` as one shell word: quoted when it holds anything a shell would act on.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,/:=+@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Parses PyTorch's `dim`: an integer, or `none` (any case) for the whole tensor.
@@ -168,8 +207,156 @@ fn fmt_stats(s: Option<Stats>) -> String {
     }
 }
 
+/// Whether `path` names an ONNX model (by its extension).
+pub(crate) fn is_onnx(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Refuses the options that mean nothing for an ONNX model.
+fn no_checkpoint_options(input: &Input, what: &[(&str, bool)]) -> Result<()> {
+    let mut given: Vec<&str> = what.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+    if input.key.is_some() {
+        given.insert(0, "--key");
+    }
+    if let Some(f) = given.first() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{f} applies to checkpoints, not to the ONNX model {}",
+            shown(&input.input)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn open_onnx(path: &std::path::Path) -> Result<OnnxModel> {
+    OnnxModel::open(path)
+        .map_err(|e| Failure::input(anyhow::anyhow!("{}: {e}", shown(path))).into())
+}
+
+fn stats_of(xs: &[f64]) -> Option<Stats> {
+    (!xs.is_empty()).then(|| Stats {
+        min: xs.iter().copied().fold(f64::INFINITY, f64::min),
+        max: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        mean: xs.iter().sum::<f64>() / xs.len() as f64,
+    })
+}
+
+/// `weightnorm inspect model.onnx`: the weight-norm subgraphs.
+fn inspect_onnx(args: &InspectArgs) -> Result<()> {
+    no_checkpoint_options(&args.input, &[])?;
+    let path = &args.input.input;
+    let model = open_onnx(path)?;
+    let found = model
+        .weight_norms()
+        .map_err(|e| Failure::input(anyhow::anyhow!("{}: {e}", shown(path))))?;
+    let inits = model
+        .proto
+        .graph
+        .as_ref()
+        .map_or(0, |g| g.initializer.len());
+    if args.json {
+        let doc = serde_json::json!({
+            "file": path.display().to_string(),
+            "format": "onnx",
+            "initializers": inits,
+            "pairs": found.iter().map(|s| serde_json::json!({
+                "name": s.weight,
+                "consumers": s.consumers,
+                "g_key": s.g,
+                "v_key": s.v,
+                "dim": s.axis.to_torch(),
+                "shape": s.shape,
+                "dtype": s.dtype,
+                "nodes": s.nodes,
+                "difference": s.difference,
+                "g": json_stats(stats_of(&s.g_values)),
+                "v_norms": json_stats(stats_of(&s.v_norms)),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", json_safe(&serde_json::to_string_pretty(&doc)?));
+        return Ok(());
+    }
+    println!(
+        "{} (onnx, {inits} initializers, {} weight-norm subgraphs)",
+        shown(path),
+        found.len()
+    );
+    for s in &found {
+        let dim = s
+            .axis
+            .to_torch()
+            .map_or("None".to_string(), |d| d.to_string());
+        println!(
+            "  {} {:?} {} (dim={dim}), used by {}",
+            shortened(&s.weight, 2 * NAME_COLUMN),
+            s.shape,
+            s.dtype,
+            shortened(&s.consumers.join(", "), 2 * NAME_COLUMN)
+        );
+        println!(
+            "    g: {}  v: {}  ({} nodes)",
+            shortened(&s.g, NAME_COLUMN),
+            shortened(&s.v, NAME_COLUMN),
+            s.nodes.len()
+        );
+        println!("    g:             {}", fmt_stats(stats_of(&s.g_values)));
+        println!("    ||v|| slices:  {}", fmt_stats(stats_of(&s.v_norms)));
+    }
+    Ok(())
+}
+
+/// `weightnorm fuse model.onnx -o out.onnx`: every weight-norm subgraph folded.
+fn fuse_onnx(args: &FuseArgs) -> Result<()> {
+    no_checkpoint_options(
+        &args.input,
+        &[
+            ("--dim", args.dim.is_some()),
+            ("--state-dict-only", args.output.state_dict_only),
+        ],
+    )?;
+    let (path, out) = (&args.input.input, &args.output.output);
+    if !is_onnx(out) {
+        return Err(Failure::input(anyhow::anyhow!(
+            "fusing an ONNX model writes an ONNX model: name the output *.onnx, not {}",
+            shown(out)
+        ))
+        .into());
+    }
+    let model = open_onnx(path)?;
+    let in_model =
+        |e: weightnorm::onnx::OnnxError| Failure::input(anyhow::anyhow!("{}: {e}", shown(path)));
+    let mut inputs = vec![path.clone()];
+    inputs.extend(model.external_files().map_err(in_model)?);
+    let mut outputs = Outputs::new(inputs);
+    outputs.check(&[out.as_path()], args.output.force)?;
+    let (folded, found) = model.fold_weight_norms().map_err(in_model)?;
+    if found.is_empty() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{}: no weight-norm subgraph to fold (g and v initializers feeding ReduceL2, or Pow/ReduceSum/Sqrt, Div and Mul)",
+            shown(path)
+        ))
+        .into());
+    }
+    let proto = folded.standalone(folded.proto.clone()).map_err(in_model)?;
+    let bytes = encode(&proto).map_err(in_model)?;
+    outputs.bytes(out, args.output.force, &bytes)?;
+    outputs.commit()?;
+    eprintln!(
+        "folded {} weight-norm subgraphs into {} (largest difference from the graph's own computation {:.1e})",
+        found.len(),
+        shown(out),
+        found.iter().map(|s| s.difference).fold(0.0, f64::max)
+    );
+    Ok(())
+}
+
 /// `weightnorm inspect`.
 pub fn inspect(args: InspectArgs) -> Result<()> {
+    if is_onnx(&args.input.input) {
+        return inspect_onnx(&args);
+    }
     let ckpt = open(&args.input)?;
     let pairs = detect_pairs(&ckpt.shapes(), None).map_err(Failure::input)?;
     let mut pair_rows = Vec::new();
@@ -182,12 +369,19 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         weightnorm::torch::Format::SafeTensors => "safetensors",
         weightnorm::torch::Format::PyTorch => "pytorch",
     };
+    let others = ckpt.others();
     if args.json {
         let doc = serde_json::json!({
             "file": ckpt.path.display().to_string(),
             "format": format,
             "key": ckpt.key,
             "metadata": ckpt.metadata,
+            "shards": ckpt.sharding().map(|s| s.shards.iter().map(|sh| serde_json::json!({
+                "file": sh.file, "tensors": sh.tensors.len(),
+            })).collect::<Vec<_>>()),
+            "others": others.iter().map(|e| serde_json::json!({
+                "name": e.name, "type": e.kind, "tensors": e.tensors, "pairs": e.pairs,
+            })).collect::<Vec<_>>(),
             "tensors": ckpt.tensors.iter().map(|t| serde_json::json!({
                 "name": t.name, "dtype": format!("{:?}", t.dtype), "shape": t.shape,
             })).collect::<Vec<_>>(),
@@ -205,8 +399,11 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({format}{}, {} tensors, {} weight-norm pairs)",
+        "{} ({format}{}{}, {} tensors, {} weight-norm pairs)",
         shown(&ckpt.path),
+        ckpt.sharding()
+            .map(|s| format!(" in {} shards", s.shards.len()))
+            .unwrap_or_default(),
         ckpt.key
             .as_deref()
             .map(|k| format!(", key `{}`", escape(k)))
@@ -214,6 +411,16 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         ckpt.tensors.len(),
         pairs.len()
     );
+    if !others.is_empty() {
+        println!(
+            "besides the state dict: {}",
+            others
+                .iter()
+                .map(|e| shortened(&e.to_string(), 2 * NAME_COLUMN))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let names: Vec<String> = ckpt
         .tensors
         .iter()
@@ -261,34 +468,112 @@ fn json_safe(s: &str) -> String {
 }
 
 /// Reads the input checkpoint, transforms its tensors with `f` (which returns the new tensors
-/// and the pairs it handled) and writes them, with the input's metadata, to the output;
-/// returns how many pairs and tensors were written. Nothing is read when the output is refused.
+/// and the pairs it handled) and writes them as the output's name asks (see [`Output`]);
+/// returns the pairs and how many files and tensors were written. Nothing is read when the
+/// output is refused, and nothing is written when any output file is.
 fn rewrite<P>(
     input: &Input,
     output: &Output,
     f: impl FnOnce(&[TensorEntry]) -> Result<(Vec<TensorEntry>, Vec<P>), TorchError>,
-) -> Result<(usize, usize)> {
-    let mut outputs = Outputs::new([&input.input]);
+) -> Result<(Vec<P>, Written)> {
+    let mut outputs = Outputs::new(input_files(&input.input));
     outputs.check(&[&output.output], output.force)?;
     let ckpt = open(input)?;
+    outputs.add_inputs(input_files_of(&ckpt));
     let (tensors, pairs) = f(&ckpt.tensors).map_err(Failure::input)?;
-    outputs.safetensors(
-        &output.output,
-        output.force,
-        &tensors,
-        ckpt.metadata.as_ref(),
-    )?;
+    let tensors_out = tensors.len();
+    let options = SaveOptions {
+        format: None,
+        state_dict_only: output.state_dict_only,
+    };
+    let planned = ckpt
+        .plan(tensors, &output.output, &options)
+        .map_err(|e| match e {
+            TorchError::WouldDrop { .. } => Failure::input(anyhow::anyhow!(
+                "{e} (an output named .pt keeps them; --state-dict-only leaves them out)"
+            )),
+            e => Failure::input(e),
+        })?;
+    let targets: Vec<&std::path::Path> = planned.iter().map(|p| p.path()).collect();
+    outputs.check(&targets, output.force)?;
+    let mut written = Written {
+        tensors: tensors_out,
+        carried: if planned.len() == 1 && !output.state_dict_only {
+            ckpt.others().len()
+        } else {
+            0
+        },
+        ..Written::default()
+    };
+    for p in &planned {
+        outputs.planned(p, output.force)?;
+        written.files += 1;
+    }
     outputs.commit()?;
-    Ok((pairs.len(), tensors.len()))
+    Ok((pairs, written))
+}
+
+/// What [`rewrite`] wrote.
+#[derive(Default)]
+struct Written {
+    /// Files written (shards and their index).
+    files: usize,
+    /// Tensors of the state dict written.
+    tensors: usize,
+    /// Other entries of the input carried over (a PyTorch output of a training checkpoint).
+    carried: usize,
+}
+
+impl Written {
+    /// ` (N tensors)`, with the files of a sharded output and the entries carried over.
+    fn said(&self) -> String {
+        let mut parts = vec![format!("{} tensors", self.tensors)];
+        if self.files > 1 {
+            parts.insert(0, format!("{} files", self.files));
+        }
+        if self.carried > 0 {
+            parts.push(format!(
+                "{} other entr{} carried over",
+                self.carried,
+                if self.carried == 1 { "y" } else { "ies" }
+            ));
+        }
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// The files an input path names before it is opened: itself, and for an index, every file
+/// beside it that it could name (checked again once the shards are known).
+fn input_files(input: &std::path::Path) -> Vec<PathBuf> {
+    vec![input.to_path_buf()]
+}
+
+/// Every file a checkpoint was read from (an index and its shards).
+fn input_files_of(ckpt: &Checkpoint) -> Vec<PathBuf> {
+    let mut files = vec![ckpt.path.clone()];
+    if let Some(s) = ckpt.sharding() {
+        let dir = s
+            .index
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        files.extend(s.shards.iter().map(|sh| dir.join(&sh.file)));
+    }
+    files
 }
 
 /// `weightnorm fuse`.
 pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
+    if is_onnx(&args.input.input) {
+        return fuse_onnx(&args);
+    }
     let dim = args.dim.as_deref().map(parse_dim).transpose()?;
-    let (pairs, tensors) = rewrite(&args.input, &args.output, |t| fuse(t, &FuseOptions { dim }))?;
+    let (pairs, written) = rewrite(&args.input, &args.output, |t| fuse(t, &FuseOptions { dim }))?;
     eprintln!(
-        "fused {pairs} pairs into {} ({tensors} tensors)",
-        shown(&args.output.output)
+        "fused {} pairs into {}{}",
+        pairs.len(),
+        shown(&args.output.output),
+        written.said()
     );
     Ok(())
 }
@@ -315,11 +600,13 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
     if let Some(re) = include {
         options.select = Box::new(move |name, _| re.is_match(name));
     }
-    let (pairs, _) = rewrite(&args.input, &args.output, |t| split(t, &options))?;
+    let (pairs, written) = rewrite(&args.input, &args.output, |t| split(t, &options))?;
     eprintln!(
-        "split {pairs} weights into {} ({} scheme)",
+        "split {} weights into {} ({} scheme){}",
+        pairs.len(),
         shown(&args.output.output),
-        scheme.as_str()
+        scheme.as_str(),
+        written.said()
     );
     Ok(())
 }
@@ -327,11 +614,24 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
 /// `weightnorm convert`.
 pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
     let scheme = Scheme::from(args.scheme);
-    let (pairs, _) = rewrite(&args.input, &args.output, |t| convert(t, scheme))?;
-    eprintln!(
-        "renamed {pairs} pairs into the {} scheme in {}",
-        scheme.as_str(),
-        shown(&args.output.output)
-    );
+    let (pairs, written) = rewrite(&args.input, &args.output, |t| convert(t, scheme))?;
+    let renamed = pairs.iter().filter(|p| p.scheme != scheme).count();
+    if renamed == 0 {
+        eprintln!(
+            "nothing to rename: the {} pairs are already in the {} scheme; {} is a copy of the input{}",
+            pairs.len(),
+            scheme.as_str(),
+            shown(&args.output.output),
+            written.said()
+        );
+    } else {
+        eprintln!(
+            "renamed {renamed} of {} pairs into the {} scheme in {}{}",
+            pairs.len(),
+            scheme.as_str(),
+            shown(&args.output.output),
+            written.said()
+        );
+    }
     Ok(())
 }

@@ -223,6 +223,16 @@ impl Outputs {
         out
     }
 
+    /// Adds inputs known only once the first one is read (a sharded checkpoint's shards).
+    pub fn add_inputs<P: AsRef<Path>>(&mut self, inputs: impl IntoIterator<Item = P>) {
+        for p in inputs {
+            let p = p.as_ref();
+            if let Some(id) = FileId::of(p) {
+                self.inputs.push((p.to_path_buf(), id));
+            }
+        }
+    }
+
     /// The input that `target` is the same file as, if any.
     fn input_at(&self, target: &Path) -> Option<&Path> {
         let id = FileId::of(target)?;
@@ -390,6 +400,27 @@ impl Outputs {
                     other => Failure::input(other).into(),
                 },
             )
+        })
+    }
+
+    /// Writes one planned file of a checkpoint (safetensors, PyTorch or an index) as the output
+    /// at its path. A failed write exits 1; a tensor that cannot be written (bad input) exits 2.
+    ///
+    /// # Errors
+    ///
+    /// The library's error, as a [`Failure`] when the input is at fault.
+    pub fn planned(&mut self, planned: &weightnorm::torch::Planned, replace: bool) -> Result<()> {
+        let target = planned.path().to_path_buf();
+        self.write_with(&target, replace, |tmp| {
+            let options = weightnorm::torch::WriteOptions {
+                fsync: fsync_wanted(),
+            };
+            planned.write_to(tmp, &options).map_err(|e| match e {
+                TorchError::Write { source, .. } => {
+                    anyhow::anyhow!("cannot write {}: {source}", shown(&target))
+                }
+                other => Failure::input(other).into(),
+            })
         })
     }
 

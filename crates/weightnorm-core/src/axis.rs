@@ -20,6 +20,25 @@ pub enum NormAxis {
 }
 
 impl NormAxis {
+    /// The kept axis that a `g` of shape `g` implies for a `v` of shape `v`, as PyTorch shapes
+    /// `g`: 0-dim `g` is the whole tensor; otherwise the axis where `g` has `v`'s size and every
+    /// other axis of `g` is 1. When several axes fit they all have size 1 and give the same
+    /// norms; the first is returned. A one-element `g` of `v`'s rank that fits no axis is the
+    /// whole tensor. `None` when `g` fits no axis.
+    pub fn implied_by(g: &[usize], v: &[usize]) -> Option<Self> {
+        if g.is_empty() {
+            return Some(Self::Whole);
+        }
+        if g.len() != v.len() {
+            return None;
+        }
+        let fits = |k: usize| g[k] == v[k] && g.iter().enumerate().all(|(i, &s)| i == k || s == 1);
+        if let Some(k) = (0..v.len()).find(|&k| fits(k)) {
+            return Some(Self::Keep(k));
+        }
+        (g.iter().product::<usize>() == 1).then_some(Self::Whole)
+    }
+
     /// Converts a PyTorch `dim` for a tensor of `rank` dimensions.
     ///
     /// PyTorch's rule, exactly: `None` and `-1` mean the whole tensor (in `weight_norm`, `-1` is

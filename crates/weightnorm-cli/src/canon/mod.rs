@@ -123,6 +123,18 @@ fn from_onnx(args: &CanonicalizeArgs) -> Result<()> {
             .external_files()
             .map_err(|e| bad(format!("{}: {e}", shown(path))))?,
     );
+    // Weight norm still attached (g and v initializers and the subgraph computing the weight
+    // from them) is folded first: the weight is then a constant.
+    let (model, folded) = model
+        .fold_weight_norms()
+        .map_err(|e| bad(format!("{}: {e}", shown(path))))?;
+    if !folded.is_empty() {
+        eprintln!(
+            "folded {} weight-norm subgraphs of {} before canonicalizing",
+            folded.len(),
+            shown(path)
+        );
+    }
     let outputs = Outputs::new(inputs);
     check_targets(args, &outputs)?;
     fn go<T: Real>(

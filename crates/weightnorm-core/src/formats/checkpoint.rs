@@ -12,7 +12,9 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::pt::{Detected, HEAD_LEN, detect};
-use super::{Result, TorchError};
+use super::sharded::Sharding;
+use super::tree::{PtValue, key_name};
+use super::{EntrySummary, Result, TorchError};
 
 /// The file formats this module reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,10 @@ pub struct TensorEntry {
     /// The shape (empty for a 0-dim tensor).
     pub shape: Vec<usize>,
     source: Source,
+    /// The input tensor this one was made from, when it has another name (a renamed pair
+    /// member, a fused weight from its `v`, a split pair from its weight): where a writer that
+    /// keeps the input's layout (nesting, shards) puts it.
+    origin: Option<Arc<str>>,
 }
 
 impl core::fmt::Debug for TensorEntry {
@@ -88,7 +94,45 @@ impl TensorEntry {
             dtype,
             shape,
             source: Source::Owned(Arc::new(data)),
+            origin: None,
         })
+    }
+
+    /// A tensor of a PyTorch checkpoint.
+    pub(crate) fn from_pt(
+        name: String,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        stored: super::pt::Stored,
+    ) -> Self {
+        Self {
+            name,
+            dtype,
+            shape,
+            source: Source::Pt(stored),
+            origin: None,
+        }
+    }
+
+    /// The view of a PyTorch storage this tensor is, if it is one (for the `.pt` writer).
+    pub(crate) fn pt_view(&self) -> Option<&super::pt::Stored> {
+        match &self.source {
+            Source::Pt(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The same tensor, recorded as made from the input tensor `origin`.
+    #[must_use]
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        self.origin = Some(Arc::from(origin));
+        self
+    }
+
+    /// The name of the input tensor this one was made from, when it differs from its own
+    /// (see [`with_origin`](Self::with_origin) and [`renamed`](Self::renamed)).
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
     }
 
     /// A tensor computed on demand by `produce`, which must return exactly the byte size of
@@ -104,13 +148,22 @@ impl TensorEntry {
             dtype,
             shape,
             source: Source::Lazy(Arc::new(produce)),
+            origin: None,
         }
     }
 
-    /// The same data under another name.
+    /// The same data under another name, recorded as made from this one (its
+    /// [`origin`](Self::origin), unless it already has one).
     pub fn renamed(&self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        let origin = match &self.origin {
+            Some(o) => Some(Arc::clone(o)),
+            None if name != self.name => Some(Arc::from(self.name.as_str())),
+            None => None,
+        };
         Self {
-            name: name.into(),
+            name,
+            origin,
             ..self.clone()
         }
     }
@@ -181,10 +234,7 @@ impl TensorEntry {
         let data: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(map, start, end) => Cow::Borrowed(&map[*start..*end]),
             Source::Owned(v) => Cow::Borrowed(v.as_slice()),
-            Source::Pt(t) => t.bytes().map_err(|source| TorchError::Pt {
-                path: self.name.clone(),
-                source,
-            })?,
+            Source::Pt(t) => t.bytes(&self.name)?,
             Source::Lazy(f) => Cow::Owned(f()?),
         };
         if data.len() != self.byte_len() {
@@ -243,6 +293,12 @@ pub struct Checkpoint {
     pub tensors: Vec<TensorEntry>,
     /// The safetensors `__metadata__`, kept by [`write_safetensors`] users.
     pub metadata: Option<BTreeMap<String, String>>,
+    /// For a PyTorch checkpoint, the whole file (the state dict is under `key_path`).
+    pub(crate) root: Option<PtValue>,
+    /// The dict keys leading to the state dict in `root`.
+    pub(crate) key_path: Vec<String>,
+    /// For a sharded checkpoint, its index and shards.
+    pub(crate) sharding: Option<Sharding>,
 }
 
 /// Options of [`Checkpoint::open_with`].
@@ -309,11 +365,20 @@ impl Checkpoint {
     /// [`TorchError::DuplicateName`] when two entries of a nested checkpoint flatten to one
     /// name, [`TorchError::TooLarge`] for a tensor larger than `options.max_tensor_bytes`.
     pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Self> {
+        if super::sharded::is_index(path) {
+            if let Some(key) = &options.key {
+                return Err(TorchError::KeyInSafetensors {
+                    path: path.display().to_string(),
+                    key: key.clone(),
+                });
+            }
+            return super::sharded::open(path, options);
+        }
         let read_err = |source| TorchError::Read {
             path: path.display().to_string(),
             source,
         };
-        let mut file = File::open(path).map_err(read_err)?;
+        let mut file = super::open_regular(path).map_err(read_err)?;
         let file_len = file.metadata().map_err(read_err)?.len();
         let mut head = Vec::with_capacity(HEAD_LEN);
         (&mut file)
@@ -375,6 +440,7 @@ impl Checkpoint {
                     dtype: view.dtype(),
                     shape: view.shape().to_vec(),
                     source: Source::Mapped(Arc::clone(&map), start, end),
+                    origin: None,
                 }
             })
             .collect();
@@ -389,6 +455,9 @@ impl Checkpoint {
             key: None,
             tensors,
             metadata,
+            root: None,
+            key_path: Vec::new(),
+            sharding: None,
         })
     }
 
@@ -399,23 +468,65 @@ impl Checkpoint {
             source,
         })?;
         let pt = super::pt::read(&path.display().to_string(), Arc::new(map), key)?;
-        let tensors = pt
-            .tensors
-            .into_iter()
-            .map(|(name, (dtype, shape, stored))| TensorEntry {
-                name,
-                dtype,
-                shape,
-                source: Source::Pt(stored),
-            })
-            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             format: Format::PyTorch,
-            key: pt.key,
-            tensors,
+            key: (!pt.key.is_empty()).then(|| pt.key.join(".")),
+            tensors: pt.tensors.into_values().collect(),
             metadata: None,
+            root: Some(pt.root),
+            key_path: pt.key,
+            sharding: None,
         })
+    }
+
+    /// For a PyTorch checkpoint, the whole file: the state dict's tensors are below
+    /// [`key`](Self::key), and everything else (optimizer states, counters) beside it.
+    pub fn tree(&self) -> Option<&PtValue> {
+        self.root.as_ref()
+    }
+
+    /// For a sharded checkpoint, its index and shards.
+    pub fn sharding(&self) -> Option<&Sharding> {
+        self.sharding.as_ref()
+    }
+
+    /// What the file holds besides the state dict's tensors: the entries beside the state dict
+    /// (each whole: `optim_g`, `steps`) and the values inside it that are not tensors, by their
+    /// dotted names. Empty for safetensors files and for PyTorch files of tensors alone.
+    pub fn others(&self) -> Vec<EntrySummary> {
+        let Some(root) = &self.root else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut at = root;
+        let mut prefix = String::new();
+        for seg in &self.key_path {
+            let PtValue::Dict(d) = at else { break };
+            for (k, v) in &d.entries {
+                let name = key_name(k);
+                if name.as_deref() != Some(seg.as_str()) {
+                    let name = name.unwrap_or_else(|| format!("<a {} key>", k.type_name()));
+                    out.push(super::pt::summary(format!("{prefix}{name}"), v));
+                }
+            }
+            let Some(next) = at.get(std::slice::from_ref(seg)) else {
+                break;
+            };
+            at = next;
+            prefix.push_str(seg);
+            prefix.push('.');
+        }
+        for (name, kind) in at.non_tensors() {
+            out.push(EntrySummary {
+                name: format!("{prefix}{name}"),
+                kind: kind.to_string(),
+                tensors: 0,
+                pairs: 0,
+                nameable: false,
+            });
+        }
+        out
     }
 
     /// The tensor called `name`.

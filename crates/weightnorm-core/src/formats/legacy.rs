@@ -26,6 +26,8 @@ pub(crate) struct Legacy {
     pub root: Value,
     /// The storages by key.
     pub storages: HashMap<String, Span>,
+    /// The length of the saved object's pickle.
+    pub pickle_len: usize,
 }
 
 fn header(d: &[u8], pos: &mut usize) -> Result<(Value, Pickle), PtError> {
@@ -41,7 +43,7 @@ fn header(d: &[u8], pos: &mut usize) -> Result<(Value, Pickle), PtError> {
 pub(crate) fn read(d: &[u8]) -> Result<Legacy, PtError> {
     let mut pos = 0;
     let (magic, _) = header(d, &mut pos)?;
-    if !matches!(magic, Value::BigInt) {
+    if !matches!(magic, Value::BigInt(_)) {
         return Err(PtError::Legacy("the first pickle is not the magic number"));
     }
     let (protocol, _) = header(d, &mut pos)?;
@@ -66,6 +68,7 @@ pub(crate) fn read(d: &[u8]) -> Result<Legacy, PtError> {
         Ok(())
     })?;
     pos += n;
+    let pickle_len = n;
     let (keys, p) = header(d, &mut pos)?;
     let Value::List(id) = keys else {
         return Err(PtError::Legacy("the storage keys are not a list"));
@@ -100,5 +103,6 @@ pub(crate) fn read(d: &[u8]) -> Result<Legacy, PtError> {
         pickle,
         root,
         storages,
+        pickle_len,
     })
 }

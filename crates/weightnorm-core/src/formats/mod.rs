@@ -24,6 +24,10 @@ mod legacy;
 pub mod onnx;
 mod pickle;
 mod pt;
+mod pt_write;
+mod save;
+mod sharded;
+mod tree;
 mod zipfile;
 
 pub use arch::{
@@ -35,6 +39,142 @@ pub use checkpoint::{
     write_safetensors_with,
 };
 pub use safetensors::Dtype;
+pub use save::{OutputFormat, Planned, SaveOptions, read_pt, write_pt};
+pub use sharded::{Shard, Sharding};
+pub use tree::{PtDict, PtTensor, PtValue};
+
+/// Opens `path` for reading only if it is a regular file (following symbolic links): a FIFO,
+/// a device (`/dev/zero`), a socket or a directory is refused at once, and the open itself
+/// never blocks (it is made non-blocking, so that a FIFO with no writer cannot hang it).
+///
+/// # Errors
+///
+/// The error of opening, or [`std::io::ErrorKind::InvalidInput`] naming what the path is.
+pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {}, not a regular file", file_kind(&kind)),
+        ));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // Blocking again for the reads (a regular file's reads never block anyway).
+        // SAFETY: fcntl on a descriptor this function owns.
+        unsafe {
+            let fd = file.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// What a non-regular file is, in words.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// One entry of a dict that is not a state dict, as [`TorchError::NotAStateDict`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntrySummary {
+    /// Its key.
+    pub name: String,
+    /// Its Python type (`dict`, `int`, ...).
+    pub kind: String,
+    /// How many tensors it holds.
+    pub tensors: usize,
+    /// How many weight-norm pairs their names spell.
+    pub pairs: usize,
+    /// Whether it is a dict under a key that a dotted path can name (a state dict could be it).
+    pub nameable: bool,
+}
+
+impl core::fmt::Display for EntrySummary {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "`{}` ({}", shorten(&self.name, NAME_WIDTH), self.kind)?;
+        if self.tensors > 0 {
+            write!(
+                f,
+                ": {} tensor{}",
+                self.tensors,
+                if self.tensors == 1 { "" } else { "s" }
+            )?;
+            if self.pairs > 0 {
+                write!(
+                    f,
+                    ", {} weight-norm pair{}",
+                    self.pairs,
+                    if self.pairs == 1 { "" } else { "s" }
+                )?;
+            }
+        }
+        write!(f, ")")
+    }
+}
+
+/// The widest name a message shows whole; longer ones are shortened in the middle.
+pub(crate) const NAME_WIDTH: usize = 80;
+/// How many entries a listing shows before "and N more".
+const LISTED: usize = 12;
+
+/// `name` whole when it is at most `width` characters, else its start and end around an
+/// ellipsis and its length (so that a hostile 65 KB name cannot make a 65 KB message).
+pub fn shorten(name: &str, width: usize) -> String {
+    let n = name.chars().count();
+    if n <= width {
+        return name.to_string();
+    }
+    let keep = width.saturating_sub(1) / 2;
+    let head: String = name.chars().take(keep).collect();
+    let tail: String = name.chars().skip(n - keep).collect();
+    format!("{head}…{tail} ({n} characters)")
+}
+
+fn listing(entries: &[EntrySummary]) -> String {
+    let mut s = entries
+        .iter()
+        .take(LISTED)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if entries.len() > LISTED {
+        s.push_str(&format!(" and {} more", entries.len() - LISTED));
+    }
+    s
+}
 
 /// PyTorch's names of a module's tensors: `<module>.<field>`.
 pub mod field {
@@ -154,6 +294,38 @@ pub enum TorchError {
         key: Option<String>,
         /// The Python type found there.
         found: String,
+    },
+    /// Without a key, a PyTorch checkpoint whose top level (or the single dict it holds) holds
+    /// more than tensors: a training checkpoint (`{'generator': ..., 'optim_g': ..., 'steps':
+    /// 1000}`). Nothing is flattened or dropped silently: the entries are listed, and the state
+    /// dict must be chosen by its key.
+    #[error(
+        "{path}{}: not a state dict of tensors alone; it holds {}{}",
+        .at.as_ref().map(|k| format!(" (under `{}`)", shorten(k, NAME_WIDTH))).unwrap_or_default(),
+        listing(.entries),
+        .suggestion.as_ref().map(|k| format!("; choose the state dict by its key, e.g. `{}`", shorten(k, NAME_WIDTH))).unwrap_or_else(|| "; no entry holds tensors".to_string())
+    )]
+    NotAStateDict {
+        /// The file.
+        path: String,
+        /// The dotted key of the level listed, when it is not the top level.
+        at: Option<String>,
+        /// What that level holds.
+        entries: Vec<EntrySummary>,
+        /// The dotted key of the entry most likely to be the state dict (the one with the most
+        /// weight-norm pairs, then tensors).
+        suggestion: Option<String>,
+    },
+    /// A tensor's bytes are damaged (a zip entry that does not match its CRC-32).
+    #[error("{path}: the tensor `{}` cannot be read: {source}", shorten(.tensor, NAME_WIDTH))]
+    Damaged {
+        /// The file.
+        path: String,
+        /// The tensor.
+        tensor: String,
+        /// What is wrong.
+        #[source]
+        source: PtError,
     },
     /// Two entries of a nested PyTorch checkpoint flatten to one dotted name (`{"a.b": x}`
     /// beside `{"a": {"b": y}}`): neither may silently win.
@@ -353,6 +525,34 @@ pub enum TorchError {
         /// The dtype (`f32`, `f64`, `f16`, `bf16`).
         dtype: &'static str,
     },
+    /// A value that a PyTorch file cannot hold as given.
+    #[error("cannot write a PyTorch file: {reason}")]
+    Unwritable {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The input holds entries besides its state dict that the output format cannot hold (a
+    /// safetensors file holds tensors only): refused rather than dropped.
+    #[error(
+        "{path} holds entries besides the state dict that {format} cannot hold: {}; write a PyTorch file to keep them, or leave them out explicitly",
+        listing(.entries)
+    )]
+    WouldDrop {
+        /// The input file.
+        path: String,
+        /// The output format, in words.
+        format: &'static str,
+        /// The entries that would be lost.
+        entries: Vec<EntrySummary>,
+    },
+    /// A sharded checkpoint's index is malformed or disagrees with its shards.
+    #[error("{path}: {reason}")]
+    Index {
+        /// The index file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A Linear weight (transposed between the layouts) that is not 2-D.
     #[error("`{name}` should be a 2-D Linear weight, but has shape {shape:?}")]
     NotLinear {
@@ -408,6 +608,12 @@ pub enum PtError {
     /// Containers nest too deeply, or refer to each other too often.
     #[error("the pickle nests containers too deeply or refers to them too often")]
     TooDeep,
+    /// The pickle asks for more work than its length allows (callables copying long lists
+    /// again and again).
+    #[error(
+        "the pickle asks for more work than a file of its size can need (containers copied again and again)"
+    )]
+    TooMuchWork,
     /// The pickle ends early or declares a length past its end.
     #[error("the pickle ends early (or declares a length past its end)")]
     PickleTruncated,

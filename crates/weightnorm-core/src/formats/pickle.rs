@@ -5,8 +5,16 @@
 //!
 //! Containers live in an arena and values refer to them by index, so shared and even cyclic
 //! references cost nothing to copy and nothing to drop; every length the input declares is
-//! checked against the bytes that remain, so what a pickle makes us allocate is bounded by
-//! a small multiple of its own length.
+//! checked against the bytes that remain, and every copy a callable makes (an `OrderedDict` of
+//! a list of pairs, a `set` of a list) is charged to a budget proportional to the pickle's
+//! length ([`WORK_PER_BYTE`]), so what a pickle makes us allocate and do is bounded by a small
+//! multiple of its own length. Calls nest at most [`MAX_CALL_DEPTH`] deep (a rebuild whose
+//! arguments contain itself is refused, not followed until the stack overflows).
+//!
+//! Nothing a checkpoint holds is dropped: numbers (floats and integers of any width), strings,
+//! bytes, devices, dtypes, sets and `torch.Size`s, a dict's kind (plain or `OrderedDict`) and
+//! the state an `OrderedDict` is built with (a state dict's `_metadata`) are all kept, so that
+//! [`super::tree`] can give the whole file and [`super::pt_write`] write it back.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -42,6 +50,10 @@ pub(crate) struct TensorRef {
     pub shape: Vec<usize>,
     /// The strides in elements.
     pub stride: Vec<usize>,
+    /// Whether it requires a gradient.
+    pub requires_grad: bool,
+    /// Whether it was saved as a `torch.nn.Parameter`.
+    pub parameter: bool,
 }
 
 /// A pickled value. Containers are in the arena.
@@ -50,34 +62,52 @@ pub(crate) enum Value {
     None,
     Bool(bool),
     Int(i64),
-    /// An integer too wide for an `i64` (the legacy magic number).
-    BigInt,
-    Float,
+    /// An integer too wide for an `i64` (the legacy magic number): its little-endian two's
+    /// complement bytes.
+    BigInt(Rc<[u8]>),
+    Float(f64),
     Str(Rc<str>),
-    Bytes,
-    /// A global the unpickler knows (a callable or a class), as `module.name`.
+    Bytes(Rc<[u8]>),
+    /// A global the unpickler knows (a class or a dtype), as `module.name`.
     Global(Rc<str>),
     Storage(Rc<StorageRef>),
     Tensor(Rc<TensorRef>),
-    /// A value that stands for something that is not a tensor (a `torch.device`, a dtype).
-    Other(&'static str),
+    /// A `torch.device`, as `torch.device(...)` prints its type and index (`cpu`, `cuda:0`).
+    Device(Rc<str>),
     List(Id),
     Tuple(Id),
+    /// A `set` (`builtins.set`).
+    Set(Id),
+    /// A `frozenset`.
+    FrozenSet(Id),
+    /// A `torch.Size`.
+    Size(Id),
     Dict(Id),
+}
+
+/// A dict: its entries in insertion order, whether it is an `OrderedDict`, and the state it
+/// was built with (`BUILD`: an `OrderedDict`'s attributes, a state dict's `_metadata`).
+#[derive(Debug, Default)]
+pub(crate) struct Map {
+    pub entries: Vec<(Value, Value)>,
+    pub ordered: bool,
+    pub state: Option<Value>,
 }
 
 /// A container.
 #[derive(Debug)]
 pub(crate) enum Node {
-    /// A list or tuple (or set).
+    /// A list, tuple, set or `torch.Size`.
     Seq(Vec<Value>),
-    /// A dict, in insertion order.
-    Map(Vec<(Value, Value)>),
+    /// A dict.
+    Map(Map),
 }
 
 /// The globals a checkpoint may name.
 const ALLOWED: &[&str] = &[
     "collections.OrderedDict",
+    "_codecs.encode",
+    "builtins.bytearray",
     "torch._utils._rebuild_tensor",
     "torch._utils._rebuild_tensor_v2",
     "torch._utils._rebuild_parameter",
@@ -153,11 +183,29 @@ impl Pickle {
     /// The entries of a dict.
     pub fn map(&self, id: Id) -> &[(Value, Value)] {
         match &self.nodes[id] {
-            Node::Map(v) => v,
+            Node::Map(m) => &m.entries,
             Node::Seq(_) => &[],
         }
     }
+
+    /// A dict's kind and state.
+    pub fn dict(&self, id: Id) -> Option<&Map> {
+        match &self.nodes[id] {
+            Node::Map(m) => Some(m),
+            Node::Seq(_) => None,
+        }
+    }
 }
+
+/// How many units of work (elements copied by a callable) each byte of a pickle may cost,
+/// beyond [`WORK_BASE`]: a bound proportional to the input on what a hostile pickle can make
+/// us allocate (`OrderedDict` applied again and again to one long list of pairs).
+pub(crate) const WORK_PER_BYTE: usize = 16;
+/// The work any pickle may cost, however short.
+pub(crate) const WORK_BASE: usize = 1 << 16;
+/// How deeply interpreted calls may nest (`_rebuild_from_type_v2` calls the function it is
+/// given; a legitimate checkpoint nests two deep).
+pub(crate) const MAX_CALL_DEPTH: usize = 8;
 
 struct Unpickler<'a, 'p> {
     data: &'a [u8],
@@ -166,6 +214,8 @@ struct Unpickler<'a, 'p> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     out: &'p mut Pickle,
+    /// Work left (see [`WORK_PER_BYTE`]).
+    work: usize,
 }
 
 type R<T> = Result<T, PtError>;
@@ -185,6 +235,10 @@ pub(crate) fn unpickle(
         marks: Vec::new(),
         memo: HashMap::new(),
         out,
+        work: data
+            .len()
+            .saturating_mul(WORK_PER_BYTE)
+            .saturating_add(WORK_BASE),
     };
     let v = u.run(on_storage)?;
     Ok((v, u.pos))
@@ -261,6 +315,12 @@ impl Unpickler<'_, '_> {
         Ok(self.stack.split_off(m))
     }
 
+    /// Charges `n` units of work.
+    fn charge(&mut self, n: usize) -> R<()> {
+        self.work = self.work.checked_sub(n).ok_or(PtError::TooMuchWork)?;
+        Ok(())
+    }
+
     fn node(&mut self, n: Node) -> Id {
         self.out.nodes.push(n);
         self.out.nodes.len() - 1
@@ -308,7 +368,7 @@ impl Unpickler<'_, '_> {
         };
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            m.push((k, v));
+            m.entries.push((k, v));
         }
         Ok(())
     }
@@ -333,15 +393,23 @@ impl Unpickler<'_, '_> {
         }
     }
 
-    fn args(&self, v: &Value) -> R<Vec<Value>> {
+    /// The items of a tuple or list, copied (and charged for).
+    fn args(&mut self, v: &Value) -> R<Vec<Value>> {
         match v {
-            Value::Tuple(id) | Value::List(id) => Ok(self.out.seq(*id).to_vec()),
+            Value::Tuple(id) | Value::List(id) => {
+                self.charge(self.out.seq(*id).len())?;
+                Ok(self.out.seq(*id).to_vec())
+            }
             _ => Err(PtError::PickleType("call arguments that are not a tuple")),
         }
     }
 
+    fn bool_of(v: Option<&Value>) -> bool {
+        matches!(v, Some(Value::Bool(true)))
+    }
+
     fn rebuild_tensor(&self, args: &[Value]) -> R<Value> {
-        let [storage, offset, size, stride, ..] = args else {
+        let [storage, offset, size, stride, rest @ ..] = args else {
             return Err(PtError::PickleType("tensor rebuilt from too few arguments"));
         };
         let Value::Storage(storage) = storage else {
@@ -360,16 +428,22 @@ impl Unpickler<'_, '_> {
             offset,
             shape,
             stride,
+            // `_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks, ...)`.
+            requires_grad: Self::bool_of(rest.first()),
+            parameter: false,
         })))
     }
 
     /// Interprets `callable(*args)` for the allowed callables.
-    fn call(&mut self, callable: &Value, args: &Value) -> R<Value> {
+    fn call(&mut self, callable: &Value, args: &Value, depth: usize) -> R<Value> {
         let Value::Global(name) = callable else {
             return Err(PtError::PickleType(
                 "a call of something that is not a global",
             ));
         };
+        if depth > MAX_CALL_DEPTH {
+            return Err(PtError::TooDeep);
+        }
         let args = self.args(args)?;
         Ok(match &**name {
             "torch._utils._rebuild_tensor" | "torch._utils._rebuild_tensor_v2" => {
@@ -378,8 +452,35 @@ impl Unpickler<'_, '_> {
             "torch._utils._rebuild_parameter"
             | "torch._utils._rebuild_parameter_with_state"
             | "torch.nn.parameter.Parameter" => match args.first() {
-                Some(t @ Value::Tensor(_)) => t.clone(),
+                // `(data, requires_grad, ...)`; a Parameter requires grad by default.
+                Some(Value::Tensor(t)) => Value::Tensor(Rc::new(TensorRef {
+                    requires_grad: args.get(1).is_none_or(|r| matches!(r, Value::Bool(true))),
+                    parameter: true,
+                    ..(**t).clone()
+                })),
                 _ => return Err(PtError::PickleType("a parameter without a tensor")),
+            },
+            "_codecs.encode" => match args.as_slice() {
+                // Protocol 2's bytes: `_codecs.encode(text, 'latin1')`, one char a byte.
+                [Value::Str(text), Value::Str(enc)] if &**enc == "latin1" => {
+                    let bytes: Option<Vec<u8>> =
+                        text.chars().map(|c| u8::try_from(c).ok()).collect();
+                    Value::Bytes(
+                        bytes
+                            .ok_or(PtError::PickleType("latin1 text beyond latin1"))?
+                            .into(),
+                    )
+                }
+                _ => {
+                    return Err(PtError::PickleType(
+                        "_codecs.encode of other than latin1 text",
+                    ));
+                }
+            },
+            "builtins.bytearray" => match args.as_slice() {
+                [] => Value::Bytes(Rc::from(&[][..])),
+                [b @ Value::Bytes(_)] => b.clone(),
+                _ => return Err(PtError::PickleType("a bytearray of other than bytes")),
             },
             "torch._tensor._rebuild_from_type_v2" => {
                 // (func, type, args, state): the tensor is func(*args); the subclass and its
@@ -389,7 +490,7 @@ impl Unpickler<'_, '_> {
                         "_rebuild_from_type_v2 without arguments",
                     ));
                 };
-                self.call(func, inner)?
+                self.call(func, inner, depth + 1)?
             }
             "collections.OrderedDict" => {
                 let mut entries = Vec::new();
@@ -401,16 +502,29 @@ impl Unpickler<'_, '_> {
                         }
                     }
                 }
-                Value::Dict(self.node(Node::Map(entries)))
+                Value::Dict(self.node(Node::Map(Map {
+                    entries,
+                    ordered: true,
+                    state: None,
+                })))
             }
             "builtins.set" | "builtins.frozenset" | "__builtin__.set" | "torch.Size" => {
                 let items = match args.first() {
                     Some(v) => self.args(v)?,
                     None => Vec::new(),
                 };
-                Value::Tuple(self.node(Node::Seq(items)))
+                let id = self.node(Node::Seq(items));
+                match &**name {
+                    "torch.Size" => Value::Size(id),
+                    "builtins.frozenset" => Value::FrozenSet(id),
+                    _ => Value::Set(id),
+                }
             }
-            "torch.device" => Value::Other("torch.device"),
+            "torch.device" => match args.as_slice() {
+                [Value::Str(kind)] => Value::Device(Rc::clone(kind)),
+                [Value::Str(kind), Value::Int(i)] => Value::Device(Rc::from(format!("{kind}:{i}"))),
+                _ => return Err(PtError::PickleType("a torch.device of other than a name")),
+            },
             _ => {
                 return Err(PtError::PickleType(
                     "a call of a class that is not callable",
@@ -525,7 +639,7 @@ impl Unpickler<'_, '_> {
                         buf[..n].copy_from_slice(b);
                         Value::Int(i64::from_le_bytes(buf))
                     } else {
-                        Value::BigInt
+                        Value::BigInt(Rc::from(b))
                     };
                     self.stack.push(v);
                 }
@@ -537,8 +651,14 @@ impl Unpickler<'_, '_> {
                         "01" => Value::Bool(true),
                         _ => match t.parse::<i64>() {
                             Ok(i) => Value::Int(i),
-                            Err(_) if t.bytes().all(|c| c.is_ascii_digit() || c == b'-') => {
-                                Value::BigInt
+                            Err(_)
+                                if !t.trim_start_matches('-').is_empty()
+                                    && t.strip_prefix('-')
+                                        .unwrap_or(t)
+                                        .bytes()
+                                        .all(|c| c.is_ascii_digit()) =>
+                            {
+                                Value::BigInt(decimal_to_le(t))
                             }
                             Err(_) => return Err(PtError::PickleType("a malformed integer")),
                         },
@@ -547,16 +667,14 @@ impl Unpickler<'_, '_> {
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8"));
-                    let _ = v;
-                    self.stack.push(Value::Float);
+                    self.stack.push(Value::Float(v));
                 }
                 b'F' => {
                     let l = self.line()?;
                     let v = l
                         .parse::<f64>()
                         .map_err(|_| PtError::PickleType("a malformed float"))?;
-                    let _ = v;
-                    self.stack.push(Value::Float);
+                    self.stack.push(Value::Float(v));
                 }
                 b'X' => {
                     let n = u64::from(self.u32()?);
@@ -580,7 +698,7 @@ impl Unpickler<'_, '_> {
                     let b = self.take(n)?;
                     let v = match std::str::from_utf8(b) {
                         Ok(s) if op == b'U' => Value::Str(Rc::from(s)),
-                        _ => Value::Bytes,
+                        _ => Value::Bytes(Rc::from(b)),
                     };
                     self.stack.push(v);
                 }
@@ -593,23 +711,26 @@ impl Unpickler<'_, '_> {
                     let b = self.take(n)?;
                     let v = match std::str::from_utf8(b) {
                         Ok(s) if op == b'T' => Value::Str(Rc::from(s)),
-                        _ => Value::Bytes,
+                        _ => Value::Bytes(Rc::from(b)),
                     };
                     self.stack.push(v);
                 }
                 b'}' => {
-                    let id = self.node(Node::Map(Vec::new()));
+                    let id = self.node(Node::Map(Map::default()));
                     self.stack.push(Value::Dict(id));
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let id = self.node(Node::Map(Vec::new()));
+                    let id = self.node(Node::Map(Map::default()));
                     self.set_items(&Value::Dict(id), items)?;
                     self.stack.push(Value::Dict(id));
                 }
                 b']' => self.push_seq(Vec::new(), false),
                 b')' => self.push_seq(Vec::new(), true),
-                0x8f => self.push_seq(Vec::new(), false),
+                0x8f => {
+                    let id = self.node(Node::Seq(Vec::new()));
+                    self.stack.push(Value::Set(id));
+                }
                 b'l' => {
                     let items = self.pop_mark()?;
                     self.push_seq(items, false);
@@ -632,10 +753,20 @@ impl Unpickler<'_, '_> {
                     let list = self.top()?.clone();
                     self.extend_list(&list, vec![v])?;
                 }
-                b'e' | 0x90 => {
+                b'e' => {
                     let items = self.pop_mark()?;
                     let list = self.top()?.clone();
                     self.extend_list(&list, items)?;
+                }
+                0x90 => {
+                    // ADDITEMS: into a set.
+                    let items = self.pop_mark()?;
+                    let Value::Set(id) = self.top()?.clone() else {
+                        return Err(PtError::PickleType("add items to a non-set"));
+                    };
+                    if let Node::Seq(v) = &mut self.out.nodes[id] {
+                        v.extend(items);
+                    }
                 }
                 b's' => {
                     let v = self.pop()?;
@@ -696,21 +827,26 @@ impl Unpickler<'_, '_> {
                 b'R' | 0x81 => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = self.call(&callable, &args)?;
+                    let v = self.call(&callable, &args, 0)?;
                     self.stack.push(v);
                 }
                 0x92 => {
                     let _kwargs = self.pop()?;
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = self.call(&callable, &args)?;
+                    let v = self.call(&callable, &args, 0)?;
                     self.stack.push(v);
                 }
                 b'b' => {
-                    // BUILD: set an object's state. Dicts (an OrderedDict's `_metadata`) and
-                    // tensors keep none of it.
-                    self.pop()?;
-                    self.top()?;
+                    // BUILD: set an object's state. A dict keeps it (an OrderedDict's
+                    // attributes: a state dict's `_metadata`); a tensor's (its Python
+                    // attributes, hooks) is not kept.
+                    let state = self.pop()?;
+                    if let Value::Dict(id) = self.top()?.clone()
+                        && let Node::Map(m) = &mut self.out.nodes[id]
+                    {
+                        m.state = Some(state);
+                    }
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -721,6 +857,45 @@ impl Unpickler<'_, '_> {
             }
         }
     }
+}
+
+/// The little-endian two's complement bytes of a decimal integer (protocol 0's `LONG`).
+fn decimal_to_le(t: &str) -> Rc<[u8]> {
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, t),
+    };
+    // Magnitude, little-endian base 256.
+    let mut mag: Vec<u8> = Vec::new();
+    for d in digits.bytes() {
+        let mut carry = u32::from(d - b'0');
+        for b in &mut mag {
+            let x = u32::from(*b) * 10 + carry;
+            *b = x as u8;
+            carry = x >> 8;
+        }
+        while carry > 0 {
+            mag.push(carry as u8);
+            carry >>= 8;
+        }
+    }
+    mag.push(0); // room for the sign bit
+    if neg {
+        // Two's complement: invert and add one.
+        let mut carry = 1u16;
+        for b in &mut mag {
+            let x = u16::from(!*b) + carry;
+            *b = x as u8;
+            carry = x >> 8;
+        }
+    }
+    // The shortest form: drop a top byte that only repeats the sign of the one below it.
+    while let [.., next, top] = mag[..]
+        && ((top == 0 && next & 0x80 == 0) || (top == 0xff && next & 0x80 != 0))
+    {
+        mag.pop();
+    }
+    Rc::from(mag)
 }
 
 #[cfg(test)]
@@ -763,5 +938,72 @@ mod tests {
         let (v, p) = run(&data).unwrap();
         let Value::List(id) = v else { panic!() };
         assert_eq!(p.seq(id).len(), 1000);
+    }
+
+    #[test]
+    fn ordered_dicts_of_one_long_list_exhaust_a_budget_proportional_to_the_file() {
+        // OrderedDict applied 2,000 times to one list of 20,000 pairs (52 KB): 40 million
+        // entries copied without a budget.
+        let mut d = b"\x80\x02ccollections\nOrderedDict\nq\x010]q\x00(K\x01K\x02\x86q\x02".to_vec();
+        for _ in 1..20_000 {
+            d.extend_from_slice(b"h\x02");
+        }
+        d.extend_from_slice(b"e0");
+        for _ in 0..2_000 {
+            d.extend_from_slice(b"h\x01h\x00\x85R0");
+        }
+        d.extend_from_slice(b"N.");
+        assert!(d.len() < 60_000);
+        assert!(matches!(run(&d).unwrap_err(), PtError::TooMuchWork));
+        // One OrderedDict of the same list is fine.
+        let mut one =
+            b"\x80\x02ccollections\nOrderedDict\nq\x010]q\x00(K\x01K\x02\x86q\x02".to_vec();
+        for _ in 1..20_000 {
+            one.extend_from_slice(b"h\x02");
+        }
+        one.extend_from_slice(b"e0h\x01h\x00\x85R.");
+        let (v, p) = run(&one).unwrap();
+        let Value::Dict(id) = v else { panic!() };
+        assert_eq!(p.map(id).len(), 20_000);
+    }
+
+    #[test]
+    fn a_rebuild_whose_arguments_contain_itself_is_refused_not_followed() {
+        // L = [_rebuild_from_type_v2, None, L, None]; _rebuild_from_type_v2(*L) calls itself
+        // with L again, forever.
+        let d = b"\x80\x02]q\x00(ctorch._tensor\n_rebuild_from_type_v2\nq\x01Nh\x00Ne0h\x01h\x00R.";
+        assert!(matches!(run(d).unwrap_err(), PtError::TooDeep));
+    }
+
+    #[test]
+    fn every_value_is_kept() {
+        // 0.5, b"\xff", a big integer, a device, a set, a torch.Size, an OrderedDict with state.
+        let d = b"\x80\x02(G?\xe0\x00\x00\x00\x00\x00\x00C\x01\xff\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09ctorch\ndevice\nX\x06\x00\x00\x00cuda:1\x85Rcbuiltins\nset\n]K\x07a\x85Rctorch\nSize\nK\x02K\x03\x86\x85Rccollections\nOrderedDict\n)R}X\x01\x00\x00\x00kK\x05sbt.";
+        let (v, p) = run(d).unwrap();
+        let Value::Tuple(id) = v else { panic!("{v:?}") };
+        let items = p.seq(id);
+        assert!(matches!(items[0], Value::Float(x) if x == 0.5));
+        assert!(matches!(&items[1], Value::Bytes(b) if b[..] == [0xff]));
+        assert!(matches!(&items[2], Value::BigInt(b) if b.len() == 9 && b[8] == 9));
+        assert!(matches!(&items[3], Value::Device(d) if &**d == "cuda:1"));
+        assert!(matches!(&items[4], Value::Set(_)));
+        assert!(matches!(&items[5], Value::Size(_)));
+        let Value::Dict(od) = &items[6] else { panic!() };
+        let m = p.dict(*od).unwrap();
+        assert!(m.ordered && m.state.is_some());
+    }
+
+    #[test]
+    fn decimal_integers_become_twos_complement() {
+        assert_eq!(&*decimal_to_le("300"), &[0x2c, 0x01]);
+        assert_eq!(&*decimal_to_le("128"), &[0x80, 0x00]);
+        assert_eq!(&*decimal_to_le("-128"), &[0x80]);
+        assert_eq!(&*decimal_to_le("-1"), &[0xff]);
+        assert_eq!(&*decimal_to_le("-256"), &[0x00, 0xff]);
+        // The legacy magic number.
+        assert_eq!(
+            &decimal_to_le("119547037146038801333356")[..10],
+            &[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]
+        );
     }
 }

@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
-use safetensors::Dtype;
 
 use super::pickle::{Pickle, TensorRef, Value, element_size, unpickle};
-use super::{PtError, Result, TorchError, legacy, zipfile};
+use super::tree::{PtDict, PtTensor, PtValue, dedup_keys, key_name};
+use super::{EntrySummary, PtError, Result, TensorEntry, TorchError, legacy, zipfile};
 /// How many leading bytes [`detect`] looks at.
 pub(crate) const HEAD_LEN: usize = 512;
 
@@ -72,17 +72,30 @@ pub(crate) struct StorageBytes {
     /// The zip entry's name and CRC-32, checked once on first read.
     crc: Option<(String, u32)>,
     verified: OnceLock<bool>,
+    /// The storage's key in the file.
+    key: String,
+    /// The file, for messages.
+    file: Arc<str>,
 }
 
 impl StorageBytes {
-    fn bytes(&self) -> Result<&[u8], PtError> {
+    fn bytes(&self, tensor: &str) -> Result<&[u8]> {
         let b = &self.map[self.start..self.start + self.len];
         if let Some((name, crc)) = &self.crc
             && !*self.verified.get_or_init(|| zipfile::crc32(b) == *crc)
         {
-            return Err(PtError::Crc(name.clone()));
+            return Err(TorchError::Damaged {
+                path: self.file.to_string(),
+                tensor: tensor.to_string(),
+                source: PtError::Crc(name.clone()),
+            });
         }
         Ok(b)
+    }
+
+    /// The storage's key and its whole bytes (checked), for a writer that keeps views.
+    pub(crate) fn whole(&self, tensor: &str) -> Result<(&str, &[u8])> {
+        Ok((&self.key, self.bytes(tensor)?))
     }
 
     pub(crate) fn release(&self) {
@@ -115,9 +128,14 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
+    /// The storage, the offset of the first element and the strides, in elements.
+    pub(crate) fn view(&self) -> (&Arc<StorageBytes>, usize, &[usize]) {
+        (&self.storage, self.offset, &self.stride)
+    }
+
     /// The tensor's bytes, contiguous: borrowed from the map when the view is, else gathered.
-    pub(crate) fn bytes(&self) -> Result<Cow<'_, [u8]>, PtError> {
-        let s = self.storage.bytes()?;
+    pub(crate) fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        let s = self.storage.bytes(name)?;
         let numel: usize = self.shape.iter().product();
         let e = self.elem;
         let mut expected = 1;
@@ -156,71 +174,192 @@ impl Stored {
     }
 }
 
-/// The tensors of a PyTorch checkpoint's state dict, by their dotted names below it.
-pub(crate) struct PtTensors {
-    /// The key of the state dict, as given or as picked (`None`: the whole file).
-    pub key: Option<String>,
-    /// The tensors, by name, with their dtype and shape.
-    pub tensors: BTreeMap<String, (Dtype, Vec<usize>, Stored)>,
+/// A PyTorch checkpoint read whole: the tree, where its state dict is, and that state dict's
+/// tensors by their dotted names below it.
+pub(crate) struct PtFile {
+    /// The whole file.
+    pub root: PtValue,
+    /// The dict keys leading to the state dict (empty: the top level).
+    pub key: Vec<String>,
+    /// The state dict's tensors, by name.
+    pub tensors: BTreeMap<String, TensorEntry>,
 }
 
-/// How deep containers may nest, and how many a walk may visit (shared references are
-/// visited once per reference): a bound on work for hostile pickles.
+/// How deep containers may nest.
 const MAX_DEPTH: usize = 256;
-const MAX_VISITS: usize = 1 << 22;
+/// How many values the tree of a pickle may hold, beyond its length times
+/// [`VALUES_PER_BYTE`]: shared references are copied, so a small pickle could otherwise
+/// stand for an exponentially large tree.
+const VALUES_BASE: usize = 1 << 20;
+const VALUES_PER_BYTE: usize = 4;
 
-/// A dict key as a name: strings, and integers as Python prints them.
-fn key_str(k: &Value) -> Option<String> {
-    match k {
-        Value::Str(s) => Some(s.to_string()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
+/// Where a storage key's bytes are: start, length, and the zip entry's name and CRC-32.
+type Locate = dyn Fn(&str) -> Option<(usize, usize, Option<(String, u32)>)>;
+
+/// Builds the owned tree of a pickle, tensors checked against their storages.
+struct Builder<'a> {
+    pickle: &'a Pickle,
+    map: &'a Arc<Mmap>,
+    locate: &'a Locate,
+    storages: HashMap<String, Arc<StorageBytes>>,
+    path: Vec<String>,
+    values_left: usize,
+    file: &'a str,
+    file_arc: Arc<str>,
 }
 
-/// The tensors below `v` by their dotted names (dicts by key, lists and tuples by index).
-fn flatten(
-    p: &Pickle,
-    v: &Value,
-    prefix: &mut Vec<String>,
-    out: &mut Vec<(String, std::rc::Rc<TensorRef>)>,
-    visits: &mut usize,
-) -> Result<(), PtError> {
-    *visits += 1;
-    if prefix.len() > MAX_DEPTH || *visits > MAX_VISITS {
-        return Err(PtError::TooDeep);
+impl Builder<'_> {
+    fn pt(&self, source: PtError) -> TorchError {
+        TorchError::Pt {
+            path: self.file.to_string(),
+            source,
+        }
     }
-    match v {
-        Value::Dict(id) => {
-            for (k, v) in p.map(*id) {
-                if let Some(k) = key_str(k) {
-                    prefix.push(k);
-                    flatten(p, v, prefix, out, visits)?;
-                    prefix.pop();
+
+    fn seq(&mut self, items: &[Value]) -> Result<Vec<PtValue>> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                self.path.push(i.to_string());
+                let r = self.value(v);
+                self.path.pop();
+                r
+            })
+            .collect()
+    }
+
+    fn value(&mut self, v: &Value) -> Result<PtValue> {
+        self.values_left = self
+            .values_left
+            .checked_sub(1)
+            .ok_or_else(|| self.pt(PtError::TooDeep))?;
+        if self.path.len() > MAX_DEPTH {
+            return Err(self.pt(PtError::TooDeep));
+        }
+        let p = self.pickle;
+        Ok(match v {
+            Value::None => PtValue::None,
+            Value::Bool(b) => PtValue::Bool(*b),
+            Value::Int(i) => PtValue::Int(*i),
+            Value::BigInt(b) => PtValue::BigInt(b.to_vec()),
+            Value::Float(x) => PtValue::Float(*x),
+            Value::Str(s) => PtValue::Str(s.to_string()),
+            Value::Bytes(b) => PtValue::Bytes(b.to_vec()),
+            Value::Global(g) => PtValue::Global(g.to_string()),
+            Value::Device(d) => PtValue::Device(d.to_string()),
+            Value::Storage(_) => {
+                return Err(self.pt(PtError::PickleType("a storage outside a tensor")));
+            }
+            Value::Tensor(t) => PtValue::Tensor(self.tensor(t)?),
+            Value::List(id) => PtValue::List(self.seq(p.seq(*id))?),
+            Value::Tuple(id) => PtValue::Tuple(self.seq(p.seq(*id))?),
+            Value::Set(id) => PtValue::Set(self.seq(p.seq(*id))?),
+            Value::FrozenSet(id) => PtValue::FrozenSet(self.seq(p.seq(*id))?),
+            Value::Size(id) => PtValue::Size(self.seq(p.seq(*id))?),
+            Value::Dict(id) => {
+                let m = p.dict(*id).expect("a dict");
+                let mut entries = Vec::with_capacity(m.entries.len());
+                for (k, v) in &m.entries {
+                    let key = self.value(k)?;
+                    self.path.push(key_name(&key).unwrap_or_else(|| "?".into()));
+                    let value = self.value(v);
+                    self.path.pop();
+                    entries.push((key, value?));
                 }
+                let state = match &m.state {
+                    Some(s) => Some(Box::new(self.value(s)?)),
+                    None => None,
+                };
+                PtValue::Dict(PtDict {
+                    entries: dedup_keys(entries),
+                    ordered: m.ordered,
+                    state,
+                })
             }
-        }
-        Value::List(id) | Value::Tuple(id) => {
-            for (i, v) in p.seq(*id).iter().enumerate() {
-                prefix.push(i.to_string());
-                flatten(p, v, prefix, out, visits)?;
-                prefix.pop();
-            }
-        }
-        Value::Tensor(t) => out.push((prefix.join("."), t.clone())),
-        _ => {}
+        })
     }
-    Ok(())
+
+    fn tensor(&mut self, t: &TensorRef) -> Result<PtTensor> {
+        let name = self.path.join(".");
+        let storage = match self.storages.get(&t.storage.key) {
+            Some(s) => Arc::clone(s),
+            None => {
+                let (start, len, crc) = (self.locate)(&t.storage.key)
+                    .ok_or_else(|| self.pt(PtError::MissingStorage(t.storage.key.clone())))?;
+                let s = Arc::new(StorageBytes {
+                    map: Arc::clone(self.map),
+                    start,
+                    len,
+                    crc,
+                    verified: OnceLock::new(),
+                    key: t.storage.key.clone(),
+                    file: Arc::clone(&self.file_arc),
+                });
+                self.storages.insert(t.storage.key.clone(), Arc::clone(&s));
+                s
+            }
+        };
+        let elem = element_size(t.storage.dtype);
+        let offset = t
+            .offset
+            .checked_add(t.storage.view_offset)
+            .ok_or_else(|| self.pt(PtError::OutsideStorage(name.clone())))?;
+        // The last element the view reaches must lie within the storage (and the file).
+        let numel = t.shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
+        let reach = t
+            .shape
+            .iter()
+            .zip(&t.stride)
+            .try_fold(offset, |a, (&n, &s)| {
+                a.checked_add(n.saturating_sub(1).checked_mul(s)?)
+            });
+        let fits = match (numel, reach) {
+            (Some(0), _) => offset.checked_mul(elem).is_some_and(|b| b <= storage.len),
+            (Some(_), Some(last)) => last
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(elem))
+                .is_some_and(|b| b <= storage.len),
+            _ => false,
+        };
+        if !fits {
+            return Err(self.pt(PtError::OutsideStorage(name)));
+        }
+        Ok(PtTensor {
+            entry: TensorEntry::from_pt(
+                name,
+                t.storage.dtype,
+                t.shape.clone(),
+                Stored {
+                    storage,
+                    elem,
+                    offset,
+                    shape: t.shape.clone(),
+                    stride: t.stride.clone(),
+                },
+            ),
+            requires_grad: t.requires_grad,
+            parameter: t.parameter,
+        })
+    }
 }
 
-/// Every way of reading `key` as a path of dict keys from `v` (a key may itself hold dots).
-fn resolve(p: &Pickle, v: &Value, key: &str, path: &mut Vec<String>, found: &mut Vec<Vec<String>>) {
-    let Value::Dict(id) = v else { return };
-    if path.len() > MAX_DEPTH {
-        return;
-    }
-    for (k, child) in p.map(*id) {
-        let Some(k) = key_str(k) else { continue };
+/// Every way of reading `key` as a path of dict keys from `v` (a key may itself hold dots);
+/// at most `limit` of them. Each value of the tree has one path from the root, so the search
+/// visits each at most once.
+fn resolve(
+    v: &PtValue,
+    key: &str,
+    path: &mut Vec<String>,
+    found: &mut Vec<Vec<String>>,
+    limit: usize,
+) {
+    let PtValue::Dict(d) = v else { return };
+    for (k, child) in &d.entries {
+        if found.len() >= limit {
+            return;
+        }
+        let Some(k) = key_name(k) else { continue };
         if k == key {
             path.push(k);
             found.push(path.clone());
@@ -230,55 +369,70 @@ fn resolve(p: &Pickle, v: &Value, key: &str, path: &mut Vec<String>, found: &mut
             .and_then(|r| r.strip_prefix('.'))
         {
             path.push(k);
-            resolve(p, child, rest, path, found);
+            resolve(child, rest, path, found, limit);
             path.pop();
         }
     }
 }
 
-/// The child of dict `v` under `k` (the last entry of that name, as Python keeps it).
-fn child<'a>(p: &'a Pickle, v: &Value, k: &str) -> Option<&'a Value> {
-    let Value::Dict(id) = v else { return None };
-    p.map(*id)
+/// How many weight-norm pairs the tensor names spell (a `_g` beside its `_v`, an `original0`
+/// beside its `original1`), for the listing of a file that is not a state dict. The pairs
+/// themselves, with their shapes checked, are [`crate::surgery::detect_pairs`]'s.
+fn count_pairs(names: &[String]) -> usize {
+    let set: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    names
         .iter()
-        .rev()
-        .find(|(key, _)| key_str(key).as_deref() == Some(k))
-        .map(|(_, v)| v)
+        .filter(|n| {
+            let partner = if let Some(base) = n.strip_suffix("_g") {
+                format!("{base}_v")
+            } else if let Some(base) = n.strip_suffix(".original0") {
+                format!("{base}.original1")
+            } else {
+                return false;
+            };
+            set.contains(partner.as_str())
+        })
+        .count()
 }
 
-/// The Python type a pickle value stands for, for error messages.
-fn type_name(v: &Value) -> String {
-    match v {
-        Value::None => "None".into(),
-        Value::Bool(_) => "bool".into(),
-        Value::Int(_) | Value::BigInt => "int".into(),
-        Value::Float => "float".into(),
-        Value::Str(_) => "str".into(),
-        Value::Bytes => "bytes".into(),
-        Value::Global(g) => g.to_string(),
-        Value::Storage(_) => "torch.Storage".into(),
-        Value::Tensor(_) => "torch.Tensor".into(),
-        Value::Other(t) => (*t).into(),
-        Value::List(_) => "list".into(),
-        Value::Tuple(_) => "tuple".into(),
-        Value::Dict(_) => "dict".into(),
+/// What one entry of a dict holds, for listings.
+pub(crate) fn summary(name: String, v: &PtValue) -> EntrySummary {
+    let names: Vec<String> = v.tensors().into_iter().map(|(n, _)| n).collect();
+    EntrySummary {
+        name,
+        kind: v.type_name().to_string(),
+        tensors: v.count_tensors(),
+        pairs: count_pairs(&names),
+        nameable: matches!(v, PtValue::Dict(_)),
     }
 }
 
-/// Where a storage key's bytes are: start, length, and the zip entry's name and CRC-32.
-type Locate = dyn Fn(&str) -> Option<(usize, usize, Option<(String, u32)>)>;
+/// The listing of a dict that is not a state dict: each entry, what it holds.
+fn summarize(d: &PtDict) -> Vec<EntrySummary> {
+    d.entries
+        .iter()
+        .map(|(k, v)| {
+            let mut e = summary(
+                key_name(k).unwrap_or_else(|| format!("<a {} key>", k.type_name())),
+                v,
+            );
+            e.nameable &= key_name(k).is_some();
+            e
+        })
+        .collect()
+}
 
-/// Reads the state dict under `key` (see [`OpenOptions::key`](super::OpenOptions::key)) from
-/// the file mapped in `map`, which [`detect`] found to be a PyTorch checkpoint.
-pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtTensors> {
+/// Reads the file mapped in `map` (which [`detect`] found to be a PyTorch checkpoint) whole.
+pub(crate) fn read_root(path: &str, map: &Arc<Mmap>) -> Result<PtValue> {
     let pt = |source| TorchError::Pt {
         path: path.to_string(),
         source,
     };
-    let d: &[u8] = &map;
+    let d: &[u8] = map;
     let mut pickle = Pickle::default();
     // Where each storage key's bytes are.
     let locate: Box<Locate>;
+    let pickle_len;
     let root = if d.starts_with(b"PK") {
         let archive = zipfile::read(d).map_err(pt)?;
         let root_dir = archive
@@ -299,6 +453,7 @@ pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtTe
         if zipfile::crc32(bytes) != e.crc {
             return Err(pt(PtError::Crc(format!("{root_dir}data.pkl"))));
         }
+        pickle_len = bytes.len();
         let (root, _) = unpickle(bytes, &mut pickle, &mut |_| Ok(())).map_err(pt)?;
         let entries = archive.entries;
         locate = Box::new(move |k| {
@@ -313,37 +468,56 @@ pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtTe
     } else {
         let l = legacy::read(d).map_err(pt)?;
         pickle = l.pickle;
+        pickle_len = l.pickle_len;
         let storages = l.storages;
         locate = Box::new(move |k| storages.get(k).map(|s| (s.start, s.len, None)));
         l.root
     };
-    let top = match &root {
-        v @ Value::Dict(_) => v,
-        other => {
-            return Err(TorchError::NotADict {
-                path: path.to_string(),
-                key: None,
-                found: type_name(other),
-            });
-        }
+    let mut builder = Builder {
+        pickle: &pickle,
+        map,
+        locate: &*locate,
+        storages: HashMap::new(),
+        path: Vec::new(),
+        values_left: pickle_len
+            .saturating_mul(VALUES_PER_BYTE)
+            .saturating_add(VALUES_BASE),
+        file: path,
+        file_arc: Arc::from(path),
     };
+    builder.value(&root)
+}
+
+/// Reads the file mapped in `map` (which [`detect`] found to be a PyTorch checkpoint) whole,
+/// and finds its state dict: the one `key` names (see
+/// [`OpenOptions::key`](super::OpenOptions::key)), or, without a key, the top level (or the one
+/// dict it holds, as far down as each level holds just one dict), which must then hold only
+/// tensors.
+pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtFile> {
+    let root = read_root(path, &map)?;
+    if !matches!(root, PtValue::Dict(_)) {
+        return Err(TorchError::NotADict {
+            path: path.to_string(),
+            key: None,
+            found: root.type_name().to_string(),
+        });
+    }
     let segments: Vec<String> = match key {
         Some(k) => {
             let mut found = Vec::new();
-            resolve(&pickle, top, k, &mut Vec::new(), &mut found);
-            found.sort();
-            found.dedup();
+            resolve(&root, k, &mut Vec::new(), &mut found, 2);
             match found.len() {
                 1 => found.pop().expect("one"),
                 0 => {
-                    let Value::Dict(id) = top else { unreachable!() };
-                    let mut available: Vec<String> = pickle
-                        .map(*id)
+                    let PtValue::Dict(top) = &root else {
+                        unreachable!()
+                    };
+                    let mut available: Vec<String> = top
+                        .entries
                         .iter()
-                        .filter_map(|(k, _)| key_str(k))
+                        .filter_map(|(k, _)| key_name(k))
                         .collect();
                     available.sort_unstable();
-                    available.dedup();
                     return Err(TorchError::Key {
                         path: path.to_string(),
                         key: k.to_string(),
@@ -361,84 +535,47 @@ pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtTe
             }
         }
         None => {
-            let Value::Dict(id) = top else { unreachable!() };
-            match pickle.map(*id) {
-                [(k, Value::Dict(_))] => key_str(k).into_iter().collect(),
-                _ => Vec::new(),
+            // Down through levels that hold a single dict and nothing else.
+            let mut at = Vec::new();
+            while let Some(PtValue::Dict(d)) = root.get(&at)
+                && let [(k, PtValue::Dict(_))] = d.entries.as_slice()
+                && let Some(k) = key_name(k)
+            {
+                at.push(k);
             }
+            at
         }
     };
-    let mut target = top;
-    for s in &segments {
-        target = child(&pickle, target, s).expect("resolved");
-    }
-    let key = (!segments.is_empty()).then(|| segments.join("."));
-    if !matches!(target, Value::Dict(_)) {
+    let target = root.get(&segments).expect("resolved");
+    let joined = (!segments.is_empty()).then(|| segments.join("."));
+    let PtValue::Dict(dict) = target else {
         return Err(TorchError::NotADict {
             path: path.to_string(),
-            key,
-            found: type_name(target),
+            key: joined,
+            found: target.type_name().to_string(),
+        });
+    };
+    if key.is_none() && !target.only_tensors() {
+        let entries = summarize(dict);
+        let suggestion = entries
+            .iter()
+            .filter(|e| e.nameable && e.tensors > 0)
+            .max_by_key(|e| (e.pairs, e.tensors))
+            .map(|e| match &joined {
+                Some(j) => format!("{j}.{}", e.name),
+                None => e.name.clone(),
+            });
+        return Err(TorchError::NotAStateDict {
+            path: path.to_string(),
+            at: joined,
+            entries,
+            suggestion,
         });
     }
-    let mut found = Vec::new();
-    flatten(&pickle, target, &mut Vec::new(), &mut found, &mut 0).map_err(pt)?;
-    let mut storages: HashMap<String, Arc<StorageBytes>> = HashMap::new();
     let mut tensors = BTreeMap::new();
-    for (name, t) in found {
-        let storage = match storages.get(&t.storage.key) {
-            Some(s) => Arc::clone(s),
-            None => {
-                let (start, len, crc) = locate(&t.storage.key)
-                    .ok_or_else(|| pt(PtError::MissingStorage(t.storage.key.clone())))?;
-                let s = Arc::new(StorageBytes {
-                    map: Arc::clone(&map),
-                    start,
-                    len,
-                    crc,
-                    verified: OnceLock::new(),
-                });
-                storages.insert(t.storage.key.clone(), Arc::clone(&s));
-                s
-            }
-        };
-        let elem = element_size(t.storage.dtype);
-        let offset = t
-            .offset
-            .checked_add(t.storage.view_offset)
-            .ok_or_else(|| pt(PtError::OutsideStorage(name.clone())))?;
-        // The last element the view reaches must lie within the storage (and the file).
-        let numel = t.shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
-        let reach = t
-            .shape
-            .iter()
-            .zip(&t.stride)
-            .try_fold(offset, |a, (&n, &s)| {
-                a.checked_add(n.saturating_sub(1).checked_mul(s)?)
-            });
-        let fits = match (numel, reach) {
-            (Some(0), _) => offset
-                .checked_mul(elem)
-                .is_some_and(|b| b <= len_of(&storage)),
-            (Some(_), Some(last)) => last
-                .checked_add(1)
-                .and_then(|n| n.checked_mul(elem))
-                .is_some_and(|b| b <= len_of(&storage)),
-            _ => false,
-        };
-        if !fits {
-            return Err(pt(PtError::OutsideStorage(name)));
-        }
-        let entry = (
-            t.storage.dtype,
-            t.shape.clone(),
-            Stored {
-                storage,
-                elem,
-                offset,
-                shape: t.shape.clone(),
-                stride: t.stride.clone(),
-            },
-        );
+    for (name, t) in target.tensors() {
+        let mut entry = t.entry.clone();
+        entry.name.clone_from(&name);
         if tensors.insert(name.clone(), entry).is_some() {
             return Err(TorchError::DuplicateName {
                 path: path.to_string(),
@@ -446,11 +583,11 @@ pub(crate) fn read(path: &str, map: Arc<Mmap>, key: Option<&str>) -> Result<PtTe
             });
         }
     }
-    Ok(PtTensors { key, tensors })
-}
-
-fn len_of(s: &StorageBytes) -> usize {
-    s.len
+    Ok(PtFile {
+        root,
+        key: segments,
+        tensors,
+    })
 }
 
 #[cfg(test)]
@@ -470,31 +607,29 @@ mod tests {
         assert_eq!(detect(&st), Detected::SafeTensors);
     }
 
+    fn dict(entries: Vec<(&str, PtValue)>) -> PtValue {
+        PtValue::Dict(PtDict {
+            entries: entries
+                .into_iter()
+                .map(|(k, v)| (PtValue::Str(k.into()), v))
+                .collect(),
+            ordered: false,
+            state: None,
+        })
+    }
+
     #[test]
     fn dotted_keys_resolve_every_way() {
         // {"model": {"generator": {"w": 1}}, "model.generator": {}}
-        let mut p = Pickle::default();
-        p.nodes.push(super::super::pickle::Node::Map(vec![(
-            Value::Str("w".into()),
-            Value::Int(1),
-        )]));
-        p.nodes.push(super::super::pickle::Node::Map(vec![(
-            Value::Str("generator".into()),
-            Value::Dict(0),
-        )]));
-        p.nodes.push(super::super::pickle::Node::Map(vec![]));
-        p.nodes.push(super::super::pickle::Node::Map(vec![
-            (Value::Str("model".into()), Value::Dict(1)),
-            (Value::Str("model.generator".into()), Value::Dict(2)),
-        ]));
+        let root = dict(vec![
+            (
+                "model",
+                dict(vec![("generator", dict(vec![("w", PtValue::Int(1))]))]),
+            ),
+            ("model.generator", dict(vec![])),
+        ]);
         let mut found = Vec::new();
-        resolve(
-            &p,
-            &Value::Dict(3),
-            "model.generator",
-            &mut Vec::new(),
-            &mut found,
-        );
+        resolve(&root, "model.generator", &mut Vec::new(), &mut found, 10);
         found.sort();
         assert_eq!(
             found,
@@ -503,5 +638,37 @@ mod tests {
                 vec!["model.generator".to_string()],
             ]
         );
+    }
+
+    #[test]
+    fn resolving_stops_at_the_second_reading() {
+        // Keys "a", "a.a", "a.a.a", ... each holding the same shape again: many readings of
+        // "a.a.a.a.a.a", but the search stops once two are found.
+        let mut level = dict(vec![]);
+        for _ in 0..6 {
+            level = dict(vec![
+                ("a", level.clone()),
+                ("a.a", level.clone()),
+                ("a.a.a", level),
+            ]);
+        }
+        let mut found = Vec::new();
+        resolve(&level, "a.a.a.a.a.a", &mut Vec::new(), &mut found, 2);
+        assert_eq!(found.len(), 2);
+    }
+
+    #[test]
+    fn counts_pairs_by_name() {
+        let names: Vec<String> = [
+            "a_g",
+            "a_v",
+            "b_g",
+            "c.original0",
+            "c.original1",
+            "d.original1",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(count_pairs(&names), 2);
     }
 }

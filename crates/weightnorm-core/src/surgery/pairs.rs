@@ -70,22 +70,9 @@ pub fn pair_keys(name: &str, scheme: Scheme) -> (String, String) {
     }
 }
 
-/// The kept axis that `g`'s shape implies for `v`: 0-dim `g` is the whole tensor; otherwise the
-/// axis where `g` has `v`'s size and every other axis of `g` is 1. When several axes fit they all
-/// have size 1 and give the same norms; the first is returned. A one-element `g` of `v`'s rank
-/// that fits no axis is the whole tensor.
+/// The kept axis that `g`'s shape implies for `v`: see [`NormAxis::implied_by`].
 pub fn infer_axis(g: &[usize], v: &[usize]) -> Option<NormAxis> {
-    if g.is_empty() {
-        return Some(NormAxis::Whole);
-    }
-    if g.len() != v.len() {
-        return None;
-    }
-    let fits = |k: usize| g[k] == v[k] && g.iter().enumerate().all(|(i, &s)| i == k || s == 1);
-    if let Some(k) = (0..v.len()).find(|&k| fits(k)) {
-        return Some(NormAxis::Keep(k));
-    }
-    (g.iter().product::<usize>() == 1).then_some(NormAxis::Whole)
+    NormAxis::implied_by(g, v)
 }
 
 /// Whether a `g` of shape `g` fits `v` normalized along `axis` (PyTorch's 0-dim `g` for the

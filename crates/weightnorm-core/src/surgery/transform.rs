@@ -254,12 +254,14 @@ pub fn fuse(
     if pairs.is_empty() {
         return Err(TorchError::NothingTo(Action::Fuse));
     }
-    let find = |k: &str| tensors.iter().find(|t| t.name == k).expect("detected");
+    let by_name: std::collections::HashMap<&str, &TensorEntry> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let find = |k: &str| *by_name.get(k).expect("detected");
     let mut consumed = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for p in &pairs {
         let (g, v) = (find(&p.g_key).clone(), find(&p.v_key).clone());
-        if tensors.iter().any(|t| t.name == p.name) {
+        if by_name.contains_key(p.name.as_str()) {
             return Err(TorchError::Collision {
                 action: Action::Fuse,
                 key: p.name.clone(),
@@ -269,18 +271,16 @@ pub fn fuse(
         consumed.insert(p.g_key.clone());
         consumed.insert(p.v_key.clone());
         let (name, axis) = (p.name.clone(), p.axis);
-        out.push(TensorEntry::lazy(
-            &p.name,
-            v.dtype,
-            v.shape.clone(),
-            move || {
+        out.push(
+            TensorEntry::lazy(&p.name, v.dtype, v.shape.clone(), move || {
                 let w = fuse_bytes(&name, &v, &g, axis);
                 // The inputs are not needed again: let a memory-mapped file's pages go.
                 v.release();
                 g.release();
                 w
-            },
-        ));
+            })
+            .with_origin(&p.v_key),
+        );
     }
     out.extend(
         tensors

@@ -31,6 +31,12 @@ pub enum NodeFault {
     /// Constants computed from constants past the depth limit.
     #[error("constants computed from constants too deep")]
     ConstantsTooDeep,
+    /// The constants a graph computes would together hold more elements than its size allows
+    /// (twice its initializers' elements, and a million more).
+    #[error(
+        "the constants this graph computes would together hold more elements than its size allows"
+    )]
+    ConstantsTooLarge,
     /// An input a constant's computation needs is absent.
     #[error("input {0} is missing")]
     MissingInput(usize),
@@ -572,6 +578,10 @@ pub enum TensorFault {
     /// NaN or infinity.
     #[error("holds NaN or infinity")]
     NonFinite,
+    /// A weight-norm `v` with a slice of norm zero: its direction is undefined (the graph
+    /// itself computes NaN there).
+    #[error("its weight norm's v has a slice ({0}) of norm 0, whose direction is undefined")]
+    ZeroNorm(usize),
     /// A canonical value beyond the range of the tensor's type.
     #[error("the canonical value {value:e} exceeds the range of {dtype}")]
     Range {

@@ -14,6 +14,13 @@ use super::{OnnxError, OnnxModel};
 
 /// How deep constants may be computed from others.
 const MAX_DEPTH: usize = 64;
+/// How many elements all the constants a graph computes may hold together, beyond twice its
+/// initializers' elements (each constant is also bounded by [`MAX_CONST`]): they are all kept,
+/// so without a total a small hostile graph of many large computed constants (a chain of
+/// `Concat`s doubling a vector) would take gigabytes. A real graph's shape arithmetic holds a
+/// few thousand elements, and its parameters passed through `Cast` or `Unsqueeze` are as large
+/// as its initializers.
+pub(super) const CONSTS_BASE: usize = 1 << 20;
 
 pub(super) fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
@@ -55,6 +62,7 @@ const CONST_OPS: &[&str] = &[
     "Constant",
     "Identity",
     "Cast",
+    "CastLike",
     "Shape",
     "Gather",
     "Unsqueeze",
@@ -101,6 +109,8 @@ pub(super) struct Graph<'m> {
     pub(super) opset: i64,
     pub(super) ext: &'m External,
     memo: RefCell<HashMap<String, Const>>,
+    /// Elements all computed constants may still hold together (see [`CONSTS_BASE`]).
+    const_budget: std::cell::Cell<usize>,
     pub(super) shapes: RefCell<HashMap<String, Vec<usize>>>,
     /// One input sample's shape.
     pub(super) sample: Vec<usize>,
@@ -232,6 +242,17 @@ impl<'m> Graph<'m> {
                 }
             }
         }
+        let init_elements: usize = g
+            .initializer
+            .iter()
+            .map(|t| {
+                t.dims
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?))
+                    .unwrap_or(0)
+            })
+            .fold(0usize, usize::saturating_add);
+        let const_budget = init_elements.saturating_mul(2).saturating_add(CONSTS_BASE);
         if !defined.contains(output_name) {
             return Err(OnnxError::Model(ModelFault::OutputNotComputed(
                 output_name.to_string(),
@@ -250,6 +271,7 @@ impl<'m> Graph<'m> {
                 opset,
                 ext: &model.external,
                 memo: RefCell::default(),
+                const_budget: std::cell::Cell::new(const_budget),
                 shapes: RefCell::default(),
                 sample: sample.clone(),
             },
@@ -308,6 +330,16 @@ impl<'m> Graph<'m> {
             return Ok(c.clone());
         }
         let c = self.compute(name, depth)?;
+        if !self.inits.contains_key(name) {
+            let n = c.len();
+            match self.const_budget.get().checked_sub(n) {
+                Some(left) => self.const_budget.set(left),
+                None => {
+                    let at = self.producer.get(name).map_or(0, |&(i, _)| i);
+                    return Err(self.err(at, NodeFault::ConstantsTooLarge));
+                }
+            }
+        }
         self.memo.borrow_mut().insert(name.to_string(), c.clone());
         Ok(c)
     }
@@ -345,6 +377,11 @@ impl<'m> Graph<'m> {
             "Cast" => arg(0)?
                 .cast(attr_i(n, "to", data_type::FLOAT as i64) as i32)
                 .map_err(e)?,
+            // The type of the second input (dynamo exports with `optimize=False`).
+            "CastLike" => {
+                let like = arg(1)?;
+                arg(0)?.cast(like.dtype).map_err(e)?
+            }
             "Shape" | "Size" => {
                 let v = input(n, 0).ok_or_else(|| self.err(i, NodeFault::MissingInput(0)))?;
                 let dims = self

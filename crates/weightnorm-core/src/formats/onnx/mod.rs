@@ -62,6 +62,7 @@
 
 mod consts;
 mod fault;
+mod fold;
 mod graph;
 mod layers;
 mod lower;
@@ -80,6 +81,7 @@ pub use crate::graph::Head;
 /// The bytes a model is decoded from (views of one buffer, cheap to clone).
 pub use bytes::Bytes;
 pub use fault::{ConstFault, ModelFault, NodeFault, TensorFault};
+pub use fold::WeightNormSubgraph;
 pub use write::{CANONICAL_SCALE, encode, write_model};
 
 /// Why an ONNX model could not be read, mapped onto the calculus, or written.
@@ -290,8 +292,10 @@ impl OnnxModel {
         Ok(model)
     }
 
-    /// The files the initializers' external data lie in (each once), checked to be under the
-    /// model's directory.
+    /// The files any tensor's external data lies in (each once): initializers, sparse
+    /// initializers, and the tensors of nodes' attributes (a `Constant` node's value), in
+    /// subgraphs too; checked to be under the model's directory. They are inputs as much as the
+    /// model itself is.
     ///
     /// # Errors
     ///
@@ -300,15 +304,39 @@ impl OnnxModel {
     pub fn external_files(&self) -> Result<Vec<PathBuf>, OnnxError> {
         let mut files: Vec<PathBuf> = Vec::new();
         if let Some(g) = &self.proto.graph {
-            for t in &g.initializer {
-                if let Some(f) = self.external.location(t)?
-                    && !files.contains(&f)
-                {
-                    files.push(f);
+            let mut err = None;
+            each_tensor(g, &mut |t| {
+                if err.is_some() {
+                    return;
                 }
+                match self.external.location(t) {
+                    Ok(Some(f)) if !files.contains(&f) => files.push(f),
+                    Ok(_) => {}
+                    Err(e) => err = Some(e),
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
             }
         }
         Ok(files)
+    }
+
+    /// `proto` with every tensor's external data (initializers, sparse initializers, nodes'
+    /// attributes, subgraphs) read in from this model's files: a model that stands on its own,
+    /// wherever it is written.
+    ///
+    /// # Errors
+    ///
+    /// The errors of reading the external data.
+    pub fn standalone(&self, mut proto: proto::ModelProto) -> Result<proto::ModelProto, OnnxError> {
+        if let Some(g) = &mut proto.graph {
+            each_tensor_mut(g, &mut |t| {
+                *t = tensor::inlined(t, &self.external)?;
+                Ok(())
+            })?;
+        }
+        Ok(proto)
     }
 
     /// The directory external data is read from.
@@ -338,6 +366,63 @@ impl OnnxModel {
     pub fn network<T: Real>(&self) -> Result<OnnxNetwork<T>, OnnxError> {
         read::read(self)
     }
+}
+
+/// Calls `f` on every tensor `g` holds: initializers, sparse initializers' values and indices,
+/// and the tensors of its nodes' attributes, in subgraphs too.
+fn each_tensor<'a>(g: &'a proto::GraphProto, f: &mut dyn FnMut(&'a proto::TensorProto)) {
+    for t in &g.initializer {
+        f(t);
+    }
+    for s in &g.sparse_initializer {
+        s.values.iter().chain(&s.indices).for_each(&mut *f);
+    }
+    for n in &g.node {
+        for a in &n.attribute {
+            a.t.iter().chain(&a.tensors).for_each(&mut *f);
+            for s in a.sparse_tensor.iter().chain(&a.sparse_tensors) {
+                s.values.iter().chain(&s.indices).for_each(&mut *f);
+            }
+            for sub in a.g.iter().chain(&a.graphs) {
+                each_tensor(sub, f);
+            }
+        }
+    }
+}
+
+/// [`each_tensor`], mutably, stopping at the first error.
+fn each_tensor_mut(
+    g: &mut proto::GraphProto,
+    f: &mut dyn FnMut(&mut proto::TensorProto) -> Result<(), OnnxError>,
+) -> Result<(), OnnxError> {
+    for t in &mut g.initializer {
+        f(t)?;
+    }
+    for s in &mut g.sparse_initializer {
+        for t in s.values.iter_mut().chain(s.indices.iter_mut()) {
+            f(t)?;
+        }
+    }
+    for n in &mut g.node {
+        for a in &mut n.attribute {
+            for t in a.t.iter_mut().chain(a.tensors.iter_mut()) {
+                f(t)?;
+            }
+            for s in a
+                .sparse_tensor
+                .iter_mut()
+                .chain(a.sparse_tensors.iter_mut())
+            {
+                for t in s.values.iter_mut().chain(s.indices.iter_mut()) {
+                    f(t)?;
+                }
+            }
+            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                each_tensor_mut(sub, f)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

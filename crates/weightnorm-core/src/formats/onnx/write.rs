@@ -8,7 +8,7 @@ use prost::Message;
 use super::fault::ModelFault;
 use super::lower::{Role, Slot};
 use super::proto::{ModelProto, NodeProto, StringStringEntryProto, TensorProto};
-use super::tensor::{encode_floats, inlined};
+use super::tensor::encode_floats;
 use super::{GraphMap, OnnxError, OnnxModel};
 use crate::canonical::{Layer, Network, Real};
 
@@ -222,10 +222,6 @@ pub fn write_model<T: Real>(
         taken.remove(n);
     }
     g.initializer.extend(fresh);
-    // External data is read in: the model written stands on its own.
-    for t in &mut g.initializer {
-        *t = inlined(t, &model.external)?;
-    }
     if let Some(scale) = scale {
         let site = &read.site;
         if scale.len() != site.shape[0] {
@@ -279,7 +275,8 @@ pub fn write_model<T: Real>(
         key: Some(FORM_KEY.into()),
         value: Some(form.into()),
     });
-    Ok(out)
+    // External data is read in: the model written stands on its own.
+    model.standalone(out)
 }
 
 /// The protobuf encoding of a model.

@@ -102,6 +102,29 @@ fn every_node_fault_is_reached_by_its_own_graph() {
             vec![],
         ));
     }
+    // A vector doubled eleven times by Concat: 2 million elements from a 1,024-element one.
+    let mut doublings: Vec<NodeProto> = vec![node(
+        "Constant",
+        "c1024",
+        &[],
+        &["d0"],
+        vec![AttributeProto {
+            name: Some("value_ints".into()),
+            ints: vec![1; 1024],
+            r#type: Some(attribute_type::INTS),
+            ..Default::default()
+        }],
+    )];
+    for k in 1..=11 {
+        let prev = format!("d{}", k - 1);
+        doublings.push(node(
+            "Concat",
+            &format!("cat{k}"),
+            &[&prev, &prev],
+            &[&format!("d{k}")],
+            vec![a_i("axis", 0)],
+        ));
+    }
     let dropout_training = node("Dropout", "drop", &["h", "", "on"], &["y"], vec![]);
     let mut custom = node("Swish", "swish", &["h"], &["y"], vec![]);
     custom.domain = Some("com.example".into());
@@ -161,6 +184,12 @@ fn every_node_fault_is_reached_by_its_own_graph() {
             "id5",
             reshape_of("s70", identities, vec![]),
             NodeFault::ConstantsTooDeep
+        ),
+        case!(
+            "computed constants beyond the graph's total",
+            "cat10",
+            reshape_of("d11", doublings, vec![]),
+            NodeFault::ConstantsTooLarge
         ),
         case!(
             "an input a constant needs is absent",
@@ -945,5 +974,5 @@ fn every_node_fault_is_reached_by_its_own_graph() {
         seen.insert(std::mem::discriminant(&fault));
     }
     // Every reason of a node but the constants' arithmetic has its own case.
-    assert_eq!(seen.len(), 54, "distinct reasons reached");
+    assert_eq!(seen.len(), 55, "distinct reasons reached");
 }
