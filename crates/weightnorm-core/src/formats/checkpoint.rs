@@ -12,7 +12,6 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::pt::{Detected, HEAD_LEN, detect};
-use super::sharded::Sharding;
 use super::tree::{PtValue, key_name};
 use super::{EntrySummary, Result, TorchError};
 
@@ -281,6 +280,46 @@ pub(crate) fn byte_len(dtype: Dtype, shape: &[usize]) -> Option<usize> {
     Some(bits.div_ceil(8))
 }
 
+/// One shard of a sharded checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// Its file name, beside the index.
+    pub file: String,
+    /// The tensors it holds, by name.
+    pub tensors: Vec<String>,
+    /// Its safetensors `__metadata__`, if any.
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// The index and shards of a sharded checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sharding {
+    /// The index file.
+    pub index: PathBuf,
+    /// The index's `metadata` object as it was (its `total_size` is recomputed when written).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The shards, in the order of their file names.
+    pub shards: Vec<Shard>,
+    /// The shards' format.
+    pub format: Format,
+}
+
+impl Sharding {
+    /// The index of the shard holding the tensor `name`.
+    pub fn shard_of(&self, name: &str) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|s| s.tensors.iter().any(|t| t == name))
+    }
+}
+
+/// Whether `path` names a sharded checkpoint's index (`*.index.json`).
+pub(crate) fn is_index(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".index.json"))
+}
+
 /// A checkpoint read from a file: its tensors in name order, and its metadata.
 pub struct Checkpoint {
     /// The file it was read from.
@@ -329,51 +368,8 @@ impl OpenOptions {
 }
 
 impl Checkpoint {
-    /// Opens a checkpoint with the default [`OpenOptions`] and the given `key`: see
-    /// [`open_with`](Self::open_with).
-    ///
-    /// # Errors
-    ///
-    /// As [`open_with`](Self::open_with).
-    pub fn open(path: &Path, key: Option<&str>) -> Result<Self> {
-        Self::open_with(
-            path,
-            &OpenOptions {
-                key: key.map(str::to_string),
-                ..OpenOptions::default()
-            },
-        )
-    }
-
-    /// Opens a checkpoint, recognising its format from its first bytes: a zip archive
-    /// (`torch.save` since PyTorch 1.6), the legacy pickle stream (`torch.save` before 1.6, or
-    /// with `_use_new_zipfile_serialization=False`) and the older tar archive are PyTorch
-    /// checkpoints; anything else is read as safetensors.
-    ///
-    /// For a PyTorch checkpoint, `options.key` picks a nested state dict (`"model"`,
-    /// `"state_dict"`, or a dotted path such as `"model.generator"`); without one, a file whose
-    /// top level is a single dict under one key is opened at that key. Tensors in nested dicts
-    /// and lists are named by their dotted path below the state dict.
-    ///
-    /// # Errors
-    ///
-    /// [`TorchError::Read`] when the file cannot be read, [`TorchError::Invalid`] when it is not a
-    /// valid checkpoint (bad header, offsets out of bounds or overlapping, sizes that do not add
-    /// up, an archive or pickle that does not parse), [`TorchError::Key`] for a missing key,
-    /// [`TorchError::AmbiguousKey`] for a dotted key that names two places,
-    /// [`TorchError::NotADict`] for a key that names something other than a dict,
-    /// [`TorchError::DuplicateName`] when two entries of a nested checkpoint flatten to one
-    /// name, [`TorchError::TooLarge`] for a tensor larger than `options.max_tensor_bytes`.
-    pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Self> {
-        if super::sharded::is_index(path) {
-            if let Some(key) = &options.key {
-                return Err(TorchError::KeyInSafetensors {
-                    path: path.display().to_string(),
-                    key: key.clone(),
-                });
-            }
-            return super::sharded::open(path, options);
-        }
+    /// One file (not an index): see [`Checkpoint::open_with`].
+    pub(crate) fn open_file(path: &Path, options: &OpenOptions) -> Result<Self> {
         let read_err = |source| TorchError::Read {
             path: path.display().to_string(),
             source,

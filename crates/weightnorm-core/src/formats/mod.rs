@@ -22,11 +22,11 @@ mod checkpoint;
 mod legacy;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+mod open;
 mod pickle;
 mod pt;
 mod pt_write;
 mod save;
-mod sharded;
 mod tree;
 mod zipfile;
 
@@ -35,12 +35,11 @@ pub use arch::{
     to_tensors, vector_entry,
 };
 pub use checkpoint::{
-    Checkpoint, Format, OpenOptions, TensorEntry, WriteOptions, write_safetensors,
+    Checkpoint, Format, OpenOptions, Shard, Sharding, TensorEntry, WriteOptions, write_safetensors,
     write_safetensors_with,
 };
 pub use safetensors::Dtype;
 pub use save::{OutputFormat, Planned, SaveOptions, read_pt, write_pt};
-pub use sharded::{Shard, Sharding};
 pub use tree::{PtDict, PtTensor, PtValue};
 
 /// Opens `path` for reading only if it is a regular file (following symbolic links): a FIFO,

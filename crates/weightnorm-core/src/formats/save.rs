@@ -175,7 +175,7 @@ impl Checkpoint {
         output: &Path,
         options: &SaveOptions,
     ) -> Result<Vec<Planned>> {
-        if super::sharded::is_index(output) {
+        if super::checkpoint::is_index(output) {
             return self.plan_sharded(tensors, output);
         }
         let format = options.format.unwrap_or_else(|| OutputFormat::of(output));

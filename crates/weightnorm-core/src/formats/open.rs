@@ -1,3 +1,6 @@
+//! Opening a checkpoint: one file ([`Checkpoint::open_file`]: safetensors or PyTorch), or a
+//! sharded checkpoint's index.
+//!
 //! Sharded checkpoints, as transformers' `save_pretrained(max_shard_size=...)` writes them: an
 //! index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`) whose `weight_map`
 //! names, for every tensor, the shard file beside it that holds it. Read as one checkpoint, so
@@ -6,54 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::checkpoint::Format;
+use super::checkpoint::{Shard, Sharding, is_index};
 use super::{Checkpoint, OpenOptions, Result, TorchError};
 
 /// The most bytes an index file may have (transformers' indexes of the largest models are a
 /// few megabytes).
 const MAX_INDEX_BYTES: u64 = 256 << 20;
-
-/// One shard of a sharded checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Shard {
-    /// Its file name, beside the index.
-    pub file: String,
-    /// The tensors it holds, by name.
-    pub tensors: Vec<String>,
-    /// Its safetensors `__metadata__`, if any.
-    pub metadata: Option<BTreeMap<String, String>>,
-}
-
-/// The index and shards of a sharded checkpoint.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sharding {
-    /// The index file.
-    pub index: PathBuf,
-    /// The index's `metadata` object as it was (its `total_size` is recomputed when written).
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// The shards, in the order of their file names.
-    pub shards: Vec<Shard>,
-    /// The shards' format.
-    pub format: Format,
-}
-
-impl Sharding {
-    /// The index of the shard holding the tensor `name`.
-    pub fn shard_of(&self, name: &str) -> Option<usize> {
-        self.shards
-            .iter()
-            .position(|s| s.tensors.iter().any(|t| t == name))
-    }
-}
-
-/// Whether `path` names a sharded checkpoint's index (`*.index.json`).
-pub(crate) fn is_index(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".index.json"))
-}
 
 /// Whether `name` is a plain file name (no directory, no `..`): what an index may name.
 fn plain_file_name(name: &str) -> bool {
@@ -64,8 +27,62 @@ fn plain_file_name(name: &str) -> bool {
         && Path::new(name).file_name().and_then(|n| n.to_str()) == Some(name)
 }
 
+impl Checkpoint {
+    /// Opens a checkpoint with the default [`OpenOptions`] and the given `key`: see
+    /// [`open_with`](Self::open_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_with`](Self::open_with).
+    pub fn open(path: &Path, key: Option<&str>) -> Result<Self> {
+        Self::open_with(
+            path,
+            &OpenOptions {
+                key: key.map(str::to_string),
+                ..OpenOptions::default()
+            },
+        )
+    }
+
+    /// Opens a checkpoint: a sharded checkpoint's index (`*.index.json`) with its shards, read
+    /// as one; or one file, its format recognised from its first bytes: a zip archive
+    /// (`torch.save` since PyTorch 1.6), the legacy pickle stream (`torch.save` before 1.6, or
+    /// with `_use_new_zipfile_serialization=False`) and the older tar archive are PyTorch
+    /// checkpoints; anything else is read as safetensors.
+    ///
+    /// For a PyTorch checkpoint, `options.key` picks a nested state dict (`"model"`,
+    /// `"state_dict"`, or a dotted path such as `"model.generator"`); without one, a file whose
+    /// top level is a single dict under one key is opened at that key. Tensors in nested dicts
+    /// and lists are named by their dotted path below the state dict.
+    ///
+    /// # Errors
+    ///
+    /// [`TorchError::Read`] when the file cannot be read, [`TorchError::Invalid`] when it is not a
+    /// valid checkpoint (bad header, offsets out of bounds or overlapping, sizes that do not add
+    /// up, an archive or pickle that does not parse), [`TorchError::Key`] for a missing key,
+    /// [`TorchError::AmbiguousKey`] for a dotted key that names two places,
+    /// [`TorchError::NotADict`] for a key that names something other than a dict,
+    /// [`TorchError::DuplicateName`] when two entries of a nested checkpoint flatten to one
+    /// name, [`TorchError::TooLarge`] for a tensor larger than `options.max_tensor_bytes`.
+    pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Self> {
+        if !is_index(path) {
+            return Self::open_file(path, options);
+        }
+        if let Some(key) = &options.key {
+            return Err(TorchError::Index {
+                path: path.display().to_string(),
+                reason: format!(
+                    "the shards of a sharded checkpoint are state dicts: the key `{}` does not apply",
+                    super::shorten(key, super::NAME_WIDTH)
+                ),
+            });
+        }
+        open_index(path, options)
+    }
+}
+
 /// Opens the sharded checkpoint whose index is `path`.
-pub(crate) fn open(path: &Path, options: &OpenOptions) -> Result<Checkpoint> {
+fn open_index(path: &Path, options: &OpenOptions) -> Result<Checkpoint> {
     let shown = path.display().to_string();
     let bad = |reason: String| TorchError::Index {
         path: shown.clone(),
@@ -126,7 +143,7 @@ pub(crate) fn open(path: &Path, options: &OpenOptions) -> Result<Checkpoint> {
     let mut owner: HashMap<String, usize> = HashMap::new();
     for (file, mut names) in files {
         let shard_path = dir.join(file);
-        let ckpt = Checkpoint::open_with(
+        let ckpt = Checkpoint::open_file(
             &shard_path,
             &OpenOptions {
                 key: None,
