@@ -8,7 +8,7 @@ pub fn exercise(data: &[u8], suffix: &str) {
         let mut f = std::fs::File::create(&path).unwrap();
         f.write_all(data).unwrap();
     }
-    if let Ok(ckpt) = weightnorm::torch::Checkpoint::open(&path, None) {
+    if let Ok(ckpt) = weightnorm_core::formats::Checkpoint::open(&path, None) {
         for t in &ckpt.tensors {
             if t.byte_len() < (64 << 20) {
                 let _ = t.bytes();
@@ -16,7 +16,10 @@ pub fn exercise(data: &[u8], suffix: &str) {
         }
         if ckpt.tensors.iter().all(|t| t.byte_len() < (64 << 20))
             && let Ok((fused, _)) =
-                weightnorm::torch::fuse(&ckpt.tensors, &weightnorm::torch::FuseOptions::default())
+                weightnorm_core::surgery::fuse(
+                &ckpt.tensors,
+                &weightnorm_core::surgery::FuseOptions::default(),
+            )
         {
             for t in &fused {
                 let _ = t.bytes();

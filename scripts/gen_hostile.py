@@ -28,6 +28,31 @@ def legacy(obj, path):
     torch.save(obj, path, _use_new_zipfile_serialization=False)
 
 
+def zip_with_pickle(pkl, path):
+    """A torch.save zip archive whose data.pkl is `pkl` (its other records as torch writes them)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            data = pkl if info.filename.endswith("/data.pkl") else src.read(info)
+            out.writestr(info.filename, data)
+
+
+def legacy_with_pickle(pkl, path):
+    """A legacy (non-zip) torch.save stream whose main pickle is `pkl`."""
+    import pickle
+
+    with open(path, "wb") as f:
+        for head in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                      "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            f.write(pickle.dumps(head, protocol=2))
+        f.write(pkl)
+        f.write(pickle.dumps([], protocol=2))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cases = []
@@ -91,6 +116,28 @@ def main():
         f.write(bytes(data))
     add("damaged_storage.pt", None, "read", "does not match its CRC-32")
 
+    # 6. Pickles made by hand (the second outside review): bytes no torch.save writes.
+    # A rebuild whose arguments contain themselves: L = [_rebuild_from_type_v2, None, L, None],
+    # _rebuild_from_type_v2(*L) would call itself with L forever (the stack overflowed).
+    self_rebuild = b"\x80\x02]q\x00(ctorch._tensor\n_rebuild_from_type_v2\nq\x01Nh\x00Ne0h\x01h\x00R."
+    zip_with_pickle(self_rebuild, os.path.join(OUT, "self_rebuild.pt"))
+    add("self_rebuild.pt", None, "open", "nests containers too deeply")
+    legacy_with_pickle(self_rebuild, os.path.join(OUT, "self_rebuild_legacy.pt"))
+    add("self_rebuild_legacy.pt", None, "open", "nests containers too deeply")
+    # OrderedDict applied 2,000 times to one list of 20,000 pairs: 54 KB that asked 1.9 GB.
+    square = bytearray(b"\x80\x02ccollections\nOrderedDict\nq\x010]q\x00(K\x01K\x02\x86q\x02")
+    square += b"h\x02" * 19_999 + b"e0" + b"h\x01h\x00\x85R0" * 2_000 + b"N."
+    zip_with_pickle(bytes(square), os.path.join(OUT, "ordered_dict_square.pt"))
+    add("ordered_dict_square.pt", None, "open", "more work than a file of its size can need")
+    # A dict of 2,000 entries named `a`, each the dict itself: `--key a.a.a` grew past 20 GB.
+    self_dict = b"\x80\x02}q\x00(" + b"X\x01\x00\x00\x00ah\x00" * 2_000 + b"u."
+    zip_with_pickle(self_dict, os.path.join(OUT, "self_dict.pt"))
+    add("self_dict.pt", "a.a.a", "open", "nests containers too deeply")
+    add("self_dict.pt", None, "open", "nests containers too deeply")
+    # A training checkpoint without --key: listed and refused, never flattened.
+    torch.save({"generator": {"l.weight_g": g, "l.weight_v": v}, "steps": 1000}, os.path.join(OUT, "training_no_key.pt"))
+    add("training_no_key.pt", None, "open", "not a state dict of tensors alone")
+
     with open(os.path.join(OUT, "expected.tsv"), "w") as f:
         for row in cases:
             f.write("\t".join(row) + "\n")
@@ -103,7 +150,8 @@ def main():
 
     # Seeds for the fuzzers.
     for target, names in {
-        "pt_reader": ["flatten_collision.pt", "stride0_gigabytes.pt", "damaged_storage.pt"],
+        "pt_reader": ["flatten_collision.pt", "stride0_gigabytes.pt", "damaged_storage.pt",
+                      "self_rebuild.pt", "self_dict.pt", "training_no_key.pt"],
         "pt_legacy": [n for n, *_ in cases if "legacy" in n],
     }.items():
         d = os.path.join(FUZZ, target)

@@ -3,8 +3,8 @@
 // small), canonicalize, write back, encode and read the result again. Errors are fine; panics,
 // hangs, crashes and huge allocations are not. No directory is given, so external data is
 // refused rather than read from wherever a hostile location points.
-use weightnorm::canonical::canonicalize;
-use weightnorm::onnx::{Bytes, OnnxModel, encode, write_model};
+use weightnorm_core::canonical::canonicalize;
+use weightnorm_core::formats::onnx::{Bytes, OnnxModel, encode, write_model};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(model) = OnnxModel::decode(Bytes::copy_from_slice(data), None) else {

@@ -174,7 +174,8 @@ fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
 
 /// Reads one gzipped IDX file: unsigned bytes with `dims` dimensions, as the MNIST files are.
 pub fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let file = std::fs::File::open(path)
+    // Opened only as a regular file: a FIFO would block the open, a device never end.
+    let file = weightnorm::torch::open_regular(path)
         .map_err(|e| bad(anyhow::anyhow!("cannot open {}: {e}", shown(path))))?;
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(file)

@@ -206,17 +206,34 @@ fn probe(device: &Device, arg: DeviceArg) -> Result<()> {
     }
 }
 
+/// The most worker threads `--threads` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks `--threads` before anything is started: from 1 to [`MAX_THREADS`].
+///
+/// # Errors
+///
+/// A [`Failure`] (exit 2) for a number outside that range.
+pub fn check_threads(threads: Option<usize>) -> Result<()> {
+    match threads {
+        Some(0) => Err(Failure::input(anyhow::anyhow!("--threads must be at least 1")).into()),
+        Some(n) if n > MAX_THREADS => Err(Failure::input(anyhow::anyhow!(
+            "--threads {n} is more than the {MAX_THREADS} threads a process of this program may start"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Sets the number of worker threads of the CPU kernels and Burn's CPU backend (rayon's
 /// global pool); `None` leaves rayon's default (one per core, or `RAYON_NUM_THREADS`).
 ///
 /// # Errors
 ///
-/// A [`Failure`] for `Some(0)`.
+/// A [`Failure`] for a number [`check_threads`] refuses.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    check_threads(threads)?;
     let Some(n) = threads else { return Ok(()) };
-    if n == 0 {
-        return Err(Failure::input(anyhow::anyhow!("--threads must be at least 1")).into());
-    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global()

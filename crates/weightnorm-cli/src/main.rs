@@ -140,21 +140,35 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            eprintln!("{}", text::escape(&one_line(&e.render().to_string())));
+            eprintln!(
+                "{}",
+                text::shorten_words(&text::escape(&one_line(&e.render().to_string())))
+            );
             return ExitCode::from(2);
         }
         Err(e) => e.exit(), // --help and --version: printed as clap lays them out
     };
-    let result = device::set_threads(cli.threads)
+    let threads = cli.threads;
+    // `train` and `compare` start their threads themselves: a resumed run uses those it was
+    // started with.
+    let own_threads = matches!(cli.command, Command::Train(_) | Command::Compare(_));
+    let result = device::check_threads(threads)
         .and_then(|()| device::set_streaming_stores())
+        .and_then(|()| {
+            if own_threads {
+                Ok(())
+            } else {
+                device::set_threads(threads)
+            }
+        })
         .and_then(|()| match cli.command {
             Command::Op(args) => op::op(args),
             Command::Inspect(args) => ckpt::inspect(args),
             Command::Fuse(args) => ckpt::fuse_cmd(args),
             Command::Split(args) => ckpt::split_cmd(args),
             Command::Convert(args) => ckpt::convert_cmd(args),
-            Command::Train(args) => train::train(args),
-            Command::Compare(args) => train::compare(args),
+            Command::Train(args) => train::train(args, threads),
+            Command::Compare(args) => train::compare(args, threads),
             Command::Canonicalize(args) => canon::canonicalize_cmd(args),
             Command::Demo(args) => demo::demo(args),
             Command::Bench(args) => bench::bench(args),

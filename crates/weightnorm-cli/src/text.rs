@@ -92,7 +92,46 @@ pub fn one_line_error(e: &anyhow::Error) -> String {
         }
         said.push_str(text);
     }
-    escape(&said)
+    shorten_words(&escape(&said))
+}
+
+/// The width a word of an error line (a name, a path, a location: any run without spaces) is
+/// shortened to, as `inspect` shortens names: both ends kept.
+pub const WORD_WIDTH: usize = 80;
+
+/// The most characters an error line keeps; the rest is counted, not shown.
+pub const LINE_WIDTH: usize = 2000;
+
+/// `line` with every word longer than [`WORD_WIDTH`] characters shortened (both ends kept)
+/// and the whole cut after [`LINE_WIDTH`] characters, saying how many were left out: a
+/// 64 KB tensor name or external-data location makes a line one can read.
+pub fn shorten_words(line: &str) -> String {
+    let mut out = String::with_capacity(line.len().min(LINE_WIDTH + 64));
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().count() > WORD_WIDTH {
+            out.push_str(&shortened(word, WORD_WIDTH));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in line.chars() {
+        if c.is_whitespace() {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    let n = out.chars().count();
+    if n > LINE_WIDTH {
+        let mut cut: String = out.chars().take(LINE_WIDTH).collect();
+        let _ = write!(cut, "… ({} more characters)", n - LINE_WIDTH);
+        return cut;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -132,6 +171,22 @@ mod tests {
             "{t}"
         );
         assert_eq!(shortened("short", 21), "short");
+    }
+
+    #[test]
+    fn long_words_and_lines_are_shortened() {
+        let name = "n".repeat(30) + &"x".repeat(70_000) + "tail";
+        let line = one_line_error(&anyhow::anyhow!("tensor `{name}` is bad"));
+        assert!(line.chars().count() < 200, "{}", line.len());
+        assert!(
+            line.starts_with("tensor `nnnn") && line.ends_with("tail` is bad"),
+            "{line}"
+        );
+        let many = vec!["word"; 2000].join(" ");
+        let line = shorten_words(&many);
+        assert!(line.ends_with("more characters)"), "{line}");
+        assert!(line.chars().count() < LINE_WIDTH + 40);
+        assert_eq!(shorten_words("a b  c"), "a b  c");
     }
 
     #[test]

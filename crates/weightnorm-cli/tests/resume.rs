@@ -197,7 +197,10 @@ fn an_existing_run_is_kept_unless_forced_and_epochs_are_logged() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("is not a weightnorm checkpoint"), "{err}");
+    assert!(
+        err.contains("is not a whole weightnorm checkpoint"),
+        "{err}"
+    );
     // Nor a directory without a checkpoint.
     let o = run(&["train", "--resume", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));

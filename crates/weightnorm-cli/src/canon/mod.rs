@@ -57,8 +57,10 @@ pub fn canonicalize_cmd(args: CanonicalizeArgs) -> Result<()> {
         Err(TorchError::NothingTo(_)) => (ckpt.tensors.clone(), 0),
         Err(e) => bail!(bad(e)),
     };
-    let text = std::fs::read_to_string(&arch_path)
+    let bytes = weightnorm::torch::read_regular(&arch_path, 64 << 20)
         .map_err(|e| bad(format!("{}: {e}", shown(&arch_path))))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| bad(format!("{}: not UTF-8 text: {e}", shown(&arch_path))))?;
     let arch: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| bad(format!("{}: not JSON: {e}", shown(&arch_path))))?;
     /// The checkpoint's tensors with their pairs fused, and the type they are computed in.

@@ -3,13 +3,19 @@
 //! that a run stopped at any moment (SIGKILL included) resumes from its last checkpoint and
 //! produces exactly the step losses of an uninterrupted run.
 //!
-//! The file: the magic `WNCKPT01`, then the model's Burn record (`u64` little-endian length,
-//! then its bytes), the optimizer's Burn record (likewise), and the [`State`] as JSON.
-//! Records carry the parameters' ids, so the optimizer's moments find their parameters again.
+//! The file: the magic `WNCKPT02`, then three sections, the model's Burn record, the
+//! optimizer's Burn record and the [`State`] as JSON, each written as its length (`u64`
+//! little-endian), the CRC-32 of that length and the bytes (`u32` little-endian), then the
+//! bytes; nothing follows the last. A flipped bit anywhere is found (the magic, a length, a
+//! checksum or a section no longer agree) and the run is refused rather than resumed with other
+//! weights. Files of the first version (`WNCKPT01`: the same sections without checksums) are
+//! still read. Records carry the parameters' ids, so the optimizer's moments find their
+//! parameters again. The state read back is checked against the run before it continues
+//! ([`State::check`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
@@ -20,8 +26,27 @@ use crate::Failure;
 use crate::metrics::RunMetrics;
 use crate::model::Model;
 use crate::output::write_bytes;
+use crate::text::shown;
 
-const MAGIC: &[u8; 8] = b"WNCKPT01";
+const MAGIC: &[u8; 8] = b"WNCKPT02";
+/// The first version's magic: sections without checksums.
+const MAGIC_V1: &[u8; 8] = b"WNCKPT01";
+/// The most a checkpoint file may hold (a guard against reading a huge file by mistake).
+const MAX_BYTES: u64 = 1 << 40;
+/// The sections' names, in their order in the file.
+const SECTIONS: [&str; 3] = [
+    "the model's record",
+    "the optimizer's record",
+    "the run's state",
+];
+
+/// The CRC-32 of a section's length and bytes.
+fn checksum(len: u64, bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(bytes);
+    h.finalize()
+}
 
 /// The file name of a run's checkpoint in its directory.
 pub const FILE: &str = "checkpoint.bin";
@@ -93,13 +118,14 @@ pub fn save(dir: &Path, model: &Model, optim: &ModuleOptimizer, state: &State) -
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot encode the optimizer's record: {e}"))?;
     let state = serde_json::to_vec(state)?;
-    let mut out = Vec::with_capacity(24 + model.len() + optim.len() + state.len());
+    let mut out = Vec::with_capacity(44 + model.len() + optim.len() + state.len());
     out.extend_from_slice(MAGIC);
-    for part in [&model[..], &optim[..]] {
-        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+    for part in [&model[..], &optim[..], &state[..]] {
+        let len = part.len() as u64;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&checksum(len, part).to_le_bytes());
         out.extend_from_slice(part);
     }
-    out.extend_from_slice(&state);
     write_bytes(&dir.join(FILE), &out)
 }
 
@@ -116,38 +142,163 @@ pub fn path(dir: &Path) -> Option<PathBuf> {
 /// A [`Failure`] (exit 2) if there is none, or it is not a checkpoint of this program.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let file = dir.join(FILE);
-    let bytes = std::fs::read(&file).map_err(|e| {
+    let bytes = weightnorm::torch::read_regular(&file, MAX_BYTES).map_err(|e| {
         Failure::input(anyhow::anyhow!(
             "cannot resume from {}: {e} (a run writes its checkpoint there at every epoch's end and every --checkpoint-every steps)",
-            file.display()
+            shown(&file)
         ))
     })?;
     let bad = |what: &str| {
         Failure::input(anyhow::anyhow!(
-            "{} is not a weightnorm checkpoint: {what}",
-            file.display()
+            "{} is not a whole weightnorm checkpoint: {what}; it cannot be resumed (start the run again, or resume a copy made before it was damaged)",
+            shown(&file)
         ))
     };
-    let rest = bytes.strip_prefix(MAGIC).ok_or_else(|| bad("no magic"))?;
-    let mut parts = Vec::new();
-    let mut rest = rest;
-    for _ in 0..2 {
-        let (len, tail) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
-        let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
-        let len = usize::try_from(len).map_err(|_| bad("a record too long"))?;
-        let (part, tail) = tail.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
-        parts.push(part.to_vec());
-        rest = tail;
+    let (mut rest, checked) = if let Some(rest) = bytes.strip_prefix(MAGIC) {
+        (rest, true)
+    } else if let Some(rest) = bytes.strip_prefix(MAGIC_V1) {
+        (rest, false)
+    } else {
+        return Err(bad("it does not begin with the magic WNCKPT02").into());
+    };
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for (i, name) in SECTIONS.iter().enumerate() {
+        if !checked && i == 2 {
+            // The first version's state runs to the end of the file, unprefixed.
+            parts.push(rest);
+            break;
+        }
+        let (len, tail) = rest
+            .split_at_checked(8)
+            .ok_or_else(|| bad(&format!("it ends before {name}")))?;
+        let len_u64 = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+        let (sum, tail) = if checked {
+            let (sum, tail) = tail
+                .split_at_checked(4)
+                .ok_or_else(|| bad(&format!("it ends before {name}")))?;
+            (
+                Some(u32::from_le_bytes(sum.try_into().expect("4 bytes"))),
+                tail,
+            )
+        } else {
+            (None, tail)
+        };
+        let part = usize::try_from(len_u64)
+            .ok()
+            .and_then(|len| tail.get(..len))
+            .ok_or_else(|| {
+                bad(&format!(
+                    "{name} is said to hold {len_u64} bytes, more than the file has left"
+                ))
+            })?;
+        if let Some(sum) = sum
+            && checksum(len_u64, part) != sum
+        {
+            return Err(bad(&format!("the checksum of {name} does not match its bytes")).into());
+        }
+        parts.push(part);
+        rest = &tail[part.len()..];
     }
-    let state: State = serde_json::from_slice(rest).map_err(|e| bad(&format!("its state: {e}")))?;
-    let optim = Bytes::from_bytes_vec(parts.pop().expect("two parts"));
-    let model = ModuleRecord::from_bytes(Bytes::from_bytes_vec(parts.pop().expect("two parts")))
+    if checked && !rest.is_empty() {
+        return Err(bad(&format!("{} bytes follow its last section", rest.len())).into());
+    }
+    let state: State =
+        serde_json::from_slice(parts[2]).map_err(|e| bad(&format!("its state: {e}")))?;
+    let optim = Bytes::from_bytes_vec(parts[1].to_vec());
+    let model = ModuleRecord::from_bytes(Bytes::from_bytes_vec(parts[0].to_vec()))
         .map_err(|e| bad(&format!("the model's record: {e}")))?;
     Ok(Checkpoint {
         model,
         optim,
         state,
     })
+}
+
+impl State {
+    /// Checks the state read back from a checkpoint against the run that continues it: the
+    /// options it was started with (`argv`, `seed`), its position (epochs of `epochs`, steps of
+    /// `steps_per_epoch`) against the steps and metrics it holds.
+    ///
+    /// # Errors
+    ///
+    /// A [`Failure`] (exit 2) naming the first disagreement.
+    pub fn check(
+        &self,
+        argv: &[String],
+        seed: u64,
+        epochs: usize,
+        steps_per_epoch: usize,
+    ) -> Result<()> {
+        let bad = |what: String| -> Result<()> {
+            Err(Failure::input(anyhow::anyhow!(
+                "the checkpoint's state does not fit its run: {what}"
+            ))
+            .into())
+        };
+        if self.argv != argv {
+            return bad(format!(
+                "it was written by a run with the options `{}`, not `{}`",
+                self.argv.join(" "),
+                argv.join(" ")
+            ));
+        }
+        if self.metrics.seed != seed {
+            return bad(format!(
+                "its metrics are of seed {}, the run's seed is {seed}",
+                self.metrics.seed
+            ));
+        }
+        if self.epoch > epochs || (self.epoch == epochs && self.step_in_epoch != 0) {
+            return bad(format!(
+                "it is at epoch {} step {}, beyond the run's {epochs} epochs",
+                self.epoch, self.step_in_epoch
+            ));
+        }
+        // A checkpoint after an epoch's last step and before its evaluation is at step
+        // `steps_per_epoch` of it.
+        if self.step_in_epoch > steps_per_epoch {
+            return bad(format!(
+                "it is at step {} of an epoch of {steps_per_epoch} steps",
+                self.step_in_epoch
+            ));
+        }
+        let steps = self.epoch * steps_per_epoch + self.step_in_epoch;
+        if self.steps.len() != steps || self.metrics.step_losses.len() != steps {
+            return bad(format!(
+                "epoch {} step {} is {steps} steps into the run, but it records {} steps and {} step losses",
+                self.epoch,
+                self.step_in_epoch,
+                self.steps.len(),
+                self.metrics.step_losses.len()
+            ));
+        }
+        if self.metrics.epochs.len() != self.epoch {
+            return bad(format!(
+                "it has finished {} epochs but records {}",
+                self.epoch,
+                self.metrics.epochs.len()
+            ));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let loss = self.metrics.step_losses[i];
+            if s.step != i
+                || s.epoch != i / steps_per_epoch + 1
+                || s.loss.to_bits() != loss.to_bits()
+            {
+                return bad(format!(
+                    "step {i} is recorded as step {} of epoch {} with loss {}, the metrics say loss {loss}",
+                    s.step, s.epoch, s.loss
+                ));
+            }
+        }
+        if self.finished && self.epoch != epochs {
+            return bad(format!(
+                "it says the run finished, at epoch {} of {epochs}",
+                self.epoch
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Checkpoint {
@@ -162,26 +313,16 @@ impl Checkpoint {
         model: Model,
         optim: ModuleOptimizer,
     ) -> Result<(Model, ModuleOptimizer, State)> {
-        let model = model
-            .try_load_record(self.model)
-            .context("the checkpoint's model does not fit the run's options")?;
-        let optim = optim
-            .from_bytes(self.optim)
-            .map_err(|e| anyhow::anyhow!("the checkpoint's optimizer state: {e}"))?;
-        let state = &self.state;
-        if state.steps.len() != state.metrics.step_losses.len()
-            || state.step_in_epoch > state.steps.len()
-            || state.metrics.epochs.len() != state.epoch
-        {
-            bail!(crate::Failure::input(anyhow::anyhow!(
-                "the checkpoint's position (epoch {}, step {} of the epoch) disagrees with its \
-                 {} steps and {} epochs of metrics",
-                state.epoch,
-                state.step_in_epoch,
-                state.steps.len(),
-                state.metrics.epochs.len()
-            )));
-        }
+        let model = model.try_load_record(self.model).map_err(|e| {
+            Failure::input(anyhow::anyhow!(
+                "the checkpoint's model does not fit the run's options: {e}"
+            ))
+        })?;
+        let optim = optim.from_bytes(self.optim).map_err(|e| {
+            Failure::input(anyhow::anyhow!(
+                "the checkpoint's optimizer state does not fit the run's model: {e}"
+            ))
+        })?;
         Ok((model, optim, self.state))
     }
 }

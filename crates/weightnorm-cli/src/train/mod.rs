@@ -8,13 +8,14 @@ pub mod args;
 mod batch;
 mod checkpoint;
 mod evaluate;
+mod out;
 mod progress;
 mod run;
 mod save;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 
 use crate::Failure;
@@ -27,102 +28,32 @@ use crate::text::shown;
 pub use args::{CompareArgs, DataModelArgs, TrainArgs};
 pub use run::Interrupted;
 
-/// The files a run or a comparison writes in its directory (and each run's directory of a
-/// comparison): what `--force` replaces and what marks a directory as holding a run.
-const RUN_FILES: &[&str] = &[
-    "metrics.json",
-    "arch.json",
-    "model.safetensors",
-    "curves.png",
-    "steps.jsonl",
-    checkpoint::FILE,
-    "report.md",
-    "loss.png",
-    "test.png",
-    "loss_time.png",
-    "step_time.png",
-    "gain.png",
-    "pcr_loss.png",
-    "accuracy.png",
-    COMMAND_FILE,
-];
+use out::COMMAND_FILE;
 
-/// Where a comparison keeps the options it was started with, for `--resume`.
-const COMMAND_FILE: &str = "command.json";
-
-/// The options after the subcommand, as given.
+/// The options of the command line as given, without the subcommand's name: the global
+/// `--threads` among them wherever it was given (before or after the subcommand). What a run
+/// stores for `--resume`.
 fn argv() -> Vec<String> {
-    std::env::args().skip(2).collect()
+    options_of(std::env::args().skip(1))
 }
 
-/// Refuses an `out` that holds a run unless `force` (which removes its run files, and those of
-/// the runs under it, so that old and new never mix).
-fn claim_out(out: &Path, force: bool, what: &str) -> Result<()> {
-    let entries: Vec<PathBuf> = match std::fs::read_dir(out) {
-        Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if out.is_file() => {
-            return Err(crate::Failure::input(anyhow::anyhow!(
-                "--out {} is a file, not a directory ({e})",
-                out.display()
-            ))
-            .into());
-        }
-        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", out.display())),
-    };
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if !force {
-        return Err(crate::Failure::input(anyhow::anyhow!(
-            "--out {} is not empty: use --force to replace its {what}, --resume {} to continue it, or another --out",
-            out.display(),
-            out.display()
-        ))
-        .into());
-    }
-    for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.is_dir() && is_run_name(name) {
-            clear_param_dir(&path)?;
-        } else if RUN_FILES.contains(&name) {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
+/// `args` (the command line after the program's name) without the subcommand's name.
+fn options_of(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    let mut named = false;
+    while let Some(a) = args.next() {
+        if !named && a == "--threads" {
+            // A global option before the subcommand, with its value.
+            out.push(a);
+            out.extend(args.next());
+        } else if !named && !a.starts_with('-') {
+            named = true;
+        } else {
+            out.push(a);
         }
     }
-    Ok(())
-}
-
-/// Removes the run files in `dir`.
-fn clear_run_files(dir: &Path) -> Result<()> {
-    for name in RUN_FILES {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(anyhow::anyhow!("cannot remove {}: {e}", path.display()));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Removes the run files of a comparison's parameterization directory `dir`: its own (a
-/// comparison of one seed before seeds had directories) and those of its `seed-<k>`
-/// directories, which are removed when that leaves them empty.
-fn clear_param_dir(dir: &Path) -> Result<()> {
-    clear_run_files(dir)?;
-    for e in std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .flatten()
-    {
-        let name = e.file_name();
-        if e.path().is_dir() && name.to_str().is_some_and(|n| n.starts_with("seed-")) {
-            clear_run_files(&e.path())?;
-            let _ = std::fs::remove_dir(e.path());
-        }
-    }
-    Ok(())
+    out
 }
 
 /// The name of a run of `param` (of a PCR run in a comparison, with its transport policy:
@@ -151,17 +82,23 @@ fn run_dir(out: &Path, name: &str, seed: u64) -> PathBuf {
     out.join(name).join(format!("seed-{seed}"))
 }
 
-/// The options stored for `--resume`, parsed again as the subcommand's.
-fn stored<A: clap::Args + clap::FromArgMatches>(argv: Vec<String>, dir: &Path) -> Result<A> {
+/// The options stored for `--resume`, parsed again as the subcommand's, and the `--threads`
+/// among them.
+fn stored<A: clap::Args + clap::FromArgMatches>(
+    argv: Vec<String>,
+    dir: &Path,
+) -> Result<(A, Option<usize>)> {
     #[derive(Parser)]
     struct Stored<A: clap::Args> {
         #[command(flatten)]
         args: A,
+        #[arg(long)]
+        threads: Option<usize>,
     }
     let mut all = vec!["weightnorm".to_string()];
     all.extend(argv);
     Stored::<A>::try_parse_from(all)
-        .map(|s| s.args)
+        .map(|s| (s.args, s.threads))
         .map_err(|e| {
             crate::Failure::input(anyhow::anyhow!(
                 "the options stored in {} no longer parse: {}",
@@ -172,17 +109,18 @@ fn stored<A: clap::Args + clap::FromArgMatches>(argv: Vec<String>, dir: &Path) -
         })
 }
 
-/// Refuses options given beside `--resume` (other than `--quiet`).
+/// Refuses options given beside `--resume` (other than `--quiet` and `--threads`, which
+/// [`resume_threads`] checks).
 fn resume_alone(given: &[String]) -> Result<()> {
     let mut others = Vec::new();
     let mut it = given.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--resume" => {
+            "--resume" | "--threads" => {
                 it.next();
             }
             "--quiet" => {}
-            a if a.starts_with("--resume=") => {}
+            a if a.starts_with("--resume=") || a.starts_with("--threads=") => {}
             a => others.push(a),
         }
     }
@@ -194,6 +132,22 @@ fn resume_alone(given: &[String]) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Starts the worker threads a resumed run asks for: those it was started with (`stored`);
+/// `given` on the command line too only when it is the same number.
+fn resume_threads(given: Option<usize>, stored: Option<usize>) -> Result<()> {
+    match (given, stored) {
+        (Some(g), Some(s)) if g != s => Err(Failure::input(anyhow::anyhow!(
+            "the run was started with --threads {s}: resume it with the same, or without --threads"
+        ))
+        .into()),
+        (Some(g), None) => Err(Failure::input(anyhow::anyhow!(
+            "the run was started without --threads (one thread per core): resume it without --threads {g}"
+        ))
+        .into()),
+        _ => crate::device::set_threads(stored),
+    }
 }
 
 /// Checks the options and loads the data set, before anything is trained; returns it and the
@@ -253,24 +207,44 @@ fn train_and_save(
     Ok(metrics)
 }
 
-/// `weightnorm train`: one run, its outputs in `--out`; or `--resume DIR`.
-pub fn train(args: TrainArgs) -> Result<()> {
-    let (mut args, argv) = match &args.resume {
+/// `weightnorm train`: one run, its outputs in `--out`; or `--resume DIR`. `threads` is the
+/// global `--threads`, stored with the run's options.
+pub fn train(args: TrainArgs, threads: Option<usize>) -> Result<()> {
+    let (mut args, argv, claim) = match &args.resume {
         Some(dir) => {
             resume_alone(&argv())?;
+            let claim = out::claim(dir, false, "run", true)?;
             let state = checkpoint::load(dir)?.state;
-            let mut stored: TrainArgs = stored(state.argv.clone(), dir)?;
+            let (mut stored, stored_threads): (TrainArgs, _) = stored(state.argv.clone(), dir)?;
+            resume_threads(threads, stored_threads)?;
             stored.out = dir.clone();
             stored.resume = Some(dir.clone());
             stored.common.quiet |= args.common.quiet;
-            (stored, state.argv)
+            (stored, state.argv, claim)
         }
         None => {
-            claim_out(&args.out, args.force, "run")?;
-            (args, argv())
+            crate::device::set_threads(threads)?;
+            let claim = out::claim(&args.out, args.force, "run", false)?;
+            (args, argv(), claim)
         }
     };
     args.common.seed = args.seed;
+    let result = train_checked(&args, &argv);
+    if result.is_err() && args.resume.is_none() && !interrupted(&result) {
+        claim.clean_up();
+    }
+    result
+}
+
+/// Whether `result` is a run stopped by Ctrl-C (its checkpoint kept for `--resume`).
+fn interrupted(result: &Result<()>) -> bool {
+    result
+        .as_ref()
+        .is_err_and(|e| e.downcast_ref::<Interrupted>().is_some())
+}
+
+/// `train` with its directory claimed: the options checked, the data loaded, the run.
+fn train_checked(args: &TrainArgs, argv: &[String]) -> Result<()> {
     if args.common.pcr_transport.len() != 1 {
         return Err(Failure::input(anyhow::anyhow!(
             "train takes one --pcr-transport (compare takes a list)"
@@ -285,10 +259,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         .into());
     }
     let (ds, outputs) = prepare(&args.common)?;
-    let existed = args.out.exists();
-    let result = train_prepared(&args, &argv, &ds, outputs);
-    clean_up_after(&result, &args.out, existed, args.resume.is_some());
-    result
+    train_prepared(args, argv, &ds, outputs)
 }
 
 /// `train` once its options and data set are in hand.
@@ -333,30 +304,39 @@ fn train_prepared(
 
 /// `weightnorm compare`: one run per parameterization, then the comparison's plots and report;
 /// or `--resume DIR`.
-pub fn compare(args: CompareArgs) -> Result<()> {
-    let (args, argv) = match &args.resume {
+pub fn compare(args: CompareArgs, threads: Option<usize>) -> Result<()> {
+    let (args, argv, claim) = match &args.resume {
         Some(dir) => {
             resume_alone(&argv())?;
+            let claim = out::claim(dir, false, "comparison", true)?;
             let file = dir.join(COMMAND_FILE);
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                crate::Failure::input(anyhow::anyhow!(
-                    "cannot resume from {}: {e}",
-                    file.display()
-                ))
+            let text = weightnorm::torch::read_regular(&file, 1 << 20).map_err(|e| {
+                crate::Failure::input(anyhow::anyhow!("cannot resume from {}: {e}", shown(&file)))
             })?;
-            let argv: Vec<String> = serde_json::from_str(&text)
-                .map_err(|e| crate::Failure::input(anyhow::anyhow!("{}: {e}", file.display())))?;
-            let mut stored: CompareArgs = stored(argv.clone(), dir)?;
+            let argv: Vec<String> = serde_json::from_slice(&text)
+                .map_err(|e| crate::Failure::input(anyhow::anyhow!("{}: {e}", shown(&file))))?;
+            let (mut stored, stored_threads): (CompareArgs, _) = stored(argv.clone(), dir)?;
+            resume_threads(threads, stored_threads)?;
             stored.out = dir.clone();
             stored.resume = Some(dir.clone());
             stored.common.quiet |= args.common.quiet;
-            (stored, argv)
+            (stored, argv, claim)
         }
         None => {
-            claim_out(&args.out, args.force, "comparison")?;
-            (args, argv())
+            crate::device::set_threads(threads)?;
+            let claim = out::claim(&args.out, args.force, "comparison", false)?;
+            (args, argv(), claim)
         }
     };
+    let result = compare_checked(&args, &argv);
+    if result.is_err() && args.resume.is_none() && !interrupted(&result) {
+        claim.clean_up();
+    }
+    result
+}
+
+/// `compare` with its directory claimed: the options checked, the data loaded, the runs.
+fn compare_checked(args: &CompareArgs, argv: &[String]) -> Result<()> {
     if let Some(p) = args
         .params
         .iter()
@@ -399,35 +379,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         );
     }
     let (ds, outputs) = prepare(&args.common)?;
-    let existed = args.out.exists();
-    let result = compare_prepared(&args, &argv, &ds, outputs);
-    clean_up_after(&result, &args.out, existed, args.resume.is_some());
-    result
-}
-
-/// Removes what a failed `train` or `compare` wrote in `out` (its checkpoints and step logs; the
-/// outputs proper are put in place only at the end), unless it was interrupted (its checkpoint
-/// is for `--resume`) or resumed (the checkpoint it started from stays).
-fn clean_up_after(result: &Result<()>, out: &Path, existed: bool, resume: bool) {
-    let Err(e) = result else { return };
-    if resume || e.downcast_ref::<Interrupted>().is_some() {
-        return;
-    }
-    if !existed {
-        let _ = std::fs::remove_dir_all(out);
-        return;
-    }
-    let _ = clear_run_files(out);
-    if let Ok(dir) = std::fs::read_dir(out) {
-        for e in dir.flatten() {
-            let name = e.file_name();
-            let name = name.to_str().unwrap_or("");
-            if e.path().is_dir() && is_run_name(name) {
-                let _ = clear_param_dir(&e.path());
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
-    }
+    compare_prepared(args, argv, &ds, outputs)
 }
 
 /// `compare` once its options and data set are in hand.
@@ -439,8 +391,6 @@ fn compare_prepared(
 ) -> Result<()> {
     let params = &args.params;
     if args.resume.is_none() {
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("cannot create {}", args.out.display()))?;
         write_bytes(
             &args.out.join(COMMAND_FILE),
             serde_json::to_string(&argv)?.as_bytes(),

@@ -166,6 +166,8 @@ struct Trainer<'a> {
     lr: f64,
     batch_size: usize,
     seed: u64,
+    /// The epochs the run trains.
+    epochs: usize,
     image: bool,
     dir: &'a Path,
     checkpoint_every: Option<usize>,
@@ -194,6 +196,7 @@ impl<'a> Trainer<'a> {
             lr: args.lr,
             batch_size: args.batch_size,
             seed: args.seed,
+            epochs: args.epochs(ds),
             image: spec.kind == ModelKind::Cnn,
             dir: at.dir,
             checkpoint_every: at.checkpoint_every.filter(|&n| n > 0),
@@ -217,6 +220,12 @@ impl<'a> Trainer<'a> {
     fn restore(&mut self, built: Model, ck: checkpoint::Checkpoint) -> Result<Model> {
         let optim = std::mem::replace(&mut self.optim, AdamConfig::new().init());
         // A placeholder while the run's own optimizer (Adam or AdamW) takes the state saved.
+        ck.state.check(
+            &self.state.argv,
+            self.seed,
+            self.epochs,
+            self.steps_per_epoch(),
+        )?;
         let (model, optim, state) = ck.restore(built, optim)?;
         self.optim = optim;
         self.state = state;

@@ -81,8 +81,38 @@ pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// What a non-regular file is, in words.
-fn file_kind(kind: &std::fs::FileType) -> &'static str {
+/// Reads the whole of the regular file at `path` (opened as [`open_regular`] opens it, so a
+/// FIFO, a device such as `/dev/zero` or a directory is an error, never a hang or a read
+/// without end), refusing one larger than `max` bytes.
+///
+/// # Errors
+///
+/// The open's or the read's error; `InvalidInput` for a file that is not regular, or larger
+/// than `max`.
+pub fn read_regular(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it holds {len} bytes, more than the {max} this input may"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // A file that grows while it is read stops at `max` + 1 bytes, then is refused.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it grew past the {max} bytes this input may hold while it was read"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What a file is, in words, as errors say it: "a FIFO", "a directory", "a regular file".
+pub fn file_kind(kind: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
@@ -101,8 +131,12 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
     }
     if kind.is_dir() {
         "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_symlink() {
+        "a symbolic link"
     } else {
-        "not a regular file"
+        "a special file"
     }
 }
 

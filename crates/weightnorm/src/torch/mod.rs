@@ -12,8 +12,8 @@ pub use weightnorm_core::formats::{
     Action, ArchError, ArchNetwork, Binding, BindingKind, CANONICAL_SCALE_KEY, Checkpoint, Dtype,
     EntrySummary, Format, OpenOptions, OutputFormat, Planned, PtDict, PtError, PtTensor, PtValue,
     Result, SaveOptions, Shard, Sharding, TensorEntry, TorchError, WriteOptions, arch, field,
-    from_arch, lazy_entry, open_regular, read_pt, to_tensors, vector_entry, write_pt,
-    write_safetensors, write_safetensors_with,
+    file_kind, from_arch, lazy_entry, open_regular, read_pt, read_regular, to_tensors,
+    vector_entry, write_pt, write_safetensors, write_safetensors_with,
 };
 pub use weightnorm_core::surgery::{
     FuseOptions, Pair, Scheme, Selector, SplitOptions, Stats, convert, detect_pairs, fuse,

@@ -2,7 +2,6 @@
 //! under the model's directory), decoded defensively; and values encoded back as raw bytes.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -21,16 +20,10 @@ pub(crate) fn map_file(path: &Path) -> Result<Bytes, OnnxError> {
         path: path.display().to_string(),
         source: Arc::new(e),
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        // Checked before opening: opening a FIFO for reading blocks until a writer comes.
-        return Err(io(std::io::Error::other("not a regular file")));
-    }
-    let file = File::open(path).map_err(io)?;
+    // Opened without blocking and checked to be a regular file: a FIFO's open would wait for
+    // a writer, a device's read would not end.
+    let file = crate::formats::open_regular(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(io(std::io::Error::other("not a regular file")));
-    }
     if meta.len() == 0 {
         return Ok(Bytes::new());
     }
