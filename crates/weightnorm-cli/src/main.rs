@@ -14,7 +14,7 @@
 //! | `data` | data sets (Fashion-MNIST IDX files, the built-in digits), validated at load |
 //! | `cnn` | the CNN classifier of `train --model cnn` (plain or weight-normalized, with batch norms or mean-only batch norms), described for the canonical form |
 //! | `model` | the MLP and CNN of `train`, their parameterizations, export to a PyTorch `nn.Sequential` checkpoint and architecture file |
-//! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
+//! | `train` | `train` and `compare`: `args` (options), `run` (the loop: steps, epochs, checkpoints, Ctrl-C), `checkpoint` (model, optimizer, position, metrics in one file, each section checksummed), `out` (the run directory claimed under a lock, cleaned of what a failed run wrote), `batch`, `evaluate` (loss, accuracy, ECE), `progress` (bar and per-epoch lines), `save` (a run's outputs) |
 //! | `metrics` | what a run measured, and `metrics.json` |
 //! | `stats` | a quantity over seeds (mean, spread, the test of a difference), moving averages, quantiles |
 //! | `summary` | runs grouped by parameterization: means and spreads over seeds, bands of curves |

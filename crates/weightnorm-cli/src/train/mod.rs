@@ -1,7 +1,9 @@
 //! `train` and `compare`: training on a real data set, metrics, plots and a report.
 //!
 //! [`args`] holds the options; [`run`] the training loop (steps and epochs), which
-//! [`evaluate`] scores on the test split; [`save`] what a finished run writes. The loop never
+//! [`evaluate`] scores on the test split; [`save`] what a finished run writes; [`out`] the run
+//! directory, claimed under a lock for the whole run and cleaned of what a failed run wrote;
+//! [`checkpoint`] the run's state, checksummed and checked before a resume. The loop never
 //! touches plotting: the commands here draw the plots from the metrics a run returns.
 
 pub mod args;

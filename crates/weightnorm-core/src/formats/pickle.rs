@@ -15,6 +15,9 @@
 //! bytes, devices, dtypes, sets and `torch.Size`s, a dict's kind (plain or `OrderedDict`) and
 //! the state an `OrderedDict` is built with (a state dict's `_metadata`) are all kept, so that
 //! [`super::tree`] can give the whole file and [`super::pt_write`] write it back.
+//!
+//! Size: about 900 lines of code and 100 of tests: the opcode loop and the callables it
+//! interprets share the arena and the work budget, which must be charged in one place.
 
 use std::collections::HashMap;
 use std::rc::Rc;

@@ -10,6 +10,10 @@
 //! numbers: the subgraph is evaluated (in `f64`) and must equal `g v / ||v||` on that axis.
 //! Folding replaces it by one initializer holding the fused weight, computed by the exact
 //! kernel in `v`'s type, and removes the nodes and initializers only it used.
+//!
+//! Size: about 1,000 lines, a third of them tests: the structural match, the f64 evaluator
+//! over the ops such a subgraph holds and the rewrite are one algorithm with one invariant
+//! (a subgraph is folded only when its value is confirmed).
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,5 +1,7 @@
 //! Every way a node can be refused, one small graph each: the table names the case, builds the
 //! graph that must hit exactly that path, and says which typed reason it must give.
+//!
+//! Size: one row per refusal (about a hundred), kept in one table on purpose.
 
 use super::*;
 use crate::formats::onnx::fault::{ConstFault, NodeFault};
