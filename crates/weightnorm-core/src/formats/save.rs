@@ -191,24 +191,9 @@ impl Checkpoint {
             (OutputFormat::PyTorch, Some(root)) if !options.state_dict_only => Content::Pt {
                 root: replace_state_dict(root, &self.key_path, &tensors)?,
             },
+            // A state dict as `state_dict()` returns it: an `OrderedDict`.
             (OutputFormat::PyTorch, _) => Content::Pt {
-                root: PtValue::Dict(PtDict {
-                    entries: tensors
-                        .into_iter()
-                        .map(|t| {
-                            (
-                                PtValue::Str(t.name.clone()),
-                                PtValue::Tensor(PtTensor {
-                                    entry: t,
-                                    requires_grad: false,
-                                    parameter: false,
-                                }),
-                            )
-                        })
-                        .collect(),
-                    ordered: true,
-                    state: None,
-                }),
+                root: state_dict_tree(tensors, true),
             },
             (_, _) => Content::SafeTensors {
                 tensors,
@@ -267,24 +252,9 @@ impl Checkpoint {
                 total += t.byte_len() as u64;
             }
             let content = match format {
+                // A shard as transformers saves it: a plain dict.
                 OutputFormat::PyTorch => Content::Pt {
-                    root: PtValue::Dict(PtDict {
-                        entries: group
-                            .into_iter()
-                            .map(|t| {
-                                (
-                                    PtValue::Str(t.name.clone()),
-                                    PtValue::Tensor(PtTensor {
-                                        entry: t,
-                                        requires_grad: false,
-                                        parameter: false,
-                                    }),
-                                )
-                            })
-                            .collect(),
-                        ordered: false,
-                        state: None,
-                    }),
+                    root: state_dict_tree(group, false),
                 },
                 OutputFormat::SafeTensors => Content::SafeTensors {
                     tensors: group,
@@ -596,4 +566,25 @@ fn rebuild<'a>(
         }
         other => Ok((Some(other.clone()), Vec::new())),
     }
+}
+
+/// `tensors` as a dict of tensors by name (an `OrderedDict` when `ordered`), in their order.
+fn state_dict_tree(tensors: Vec<TensorEntry>, ordered: bool) -> PtValue {
+    PtValue::Dict(PtDict {
+        entries: tensors
+            .into_iter()
+            .map(|t| {
+                (
+                    PtValue::Str(t.name.clone()),
+                    PtValue::Tensor(PtTensor {
+                        entry: t,
+                        requires_grad: false,
+                        parameter: false,
+                    }),
+                )
+            })
+            .collect(),
+        ordered,
+        state: None,
+    })
 }

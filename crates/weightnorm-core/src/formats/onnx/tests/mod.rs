@@ -103,7 +103,16 @@ fn value(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
 }
 
 fn model(input: &[Option<i64>], nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> OnnxModel {
-    let proto = ModelProto {
+    let proto = model_proto(input, nodes, inits);
+    OnnxModel::decode(Bytes::from(prost::Message::encode_to_vec(&proto)), None).unwrap()
+}
+
+fn model_proto(
+    input: &[Option<i64>],
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+) -> ModelProto {
+    ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
@@ -121,8 +130,7 @@ fn model(input: &[Option<i64>], nodes: Vec<NodeProto>, inits: Vec<TensorProto>) 
             ..Default::default()
         }),
         ..Default::default()
-    };
-    OnnxModel::decode(Bytes::from(prost::Message::encode_to_vec(&proto)), None).unwrap()
+    }
 }
 
 fn samples(n: usize, len: usize) -> Vec<Vec<f64>> {
@@ -569,4 +577,54 @@ fn external_data_stays_under_the_models_directory() {
         value: Some("w.bin".into()),
     }];
     assert!(ext.location(&t2).is_err());
+}
+
+/// A `Constant` node's tensor may keep its data in a file beside the model, as initializers
+/// do: that file is one of the model's inputs (a command must never write over it), and a model
+/// written back holds the data inline.
+#[test]
+fn a_constant_nodes_external_data_is_an_input_and_inlined_on_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = floats("C", &[2, 2], &[0.0; 4]);
+    c.raw_data = None;
+    c.data_location = Some(DATA_LOCATION_EXTERNAL);
+    c.external_data = vec![StringStringEntryProto {
+        key: Some("location".into()),
+        value: Some("c.bin".into()),
+    }];
+    let constant = node(
+        "Constant",
+        "const",
+        &[],
+        &["W"],
+        vec![AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(4),
+            t: Some(c),
+            ..Default::default()
+        }],
+    );
+    let m = model_proto(
+        &[None, Some(2)],
+        vec![constant, node("Gemm", "fc", &["x", "W"], &["y"], vec![])],
+        vec![],
+    );
+    let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    std::fs::write(dir.path().join("c.bin"), &bytes).unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, encode(&m).unwrap()).unwrap();
+    let opened = OnnxModel::open(&path).unwrap();
+    let files = opened.external_files().unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with("c.bin"));
+    let inline = opened.standalone(opened.proto.clone()).unwrap();
+    let t = inline.graph.as_ref().unwrap().node[0].attribute[0]
+        .t
+        .clone()
+        .unwrap();
+    assert_eq!(t.raw_data.as_deref(), Some(&bytes[..]));
+    assert!(t.external_data.is_empty() && t.data_location != Some(DATA_LOCATION_EXTERNAL));
 }
