@@ -38,10 +38,10 @@ pub fn shown(p: &Path) -> String {
     escape(&p.to_string_lossy())
 }
 
-/// The command line of a `compare` or `train` run from the options after the subcommand, as
-/// a shell would take it back: `weightnorm compare --seeds 0,1 --out 'my runs'`.
-pub fn command_line(argv: &[String]) -> String {
-    let subcommand = std::env::args().nth(1).unwrap_or_else(|| "compare".into());
+/// The command line of a `compare` or `train` run from its `subcommand` and the options stored
+/// with it (the global `--threads` among them, wherever it was given), as a shell would take it
+/// back: `weightnorm compare --seeds 0,1 --out 'my runs'`.
+pub fn command_line(subcommand: &str, argv: &[String]) -> String {
     let quote = |a: &str| {
         let plain = !a.is_empty()
             && a.chars()
@@ -53,7 +53,7 @@ pub fn command_line(argv: &[String]) -> String {
         }
     };
     std::iter::once("weightnorm".to_string())
-        .chain(std::iter::once(quote(&subcommand)))
+        .chain(std::iter::once(quote(subcommand)))
         .chain(argv.iter().map(|a| quote(a)))
         .collect::<Vec<_>>()
         .join(" ")
@@ -142,12 +142,12 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let c = super::command_line(&argv);
+        let c = super::command_line("compare", &argv);
         assert!(
             c.ends_with(" --seeds 0,1 --out 'my runs' 'it'\\''s'"),
             "{c}"
         );
-        assert!(c.starts_with("weightnorm "));
+        assert!(c.starts_with("weightnorm compare "), "{c}");
     }
 
     use super::*;

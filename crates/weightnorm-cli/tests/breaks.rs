@@ -490,9 +490,9 @@ fn runs_started_with_threads_resume_with_them() {
     // A comparison too.
     let cmp = tmp.path().join("cmp");
     ok(&[
-        "compare",
         "--threads",
         "1",
+        "compare",
         "--dataset",
         "digits",
         "--params",
@@ -508,6 +508,12 @@ fn runs_started_with_threads_resume_with_them() {
         s(&cmp),
     ]);
     ok(&["compare", "--resume", s(&cmp)]);
+    // The report's command line is the one given, runnable again.
+    let report = std::fs::read_to_string(cmp.join("report.md")).unwrap();
+    assert!(
+        report.contains("weightnorm compare --threads 1 --dataset digits --params plain"),
+        "{report}"
+    );
 }
 
 // ---- 6. inputs that are not regular files ---------------------------------------------------

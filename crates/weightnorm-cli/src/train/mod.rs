@@ -440,7 +440,7 @@ fn compare_prepared(
         }
     }
     crate::plot::comparison(&mut outputs, &args.out, &runs)?;
-    let command = crate::text::command_line(argv);
+    let command = crate::text::command_line("compare", argv);
     let report = crate::report::report(&args.common.setup(ds), &runs, &command);
     outputs.bytes(&args.out.join("report.md"), true, report.as_bytes())?;
     // Every run's files, the plots and the report are put in place together, or none is.
