@@ -334,10 +334,10 @@ fn outs_that_are_not_directories_and_absurd_threads_are_bad_input() {
         );
         refused(&o, says);
     }
-    let t0 = Instant::now();
+    // Refused by the check that runs before any thread is started (its message), not by a
+    // failed start after spawning thousands.
     let o = run(&["--threads", "100000", "inspect", &real("hifigan_train.pt")]);
-    refused(&o, "--threads 100000");
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    refused(&o, "--threads 100000 is more than the 1024 threads");
 }
 
 // ---- 5. checkpoint.bin: checksums, validated state, --threads --------------------------------
@@ -377,7 +377,7 @@ fn every_flipped_bit_of_a_checkpoint_is_refused() {
     at.extend((0..13).map(|k| 8 + k * (good.len() - 9) / 12));
     at.sort_unstable();
     at.dedup();
-    assert!(at.len() >= 30);
+    assert!(at.len() >= 30, "{} positions", at.len());
     for (n, &i) in at.iter().enumerate() {
         let mut bad = good.clone();
         bad[i] ^= 1 << (n % 8);
