@@ -3,15 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use weightnorm::torch::{
-    Checkpoint, FuseOptions, SaveOptions, Scheme, SplitOptions, Stats, TensorEntry, TorchError,
-    convert, detect_pairs, fuse, pair_stats, split,
-};
+use weightnorm::torch::{Checkpoint, Scheme, SplitOptions, Stats, detect_pairs, pair_stats};
+use weightnorm::weightnorm_core::files::{self, FileJob};
 
-use weightnorm::onnx::{OnnxModel, encode};
+use weightnorm::onnx::OnnxModel;
 
 use crate::Failure;
-use crate::output::Outputs;
+use crate::output::{lift, torch_hint};
 use crate::text::{escape, hostile, shortened, shown};
 
 /// The widest tensor name `inspect` lays out in a column; longer names are shortened in the
@@ -149,31 +147,8 @@ pub struct ConvertArgs {
 /// Opens the input checkpoint; a file that cannot be read is bad input. A file that is not a
 /// state dict is refused with the `--key` to use.
 pub(crate) fn open(input: &Input) -> Result<Checkpoint> {
-    Checkpoint::open(&input.input, input.key.as_deref()).map_err(|e| {
-        let hint = match &e {
-            TorchError::NotAStateDict {
-                suggestion: Some(k),
-                ..
-            } => Some(format!(" (--key {})", shell_word(k))),
-            _ => None,
-        };
-        match hint {
-            Some(h) => Failure::input(anyhow::anyhow!("{e}{h}")).into(),
-            None => Failure::input(e).into(),
-        }
-    })
-}
-
-/// `s` as one shell word: quoted when it holds anything a shell would act on.
-fn shell_word(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.,/:=+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
+    Checkpoint::open(&input.input, input.key.as_deref())
+        .map_err(|e| Failure::input(torch_hint(e)).into())
 }
 
 /// Parses PyTorch's `dim`: an integer, or `none` (any case) for the whole tensor.
@@ -317,32 +292,7 @@ fn fuse_onnx(args: &FuseArgs) -> Result<()> {
         ],
     )?;
     let (path, out) = (&args.input.input, &args.output.output);
-    if !is_onnx(out) {
-        return Err(Failure::input(anyhow::anyhow!(
-            "fusing an ONNX model writes an ONNX model: name the output *.onnx, not {}",
-            shown(out)
-        ))
-        .into());
-    }
-    let model = open_onnx(path)?;
-    let in_model =
-        |e: weightnorm::onnx::OnnxError| Failure::input(anyhow::anyhow!("{}: {e}", shown(path)));
-    let mut inputs = vec![path.clone()];
-    inputs.extend(model.external_files().map_err(in_model)?);
-    let mut outputs = Outputs::new(inputs);
-    outputs.check(&[out.as_path()], args.output.force)?;
-    let (folded, found) = model.fold_weight_norms().map_err(in_model)?;
-    if found.is_empty() {
-        return Err(Failure::input(anyhow::anyhow!(
-            "{}: no weight-norm subgraph to fold (g and v initializers feeding ReduceL2, or Pow/ReduceSum/Sqrt, Div and Mul)",
-            shown(path)
-        ))
-        .into());
-    }
-    let proto = folded.standalone(folded.proto.clone()).map_err(in_model)?;
-    let bytes = encode(&proto).map_err(in_model)?;
-    outputs.bytes(out, args.output.force, &bytes)?;
-    outputs.commit()?;
+    let found = files::fuse_onnx_file(path, out, args.output.force).map_err(lift)?;
     eprintln!(
         "folded {} weight-norm subgraphs into {} (largest difference from the graph's own computation {:.1e})",
         found.len(),
@@ -467,99 +417,15 @@ fn json_safe(s: &str) -> String {
     out
 }
 
-/// Reads the input checkpoint, transforms its tensors with `f` (which returns the new tensors
-/// and the pairs it handled) and writes them as the output's name asks (see [`Output`]);
-/// returns the pairs and how many files and tensors were written. Nothing is read when the
-/// output is refused, and nothing is written when any output file is.
-fn rewrite<P>(
-    input: &Input,
-    output: &Output,
-    f: impl FnOnce(&[TensorEntry]) -> Result<(Vec<TensorEntry>, Vec<P>), TorchError>,
-) -> Result<(Vec<P>, Written)> {
-    let mut outputs = Outputs::new(input_files(&input.input));
-    outputs.check(&[&output.output], output.force)?;
-    let ckpt = open(input)?;
-    outputs.add_inputs(input_files_of(&ckpt));
-    let (tensors, pairs) = f(&ckpt.tensors).map_err(Failure::input)?;
-    let tensors_out = tensors.len();
-    let options = SaveOptions {
-        format: None,
+/// The core's file job for a command's input and output options.
+fn job<'a>(input: &'a Input, output: &'a Output) -> FileJob<'a> {
+    FileJob {
+        input: &input.input,
+        key: input.key.as_deref(),
+        output: &output.output,
+        force: output.force,
         state_dict_only: output.state_dict_only,
-    };
-    let planned = ckpt
-        .plan(tensors, &output.output, &options)
-        .map_err(|e| match e {
-            TorchError::WouldDrop { .. } => Failure::input(anyhow::anyhow!(
-                "{e} (an output named .pt keeps them; --state-dict-only leaves them out)"
-            )),
-            e => Failure::input(e),
-        })?;
-    let targets: Vec<&std::path::Path> = planned.iter().map(|p| p.path()).collect();
-    outputs.check(&targets, output.force)?;
-    let mut written = Written {
-        tensors: tensors_out,
-        carried: if planned.len() == 1 && !output.state_dict_only {
-            ckpt.others().len()
-        } else {
-            0
-        },
-        ..Written::default()
-    };
-    for p in &planned {
-        outputs.planned(p, output.force)?;
-        written.files += 1;
     }
-    outputs.commit()?;
-    Ok((pairs, written))
-}
-
-/// What [`rewrite`] wrote.
-#[derive(Default)]
-struct Written {
-    /// Files written (shards and their index).
-    files: usize,
-    /// Tensors of the state dict written.
-    tensors: usize,
-    /// Other entries of the input carried over (a PyTorch output of a training checkpoint).
-    carried: usize,
-}
-
-impl Written {
-    /// ` (N tensors)`, with the files of a sharded output and the entries carried over.
-    fn said(&self) -> String {
-        let mut parts = vec![format!("{} tensors", self.tensors)];
-        if self.files > 1 {
-            parts.insert(0, format!("{} files", self.files));
-        }
-        if self.carried > 0 {
-            parts.push(format!(
-                "{} other entr{} carried over",
-                self.carried,
-                if self.carried == 1 { "y" } else { "ies" }
-            ));
-        }
-        format!(" ({})", parts.join(", "))
-    }
-}
-
-/// The files an input path names before it is opened: itself, and for an index, every file
-/// beside it that it could name (checked again once the shards are known).
-fn input_files(input: &std::path::Path) -> Vec<PathBuf> {
-    vec![input.to_path_buf()]
-}
-
-/// Every file a checkpoint was read from (an index and its shards).
-fn input_files_of(ckpt: &Checkpoint) -> Vec<PathBuf> {
-    let mut files = vec![ckpt.path.clone()];
-    if let Some(s) = ckpt.sharding() {
-        let dir = s
-            .index
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        files.extend(s.shards.iter().map(|sh| dir.join(&sh.file)));
-    }
-    files
 }
 
 /// `weightnorm fuse`.
@@ -568,7 +434,7 @@ pub fn fuse_cmd(args: FuseArgs) -> Result<()> {
         return fuse_onnx(&args);
     }
     let dim = args.dim.as_deref().map(parse_dim).transpose()?;
-    let (pairs, written) = rewrite(&args.input, &args.output, |t| fuse(t, &FuseOptions { dim }))?;
+    let (pairs, written) = files::fuse_file(&job(&args.input, &args.output), dim).map_err(lift)?;
     eprintln!(
         "fused {} pairs into {}{}",
         pairs.len(),
@@ -600,7 +466,8 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
     if let Some(re) = include {
         options.select = Box::new(move |name, _| re.is_match(name));
     }
-    let (pairs, written) = rewrite(&args.input, &args.output, |t| split(t, &options))?;
+    let (pairs, written) =
+        files::split_file(&job(&args.input, &args.output), &options).map_err(lift)?;
     eprintln!(
         "split {} weights into {} ({} scheme){}",
         pairs.len(),
@@ -614,7 +481,8 @@ pub fn split_cmd(args: SplitArgs) -> Result<()> {
 /// `weightnorm convert`.
 pub fn convert_cmd(args: ConvertArgs) -> Result<()> {
     let scheme = Scheme::from(args.scheme);
-    let (pairs, written) = rewrite(&args.input, &args.output, |t| convert(t, scheme))?;
+    let (pairs, written) =
+        files::convert_file(&job(&args.input, &args.output), scheme).map_err(lift)?;
     let renamed = pairs.iter().filter(|p| p.scheme != scheme).count();
     if renamed == 0 {
         eprintln!(

@@ -1,281 +1,82 @@
-//! Atomic, all-or-nothing output: every file a command writes goes through here.
-//!
-//! A command gathers its outputs in an [`Outputs`]: each file is written in full under a
-//! temporary name, flushed to disk (`fsync`) and only then, when every output of the command has
-//! been written, renamed into place ([`Outputs::commit`]). A target is therefore either its old
-//! self or the whole new file, never a torn one, and a command that fails writes nothing: its
-//! temporaries are removed, and a rename that fails part-way undoes the renames before it.
-//!
-//! Temporaries are hostile-proof: each lives in a private directory (mode 0700) created beside
-//! its target under an unpredictable name (random bits from the kernel), which `mkdir` creates
-//! exclusively and never through a symbolic link, and the files the CLI writes itself are
-//! opened with `O_CREAT | O_EXCL | O_NOFOLLOW`. Whether a target already exists is decided at
-//! the rename itself (`renameat2(RENAME_NOREPLACE)`, or `link` + `unlink` where the file system
-//! lacks it), so a file that appears while a long write runs is not replaced without `--force`.
-//! An output that is the same file (device and inode) as one of the command's inputs, reached
-//! through any path, link or mount, is refused, `--force` or not.
+//! Every file a command writes goes through the core's staged, atomic
+//! [`Outputs`](weightnorm::weightnorm_core::files::Outputs) (the same one the Python package
+//! uses): written in full under private temporaries, flushed, put in place together
+//! (`RENAME_NOREPLACE` unless `--force`), never over an input, nothing left when anything fails.
+//! This module adapts it to the command line: errors become `anyhow` errors, the input's faults
+//! a [`Failure`] (exit 2), and an output that exists says `--force`.
 //!
 //! Setting the environment variable `WEIGHTNORM_NO_FSYNC` skips the flushes, for scratch
-//! outputs (the CLI's setting; the library takes it as an argument, `WriteOptions::fsync`).
+//! outputs.
 
-use std::ffi::CString;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use weightnorm::torch::{TensorEntry, TorchError};
+use weightnorm::weightnorm_core::files::{self, FileError};
 
 use crate::Failure;
 use crate::text::shown;
 
-/// A file's identity: device and inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    /// The identity of the file `path` names, following symbolic links; `None` if there is none.
-    pub fn of(path: &Path) -> Option<Self> {
-        std::fs::metadata(path).ok().map(|m| Self {
-            dev: m.dev(),
-            ino: m.ino(),
-        })
+/// A core file error as the command line reports it: the input's faults exit 2, and the errors
+/// that an option would mend name it (`--force`, `--key`, `--state-dict-only`).
+pub fn lift(e: FileError) -> anyhow::Error {
+    match e {
+        FileError::Io(m) => anyhow::anyhow!(m),
+        FileError::Exists(p) => Failure::input(anyhow::anyhow!(
+            "{} exists: pass --force to overwrite it",
+            shown(&p)
+        ))
+        .into(),
+        FileError::Input(m) => Failure::input(anyhow::anyhow!(m)).into(),
+        FileError::Torch(e) => Failure::input(torch_hint(e)).into(),
     }
 }
 
-/// What `path` would name once written, to tell whether two outputs are one file: the file's
-/// identity when it exists, else its directory's identity and its name.
-fn target_key(path: &Path) -> Option<(FileId, Option<std::ffi::OsString>)> {
-    if let Some(id) = FileId::of(path) {
-        return Some((id, None));
+/// A checkpoint error with the option that mends it, where one does.
+pub fn torch_hint(e: TorchError) -> anyhow::Error {
+    match &e {
+        TorchError::NotAStateDict {
+            suggestion: Some(k),
+            ..
+        } => anyhow::anyhow!("{e} (--key {})", shell_word(k)),
+        TorchError::WouldDrop { .. } => anyhow::anyhow!(
+            "{e} (an output named .pt keeps them; --state-dict-only leaves them out)"
+        ),
+        _ => e.into(),
     }
-    let name = path.file_name()?.to_os_string();
-    Some((FileId::of(parent_of(path))?, Some(name)))
 }
 
-/// The directory holding `path` (`.` for a bare name).
-fn parent_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-/// `n` random bytes from the kernel (`getrandom`, or `/dev/urandom`), as lowercase hex.
-fn random_hex(n: usize) -> Result<String> {
-    let mut bytes = vec![0u8; n];
-    // SAFETY: the buffer is valid for `n` bytes.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), n, 0) };
-    if usize::try_from(got).ok() != Some(n) {
-        File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .context("cannot get random bytes for a temporary name")?;
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn fsync_wanted() -> bool {
-    std::env::var_os("WEIGHTNORM_NO_FSYNC").is_none()
-}
-
-/// Flushes a written file to disk.
-fn sync_file(path: &Path, target: &Path) -> Result<()> {
-    if fsync_wanted() {
-        File::open(path)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("cannot flush {} to disk", shown(target)))?;
-    }
-    Ok(())
-}
-
-/// Flushes a directory, so that renames in it survive a crash. Best effort: not every file
-/// system lets a directory be opened and synced.
-fn sync_dir(dir: &Path) {
-    if fsync_wanted()
-        && let Ok(d) = File::open(dir)
+/// `s` as one shell word: quoted when it holds anything a shell would act on.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,/:=+@%".contains(c))
     {
-        let _ = d.sync_all();
-    }
-}
-
-/// Creates `path` for writing, exclusively and never through a symbolic link.
-///
-/// # Errors
-///
-/// If it exists (as anything, a link included) or cannot be created.
-pub fn create_exclusive(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .mode(0o666)
-        .open(path)
-}
-
-fn c_path(p: &Path) -> std::io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-}
-
-fn unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
-    )
-}
-
-#[cfg(target_os = "linux")]
-fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
-    let (a, b) = (c_path(from)?, c_path(to)?);
-    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
+        s.to_string()
     } else {
-        Err(std::io::Error::last_os_error())
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-fn renameat2(_: &Path, _: &Path, _: u32) -> std::io::Result<()> {
-    Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
-}
-
-#[cfg(target_os = "linux")]
-const NOREPLACE: libc::c_uint = libc::RENAME_NOREPLACE;
-#[cfg(target_os = "linux")]
-const EXCHANGE: libc::c_uint = libc::RENAME_EXCHANGE;
-#[cfg(not(target_os = "linux"))]
-const NOREPLACE: u32 = 1;
-#[cfg(not(target_os = "linux"))]
-const EXCHANGE: u32 = 2;
-
-/// Renames `from` to `to` unless `to` exists, deciding atomically: `RENAME_NOREPLACE`, or a
-/// hard link (which fails on an existing name) and an unlink where that is unsupported.
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    match renameat2(from, to, NOREPLACE) {
-        Err(e) if unsupported(&e) => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        r => r,
-    }
-}
-
-/// How a staged file was put in place, to undo it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Placed {
-    /// Not yet.
-    No,
-    /// Under a name that did not exist: undone by removing it.
-    New,
-    /// Exchanged with the old file, which now lies at the temporary name: undone by exchanging
-    /// back.
-    Exchanged,
-    /// Renamed over the old file (where exchanging is unsupported): cannot be undone.
-    Replaced,
-}
-
-/// One output: its private directory, its temporary file and its target.
-struct Staged {
-    dir: PathBuf,
-    tmp: PathBuf,
-    target: PathBuf,
-    replace: bool,
-    id: Option<FileId>,
-    placed: Placed,
-}
-
-/// The outputs of one command, written to temporaries and put in place all together by
-/// [`Outputs::commit`]; dropped without a commit, they leave nothing behind (directories they
-/// created included).
+/// The outputs of one command (see the module's documentation).
 #[derive(Default)]
-pub struct Outputs {
-    inputs: Vec<(PathBuf, FileId)>,
-    staged: Vec<Staged>,
-    created_dirs: Vec<PathBuf>,
-}
+pub struct Outputs(files::Outputs);
 
 impl Outputs {
     /// Outputs of a command that reads `inputs` (paths that do not exist are ignored): no
     /// output may be one of them.
     pub fn new<P: AsRef<Path>>(inputs: impl IntoIterator<Item = P>) -> Self {
-        let mut out = Self::default();
-        out.inputs = inputs
-            .into_iter()
-            .filter_map(|p| {
-                let p = p.as_ref();
-                FileId::of(p).map(|id| (p.to_path_buf(), id))
-            })
-            .collect();
-        out
-    }
-
-    /// Adds inputs known only once the first one is read (a sharded checkpoint's shards).
-    pub fn add_inputs<P: AsRef<Path>>(&mut self, inputs: impl IntoIterator<Item = P>) {
-        for p in inputs {
-            let p = p.as_ref();
-            if let Some(id) = FileId::of(p) {
-                self.inputs.push((p.to_path_buf(), id));
-            }
-        }
-    }
-
-    /// The input that `target` is the same file as, if any.
-    fn input_at(&self, target: &Path) -> Option<&Path> {
-        let id = FileId::of(target)?;
-        self.inputs
-            .iter()
-            .find(|(_, i)| *i == id)
-            .map(|(p, _)| p.as_path())
+        Self(files::Outputs::new(inputs))
     }
 
     /// Checks `targets` before anything is computed: none is an input or another target, and
-    /// none exists unless `force`. (The same is decided again when the files are put in place.)
+    /// none exists unless `force`.
     ///
     /// # Errors
     ///
     /// A [`Failure`] naming the target at fault.
     pub fn check(&self, targets: &[&Path], force: bool) -> Result<()> {
-        for (i, t) in targets.iter().enumerate() {
-            self.check_not_input(t)?;
-            for u in &targets[..i] {
-                if target_key(t).is_some() && target_key(t) == target_key(u) {
-                    bail!(Failure::input(anyhow::anyhow!(
-                        "{} and {} are the same file: give each output its own name",
-                        shown(u),
-                        shown(t)
-                    )));
-                }
-            }
-            if !force && std::fs::symlink_metadata(t).is_ok() {
-                bail!(exists(t));
-            }
-        }
-        Ok(())
-    }
-
-    fn check_not_input(&self, target: &Path) -> Result<()> {
-        if let Some(input) = self.input_at(target) {
-            bail!(Failure::input(anyhow::anyhow!(
-                "the output {} is the input {}: write to another file",
-                shown(target),
-                shown(input)
-            )));
-        }
-        Ok(())
+        self.0.check(targets, force).map_err(lift)
     }
 
     /// Creates the directory `dir` and its missing parents; the ones created are removed again
@@ -285,66 +86,7 @@ impl Outputs {
     ///
     /// If a directory cannot be created.
     pub fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        let missing: Vec<PathBuf> = dir
-            .ancestors()
-            .filter(|a| !a.as_os_str().is_empty())
-            .take_while(|a| std::fs::symlink_metadata(a).is_err())
-            .map(Path::to_path_buf)
-            .collect();
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", shown(dir)))?;
-        self.created_dirs.extend(missing.into_iter().rev());
-        Ok(())
-    }
-
-    /// Writes the output `target` with `write`, which is given the temporary path to create
-    /// (in a private directory, under the target's own file name, so that writers choosing a
-    /// format by the extension still can); it is put in place by [`Outputs::commit`], replacing
-    /// an existing file only if `replace`.
-    ///
-    /// # Errors
-    ///
-    /// The error of `write`, or of creating the private directory or flushing the file.
-    pub fn write_with(
-        &mut self,
-        target: &Path,
-        replace: bool,
-        write: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<()> {
-        let name = target
-            .file_name()
-            .filter(|n| !n.is_empty() && *n != ".." && *n != ".")
-            .ok_or_else(|| {
-                Failure::input(anyhow::anyhow!("{} is not a file name", shown(target)))
-            })?;
-        let dir = parent_of(target).join(format!(".weightnorm-{}", random_hex(8)?));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot write {}", shown(target)))?;
-        let tmp = dir.join(name);
-        self.staged.push(Staged {
-            dir,
-            tmp: tmp.clone(),
-            target: target.to_path_buf(),
-            replace,
-            id: None,
-            placed: Placed::No,
-        });
-        write(&tmp)?;
-        sync_file(&tmp, target)?;
-        let meta = std::fs::symlink_metadata(&tmp)
-            .with_context(|| format!("cannot write {}", shown(target)))?;
-        if !meta.file_type().is_file() {
-            bail!(
-                "cannot write {}: the temporary is not a file",
-                shown(target)
-            );
-        }
-        self.staged.last_mut().expect("pushed").id = Some(FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        });
-        Ok(())
+        self.0.create_dir_all(dir).map_err(lift)
     }
 
     /// Writes `bytes` as the output `target`.
@@ -353,11 +95,7 @@ impl Outputs {
     ///
     /// An I/O error, with the target's name.
     pub fn bytes(&mut self, target: &Path, replace: bool, bytes: &[u8]) -> Result<()> {
-        self.write_with(target, replace, |tmp| {
-            create_exclusive(tmp)
-                .and_then(|mut f| f.write_all(bytes))
-                .with_context(|| format!("cannot write {}", shown(target)))
-        })
+        self.0.bytes(target, replace, bytes).map_err(lift)
     }
 
     /// Writes pretty JSON, with a final newline, as the output `target`.
@@ -366,11 +104,7 @@ impl Outputs {
     ///
     /// An I/O error, with the target's name.
     pub fn json(&mut self, target: &Path, replace: bool, value: &serde_json::Value) -> Result<()> {
-        self.bytes(
-            target,
-            replace,
-            (serde_json::to_string_pretty(value)? + "\n").as_bytes(),
-        )
+        self.0.json(target, replace, value).map_err(lift)
     }
 
     /// Writes tensors as a `.safetensors` output with `metadata`. A failed write exits 1; a
@@ -386,136 +120,20 @@ impl Outputs {
         tensors: &[TensorEntry],
         metadata: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<()> {
-        self.write_with(target, replace, |tmp| {
-            // The library's writer uses its own temporary beside `tmp`: inside the private
-            // directory, where nothing else can be planted.
-            let options = weightnorm::torch::WriteOptions {
-                fsync: fsync_wanted(),
-            };
-            weightnorm::torch::write_safetensors_with(tmp, tensors, metadata, &options).map_err(
-                |e| match e {
-                    TorchError::Write { source, .. } => {
-                        anyhow::anyhow!("cannot write {}: {source}", shown(target))
-                    }
-                    other => Failure::input(other).into(),
-                },
-            )
-        })
+        self.0
+            .safetensors(target, replace, tensors, metadata)
+            .map_err(lift)
     }
 
-    /// Writes one planned file of a checkpoint (safetensors, PyTorch or an index) as the output
-    /// at its path. A failed write exits 1; a tensor that cannot be written (bad input) exits 2.
-    ///
-    /// # Errors
-    ///
-    /// The library's error, as a [`Failure`] when the input is at fault.
-    pub fn planned(&mut self, planned: &weightnorm::torch::Planned, replace: bool) -> Result<()> {
-        let target = planned.path().to_path_buf();
-        self.write_with(&target, replace, |tmp| {
-            let options = weightnorm::torch::WriteOptions {
-                fsync: fsync_wanted(),
-            };
-            planned.write_to(tmp, &options).map_err(|e| match e {
-                TorchError::Write { source, .. } => {
-                    anyhow::anyhow!("cannot write {}: {source}", shown(&target))
-                }
-                other => Failure::input(other).into(),
-            })
-        })
-    }
-
-    /// Puts every output in place, in the order written; if one cannot be (it is an input, it
-    /// exists and may not be replaced, or the rename fails), the ones before it are undone and
-    /// nothing is left.
+    /// Puts every output in place; if one cannot be, the ones before it are undone.
     ///
     /// # Errors
     ///
     /// A [`Failure`] for an output that is an input or exists without `--force`; an I/O error
     /// otherwise.
-    pub fn commit(mut self) -> Result<()> {
-        for i in 0..self.staged.len() {
-            if let Err(e) = self.place(i) {
-                self.undo();
-                return Err(e);
-            }
-        }
-        let dirs: Vec<PathBuf> = self
-            .staged
-            .drain(..)
-            .map(|s| {
-                let _ = std::fs::remove_dir_all(&s.dir);
-                parent_of(&s.target).to_path_buf()
-            })
-            .collect();
-        for d in dirs {
-            sync_dir(&d);
-        }
-        self.created_dirs.clear();
-        Ok(())
+    pub fn commit(self) -> Result<()> {
+        self.0.commit().map_err(lift)
     }
-
-    fn place(&mut self, i: usize) -> Result<()> {
-        let target = self.staged[i].target.clone();
-        self.check_not_input(&target)?;
-        let s = &mut self.staged[i];
-        let fail = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", shown(&target));
-        match rename_noreplace(&s.tmp, &target) {
-            Ok(()) => s.placed = Placed::New,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if !s.replace {
-                    bail!(exists(&target));
-                }
-                match renameat2(&s.tmp, &target, EXCHANGE) {
-                    Ok(()) => s.placed = Placed::Exchanged,
-                    Err(e) if unsupported(&e) => {
-                        std::fs::rename(&s.tmp, &target).map_err(fail)?;
-                        s.placed = Placed::Replaced;
-                    }
-                    Err(e) => return Err(fail(e)),
-                }
-            }
-            Err(e) => return Err(fail(e)),
-        }
-        Ok(())
-    }
-
-    /// Undoes the renames done, newest first: new files are removed (if they are still the
-    /// ones written), exchanged ones exchanged back.
-    fn undo(&mut self) {
-        for s in self.staged.iter_mut().rev() {
-            let ours = s.id.is_some() && FileId::of(&s.target) == s.id;
-            match s.placed {
-                Placed::New if ours => {
-                    let _ = std::fs::remove_file(&s.target);
-                }
-                Placed::Exchanged if ours => {
-                    let _ = renameat2(&s.tmp, &s.target, EXCHANGE);
-                }
-                _ => {}
-            }
-            s.placed = Placed::No;
-        }
-    }
-}
-
-impl Drop for Outputs {
-    fn drop(&mut self) {
-        for s in &self.staged {
-            let _ = std::fs::remove_dir_all(&s.dir);
-        }
-        for d in self.created_dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-/// The error for an output that exists without `--force`.
-fn exists(target: &Path) -> anyhow::Error {
-    Failure::input(anyhow::anyhow!(
-        "{} exists: pass --force to overwrite it",
-        shown(target)
-    ))
-    .into()
 }
 
 /// Writes `bytes` to `path` alone, atomically, replacing it if it exists (a run's checkpoint,
@@ -525,144 +143,25 @@ fn exists(target: &Path) -> anyhow::Error {
 ///
 /// An I/O error, with the file's name.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut out = Outputs::default();
-    out.bytes(path, true, bytes)?;
-    out.commit()
+    files::write_bytes(path, bytes).map_err(lift)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// One JSON file alone, through [`Outputs`].
-    fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-        let mut out = Outputs::default();
-        out.json(path, true, value)?;
-        out.commit()
-    }
-
-    /// One file alone, through [`Outputs`].
-    fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        let mut out = Outputs::default();
-        out.write_with(path, true, write)?;
-        out.commit()
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
     #[test]
-    fn a_file_is_replaced_whole_and_no_temporary_is_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.json");
-        write_json(&path, &serde_json::json!({"x": 1})).unwrap();
-        write_json(&path, &serde_json::json!({"x": 2})).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\n  \"x\": 2\n}\n"
-        );
-        assert_eq!(names(dir.path()), ["a.json"]);
-    }
-
-    #[test]
-    fn a_failed_write_leaves_the_target_and_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.txt");
-        write_bytes(&path, b"old").unwrap();
-        let e = write_with(&path, |tmp| {
-            std::fs::write(tmp, b"half")?;
-            anyhow::bail!("interrupted")
-        })
-        .unwrap_err();
-        assert_eq!(e.to_string(), "interrupted");
-        assert_eq!(std::fs::read(&path).unwrap(), b"old");
-        assert_eq!(names(dir.path()), ["a.txt"]);
-    }
-
-    #[test]
-    fn the_temporary_keeps_the_name_in_a_private_directory_beside_the_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("curves.png");
-        let mut seen = None;
-        write_with(&target, |tmp| {
-            assert_eq!(tmp.file_name().unwrap(), "curves.png");
-            let private = tmp.parent().unwrap();
-            assert_eq!(private.parent(), Some(dir.path()));
-            let mode = std::fs::metadata(private).unwrap().mode();
-            assert_eq!(mode & 0o777, 0o700);
-            seen = Some(private.to_path_buf());
-            std::fs::write(tmp, b"png")?;
-            Ok(())
-        })
-        .unwrap();
-        assert!(!seen.unwrap().exists());
-        assert_eq!(names(dir.path()), ["curves.png"]);
-    }
-
-    #[test]
-    fn without_replace_a_file_that_appeared_meanwhile_is_kept() {
+    fn an_output_that_exists_names_force_and_exits_2() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("o.txt");
-        let mut out = Outputs::default();
-        out.bytes(&target, false, b"new").unwrap();
         std::fs::write(&target, b"theirs").unwrap();
-        let e = out.commit().unwrap_err();
-        assert!(e.to_string().contains("exists: pass --force"), "{e}");
-        assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
-        assert_eq!(names(dir.path()), ["o.txt"]);
-    }
-
-    #[test]
-    fn a_failed_commit_undoes_the_outputs_already_placed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (
-            dir.path().join("a"),
-            dir.path().join("b"),
-            dir.path().join("c"),
+        let out = Outputs::default();
+        let e = out.check(&[&target], false).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("exists: pass --force to overwrite it"),
+            "{e}"
         );
-        std::fs::write(&b, b"old b").unwrap();
-        std::fs::write(&c, b"theirs").unwrap();
-        let mut out = Outputs::default();
-        out.bytes(&a, false, b"new a").unwrap();
-        out.bytes(&b, true, b"new b").unwrap();
-        out.bytes(&c, false, b"new c").unwrap();
-        assert!(out.commit().is_err());
-        assert!(!a.exists());
-        assert_eq!(std::fs::read(&b).unwrap(), b"old b");
-        assert_eq!(std::fs::read(&c).unwrap(), b"theirs");
-        assert_eq!(names(dir.path()), ["b", "c"]);
-    }
-
-    #[test]
-    fn an_output_that_is_an_input_is_refused_even_when_replacing() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in");
-        std::fs::write(&input, b"input").unwrap();
-        let link = dir.path().join("link");
-        std::fs::hard_link(&input, &link).unwrap();
-        let mut out = Outputs::new([&input]);
-        assert!(out.check(&[&link], true).is_err());
-        out.bytes(&link, true, b"x").unwrap();
-        let e = out.commit().unwrap_err();
-        assert!(e.to_string().contains("is the input"), "{e}");
-        assert_eq!(std::fs::read(&input).unwrap(), b"input");
-    }
-
-    #[test]
-    fn directories_created_for_a_failed_command_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let deep = dir.path().join("x/y");
-        {
-            let mut out = Outputs::default();
-            out.create_dir_all(&deep).unwrap();
-            out.bytes(&deep.join("f"), true, b"1").unwrap();
-        }
-        assert!(names(dir.path()).is_empty());
+        assert!(e.downcast_ref::<Failure>().is_some());
     }
 }

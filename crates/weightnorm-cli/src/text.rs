@@ -3,40 +3,8 @@
 //! line.
 
 use std::fmt::Write;
-use std::path::Path;
 
-/// Whether `c` must not reach a terminal as it is: control characters (newlines and escape
-/// sequences included) and the invisible bidirectional overrides that reorder what is shown.
-pub fn hostile(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// `s` with every control character written as an escape (`\n`, `\t`, `\r`, `\u{1b}`), as Rust's
-/// `{:?}` writes them, and everything else as it is; a backslash stays a backslash.
-pub fn escape(s: &str) -> String {
-    if !s.chars().any(hostile) {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if hostile(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A path as messages show it: lossy UTF-8, control characters escaped.
-pub fn shown(p: &Path) -> String {
-    escape(&p.to_string_lossy())
-}
+pub use weightnorm::weightnorm_core::files::{escape, hostile, shown};
 
 /// The command line of a `compare` or `train` run from its `subcommand` and the options stored
 /// with it (the global `--threads` among them, wherever it was given), as a shell would take it

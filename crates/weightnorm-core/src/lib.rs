@@ -23,6 +23,7 @@
 //! | [`transport`] | an optimizer's moments carried across a rescaling, element by element, on plain slices: covariant, weight-scaled, reset, keep | nothing |
 //! | [`formats`] (feature `formats`) | checkpoints: `.safetensors` memory-mapped, `.pt` (zip and legacy) through a restricted unpickler that calls nothing; atomic writers; architecture files ([`formats::arch`]); ONNX models ([`formats::onnx`], feature `onnx`: protobuf, constants, per-op lowering through [`graph`], writing back) | [`canonical`], [`graph`], [`axis`] |
 //! | [`surgery`] (feature `formats`) | weight-norm pairs in both PyTorch key schemes; fuse, split, convert and their statistics on tensor maps | [`formats`], [`kernels`], [`axis`] |
+//! | [`files`] (feature `onnx`) | surgery from file to file as the CLI and the Python package do it: [`files::Outputs`] (staged, atomic, never over an input), fuse, split, convert and ONNX folding on files, [`files::FileError`] | [`formats`], [`surgery`] |
 //!
 //! ## Features
 //!
@@ -50,6 +51,8 @@
 pub mod axis;
 pub mod canonical;
 pub mod error;
+#[cfg(feature = "onnx")]
+pub mod files;
 #[cfg(feature = "formats")]
 pub mod formats;
 pub mod graph;

@@ -34,6 +34,8 @@ enum Source {
     Pt(super::pt::Stored),
     /// Bytes in memory.
     Owned(Arc<Vec<u8>>),
+    /// Bytes owned by someone else (a NumPy array, a torch tensor), borrowed without a copy.
+    Shared(Arc<dyn AsRef<[u8]> + Send + Sync>),
     /// Computed on demand (a fused or split tensor).
     Lazy(Arc<Producer>),
 }
@@ -95,6 +97,41 @@ impl TensorEntry {
             source: Source::Owned(Arc::new(data)),
             origin: None,
         })
+    }
+
+    /// A tensor over bytes that another owner keeps (a NumPy array's buffer, say), borrowed
+    /// without a copy for as long as this entry or any clone of it lives.
+    ///
+    /// # Errors
+    ///
+    /// [`TorchError::DType`] if the byte count does not match the dtype and shape.
+    pub fn from_shared(
+        name: impl Into<String>,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let len = (*data).as_ref().len();
+        if byte_len(dtype, &shape) != Some(len) {
+            return Err(TorchError::DType {
+                name,
+                reason: format!("{len} bytes do not hold a {dtype:?} tensor of shape {shape:?}"),
+            });
+        }
+        Ok(Self {
+            name,
+            dtype,
+            shape,
+            source: Source::Shared(data),
+            origin: None,
+        })
+    }
+
+    /// Whether this tensor is computed when its bytes are asked for (a fused weight, a split
+    /// `g`), rather than the data of an input (its [`origin`](Self::origin), or itself).
+    pub fn is_computed(&self) -> bool {
+        matches!(self.source, Source::Lazy(_))
     }
 
     /// A tensor of a PyTorch checkpoint.
@@ -233,6 +270,7 @@ impl TensorEntry {
         let data: Cow<'_, [u8]> = match &self.source {
             Source::Mapped(map, start, end) => Cow::Borrowed(&map[*start..*end]),
             Source::Owned(v) => Cow::Borrowed(v.as_slice()),
+            Source::Shared(b) => Cow::Borrowed((**b).as_ref()),
             Source::Pt(t) => t.bytes(&self.name)?,
             Source::Lazy(f) => Cow::Owned(f()?),
         };
