@@ -14,6 +14,7 @@ venv=${WEIGHTNORM_VENV:-scripts/.venv}
 scripts/setup.sh
 scripts/setup-python.sh
 cargo test --workspace --release --locked --features weightnorm-cli/wgpu
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
+# maturin's build backend runs the `maturin` of the environment: put it first on PATH.
+PATH="$(cd "$venv/bin" && pwd):$PATH" "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
     --force-reinstall --no-deps ./crates/weightnorm-py
 "$venv/bin/python" -m pytest -q crates/weightnorm-py/tests "$@"
