@@ -17,13 +17,23 @@ use crate::output::Outputs;
 use crate::stats::{moving_average, quantile};
 use crate::summary::{Band, Group, groups};
 
-const COLORS: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(255, 127, 14),
-    RGBColor(23, 190, 207),
+/// Twelve colours told apart with any common colour-vision deficiency: the eight of Okabe and
+/// Ito's palette ("Color Universal Design", 2008; its yellow darkened to show on white) and four
+/// of Paul Tol's "muted" scheme. With the twelve markers of [`markers`], up to twelve series
+/// each have their own colour and marker.
+const COLORS: [RGBColor; 12] = [
+    RGBColor(0, 114, 178),   // blue
+    RGBColor(213, 94, 0),    // vermillion
+    RGBColor(0, 158, 115),   // bluish green
+    RGBColor(204, 121, 167), // reddish purple
+    RGBColor(230, 159, 0),   // orange
+    RGBColor(86, 180, 233),  // sky blue
+    RGBColor(0, 0, 0),       // black
+    RGBColor(190, 170, 0),   // yellow, darkened
+    RGBColor(51, 34, 136),   // Tol's indigo
+    RGBColor(204, 102, 119), // Tol's rose
+    RGBColor(153, 153, 51),  // Tol's olive
+    RGBColor(136, 34, 85),   // Tol's wine
 ];
 
 fn font() {
@@ -260,26 +270,57 @@ impl Curve {
 
 type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<Ticked, Ticked>>;
 
-/// Draws the markers of series `i` at `pts`: circles, triangles, squares, crosses, diamonds
-/// or rings.
+/// The marker of series `i`: one of six shapes (circle, triangle, square, cross, diamond,
+/// star of lines), filled for the first six series and hollow for the next six.
+fn marker_of(i: usize) -> (usize, bool) {
+    (i % 6, (i / 6) % 2 == 0)
+}
+
+/// A diamond's corners around the origin, closed.
+fn diamond(s: i32) -> Vec<(i32, i32)> {
+    vec![
+        (0, -s - 1),
+        (s + 1, 0),
+        (0, s + 1),
+        (-s - 1, 0),
+        (0, -s - 1),
+    ]
+}
+
+/// Draws the markers of series `i` at `pts` (see [`marker_of`]).
 fn markers(c: &mut Chart, i: usize, pts: &[(f64, f64)], color: RGBColor) -> Result<()> {
     let s = 5;
     let p = pts.iter().copied();
-    match i % 6 {
-        0 => c.draw_series(p.map(|p| Circle::new(p, s, color.filled()))),
-        1 => c.draw_series(p.map(|p| TriangleMarker::new(p, s + 1, color.filled()))),
+    let (shape, filled) = marker_of(i);
+    let style = if filled {
+        color.filled()
+    } else {
+        color.stroke_width(2)
+    };
+    match shape {
+        0 => c.draw_series(p.map(|p| Circle::new(p, s, style))),
+        1 => c.draw_series(p.map(|p| TriangleMarker::new(p, s + 1, style))),
         2 => c.draw_series(
-            p.map(|p| EmptyElement::at(p) + Rectangle::new([(-s, -s), (s, s)], color.filled())),
+            p.map(|p| EmptyElement::at(p) + Rectangle::new([(-s, -s), (s, s)], style)),
         ),
-        3 => c.draw_series(p.map(|p| Cross::new(p, s, color.stroke_width(2)))),
-        4 => c.draw_series(p.map(|p| {
+        3 => c.draw_series(
+            p.map(|p| Cross::new(p, s, color.stroke_width(if filled { 3 } else { 1 }))),
+        ),
+        4 if filled => {
+            c.draw_series(p.map(|p| EmptyElement::at(p) + Polygon::new(diamond(s), style)))
+        }
+        4 => c.draw_series(
+            p.map(|p| EmptyElement::at(p) + PathElement::new(diamond(s), color.stroke_width(2))),
+        ),
+        _ => c.draw_series(p.map(|p| {
             EmptyElement::at(p)
-                + Polygon::new(
-                    vec![(0, -s - 1), (s + 1, 0), (0, s + 1), (-s - 1, 0)],
-                    color.filled(),
+                + PathElement::new(vec![(-s, 0), (s, 0)], color.stroke_width(2))
+                + PathElement::new(vec![(0, -s), (0, s)], color.stroke_width(2))
+                + PathElement::new(
+                    vec![(-s + 1, -s + 1), (s - 1, s - 1)],
+                    color.stroke_width(if filled { 2 } else { 1 }),
                 )
         })),
-        _ => c.draw_series(p.map(|p| Circle::new(p, s, color.stroke_width(2)))),
     }
     .map_err(|e| anyhow!("{e}"))?;
     Ok(())
@@ -303,6 +344,7 @@ fn chart(
     y_axis: Axis,
     curves: &[Curve],
     legend: Legend,
+    marks: &[f64],
 ) -> Result<()> {
     let curves: Vec<Curve> = curves.iter().map(|c| c.drawable(y_axis)).collect();
     let xs = curves
@@ -328,6 +370,7 @@ fn chart(
     let (x0, x1) = bounds(&mut xs.into_iter()).unwrap_or((0.0, 1.0));
     let (y0, y1) = bounds(&mut ys.into_iter()).unwrap_or((0.0, 1.0));
     let (xr, yr) = (padded(x0, x1), padded(y0, y1));
+    let (x_span, y_span) = (xr.clone(), yr.clone());
     let x_ticks = match x_axis {
         Axis::Integer => integer_ticks(xr.start, xr.end),
         _ => nice_ticks(xr.start, xr.end, 8),
@@ -360,6 +403,19 @@ fn chart(
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
+    // Events (PCR's canonicalizations) as dotted vertical lines across the chart.
+    for &m in marks
+        .iter()
+        .filter(|m| m.is_finite() && x_span.contains(*m))
+    {
+        c.draw_series(DashedLineSeries::new(
+            [(m, y_span.start), (m, y_span.end)],
+            3,
+            4,
+            RGBColor(120, 120, 120).stroke_width(1),
+        ))
+        .map_err(|e| anyhow!("{e}"))?;
+    }
     for (i, cv) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         if cv.band.len() > 1 {
@@ -444,7 +500,9 @@ fn step_curve(name: &str, b: &Band, xs: Option<&[f64]>) -> Curve {
     }
 }
 
-/// One run's `curves.png`: training loss per step (log scale) and test accuracy per epoch.
+/// One run's `curves.png`: training loss per step (log scale) and test accuracy per epoch, and
+/// for a PCR run the global gain over training (log scale); each canonicalization is a dotted
+/// vertical line on the loss and gain charts.
 ///
 /// # Errors
 ///
@@ -461,8 +519,20 @@ pub fn curves(outputs: &mut Outputs, path: &Path, m: &RunMetrics) -> Result<()> 
         band: vec![],
     };
     let acc = epoch_curve(&m.param, &Band::of(&[m.per_epoch(|e| e.test_accuracy)]));
-    png(outputs, path, (1200, 450), |root| {
-        let (left, right) = root.split_horizontally(700);
+    let events: Vec<f64> = m.pcr_events.iter().map(|e| e.step as f64).collect();
+    let gain = (!m.global_gain.is_empty()).then(|| Curve {
+        name: "global gain".into(),
+        pts: m.global_gain.iter().map(|&(s, g)| (s as f64, g)).collect(),
+        band: vec![],
+    });
+    let width = if gain.is_some() {
+        CURVES_WITH_GAIN
+    } else {
+        CURVES_WIDTH
+    };
+    png(outputs, path, (width, 450), |root| {
+        let (left, rest) = root.split_horizontally(700);
+        let (right, third) = rest.split_horizontally(500);
         chart(
             &left,
             &format!("training loss ({})", smoothing(w)),
@@ -472,7 +542,21 @@ pub fn curves(outputs: &mut Outputs, path: &Path, m: &RunMetrics) -> Result<()> 
             Axis::Log,
             &[loss],
             Legend::UpperRight,
+            &events,
         )?;
+        if let Some(gain) = &gain {
+            chart(
+                &third,
+                "global gain (dotted: canonicalizations)",
+                "step",
+                "global gain (log scale)",
+                Axis::Linear,
+                Axis::Log,
+                std::slice::from_ref(gain),
+                Legend::LowerRight,
+                &events,
+            )?;
+        }
         chart(
             &right,
             "test accuracy",
@@ -482,9 +566,14 @@ pub fn curves(outputs: &mut Outputs, path: &Path, m: &RunMetrics) -> Result<()> 
             Axis::Linear,
             &[acc],
             Legend::LowerRight,
+            &[],
         )
     })
 }
+
+/// The width of `curves.png` without a global gain, and with one (a third chart).
+const CURVES_WIDTH: u32 = 1200;
+const CURVES_WITH_GAIN: u32 = 1700;
 
 /// The plots of a comparison (see [`crate::report::PLOTS`]): every parameterization on each,
 /// its seeds summarized by a mean and a band.
@@ -516,6 +605,7 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             Axis::Log,
             &loss,
             Legend::UpperRight,
+            &[],
         )
     })?;
     let per_epoch = |f: fn(&crate::metrics::EpochMetrics) -> f64| -> Vec<Curve> {
@@ -536,6 +626,7 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             Axis::Log,
             &test_loss,
             Legend::UpperRight,
+            &[],
         )?;
         chart(
             &right,
@@ -546,6 +637,7 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             Axis::Linear,
             &test_acc,
             Legend::LowerRight,
+            &[],
         )
     })?;
     let timed: Vec<Curve> = groups
@@ -562,6 +654,7 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             Axis::Log,
             &timed,
             Legend::UpperRight,
+            &[],
         )
     })?;
     png(outputs, &out.join("step_time.png"), (900, 500), |root| {
@@ -584,6 +677,7 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             Axis::Log,
             &gains,
             Legend::UpperRight,
+            &[],
         )
     })?;
     let pcr: Vec<&Group> = groups.iter().filter(|g| g.is_pcr()).collect();
@@ -624,6 +718,7 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             Axis::Linear,
             &around,
             Legend::UpperRight,
+            &[],
         )
     })
 }
@@ -833,5 +928,44 @@ mod tests {
             !dir.path().join("pcr_loss.png").exists(),
             "no PCR run, no PCR plot"
         );
+    }
+
+    #[test]
+    fn twelve_series_have_twelve_colours_and_twelve_markers() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..12 {
+            let c = COLORS[i % COLORS.len()];
+            assert!(seen.insert((c.0, c.1, c.2)), "colour of series {i} repeats");
+        }
+        let markers: std::collections::HashSet<_> = (0..12).map(marker_of).collect();
+        assert_eq!(markers.len(), 12);
+    }
+
+    #[test]
+    fn a_pcr_runs_curves_show_the_gain_beside_loss_and_accuracy() {
+        let dir = tempfile::tempdir().unwrap();
+        let png_width = |path: &std::path::Path| {
+            let b = std::fs::read(path).unwrap();
+            u32::from_be_bytes([b[16], b[17], b[18], b[19]])
+        };
+        let mut r = run_with((1..200).map(|i| 2.0 / i as f64).collect(), vec![0.5, 0.6]);
+        let mut out = Outputs::default();
+        curves(&mut out, &dir.path().join("plain.png"), &r).unwrap();
+        out.commit().unwrap();
+        assert_eq!(png_width(&dir.path().join("plain.png")), CURVES_WIDTH);
+        r.global_gain = vec![(50, 3.0), (100, 2.0), (150, 2.5)];
+        for step in [50, 100, 150] {
+            r.pcr_events.push(crate::metrics::PcrEvent {
+                step,
+                gain_before: 3.0,
+                gain_after: 2.0,
+                loss_before: 1.0,
+                loss_after: 1.0,
+            });
+        }
+        let mut out = Outputs::default();
+        curves(&mut out, &dir.path().join("pcr.png"), &r).unwrap();
+        out.commit().unwrap();
+        assert_eq!(png_width(&dir.path().join("pcr.png")), CURVES_WITH_GAIN);
     }
 }

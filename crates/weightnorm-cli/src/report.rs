@@ -37,6 +37,14 @@ pub fn report(setup: &RunSetup, runs: &[RunMetrics], command: &str) -> String {
     let seeds = groups[0].seeds();
     let mut s = String::from("# weightnorm compare\n\n");
     s += &format!("**Conclusion.** {}\n\n", conclusion(setup, &scored));
+    let warned = warnings(runs);
+    if !warned.is_empty() {
+        s += "**Warnings.**\n\n";
+        for w in &warned {
+            s += &format!("- {w}\n");
+        }
+        s += "\n";
+    }
     s += &setup_section(setup, &seeds, command);
     s += &format!(
         "\n## Results\n\nAfter the last epoch: mean ± sample standard deviation over {} seed{}.\n\n\
@@ -125,26 +133,7 @@ fn pcr_section(scored: &[(&Group, Scores)]) -> String {
             if gain.n > 0 { gain.show(3) } else { "-".into() }
         );
     }
-    let smoothest = pcr
-        .iter()
-        .filter(|(g, _)| g.loss_jump().is_finite())
-        .min_by(|a, b| a.0.loss_jump().abs().total_cmp(&b.0.loss_jump().abs()));
-    if let Some((g, _)) = smoothest {
-        s += &format!(
-            "\nThe smoothest across canonicalizations is **{}**: the mean loss of the {} steps \
-             after a canonicalization is {:+.2}% from that of the {} steps before (the loss \
-             jump; the other policies: {}).\n",
-            g.param,
-            crate::summary::BEFORE,
-            g.loss_jump() * 100.0,
-            crate::summary::BEFORE,
-            pcr.iter()
-                .filter(|(o, _)| o.param != g.param)
-                .map(|(o, _)| format!("{} {:+.2}%", o.param, o.loss_jump() * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    s += &smoothness(scored, &pcr);
     for base in ["plain-wd", "plain", "wn"] {
         let Some((_, b)) = scored.iter().find(|(g, _)| g.param == base) else {
             continue;
@@ -167,19 +156,134 @@ fn pcr_section(scored: &[(&Group, Scores)]) -> String {
     s
 }
 
-/// The mean step time of `plain`, when it was trained.
-fn plain_step(scored: &[(&Group, Scores)]) -> Option<f64> {
+/// How much each PCR policy disturbs training across its canonicalizations, measured against
+/// plain at the same steps of the same seed (the loss's own change there taken out), and the
+/// least disturbed policy.
+fn smoothness(scored: &[(&Group, Scores)], pcr: &[&(&Group, Scores)]) -> String {
+    let Some((plain, _)) = scored.iter().find(|(g, _)| g.param == "plain") else {
+        return "\nNo plain run to measure the loss jumps against: they include the loss's own \
+                change over the same steps, so no policy is called smoother than another.\n"
+            .to_string();
+    };
+    let rows: Vec<(&str, Stat)> = pcr
+        .iter()
+        .filter_map(|(g, _)| {
+            let x = g.excess_jumps(plain);
+            (!x.is_empty()).then(|| (g.param.as_str(), Stat::of(&x)))
+        })
+        .collect();
+    if rows.is_empty() {
+        return format!(
+            "\nNo canonicalization has the {b} steps before and after it in both its run and \
+             plain's: the disturbance cannot be measured.\n",
+            b = crate::summary::BEFORE
+        );
+    }
+    let verdict = |st: &Stat| {
+        if st.n < 2 {
+            "one value, no spread"
+        } else if st.nonzero() {
+            "beyond noise"
+        } else {
+            "within noise"
+        }
+    };
+    let mut s = format!(
+        "\nAcross canonicalizations, against plain at the same steps (the loss change over the \
+         {b} steps after each canonicalization minus plain's change over the same steps, same \
+         seed; mean ± sd over canonicalizations and seeds): {}.",
+        rows.iter()
+            .map(|(p, st)| format!(
+                "{p} {:+.2}% ± {:.2}% over {} ({})",
+                st.mean * 100.0,
+                st.sd * 100.0,
+                st.n,
+                verdict(st)
+            ))
+            .collect::<Vec<_>>()
+            .join("; "),
+        b = crate::summary::BEFORE
+    );
+    let any_detected = rows.iter().any(|(_, st)| st.nonzero());
+    if rows.len() == 1 {
+        if !any_detected {
+            s += " No detectable disturbance.";
+        }
+    } else if let Some((p, _)) = rows
+        .iter()
+        .min_by(|a, b| a.1.mean.abs().total_cmp(&b.1.mean.abs()))
+    {
+        if any_detected {
+            s += &format!(" The least disturbed relative to plain is **{p}**.");
+        } else {
+            s += &format!(
+                " No policy disturbs training detectably (all within noise); the least \
+                 disturbed on average is **{p}**."
+            );
+        }
+    }
+    s + "\n"
+}
+
+/// What the numbers of a comparison cannot support, said before they are read: PCR without a
+/// penalty (a rescaling, not a regularizer) and PCR runs with too few canonicalizations to
+/// judge.
+pub fn warnings(runs: &[RunMetrics]) -> Vec<String> {
+    let mut out = Vec::new();
+    for g in groups(runs).iter().filter(|g| g.is_pcr()) {
+        if g.runs
+            .iter()
+            .any(|r| r.pcr.as_deref().is_some_and(|p| p.contains("penalty none")))
+        {
+            out.push(format!(
+                "{} uses penalty `none`: each canonicalization only rescales (the function is \
+                 unchanged), so it is not a regularizer and a comparison with plain-wd says \
+                 nothing about PCR as one; give --pcr-penalty cap:G or soft:L",
+                g.param
+            ));
+        }
+        let n = g.events_per_run();
+        if n < 5.0 {
+            out.push(format!(
+                "{} has {n} canonicalization{} per run, fewer than 5: too few to judge its \
+                 transport or penalty; lower --pcr-every or train longer",
+                g.param,
+                if n == 1.0 { "" } else { "s" }
+            ));
+        }
+    }
+    out
+}
+
+/// The step times of `plain`, when it was trained.
+fn plain_step(scored: &[(&Group, Scores)]) -> Option<Stat> {
     scored
         .iter()
         .find(|(g, _)| g.param == "plain")
-        .map(|(_, s)| s.step_ms.mean)
+        .map(|(_, s)| s.step_ms)
 }
 
-/// The step-time overhead of a group over plain's, as `+12.3%` (empty for plain itself).
-fn overhead(param: &str, sc: &Scores, plain: Option<f64>) -> String {
+/// The step-time overhead of a group over plain's, as `+12.3%` with whether it is within the
+/// seeds' noise (empty for plain itself).
+fn overhead(param: &str, sc: &Scores, plain: Option<Stat>) -> String {
     match plain {
-        Some(p) if param != "plain" => format!("{:+.1}%", (sc.step_ms.mean / p - 1.0) * 100.0),
+        Some(p) if param != "plain" => format!(
+            "{:+.1}%{}",
+            (sc.step_ms.mean / p.mean - 1.0) * 100.0,
+            verdict(&sc.step_ms, &p)
+        ),
         _ => String::new(),
+    }
+}
+
+/// ` (beyond noise)`, ` (within noise)`, or nothing without two values on each side.
+fn verdict(a: &Stat, b: &Stat) -> &'static str {
+    if a.n < 2 || b.n < 2 {
+        ""
+    } else if a.differs(b) {
+        " (beyond noise)"
+    } else {
+        " (within noise)"
     }
 }
 
@@ -229,13 +333,13 @@ fn conclusion(setup: &RunSetup, scored: &[(&Group, Scores)]) -> String {
         .filter(|(g, _)| g.param != "plain")
         .map(|(g, sc)| {
             format!(
-                "{} changes the test loss by {}, the accuracy by {} and the ECE by {}, at {} \
-                 step time",
+                "{} changes the test loss by {}, the accuracy by {}, the ECE by {} and the step \
+                 time by {}",
                 g.param,
                 delta(&sc.loss, &plain.loss, 1.0, 4, ""),
                 delta(&sc.accuracy, &plain.accuracy, 100.0, 2, " points"),
                 delta(&sc.ece, &plain.ece, 1.0, 4, ""),
-                overhead(&g.param, sc, Some(plain.step_ms.mean))
+                overhead(&g.param, sc, Some(plain.step_ms))
             )
         })
         .collect();
@@ -243,9 +347,21 @@ fn conclusion(setup: &RunSetup, scored: &[(&Group, Scores)]) -> String {
         s += " Against plain: ";
         s += &others.join("; ");
         s += ".";
+        let detected = scored
+            .iter()
+            .filter(|(g, _)| g.param != "plain")
+            .any(|(_, sc)| {
+                sc.loss.differs(&plain.loss)
+                    || sc.accuracy.differs(&plain.accuracy)
+                    || sc.ece.differs(&plain.ece)
+            });
         if n < 2 {
             s += " With one seed there is no spread to judge these differences by: use --seeds.";
         } else {
+            if !detected {
+                s += " No detectable effect on the test loss, accuracy or ECE (all differences \
+                      within noise).";
+            }
             s += " (\"within noise\": the difference is less than twice its standard error over \
                   the seeds.)";
         }
@@ -256,14 +372,7 @@ fn conclusion(setup: &RunSetup, scored: &[(&Group, Scores)]) -> String {
 /// `a - b` scaled by `scale`, signed, with whether it is within the seeds' noise.
 fn delta(a: &Stat, b: &Stat, scale: f64, digits: usize, unit: &str) -> String {
     let d = (a.mean - b.mean) * scale;
-    let verdict = if a.n < 2 || b.n < 2 {
-        ""
-    } else if a.differs(b) {
-        " (beyond noise)"
-    } else {
-        " (within noise)"
-    };
-    format!("{d:+.digits$}{unit}{verdict}")
+    format!("{d:+.digits$}{unit}{}", verdict(a, b))
 }
 
 /// The setup, the command line and the version.
@@ -313,7 +422,9 @@ fn definitions() -> String {
      - **global gain**: the norm of the canonical form's output scale: every weighted layer \
      rescaled to unit-norm rows, the scales pushed through ReLUs and pooling into the next layer, \
      until one scale per output remains. **Loss jump** (PCR): the mean training loss of the 10 \
-     steps after a canonicalization over that of the 10 steps before, minus 1.\n\
+     steps after a canonicalization over that of the 10 steps before, minus 1; **against \
+     plain**, the same quantity of the plain run of the same seed over the same steps is \
+     subtracted, which takes out the loss's own fall at that point of training.\n\
      - **smoothing**: training losses are per batch, averaged over a moving window of \
      steps (its length is in the plot's title).\n\n\
      Each run's metrics (`metrics.json`, `steps.jsonl`), model (`model.safetensors`, PyTorch \
@@ -425,7 +536,10 @@ mod tests {
             first.contains("the accuracy by +0.00 points (within noise)"),
             "{first}"
         );
-        assert!(first.contains("at +100.0% step time"), "{first}");
+        assert!(
+            first.contains("the step time by +100.0% (beyond noise)"),
+            "{first}"
+        );
         assert!(
             r.contains("| wn | 0.7500 ± 0.0100 | 0.5100 ± 0.0100 |"),
             "{r}"
@@ -454,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn pcr_runs_get_their_section_with_the_smoothest_policy_and_the_baselines() {
+    fn pcr_runs_get_their_section_with_warnings_and_the_baselines() {
         let (setup, mut runs) = runs();
         assert!(!report(&setup, &runs, "c").contains("## Periodic Canonical Regularization"));
         for (i, r) in runs.iter_mut().enumerate() {
@@ -489,7 +603,15 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("The smoothest across canonicalizations is **pcr-covariant**"),
+            r.contains("No plain run to measure the loss jumps against"),
+            "{r}"
+        );
+        assert!(
+            r.contains("- pcr-covariant uses penalty `none`: each canonicalization only rescales"),
+            "{r}"
+        );
+        assert!(
+            r.contains("- pcr-covariant has 1 canonicalization per run, fewer than 5"),
             "{r}"
         );
         assert!(
@@ -510,6 +632,101 @@ mod tests {
         let plain_loss: String = lines[2].chars().skip(col).collect();
         assert!(plain_loss.starts_with("0.6100 ± 0.0100"), "{t}");
         assert!(lines[3].starts_with("wn "), "{t}");
-        assert!(lines[3].ends_with("+100.0%"), "{t}");
+        assert!(lines[3].ends_with("+100.0% (beyond noise)"), "{t}");
+    }
+
+    /// Plain and one PCR policy per entry of `policies`, three seeds, 40 steps with a
+    /// canonicalization at step 20: plain's loss falls 1% a step; each policy's loss is given
+    /// by its function of the step and seed.
+    fn pcr_runs(policies: &[(&str, fn(usize, u64) -> f64)]) -> (RunSetup, Vec<RunMetrics>) {
+        let (setup, base) = sample();
+        let mut runs = Vec::new();
+        for seed in 0..3u64 {
+            let mut p = base.clone();
+            p.param = "plain".into();
+            p.seed = seed;
+            p.step_losses = (0..40).map(|k| 1.0 - 0.01 * k as f64).collect();
+            runs.push(p);
+            for (name, loss) in policies {
+                let mut r = base.clone();
+                r.param = (*name).into();
+                r.seed = seed;
+                r.step_losses = (0..40).map(|k| loss(k, seed)).collect();
+                r.pcr = Some("every 4 steps, penalty cap:3, transport covariant".into());
+                for step in [4, 8, 12, 16, 20] {
+                    r.pcr_events.push(crate::metrics::PcrEvent {
+                        step,
+                        gain_before: 3.0,
+                        gain_after: 3.0,
+                        loss_before: 1.0,
+                        loss_after: 1.0,
+                    });
+                }
+                runs.push(r);
+            }
+        }
+        (setup, runs)
+    }
+
+    #[test]
+    fn the_smoothness_verdict_is_relative_to_plain_at_the_same_steps() {
+        // pcr-covariant falls as plain does (no excess); pcr-weight-scaled stays flat, the
+        // smallest absolute jump, yet 13% above plain's fall at the same steps.
+        let (setup, runs) = pcr_runs(&[
+            ("pcr-covariant", |k, s| {
+                1.0 - 0.01 * k as f64 + 1e-4 * [0.0, 1.0, -1.0][s as usize]
+            }),
+            ("pcr-weight-scaled", |_, s| 1.0 + 1e-4 * s as f64),
+        ]);
+        let r = report(&setup, &runs, "c");
+        assert!(
+            r.contains("The least disturbed relative to plain is **pcr-covariant**."),
+            "{r}"
+        );
+        assert!(r.contains("0.00% ± 0.00% over 9 (within noise)"), "{r}");
+        assert!(
+            r.contains("pcr-weight-scaled +11.19% ± 0.43% over 9 (beyond noise)"),
+            "{r}"
+        );
+        assert!(warnings(&runs).is_empty(), "{:?}", warnings(&runs));
+        // With one policy: its figure and verdict, no empty list of others.
+        let (setup, runs) = pcr_runs(&[("pcr-covariant", |k, _| 1.0 - 0.01 * k as f64)]);
+        let r = report(&setup, &runs, "c");
+        assert!(!r.contains("other policies"), "{r}");
+        assert!(r.contains("0.00% ± 0.00% over 9 (within noise)"), "{r}");
+        assert!(r.contains("No detectable disturbance."), "{r}");
+    }
+
+    #[test]
+    fn a_comparison_where_pcr_has_no_effect_says_so() {
+        let (setup, mut runs) = runs();
+        // wn's scores become plain's, seed for seed shifted: equal means, the same spread.
+        for r in runs.iter_mut().filter(|r| r.param == "wn") {
+            r.param = "pcr".into();
+            r.mean_step_ms = 2.0 + 0.1 * r.seed as f64;
+            let e = r.epochs.last_mut().unwrap();
+            e.test_loss = 0.6 + 0.01 * ((r.seed + 1) % 3) as f64;
+            e.test_accuracy = 0.75;
+        }
+        let r = report(&setup, &runs, "c");
+        let first = r.lines().nth(2).unwrap();
+        assert!(
+            first.contains(
+                "No detectable effect on the test loss, accuracy or ECE (all differences within \
+                 noise)."
+            ),
+            "{first}"
+        );
+        assert!(
+            first.contains("pcr changes the test loss by +0.0000 (within noise)"),
+            "{first}"
+        );
+        assert!(
+            first.contains("the step time by +5.0% (within noise)"),
+            "{first}"
+        );
+        // Where one difference is beyond noise, the sentence is absent.
+        let (setup, runs) = super::tests::runs();
+        assert!(!report(&setup, &runs, "c").contains("No detectable effect"));
     }
 }

@@ -39,6 +39,12 @@ impl Stat {
         }
     }
 
+    /// Whether the mean differs from zero by more than twice its standard error (at least two
+    /// values needed).
+    pub fn nonzero(&self) -> bool {
+        self.n >= 2 && self.mean.abs() > 2.0 * self.se()
+    }
+
     /// Whether `self` and `other` differ by more than twice the standard error of their
     /// difference (both need at least two values).
     pub fn differs(&self, other: &Stat) -> bool {

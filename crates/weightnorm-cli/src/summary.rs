@@ -110,6 +110,18 @@ impl Group<'_> {
     }
 }
 
+/// The relative change of `losses` at step `k`: the mean of the [`BEFORE`] values from `k` over
+/// that of the [`BEFORE`] values before it, minus 1; `None` without both windows or with a
+/// non-positive base.
+pub fn jump_at(losses: &[f64], k: usize) -> Option<f64> {
+    if k < BEFORE || k + BEFORE > losses.len() {
+        return None;
+    }
+    let before = losses[k - BEFORE..k].iter().sum::<f64>() / BEFORE as f64;
+    let after = losses[k..k + BEFORE].iter().sum::<f64>() / BEFORE as f64;
+    (before > 0.0 && before.is_finite() && after.is_finite()).then(|| after / before - 1.0)
+}
+
 /// The steps before and after a canonicalization that [`Group::around_events`] looks at.
 pub const BEFORE: usize = 10;
 
@@ -158,6 +170,34 @@ impl Group<'_> {
         self.around_events(BEFORE, BEFORE).map_or(f64::NAN, |c| {
             c[BEFORE..].iter().map(|p| p.1).sum::<f64>() / BEFORE as f64 - 1.0
         })
+    }
+
+    /// The loss jump at each canonicalization minus the jump of `baseline`'s run of the same
+    /// seed over the same steps: what the canonicalization did beyond the loss's own change at
+    /// that point of training. One value per canonicalization (of every seed `baseline` ran
+    /// and whose windows both runs have).
+    pub fn excess_jumps(&self, baseline: &Group) -> Vec<f64> {
+        let mut out = Vec::new();
+        for r in &self.runs {
+            let Some(b) = baseline.runs.iter().find(|b| b.seed == r.seed) else {
+                continue;
+            };
+            for e in &r.pcr_events {
+                if let (Some(x), Some(y)) = (
+                    jump_at(&r.step_losses, e.step),
+                    jump_at(&b.step_losses, e.step),
+                ) {
+                    out.push(x - y);
+                }
+            }
+        }
+        out
+    }
+
+    /// The mean number of canonicalizations per run.
+    pub fn events_per_run(&self) -> f64 {
+        self.runs.iter().map(|r| r.pcr_events.len()).sum::<usize>() as f64
+            / self.runs.len().max(1) as f64
     }
 
     /// The largest relative change of a batch's loss across a canonicalization (`loss_after`

@@ -245,8 +245,41 @@ fn interrupted(result: &Result<()>) -> bool {
         .is_err_and(|e| e.downcast_ref::<Interrupted>().is_some())
 }
 
+/// The `--pcr-*` options given on a command line.
+fn pcr_flags(argv: &[String]) -> Vec<&str> {
+    let mut out: Vec<&str> = argv
+        .iter()
+        .filter_map(|a| {
+            a.strip_prefix("--pcr-")
+                .map(|_| a.split('=').next().unwrap_or(a))
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The warning for PCR options given to runs that do not use PCR, if any.
+fn unused_pcr_flags(argv: &[String], params: &[Param]) -> Option<String> {
+    let flags = pcr_flags(argv);
+    (!flags.is_empty() && !params.contains(&Param::Pcr)).then(|| {
+        format!(
+            "warning: {} appl{} to --param pcr only; ignored for {}",
+            flags.join(", "),
+            if flags.len() == 1 { "ies" } else { "y" },
+            params
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 /// `train` with its directory claimed: the options checked, the data loaded, the run.
 fn train_checked(args: &TrainArgs, argv: &[String]) -> Result<()> {
+    if let Some(w) = unused_pcr_flags(argv, &[args.param]) {
+        eprintln!("{w}");
+    }
     if args.common.pcr_transport.len() != 1 {
         return Err(Failure::input(anyhow::anyhow!(
             "train takes one --pcr-transport (compare takes a list)"
@@ -374,6 +407,9 @@ fn compare_checked(args: &CompareArgs, argv: &[String]) -> Result<()> {
         ))
         .into());
     }
+    if let Some(w) = unused_pcr_flags(argv, &args.params) {
+        eprintln!("{w}");
+    }
     if args.common.init == args::Init::Ddi && args.params.iter().any(|p| !p.weight_norm()) {
         eprintln!(
             "note: --init ddi initialises the weight-normalized runs (wn, wn-mobn); plain and bn \
@@ -442,6 +478,9 @@ fn compare_prepared(
     crate::plot::comparison(&mut outputs, &args.out, &runs)?;
     let command = crate::text::command_line("compare", argv);
     let report = crate::report::report(&args.common.setup(ds), &runs, &command);
+    for w in crate::report::warnings(&runs) {
+        eprintln!("warning: {w}");
+    }
     outputs.bytes(&args.out.join("report.md"), true, report.as_bytes())?;
     // Every run's files, the plots and the report are put in place together, or none is.
     outputs.commit()?;
