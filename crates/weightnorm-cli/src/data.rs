@@ -79,6 +79,7 @@ pub fn load(name: Option<DatasetName>, dir: &Path) -> Result<Dataset> {
 }
 
 /// An image classification data set in memory, pixels scaled to [0, 1].
+#[derive(Clone)]
 pub struct Dataset {
     /// `fashion-mnist` or `digits`.
     pub name: &'static str,
@@ -99,7 +100,84 @@ pub struct Dataset {
     pub norm: (f32, f32),
 }
 
+/// The seed of [`Dataset::subset`]'s choice: fixed, so that every run and seed trains on the
+/// same subset.
+const SUBSET_SEED: u64 = 0x5AB5_E700;
+/// The seed of [`Dataset::add_label_noise`]: fixed, so that every run sees the same labels.
+const NOISE_SEED: u64 = 0x0015_E000;
+
+/// A seeded permutation of `0..n` (Fisher-Yates with SplitMix64).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = SplitMix64(seed);
+    for i in (1..n).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 impl Dataset {
+    /// Keeps `n` of the training examples, chosen by a fixed seeded permutation (the same
+    /// subset for every run and seed), in their original order. The inputs keep the
+    /// standardization of the whole training split.
+    ///
+    /// # Errors
+    ///
+    /// A [`Failure`] when `n` is 0 or more than there are training examples.
+    pub fn subset(&mut self, n: usize) -> Result<()> {
+        let total = self.train_y.len();
+        if n == 0 || n > total {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--train-subset {n}: {} has {total} training images; give 1 to {total}",
+                self.name
+            ))
+            .into());
+        }
+        let mut keep = permutation(total, SUBSET_SEED);
+        keep.truncate(n);
+        keep.sort_unstable();
+        let f = self.features();
+        self.train_x = keep
+            .iter()
+            .flat_map(|&i| self.train_x[i * f..(i + 1) * f].iter().copied())
+            .collect();
+        self.train_y = keep.iter().map(|&i| self.train_y[i]).collect();
+        Ok(())
+    }
+
+    /// Replaces the labels of `round(p * n)` training examples, chosen by a fixed seeded
+    /// permutation, each by another class drawn uniformly (so every chosen label is wrong).
+    /// Returns how many were replaced.
+    ///
+    /// # Errors
+    ///
+    /// A [`Failure`] when `p` is not in `[0, 1]` or there is a single class.
+    pub fn add_label_noise(&mut self, p: f64) -> Result<usize> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--label-noise {p}: give a fraction from 0 to 1"
+            ))
+            .into());
+        }
+        let n = self.train_y.len();
+        let k = (p * n as f64).round() as usize;
+        if k == 0 {
+            return Ok(0);
+        }
+        if self.classes < 2 {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--label-noise needs at least two classes"
+            ))
+            .into());
+        }
+        let mut rng = SplitMix64(NOISE_SEED ^ 0x9E37_79B9);
+        for &i in permutation(n, NOISE_SEED).iter().take(k) {
+            let shift = 1 + (rng.next_u64() % (self.classes as u64 - 1)) as usize;
+            self.train_y[i] = ((self.train_y[i] as usize + shift) % self.classes) as u8;
+        }
+        Ok(k)
+    }
+
     /// Checks that the data set can be trained and tested on: images of at least one pixel,
     /// at least one training and one test image, as many labels as images, every label a class.
     ///
@@ -334,6 +412,49 @@ pub fn digits() -> Dataset {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_subset_is_fixed_in_order_and_checked() {
+        let full = digits();
+        let mut a = full.clone();
+        a.subset(100).unwrap();
+        let mut b = full.clone();
+        b.subset(100).unwrap();
+        assert_eq!(a.train_y.len(), 100);
+        assert_eq!(a.train_x, b.train_x, "the same subset every time");
+        // Each kept image is one of the full set's, in the original order.
+        let f = full.features();
+        let rows: Vec<&[f32]> = full.train_x.chunks(f).collect();
+        let mut at = 0;
+        for img in a.train_x.chunks(f) {
+            at += rows[at..].iter().position(|r| *r == img).expect("in order") + 1;
+        }
+        assert!(a.clone().subset(0).is_err());
+        assert!(a.subset(101).is_err());
+    }
+
+    #[test]
+    fn label_noise_replaces_the_fraction_asked_with_wrong_classes() {
+        let full = digits();
+        let mut d = full.clone();
+        let k = d.add_label_noise(0.2).unwrap();
+        let n = full.train_y.len();
+        assert_eq!(k, (0.2 * n as f64).round() as usize);
+        let changed = d
+            .train_y
+            .iter()
+            .zip(&full.train_y)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(changed, k, "every chosen label becomes another class");
+        assert!(d.train_y.iter().all(|&y| (y as usize) < d.classes));
+        let mut again = full.clone();
+        again.add_label_noise(0.2).unwrap();
+        assert_eq!(again.train_y, d.train_y, "the same labels every time");
+        assert_eq!(full.clone().add_label_noise(0.0).unwrap(), 0);
+        assert!(full.clone().add_label_noise(1.5).is_err());
+    }
+
     use super::*;
     use std::io::Write;
 

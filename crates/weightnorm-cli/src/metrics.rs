@@ -26,6 +26,12 @@ pub struct RunSetup {
     pub threads: usize,
     /// The allocator settings the steps were timed under (as `weightnorm bench` prints them).
     pub allocator: String,
+    /// The training images trained on.
+    pub train_images: usize,
+    /// `--train-subset`, when given.
+    pub train_subset: Option<usize>,
+    /// The fraction of training labels replaced (`--label-noise`).
+    pub label_noise: f64,
 }
 
 /// What one training run measured.
@@ -161,6 +167,9 @@ impl RunMetrics {
             device: &setup.device,
             threads: setup.threads,
             allocator: &setup.allocator,
+            train_images: setup.train_images,
+            train_subset: setup.train_subset,
+            label_noise: setup.label_noise,
             test_accuracy: last.map(|e| e.test_accuracy),
             test_loss: last.map(|e| e.test_loss),
             ece: last.map(|e| e.ece),
@@ -214,6 +223,12 @@ pub struct MetricsFile<'a> {
     pub threads: usize,
     /// The allocator settings the steps were timed under.
     pub allocator: &'a str,
+    /// The training images trained on.
+    pub train_images: usize,
+    /// `--train-subset`, when given.
+    pub train_subset: Option<usize>,
+    /// The fraction of training labels replaced by a wrong class.
+    pub label_noise: f64,
     /// The last epoch's test accuracy (none before an epoch finished).
     pub test_accuracy: Option<f64>,
     /// The last epoch's test loss.
@@ -280,6 +295,9 @@ pub(crate) mod tests {
             device: "cpu".into(),
             threads: 2,
             allocator: "glibc malloc defaults".into(),
+            train_images: 100,
+            train_subset: None,
+            label_noise: 0.0,
         };
         let mut m = RunMetrics::new("wn", 7);
         m.step_losses = vec![2.0, 1.5, 1.0];

@@ -381,6 +381,7 @@ fn setup_section(setup: &RunSetup, seeds: &[u64], command: &str) -> String {
     format!(
         "## Setup\n\n\
          - data set: {} (inputs standardized with the training pixels' mean {:.4} and standard deviation {:.4})\n\
+         - training data: {}\n\
          - model: {}, initialisation {}\n\
          - training: {} epochs, batch {}, Adam with learning rate {}\n\
          - seeds: {} (each seed sets the initialisation and the data order; every parameterization sees the same order)\n\
@@ -391,6 +392,7 @@ fn setup_section(setup: &RunSetup, seeds: &[u64], command: &str) -> String {
         setup.dataset,
         setup.input_norm.0,
         setup.input_norm.1,
+        training_data(setup),
         setup.model,
         setup.init,
         setup.epochs,
@@ -404,6 +406,21 @@ fn setup_section(setup: &RunSetup, seeds: &[u64], command: &str) -> String {
         command,
         env!("CARGO_PKG_VERSION"),
     )
+}
+
+/// The training images trained on, and how they were chosen and labelled.
+fn training_data(setup: &RunSetup) -> String {
+    let mut s = format!("{} images", setup.train_images);
+    if setup.train_subset.is_some() {
+        s += " (--train-subset: a fixed subset, the same for every run and seed)";
+    }
+    if setup.label_noise > 0.0 {
+        s += &format!(
+            ", {:.0}% of their labels replaced by a wrong class (--label-noise, fixed)",
+            setup.label_noise * 100.0
+        );
+    }
+    s
 }
 
 /// What the report's terms mean.

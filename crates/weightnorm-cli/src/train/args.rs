@@ -29,6 +29,14 @@ pub struct DataModelArgs {
     /// Initialisation of weight-normalized models.
     #[arg(long, value_enum, default_value_t = Init::Fp)]
     pub init: Init,
+    /// Train on N training images only: a fixed subset, the same for every run and seed (a
+    /// regime that overfits in minutes).
+    #[arg(long, value_name = "N")]
+    pub train_subset: Option<usize>,
+    /// Replace this fraction of the training labels (0 to 1) by a wrong class: the same
+    /// examples and classes for every run and seed (fixed, seeded).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub label_noise: f64,
     /// Epochs (default: 3 on Fashion-MNIST, 30 on the small digits set).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -169,6 +177,9 @@ impl DataModelArgs {
             device: self.device.to_string(),
             threads: crate::device::threads(),
             allocator: crate::malloc::settings().to_string(),
+            train_images: ds.train_y.len(),
+            train_subset: self.train_subset,
+            label_noise: self.label_noise,
         }
     }
 

@@ -158,7 +158,11 @@ fn prepare(args: &DataModelArgs) -> Result<(Dataset, Outputs)> {
     args::check(args)?;
     args.device.device()?;
     let outputs = Outputs::new(crate::data::input_files(args.dataset, &args.data));
-    let ds = crate::data::load(args.dataset, &args.data)?;
+    let mut ds = crate::data::load(args.dataset, &args.data)?;
+    if let Some(n) = args.train_subset {
+        ds.subset(n)?;
+    }
+    ds.add_label_noise(args.label_noise)?;
     let [_, h, w] = ds.shape;
     if args.model == ModelKind::Cnn && (h < 4 || w < 4 || h % 4 != 0 || w % 4 != 0) {
         bail!(Failure::input(anyhow::anyhow!(
