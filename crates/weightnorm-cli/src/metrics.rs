@@ -32,6 +32,8 @@ pub struct RunSetup {
     pub train_subset: Option<usize>,
     /// The fraction of training labels replaced (`--label-noise`).
     pub label_noise: f64,
+    /// The objective (`--loss`), described.
+    pub loss: String,
 }
 
 /// What one training run measured.
@@ -87,13 +89,22 @@ pub struct PcrEvent {
     pub loss_after: f64,
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
 /// What one epoch measured: its mean training loss and the test split's scores after it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// Mean training loss over the epoch's examples.
     pub train_loss: f64,
-    /// Mean cross-entropy on the test split.
+    /// The training objective's mean on the test split (`--loss`: cross-entropy, or
+    /// one-vs-rest binary cross-entropy).
     pub test_loss: f64,
+    /// Mean negative log-likelihood of the softmax of the logits on the test split (the test
+    /// loss itself under `--loss ce`); NaN in runs from before it was kept.
+    #[serde(default = "nan")]
+    pub test_nll: f64,
     /// Accuracy on the test split.
     pub test_accuracy: f64,
     /// Expected calibration error on the test split.
@@ -170,12 +181,15 @@ impl RunMetrics {
             train_images: setup.train_images,
             train_subset: setup.train_subset,
             label_noise: setup.label_noise,
+            loss: &setup.loss,
             test_accuracy: last.map(|e| e.test_accuracy),
             test_loss: last.map(|e| e.test_loss),
+            test_nll: last.map(|e| e.test_nll),
             ece: last.map(|e| e.ece),
             per_epoch: PerEpoch {
                 train_loss: self.per_epoch(|e| e.train_loss),
                 test_loss: self.per_epoch(|e| e.test_loss),
+                test_nll: self.per_epoch(|e| e.test_nll),
                 test_accuracy: self.per_epoch(|e| e.test_accuracy),
                 ece: self.per_epoch(|e| e.ece),
             },
@@ -229,12 +243,16 @@ pub struct MetricsFile<'a> {
     pub train_subset: Option<usize>,
     /// The fraction of training labels replaced by a wrong class.
     pub label_noise: f64,
+    /// The objective (`--loss`), described.
+    pub loss: &'a str,
     /// The last epoch's test accuracy (none before an epoch finished).
     pub test_accuracy: Option<f64>,
     /// The last epoch's test loss.
     pub test_loss: Option<f64>,
     /// The last epoch's expected calibration error.
     pub ece: Option<f64>,
+    /// The last epoch's test NLL of the softmax (the test loss under `--loss ce`).
+    pub test_nll: Option<f64>,
     /// Every epoch's scores.
     pub per_epoch: PerEpoch,
     /// PCR's setup, for PCR runs.
@@ -267,8 +285,10 @@ pub struct MetricsFile<'a> {
 pub struct PerEpoch {
     /// Mean training loss.
     pub train_loss: Vec<f64>,
-    /// Test loss.
+    /// Test loss (the objective).
     pub test_loss: Vec<f64>,
+    /// Test NLL of the softmax.
+    pub test_nll: Vec<f64>,
     /// Test accuracy.
     pub test_accuracy: Vec<f64>,
     /// Expected calibration error.
@@ -298,6 +318,7 @@ pub(crate) mod tests {
             train_images: 100,
             train_subset: None,
             label_noise: 0.0,
+            loss: "ce (softmax cross-entropy)".into(),
         };
         let mut m = RunMetrics::new("wn", 7);
         m.step_losses = vec![2.0, 1.5, 1.0];
@@ -305,6 +326,7 @@ pub(crate) mod tests {
             m.epochs.push(EpochMetrics {
                 train_loss: 2.0 - i as f64,
                 test_loss: 1.5 - i as f64,
+                test_nll: 1.5 - i as f64,
                 test_accuracy: acc,
                 ece: 0.125 / (i + 1) as f64,
             });

@@ -826,6 +826,7 @@ mod tests {
         m.epochs = accuracies
             .into_iter()
             .map(|a| EpochMetrics {
+                test_nll: f64::NAN,
                 train_loss: a,
                 test_loss: a,
                 test_accuracy: a,

@@ -48,18 +48,19 @@ pub fn report(setup: &RunSetup, runs: &[RunMetrics], command: &str) -> String {
     s += &setup_section(setup, &seeds, command);
     s += &format!(
         "\n## Results\n\nAfter the last epoch: mean ± sample standard deviation over {} seed{}.\n\n\
-         | parameterization | test accuracy | test loss | ECE | step time (ms) | overhead vs plain | run time (s) |\n\
-         |---|---|---|---|---|---|---|\n",
+         | parameterization | test accuracy | test loss | test NLL | ECE | step time (ms) | overhead vs plain | run time (s) |\n\
+         |---|---|---|---|---|---|---|---|\n",
         seeds.len(),
         if seeds.len() == 1 { "" } else { "s" }
     );
     let plain = plain_step(&scored);
     for (g, sc) in &scored {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
             g.param,
             sc.accuracy.show(4),
             sc.loss.show(4),
+            sc.nll.show(4),
             sc.ece.show(4),
             sc.step_ms.show(2),
             overhead(&g.param, sc, plain),
@@ -383,7 +384,7 @@ fn setup_section(setup: &RunSetup, seeds: &[u64], command: &str) -> String {
          - data set: {} (inputs standardized with the training pixels' mean {:.4} and standard deviation {:.4})\n\
          - training data: {}\n\
          - model: {}, initialisation {}\n\
-         - training: {} epochs, batch {}, Adam with learning rate {}\n\
+         - training: {} epochs, batch {}, Adam with learning rate {}, objective {}\n\
          - seeds: {} (each seed sets the initialisation and the data order; every parameterization sees the same order)\n\
          - device: {}, {} CPU thread{}\n\
          - allocator (the step times were taken under it, as in `weightnorm bench`): {}\n\
@@ -398,6 +399,7 @@ fn setup_section(setup: &RunSetup, seeds: &[u64], command: &str) -> String {
         setup.epochs,
         setup.batch_size,
         setup.lr,
+        setup.loss,
         seeds.join(", "),
         setup.device,
         setup.threads,
@@ -430,7 +432,10 @@ fn definitions() -> String {
      their confidence (the largest predicted class probability); ECE is the sum over bins of the \
      bin's share of the examples times |accuracy in the bin - mean confidence in the bin|. 0 is \
      perfectly calibrated.\n\
-     - **test loss**: mean cross-entropy on the test split. **Spread**: the sample standard \
+     - **test loss**: the training objective (`--loss`) on the test split; **test NLL**: the \
+     mean negative log-likelihood of the softmax of the logits (the same as the test loss under \
+     `--loss ce`), the score both objectives are compared by; accuracy and ECE read the softmax \
+     too. **Spread**: the sample standard \
      deviation over seeds (n - 1). **Within noise**: a difference of means smaller than twice its \
      standard error, sqrt(sd_a^2/n_a + sd_b^2/n_b).\n\
      - **step time**: the median wall time of one optimizer step (forward, backward, Adam \

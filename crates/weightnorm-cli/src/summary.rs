@@ -18,8 +18,10 @@ pub struct Group<'a> {
 pub struct Scores {
     /// Test accuracy after the last epoch.
     pub accuracy: Stat,
-    /// Test loss after the last epoch.
+    /// Test loss (the objective) after the last epoch.
     pub loss: Stat,
+    /// Test NLL of the softmax after the last epoch.
+    pub nll: Stat,
     /// Expected calibration error after the last epoch.
     pub ece: Stat,
     /// Median step time of each run, in milliseconds (the median, so that the first steps of
@@ -63,6 +65,7 @@ impl Group<'_> {
         Scores {
             accuracy: self.finals(|e| e.test_accuracy),
             loss: self.finals(|e| e.test_loss),
+            nll: self.finals(|e| e.test_nll),
             ece: self.finals(|e| e.ece),
             step_ms: of(RunMetrics::median_step_ms),
             seconds: of(|r| r.seconds),

@@ -37,6 +37,10 @@ pub struct DataModelArgs {
     /// examples and classes for every run and seed (fixed, seeded).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub label_noise: f64,
+    /// The training objective: ce (softmax cross-entropy) or bce (one-vs-rest sigmoid binary
+    /// cross-entropy on the class logits, whose scale no softmax fixes).
+    #[arg(long, value_enum, default_value_t = super::objective::LossKind::Ce)]
+    pub loss: super::objective::LossKind,
     /// Epochs (default: 3 on Fashion-MNIST, 30 on the small digits set).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -180,6 +184,7 @@ impl DataModelArgs {
             train_images: ds.train_y.len(),
             train_subset: self.train_subset,
             label_noise: self.label_noise,
+            loss: self.loss.describe().into(),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod args;
 mod batch;
 mod checkpoint;
 mod evaluate;
+pub mod objective;
 mod out;
 mod progress;
 mod run;

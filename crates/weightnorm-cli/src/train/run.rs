@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
@@ -25,6 +24,7 @@ use super::args::{DataModelArgs, Init};
 use super::batch::{Batch, batch, forward, labels, shuffled};
 use super::checkpoint::{self, State, StepRecord};
 use super::evaluate::evaluate;
+use super::objective::{LossKind, Objective};
 use super::progress;
 
 /// Where a run keeps its checkpoint and step log, and how it starts.
@@ -161,7 +161,8 @@ struct Trainer<'a> {
     ds: &'a Dataset,
     spec: Spec,
     optim: ModuleOptimizer,
-    loss: CrossEntropyLoss,
+    loss: Objective,
+    loss_kind: LossKind,
     device: Device,
     lr: f64,
     batch_size: usize,
@@ -191,7 +192,8 @@ impl<'a> Trainer<'a> {
             ds,
             spec: spec.clone(),
             optim: optimizer(spec.param, args.weight_decay),
-            loss: CrossEntropyLossConfig::new().init(&device),
+            loss: Objective::new(args.loss, ds.classes, &device),
+            loss_kind: args.loss,
             device,
             lr: args.lr,
             batch_size: args.batch_size,
@@ -314,10 +316,12 @@ impl<'a> Trainer<'a> {
             self.ds,
             self.image,
             &self.device.clone().inner(),
+            self.loss_kind,
         );
         let e = EpochMetrics {
             train_loss: loss_sum / n as f64,
             test_loss: scores.loss,
+            test_nll: scores.nll,
             test_accuracy: scores.accuracy,
             ece: scores.ece,
         };
