@@ -273,7 +273,7 @@ type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<Ticked, Tic
 /// The marker of series `i`: one of six shapes (circle, triangle, square, cross, diamond,
 /// star of lines), filled for the first six series and hollow for the next six.
 fn marker_of(i: usize) -> (usize, bool) {
-    (i % 6, (i / 6) % 2 == 0)
+    (i % 6, (i / 6).is_multiple_of(2))
 }
 
 /// A diamond's corners around the origin, closed.

@@ -657,10 +657,13 @@ mod tests {
         assert!(lines[3].ends_with("+100.0% (beyond noise)"), "{t}");
     }
 
+    /// A policy's training loss at a step of a seed.
+    type LossOf = fn(usize, u64) -> f64;
+
     /// Plain and one PCR policy per entry of `policies`, three seeds, 40 steps with a
     /// canonicalization at step 20: plain's loss falls 1% a step; each policy's loss is given
     /// by its function of the step and seed.
-    fn pcr_runs(policies: &[(&str, fn(usize, u64) -> f64)]) -> (RunSetup, Vec<RunMetrics>) {
+    fn pcr_runs(policies: &[(&str, LossOf)]) -> (RunSetup, Vec<RunMetrics>) {
         let (setup, base) = sample();
         let mut runs = Vec::new();
         for seed in 0..3u64 {
