@@ -615,13 +615,15 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             .collect()
     };
     let (test_loss, test_acc) = (per_epoch(|e| e.test_loss), per_epoch(|e| e.test_accuracy));
-    png(outputs, &out.join("test.png"), (1400, 550), |root| {
-        let (left, right) = root.split_horizontally(700);
+    let test_nll = per_epoch(|e| e.test_nll);
+    png(outputs, &out.join("test.png"), (1950, 550), |root| {
+        let (left, rest) = root.split_horizontally(650);
+        let (middle, right) = rest.split_horizontally(650);
         chart(
             &left,
-            &format!("test loss after each epoch{band_note}"),
+            "test loss (the objective)",
             "epoch",
-            "cross-entropy (log scale)",
+            "objective (log scale)",
             Axis::Integer,
             Axis::Log,
             &test_loss,
@@ -629,8 +631,19 @@ pub fn comparison(outputs: &mut Outputs, out: &Path, runs: &[RunMetrics]) -> Res
             &[],
         )?;
         chart(
+            &middle,
+            "test NLL of the softmax",
+            "epoch",
+            "negative log-likelihood (log scale)",
+            Axis::Integer,
+            Axis::Log,
+            &test_nll,
+            Legend::UpperRight,
+            &[],
+        )?;
+        chart(
             &right,
-            &format!("test accuracy after each epoch{band_note}"),
+            "test accuracy",
             "epoch",
             "accuracy",
             Axis::Integer,

@@ -14,7 +14,7 @@ pub const PLOTS: &[(&str, &str)] = &[
     ),
     (
         "test.png",
-        "Test loss and test accuracy after every epoch (mean over seeds; band: least to greatest)",
+        "Test loss (the objective), test NLL of the softmax and test accuracy after every epoch (mean over seeds; band: least to greatest)",
     ),
     (
         "loss_time.png",

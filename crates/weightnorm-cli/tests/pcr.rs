@@ -39,7 +39,16 @@ fn without_a_penalty_every_canonicalization_keeps_the_batch_loss_and_the_gain() 
     for model in ["mlp", "cnn"] {
         let m = pcr_run(
             &tmp.path().join(model),
-            &["--model", model, "--epochs", "2", "--pcr-every", "7"],
+            &[
+                "--model",
+                model,
+                "--epochs",
+                "2",
+                "--pcr-every",
+                "7",
+                "--pcr-penalty",
+                "none",
+            ],
         );
         let steps = m["step_loss"].as_array().unwrap().len();
         let events = m["pcr_events"].as_array().unwrap();
@@ -63,7 +72,14 @@ fn cap_caps_the_gain_and_soft_lowers_it() {
     let tmp = tempfile::tempdir().unwrap();
     let none = pcr_run(
         &tmp.path().join("none"),
-        &["--epochs", "3", "--pcr-every", "10"],
+        &[
+            "--epochs",
+            "3",
+            "--pcr-every",
+            "10",
+            "--pcr-penalty",
+            "none",
+        ],
     );
     let cap = 0.5;
     let capped = pcr_run(
