@@ -22,7 +22,6 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use safetensors::Dtype;
-use weightnorm_core::NormAxis;
 use weightnorm_core::files::{self, FileError, FileJob, Written};
 use weightnorm_core::formats::onnx::{OnnxModel, WeightNormSubgraph};
 use weightnorm_core::formats::{Checkpoint, Format, TensorEntry, TorchError};
@@ -692,6 +691,34 @@ fn no_checkpoint_options(path: &std::path::Path, given: &[(&str, bool)]) -> Resu
     }
 }
 
+/// The arguments every file function shares.
+struct Job<'a> {
+    src: &'a std::path::Path,
+    dst: &'a std::path::Path,
+    key: Option<&'a str>,
+    force: bool,
+    state_dict_only: bool,
+}
+
+impl Job<'_> {
+    /// Runs `f` on the core's job with the interpreter released; what it wrote, for Python.
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        f: impl FnOnce(&FileJob<'_>) -> files::Result<(Vec<Pair>, Written)> + Send,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let job = FileJob {
+            input: self.src,
+            key: self.key,
+            output: self.dst,
+            force: self.force,
+            state_dict_only: self.state_dict_only,
+        };
+        let (pairs, w) = py.detach(|| f(&job)).map_err(Failure::from)?;
+        written_dict(py, &pairs, w)
+    }
+}
+
 /// `weightnorm.fuse_file`: the CLI's `fuse`.
 #[pyfunction]
 #[pyo3(signature = (src, dst, dim, key=None, force=false, state_dict_only=false))]
@@ -727,17 +754,14 @@ fn fuse_file<'py>(
         )?;
         return Ok(d);
     }
-    let job = FileJob {
-        input: &src,
+    let at = Job {
+        src: &src,
+        dst: &dst,
         key: key.as_deref(),
-        output: &dst,
         force,
         state_dict_only,
     };
-    let (pairs, w) = py
-        .detach(|| files::fuse_file(&job, dim))
-        .map_err(Failure::from)?;
-    written_dict(py, &pairs, w)
+    at.run(py, |job| files::fuse_file(job, dim))
 }
 
 /// `weightnorm.split_file`: the CLI's `split`.
@@ -761,17 +785,16 @@ fn split_file<'py>(
         scheme: scheme_arg(scheme)?,
         include: include_arg(include)?,
     };
-    let job = FileJob {
-        input: &src,
+    let at = Job {
+        src: &src,
+        dst: &dst,
         key: key.as_deref(),
-        output: &dst,
         force,
         state_dict_only,
     };
-    let (pairs, w) = py
-        .detach(|| files::split_file(&job, &op.split_options().expect("split")))
-        .map_err(Failure::from)?;
-    written_dict(py, &pairs, w)
+    at.run(py, |job| {
+        files::split_file(job, &op.split_options().expect("split"))
+    })
 }
 
 /// `weightnorm.convert_file`: the CLI's `convert`.
@@ -787,26 +810,14 @@ fn convert_file<'py>(
     state_dict_only: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let scheme = scheme_arg(scheme)?;
-    let job = FileJob {
-        input: &src,
+    let at = Job {
+        src: &src,
+        dst: &dst,
         key: key.as_deref(),
-        output: &dst,
         force,
         state_dict_only,
     };
-    let (pairs, w) = py
-        .detach(|| files::convert_file(&job, scheme))
-        .map_err(Failure::from)?;
-    written_dict(py, &pairs, w)
-}
-
-/// The axis PyTorch's `dim` keeps for a tensor of rank `rank` (`None`: the whole tensor), as
-/// Python's tests check it against `torch._weight_norm`.
-#[pyfunction]
-fn kept_axis(dim: Option<i64>, rank: usize) -> PyResult<Option<usize>> {
-    NormAxis::from_torch(dim, rank)
-        .map(|a| a.kept())
-        .map_err(|e| Failure::new("input", e.to_string()).into())
+    at.run(py, |job| files::convert_file(job, scheme))
 }
 
 /// The native layer of the `weightnorm` package.
@@ -821,7 +832,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fuse_file, m)?)?;
     m.add_function(wrap_pyfunction!(split_file, m)?)?;
     m.add_function(wrap_pyfunction!(convert_file, m)?)?;
-    m.add_function(wrap_pyfunction!(kept_axis, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

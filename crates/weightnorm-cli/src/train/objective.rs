@@ -66,6 +66,11 @@ impl Objective {
         }
     }
 
+    /// Which objective this is.
+    pub fn kind(&self) -> LossKind {
+        self.kind
+    }
+
     /// The batch's mean objective.
     pub fn forward(&self, logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
         match self.kind {

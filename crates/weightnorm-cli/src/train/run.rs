@@ -24,7 +24,7 @@ use super::args::{DataModelArgs, Init};
 use super::batch::{Batch, batch, forward, labels, shuffled};
 use super::checkpoint::{self, State, StepRecord};
 use super::evaluate::evaluate;
-use super::objective::{LossKind, Objective};
+use super::objective::Objective;
 use super::progress;
 
 /// Where a run keeps its checkpoint and step log, and how it starts.
@@ -162,7 +162,6 @@ struct Trainer<'a> {
     spec: Spec,
     optim: ModuleOptimizer,
     loss: Objective,
-    loss_kind: LossKind,
     device: Device,
     lr: f64,
     batch_size: usize,
@@ -193,7 +192,6 @@ impl<'a> Trainer<'a> {
             spec: spec.clone(),
             optim: optimizer(spec.param, args.weight_decay),
             loss: Objective::new(args.loss, ds.classes, &device),
-            loss_kind: args.loss,
             device,
             lr: args.lr,
             batch_size: args.batch_size,
@@ -316,7 +314,7 @@ impl<'a> Trainer<'a> {
             self.ds,
             self.image,
             &self.device.clone().inner(),
-            self.loss_kind,
+            self.loss.kind(),
         );
         let e = EpochMetrics {
             train_loss: loss_sum / n as f64,
